@@ -1,0 +1,151 @@
+"""Helpers every test module shares: free ports, child processes stopped by PID, DICOM files.
+
+Peers (DCMTK, Orthanc, pynetdicom apps, our own node) are started with ``start_process``,
+which waits for a ready condition under a deadline, and always stopped with
+``stop_process`` by the PID we started: SIGTERM, bounded wait, SIGKILL, wait.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+NODECTL = [sys.executable, "-m", "node.cli"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (bind to 0, read it back, close)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 15.0) -> None:
+    """Wait until something accepts TCP connections on ``host:port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``predicate`` until true or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+def have(program: str) -> bool:
+    """True when ``program`` is on PATH."""
+    return shutil.which(program) is not None
+
+
+def start_process(
+    cmd: Sequence[str],
+    *,
+    cwd: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own process group with output going to ``log``."""
+    out = open(log, "wb") if log is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        if log is not None:
+            out.close()  # type: ignore[union-attr]
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 15.0) -> int:
+    """Stop a child we started, by its PID: ``sig``, bounded wait, then SIGKILL and wait."""
+    if proc.poll() is None:
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=10)
+    return proc.returncode
+
+
+def make_ct(
+    path: Path,
+    *,
+    sop_instance_uid: str | None = None,
+    patient_id: str = "PID1",
+    pixels: int = 64,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    **attributes: object,
+) -> Dataset:
+    """Write a small CT image file and return its dataset (deterministic but for the UIDs)."""
+    ds = Dataset()
+    ds.SOPClassUID = CTImageStorage
+    ds.SOPInstanceUID = sop_instance_uid or generate_uid()
+    ds.StudyInstanceUID = attributes.pop("StudyInstanceUID", None) or generate_uid()
+    ds.SeriesInstanceUID = attributes.pop("SeriesInstanceUID", None) or generate_uid()
+    ds.PatientID = patient_id
+    ds.PatientName = "Test^Patient"
+    ds.Modality = "CT"
+    ds.StudyDate = "20240102"
+    ds.StudyTime = "093000"
+    ds.InstanceNumber = 1
+    ds.Rows = pixels
+    ds.Columns = pixels
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(range(256)) * (pixels * pixels * 2 // 256)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = transfer_syntax
+    ds.file_meta = meta
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """The encoded dataset of a DICOM file, without preamble and file meta: what went on the wire."""
+    from pydicom.filereader import read_preamble, _read_file_meta_info
+
+    with open(path, "rb") as fh:
+        read_preamble(fh, False)
+        _read_file_meta_info(fh)
+        return fh.read()
