@@ -1,0 +1,150 @@
+"""What every actor shares: ZeroMQ sockets set up one way, requests with deadlines, logging,
+and a stop flag set by SIGTERM/SIGINT.
+
+Sockets: linger 0 so a dying process never hangs on unsent messages; ROUTERs are
+``ROUTER_MANDATORY`` so a reply to a peer that went away is an error, not a silent drop.
+An actor runs either as its own process (``nodectl run <actor>``) or as a thread of one
+process with ``inproc://`` endpoints; both take a ``threading.Event`` to stop on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from node.errors import MessageError
+from node.messages import Envelope, new_id, pack, unpack
+
+log = logging.getLogger(__name__)
+
+
+def router(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+    """A bound ROUTER that refuses to drop replies silently."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    _prepare_ipc(endpoint)
+    sock.bind(endpoint)
+    return sock
+
+
+def dealer(ctx: zmq.Context, endpoint: str, identity: str | None = None) -> zmq.Socket:
+    """A connected DEALER; ZeroMQ reconnects it by itself when the peer restarts."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    if identity:
+        sock.setsockopt(zmq.IDENTITY, identity.encode())
+    sock.connect(endpoint)
+    return sock
+
+
+def _prepare_ipc(endpoint: str) -> None:
+    """Remove a stale ipc socket file left by a crashed predecessor."""
+    if endpoint.startswith("ipc://"):
+        path = endpoint.removeprefix("ipc://")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def request(sock: zmq.Socket, message: Any, *, sender: str, timeout: float, data: Sequence[bytes | memoryview] = ()) -> Envelope:
+    """Send a request on a DEALER and wait for the reply that carries its id.
+
+    Replies to earlier requests that timed out are discarded, so a late answer can never be
+    taken for the answer to this request. Raises TimeoutError after ``timeout`` seconds.
+    """
+    msg_id = new_id()
+    sock.send_multipart(pack(message, sender=sender, msg_id=msg_id, data=data), copy=False)
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no reply to {message.kind} within {timeout} s")
+            continue
+        frames = sock.recv_multipart(copy=False)
+        try:
+            envelope = unpack([f.buffer for f in frames])
+        except MessageError as exc:
+            log.warning("discarding undecodable reply: %s", exc)
+            continue
+        if envelope.corr == msg_id:
+            return envelope
+
+
+def receive(sock: zmq.Socket) -> tuple[list[bytes], Envelope | MessageError]:
+    """Receive on a ROUTER: identity frames and the envelope, or the decoding error."""
+    frames = sock.recv_multipart(copy=False)
+    identity = [frames[0].bytes]
+    try:
+        return identity, unpack([f.buffer for f in frames[1:]])
+    except MessageError as exc:
+        return identity, exc
+
+
+def reply(sock: zmq.Socket, identity: list[bytes], message: Any, *, sender: str, corr: str) -> bool:
+    """Answer through a ROUTER; False when the requester is gone (it will time out)."""
+    try:
+        sock.send_multipart([*identity, *pack(message, sender=sender, corr=corr)], copy=False)
+        return True
+    except zmq.error.ZMQError as exc:
+        if exc.errno == zmq.EHOSTUNREACH:
+            return False
+        raise
+
+
+def stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (only in the main thread of a process)."""
+
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname.lower(),
+            "actor": getattr(record, "actor", ""),
+            "pid": record.process,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def setup_logging(actor: str, level: str = "info", fmt: str = "text") -> None:
+    """Configure the root logger of an actor process (entry points only)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    elif fmt == "letter":  # pynetdicom's and DCMTK's apps: "I: message"
+        handler.setFormatter(logging.Formatter("%(levelname).1s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname).1s {actor}[%(process)d] %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # pynetdicom logs every PDU at INFO/DEBUG; keep it quieter than our own lines.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,413 @@
+"""An association worker: runs pynetdicom acceptor associations on sockets a listener hands it.
+
+The main thread owns the ZeroMQ sockets and the hand-off Unix socket:
+
+* it tells every listener, once a second and whenever its load changes, how many more
+  associations it can take (``WorkerReady``), and that an association ended
+  (``AssociationEnded``);
+* it receives accepted TCP sockets as descriptors (``socket.recv_fds``) with a ``HandOff``
+  and starts a pynetdicom acceptor association on each (pynetdicom runs it in threads).
+
+For each C-STORE, the association's thread parses the spooled dataset, asks ``node.receive``
+where it goes, sends ``WriteInstance`` to the storage writer on its own DEALER socket and
+answers the peer only when the writer says the file is durable (or with a failure status
+when it does not answer in time). The spool is a file under ``<store>/.incoming/spool``:
+pynetdicom streams the dataset there as it arrives, so no dataset is held whole in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from copy import deepcopy
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from actors import _bus
+from node.config import ListenerConfig, NodeConfig
+from node.errors import NodeError, STATUS_OUT_OF_RESOURCES, MessageError
+from node.messages import AssociationEnded, ErrorReply, HandOff, InstanceWritten, WorkerReady, unpack
+from node.paths import FilePathPattern
+from node.receive import ANY, Received, check_dataset, context_rules, delay_ms, file_meta_bytes, plan_write, read_spooled
+
+log = logging.getLogger("actors.worker")
+
+HEARTBEAT_S = 1.0
+
+
+@dataclass
+class _Live:
+    """One running association and where it came from."""
+
+    assoc: Any
+    handoff: HandOff
+    stores: int = 0
+    local: threading.local = field(default_factory=threading.local)
+
+
+class Worker:
+    """Runs associations; one instance per worker process (or thread in inproc mode)."""
+
+    def __init__(self, config: NodeConfig, worker_id: str, ctx: zmq.Context) -> None:
+        self.config = config
+        self.name = f"worker-{worker_id}"
+        self.ctx = ctx
+        self.pattern = FilePathPattern.compile(config.store.filepath) if config.store.filepath else None
+        self.rules = context_rules(config)
+        self.live: dict[str, _Live] = {}
+        self.received: dict[str, int] = {lc.key: 0 for lc in config.listeners}
+        self.spool_dir = config.spool_dir / "spool" / self.name
+        self._aes: dict[str, Any] = {}
+        self._dealers = threading.local()
+
+    # ----- set-up -------------------------------------------------------------------------
+
+    def prepare_spool(self) -> None:
+        """A private spool directory, emptied of what a crashed predecessor left."""
+        shutil.rmtree(self.spool_dir, ignore_errors=True)
+        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        # pynetdicom's chunked receive writes to tempfile's directory: point it at our spool,
+        # on the store's filesystem, so the writer's copy stays in the kernel.
+        tempfile.tempdir = str(self.spool_dir)
+        from pynetdicom import _config
+
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        _config.UNRESTRICTED_STORAGE_SERVICE = self.config.services.accept_unknown
+        _follow_requestor_order({rule.abstract_syntax for rule in self.rules if rule.transfer_syntaxes == ANY})
+
+    def ae_for(self, listener: ListenerConfig) -> Any:
+        """The pynetdicom AE with the policy of one listener (cached)."""
+        if listener.key in self._aes:
+            return self._aes[listener.key]
+        from pynetdicom import AE
+        from pynetdicom.presentation import build_context
+
+        net = self.config.network
+        ae = AE(ae_title=listener.aet or self.config.aet)
+        ae.maximum_associations = 1 << 20  # the listener enforces the node's limit
+        ae.maximum_pdu_size = net.max_pdu_receive
+        ae.acse_timeout = (net.request_timeout_ms / 1000) if net.request_timeout_ms else net.acse_timeout
+        ae.dimse_timeout = net.dimse_timeout
+        ae.network_timeout = (net.idle_timeout_ms / 1000) if net.idle_timeout_ms else net.network_timeout
+        ae.require_called_aet = bool(listener.aet)
+        ae.require_calling_aet = list(listener.accept)
+        ae.supported_contexts = [build_context(rule.abstract_syntax, list(rule.expanded())) for rule in self.rules]
+        self._aes[listener.key] = ae
+        return ae
+
+    # ----- associations -------------------------------------------------------------------
+
+    def start_association(self, conn: socket.socket, handoff: HandOff) -> None:
+        """Run a pynetdicom acceptor association on an accepted socket."""
+        from pynetdicom import evt
+        from pynetdicom.association import Association
+        from pynetdicom.transport import AddressInformation, AssociationSocket
+
+        listener = self._listener(handoff.listener)
+        ae = self.ae_for(listener)
+        assoc = Association(ae, "acceptor")
+        assoc.name = f"assoc-{handoff.assoc_id}"
+        assoc.set_socket(AssociationSocket(assoc, client_socket=conn))
+        assoc.acceptor.maximum_length = ae.maximum_pdu_size
+        assoc.acceptor.ae_title = ae.ae_title
+        assoc.acceptor.address_info = AddressInformation.from_tuple(conn.getsockname()[:2])
+        assoc.acceptor.implementation_class_uid = ae.implementation_class_uid
+        assoc.acceptor.implementation_version_name = ae.implementation_version_name
+        assoc.acceptor.supported_contexts = deepcopy(ae.supported_contexts)
+        assoc.requestor.address_info = AddressInformation.from_tuple((handoff.peer_host, handoff.peer_port))
+        live = _Live(assoc=assoc, handoff=handoff)
+        assoc.bind(evt.EVT_C_STORE, self._on_store, [live])
+        assoc.bind(evt.EVT_REJECTED, self._on_rejected, [live])
+        self.live[handoff.assoc_id] = live
+        log.info("assoc=%s peer=%s:%d listener=%s started", handoff.assoc_id, handoff.peer_host, handoff.peer_port, handoff.listener)
+        assoc.start()
+
+    def _listener(self, key: str) -> ListenerConfig:
+        for lc in self.config.listeners:
+            if lc.key == key:
+                return lc
+        raise MessageError(f"hand-off from unknown listener {key!r}")
+
+    def _on_rejected(self, event: Any, live: _Live) -> None:
+        rq = event.assoc.requestor
+        log.warning(
+            "assoc=%s rejected: peer=%s calling=%s called=%s",
+            live.handoff.assoc_id, live.handoff.peer_host, rq.ae_title, rq.primitive.called_ae_title if rq.primitive else "?",
+        )
+
+    def _on_store(self, event: Any, live: _Live) -> int:
+        """EVT_C_STORE: make the instance durable, then return the status to answer with."""
+        live.stores += 1
+        store_cfg = self.config.store
+        _sleep_ms(delay_ms(store_cfg.receive_delay, live.stores))
+        status = store_cfg.status
+        if not store_cfg.ignore:
+            status = self._store(event, live)
+            if status == 0 and store_cfg.status:
+                status = store_cfg.status
+        _sleep_ms(delay_ms(store_cfg.response_delay, live.stores))
+        return status
+
+    def _store(self, event: Any, live: _Live) -> int:
+        req = event.request
+        assoc = event.assoc
+        received = Received(
+            assoc_id=live.handoff.assoc_id,
+            sop_class_uid=str(req.AffectedSOPClassUID),
+            sop_instance_uid=str(req.AffectedSOPInstanceUID),
+            transfer_syntax=str(event.context.transfer_syntax),
+            calling_aet=assoc.requestor.ae_title,
+            called_aet=assoc.acceptor.ae_title,
+            implementation_class_uid=str(assoc.requestor.implementation_class_uid or ""),
+            implementation_version_name=str(assoc.requestor.implementation_version_name or ""),
+        )
+        try:
+            spool = str(event.dataset_path)
+            ds, offset = read_spooled(spool)
+            check_dataset(ds, received)
+            write = plan_write(received, ds, self.pattern)
+            meta = file_meta_bytes(received)
+            data = self._payload(spool, offset)
+            if data is None:
+                from dataclasses import replace
+
+                write = replace(write, spool=spool, spool_offset=offset)
+                frames = [meta]
+            else:
+                frames = [meta, data]
+            reply = _bus.request(self._dealer(), write, sender=self.name, timeout=self.config.network.write_timeout, data=frames)
+        except NodeError as exc:
+            log.warning("assoc=%s sop=%s refused: status=0x%04X %s", received.assoc_id, received.sop_instance_uid, exc.status, exc)
+            return exc.status
+        except TimeoutError as exc:
+            log.error("assoc=%s sop=%s writer did not answer: %s", received.assoc_id, received.sop_instance_uid, exc)
+            self._drop_dealer()
+            return STATUS_OUT_OF_RESOURCES
+        message = reply.message
+        if isinstance(message, InstanceWritten):
+            log.info("assoc=%s calling=%s sop=%s stored", received.assoc_id, received.calling_aet, received.sop_instance_uid)
+            return 0
+        if isinstance(message, ErrorReply):
+            log.warning("assoc=%s sop=%s writer failed: 0x%04X %s", received.assoc_id, received.sop_instance_uid, message.status, message.reason)
+            return message.status
+        return STATUS_OUT_OF_RESOURCES
+
+    def _payload(self, spool: str, offset: int) -> bytes | None:
+        """Small datasets travel inline; large ones stay in the spool file (None)."""
+        size = os.path.getsize(spool) - offset
+        if size > self.config.store.inline_threshold:
+            return None
+        with open(spool, "rb") as fh:
+            fh.seek(offset)
+            return fh.read()
+
+    def _dealer(self) -> zmq.Socket:
+        """This thread's DEALER to the writer (sockets are not shared between threads)."""
+        sock = getattr(self._dealers, "sock", None)
+        if sock is None:
+            sock = _bus.dealer(self.ctx, self.config.endpoint("writer"))
+            self._dealers.sock = sock
+        return sock
+
+    def _drop_dealer(self) -> None:
+        sock = getattr(self._dealers, "sock", None)
+        if sock is not None:
+            sock.close(0)
+            self._dealers.sock = None
+
+    def reap(self) -> list[HandOff]:
+        """Forget associations whose threads ended; return their hand-offs."""
+        ended = [aid for aid, live in self.live.items() if not live.assoc.is_alive()]
+        return [self.live.pop(aid).handoff for aid in ended]
+
+    def capacity(self) -> int:
+        return max(0, self.config.network.worker_capacity - len(self.live))
+
+    def abort_all(self) -> None:
+        for live in list(self.live.values()):
+            try:
+                live.assoc.abort()
+            except Exception as exc:  # an association already gone cannot be aborted twice
+                log.debug("abort failed: %s", exc)
+
+
+def _follow_requestor_order(any_syntax: set[str]) -> None:
+    """Make pynetdicom choose, for SOP classes accepted with any syntax, the requestor's first.
+
+    pynetdicom walks the acceptor's list; dcm4che's storescp takes the first proposed
+    syntax it supports. Following the requestor keeps the bytes as the sender has them
+    (no transcoding on the way in). Contexts with an explicit list (Verification in
+    echoscp) keep pynetdicom's rule, which echoscp's preference options rely on.
+    """
+    from pynetdicom import acse
+    from pynetdicom.presentation import negotiate_as_acceptor
+
+    def negotiate(rq_contexts: Any, ac_contexts: Any, roles: Any = None) -> Any:
+        first_proposed = {}
+        for rq in rq_contexts:
+            first_proposed.setdefault(rq.abstract_syntax, list(rq.transfer_syntax))
+        adjusted = []
+        for ac in ac_contexts:
+            order = first_proposed.get(ac.abstract_syntax)
+            if order and ac.abstract_syntax in any_syntax:
+                ac = deepcopy(ac)
+                offered = set(ac.transfer_syntax)
+                ac.transfer_syntax = [ts for ts in order if ts in offered] + [ts for ts in ac.transfer_syntax if ts not in order]
+            adjusted.append(ac)
+        return negotiate_as_acceptor(rq_contexts, adjusted, roles)
+
+    acse.negotiate_as_acceptor = negotiate  # type: ignore[attr-defined]
+
+
+def _sleep_ms(ms: int) -> None:
+    if ms > 0:
+        time.sleep(ms / 1000)
+
+
+def _handoff_server(path: str) -> socket.socket:
+    """The Unix socket listeners connect to in order to pass accepted descriptors."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(16)
+    server.setblocking(False)
+    return server
+
+
+def _receive_handoff(conn: socket.socket) -> tuple[socket.socket, HandOff] | None:
+    """One descriptor and its HandOff message from a listener; None when it disconnected."""
+    msg, fds, _flags, _addr = socket.recv_fds(conn, 4096, 4)
+    if not msg and not fds:
+        return None
+    if len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise MessageError(f"hand-off carried {len(fds)} descriptors")
+    tcp = socket.socket(fileno=fds[0])
+    tcp.setblocking(True)
+    envelope = unpack(_split_frames(msg))
+    if not isinstance(envelope.message, HandOff):
+        tcp.close()
+        raise MessageError(f"expected a hand-off, got {envelope.message.kind}")
+    return tcp, envelope.message
+
+
+def _split_frames(blob: bytes) -> list[bytes]:
+    """Hand-off payloads are length-prefixed frames (a stream socket has no message edges)."""
+    frames, pos = [], 0
+    while pos < len(blob):
+        n = int.from_bytes(blob[pos : pos + 4], "big")
+        frames.append(blob[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    return frames
+
+
+def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Context | None = None) -> int:
+    """Take associations until ``stop``; then let open ones finish (bounded) and abort the rest."""
+    ctx = ctx or zmq.Context.instance()
+    worker = Worker(config, worker_id, ctx)
+    worker.prepare_spool()
+    handoff_path = str(config.handoff_path(worker.name))
+    server = _handoff_server(handoff_path)
+    listeners = {lc.key: _bus.dealer(ctx, config.endpoint(f"listener-{lc.key}"), identity=worker.name) for lc in config.listeners}
+    conns: list[socket.socket] = []
+    last_beat = 0.0
+    last_capacity = -1
+    log.info("%s ready: handoff=%s", worker.name, handoff_path)
+    try:
+        while not stop.is_set():
+            readable, _, _ = select.select([server, *conns], [], [], 0.1)
+            for sock in readable:
+                if sock is server:
+                    conn, _ = server.accept()
+                    conn.setblocking(True)
+                    conns.append(conn)
+                    continue
+                try:
+                    got = _receive_handoff(sock)
+                except (MessageError, OSError) as exc:
+                    log.error("bad hand-off: %s", exc)
+                    got = None
+                if got is None:
+                    conns.remove(sock)
+                    sock.close()
+                    continue
+                tcp, handoff = got
+                worker.received[handoff.listener] = worker.received.get(handoff.listener, 0) + 1
+                try:
+                    worker.start_association(tcp, handoff)
+                except NodeError as exc:
+                    log.error("assoc=%s cannot start: %s", handoff.assoc_id, exc)
+                    tcp.close()
+            for handoff in worker.reap():
+                log.info("assoc=%s ended", handoff.assoc_id)
+                _send(listeners.get(handoff.listener), AssociationEnded(worker=worker.name, assoc_id=handoff.assoc_id), worker.name)
+            now = time.monotonic()
+            if worker.capacity() != last_capacity or now - last_beat >= HEARTBEAT_S:
+                last_capacity = worker.capacity()
+                last_beat = now
+                for key, sock in listeners.items():
+                    ready = WorkerReady(worker=worker.name, capacity=last_capacity, handoff=handoff_path, pid=os.getpid(), received=worker.received.get(key, 0))
+                    _send(sock, ready, worker.name)
+    finally:
+        server.close()
+        _drain(worker, listeners)
+        for conn in conns:
+            conn.close()
+        for sock in listeners.values():
+            sock.close(0)
+        try:
+            os.unlink(handoff_path)
+        except FileNotFoundError:
+            pass
+    return 0
+
+
+def _drain(worker: Worker, listeners: dict[str, zmq.Socket], grace: float = 10.0) -> None:
+    """Stop taking work (capacity 0), let open associations end within ``grace``, abort the rest."""
+    for key, sock in listeners.items():
+        _send(sock, WorkerReady(worker=worker.name, capacity=0, handoff="", pid=os.getpid(), received=worker.received.get(key, 0)), worker.name)
+    deadline = time.monotonic() + grace
+    while worker.live and time.monotonic() < deadline:
+        for handoff in worker.reap():
+            _send(listeners.get(handoff.listener), AssociationEnded(worker=worker.name, assoc_id=handoff.assoc_id), worker.name)
+        time.sleep(0.05)
+    if worker.live:
+        log.warning("aborting %d association(s) still open after %.0f s", len(worker.live), grace)
+        worker.abort_all()
+
+
+def _send(sock: zmq.Socket | None, message: Any, sender: str) -> None:
+    """Fire-and-forget to a listener; a full queue (listener down) drops the message."""
+    if sock is None:
+        return
+    from node.messages import pack
+
+    try:
+        sock.send_multipart(pack(message, sender=sender), flags=zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+
+
+def main(config: NodeConfig, args: list[str]) -> int:
+    """Entry point for ``nodectl run worker --worker-id N``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="nodectl run worker")
+    parser.add_argument("--worker-id", default=str(os.getpid()))
+    opts = parser.parse_args(args)
+    stop = threading.Event()
+    _bus.stop_on_signals(stop)
+    return run(config, opts.worker_id, stop)

@@ -1,0 +1,351 @@
+"""The node's configuration: a TOML file, then the environment, then the command line.
+
+``load()`` returns a frozen ``NodeConfig`` that is passed around, never stored in a global.
+Every process of a node reads the same effective configuration: ``nodectl serve`` writes it
+to ``<run_dir>/node.toml`` and starts each actor with ``--config`` pointing there, so a
+listener, the workers and the writer cannot disagree about the store or the endpoints.
+
+File layout (every key optional; the embedded defaults run a node on port 11112)::
+
+    [node]
+    aet = "NODE"            # our AE title
+    directory = "store"     # the store, relative to the config file's directory
+    database = "node.sqlite"
+    workers = 2             # association worker processes (default: CPU count)
+    run_dir = ".nodectl"    # ipc sockets, pid and ready files
+    transport = "ipc"       # ipc | tcp | inproc (threads of one process)
+
+    [[listeners]]           # one listener process per entry
+    port = 11112
+    host = ""               # bind address, "" = all interfaces
+    aet = "NODE"            # called AE title required by this listener ("" = any)
+    accept = []             # calling AE titles allowed (empty = any)
+
+    [store]   filepath, ignore, status, delays, rename retries, inline threshold
+    [network] PDU sizes, timeouts, TCP options, association limit
+    [services] accept_unknown, sop_classes, verification transfer syntaxes
+    [bus]     explicit endpoints (tcp://...) overriding the ones derived from run_dir
+
+Environment: ``NODECTL_CONFIG`` names the file; ``NODECTL_AET``, ``NODECTL_PORT``,
+``NODECTL_DIRECTORY``, ``NODECTL_DATABASE``, ``NODECTL_WORKERS`` override single values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError
+
+DEFAULT_PORT = 11112
+DEFAULT_AET = "NODE"
+# ipc:// endpoints are Unix socket paths, limited to 107 bytes by the kernel.
+_MAX_IPC_PATH = 100
+
+IMPLICIT_VR_LE = "1.2.840.10008.1.2"
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """One listening port and the association policy that applies to it."""
+
+    port: int = DEFAULT_PORT
+    host: str = ""
+    aet: str = ""
+    accept: tuple[str, ...] = ()
+    name: str = ""
+
+    @property
+    def key(self) -> str:
+        """A stable name used for endpoints and process names."""
+        return self.name or str(self.port)
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where and how received instances are written (dcm4che storescp's storage options)."""
+
+    filepath: str = ""
+    ignore: bool = False
+    status: int = 0x0000
+    receive_delay: tuple[int, ...] = ()
+    response_delay: tuple[int, ...] = ()
+    rename_retries: int = 3
+    rename_retry_jitter: int = 50
+    inline_threshold: int = 256 * 1024
+    duplicates: str = "overwrite"
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Association-level limits and timers; milliseconds follow dcm4che, seconds pynetdicom."""
+
+    max_pdu_receive: int = 16378
+    max_pdu_send: int = 16378
+    max_associations: int = 64
+    worker_capacity: int = 16
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 30.0
+    network_timeout: float = 60.0
+    request_timeout_ms: int = 0
+    idle_timeout_ms: int = 0
+    release_timeout_ms: int = 0
+    soclose_delay_ms: int = 50
+    send_buffer: int = 0
+    receive_buffer: int = 0
+    tcp_nodelay: bool = True
+    write_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class ServicesConfig:
+    """Which SOP classes and transfer syntaxes the node accepts."""
+
+    storage: bool = True
+    accept_unknown: bool = False
+    sop_classes: str = ""
+    verification_transfer_syntaxes: tuple[str, ...] = (IMPLICIT_VR_LE,)
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    """Explicit endpoints; empty means derived from ``run_dir`` and ``transport``."""
+
+    writer: str = ""
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The whole effective configuration of one node."""
+
+    aet: str = DEFAULT_AET
+    directory: Path = Path("store")
+    database: str = "node.sqlite"
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    run_dir: Path = Path(".nodectl")
+    transport: str = "ipc"
+    log_level: str = "info"
+    log_format: str = "text"
+    listeners: tuple[ListenerConfig, ...] = (ListenerConfig(),)
+    store: StoreConfig = StoreConfig()
+    network: NetworkConfig = NetworkConfig()
+    services: ServicesConfig = ServicesConfig()
+    bus: BusConfig = BusConfig()
+
+    @property
+    def spool_dir(self) -> Path:
+        """Temp and spool files: inside the store so that rename stays on one filesystem."""
+        return self.directory / ".incoming"
+
+    def endpoint(self, name: str) -> str:
+        """The ZeroMQ endpoint of a bound actor socket (``writer``, ``listener-<key>``)."""
+        explicit = getattr(self.bus, name, "") if hasattr(self.bus, name) else ""
+        if explicit:
+            return explicit
+        if self.transport == "inproc":
+            return f"inproc://{name}"
+        if self.transport == "ipc":
+            return f"ipc://{self.run_dir / name}.ipc"
+        raise ConfigError(f"transport {self.transport!r} needs an explicit [bus] {name} endpoint")
+
+    def handoff_path(self, worker: str) -> Path:
+        """The Unix socket on which a worker receives accepted connections."""
+        return self.run_dir / f"handoff-{worker}.sock"
+
+    def ready_path(self, listener: ListenerConfig) -> Path:
+        """The file a listener writes once it accepts connections (holds the bound port)."""
+        return self.run_dir / f"listener-{listener.key}.ready"
+
+
+SECTIONS: dict[str, type] = {
+    "store": StoreConfig,
+    "network": NetworkConfig,
+    "services": ServicesConfig,
+    "bus": BusConfig,
+}
+_NODE_KEYS = {"aet", "directory", "database", "workers", "run_dir", "transport", "log_level", "log_format"}
+
+
+def _coerce(cls: type, name: str, value: Any) -> Any:
+    """Convert a TOML value to the type a dataclass field declares, or raise ConfigError."""
+    default = {f.name: f for f in fields(cls)}[name]
+    sample = default.default if default.default is not dataclasses.MISSING else default.default_factory()  # type: ignore[misc]
+    try:
+        if isinstance(sample, bool):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(sample, int):
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        if isinstance(sample, float):
+            return float(value)
+        if isinstance(sample, tuple):
+            if isinstance(value, (str, int)):
+                value = [value]
+            return tuple(value)
+        if isinstance(sample, Path):
+            return Path(value)
+        if isinstance(sample, str):
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{cls.__name__}.{name}: bad value {value!r}") from None
+    return value
+
+
+def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
+    """Build a section dataclass from a TOML table, refusing unknown keys."""
+    known = {f.name for f in fields(cls)}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"[{where}]: unknown key(s) {', '.join(sorted(unknown))}")
+    return cls(**{k: _coerce(cls, k, v) for k, v in table.items()})
+
+
+def from_mapping(data: Mapping[str, Any], base_dir: Path = Path(".")) -> NodeConfig:
+    """Build a NodeConfig from parsed TOML; relative paths are relative to ``base_dir``."""
+    unknown = set(data) - {"node", "listeners", *SECTIONS}
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
+    node_table = dict(data.get("node", {}))
+    bad = set(node_table) - _NODE_KEYS
+    if bad:
+        raise ConfigError(f"[node]: unknown key(s) {', '.join(sorted(bad))}")
+    kwargs: dict[str, Any] = {k: _coerce(NodeConfig, k, v) for k, v in node_table.items()}
+    for key in ("directory", "run_dir"):
+        if key in kwargs and not kwargs[key].is_absolute():
+            kwargs[key] = base_dir / kwargs[key]
+    if "database" in kwargs and "://" not in kwargs["database"] and not Path(kwargs["database"]).is_absolute():
+        kwargs["database"] = str(base_dir / kwargs["database"])
+    if "listeners" in data:
+        kwargs["listeners"] = tuple(_build(ListenerConfig, t, "listeners") for t in data["listeners"])
+    for section, cls in SECTIONS.items():
+        if section in data:
+            kwargs[section] = _build(cls, data[section], section)
+    return validate(NodeConfig(**kwargs))
+
+
+def to_mapping(config: NodeConfig) -> dict[str, Any]:
+    """The inverse of ``from_mapping``: a TOML-ready dict with absolute paths."""
+
+    def plain(obj: Any) -> dict[str, Any]:
+        out = {}
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    node_table = {k: v for k, v in plain(config).items() if k in _NODE_KEYS}
+    data: dict[str, Any] = {"node": node_table, "listeners": [plain(lc) for lc in config.listeners]}
+    for section in SECTIONS:
+        data[section] = plain(getattr(config, section))
+    return data
+
+
+def dump(config: NodeConfig, path: Path) -> None:
+    """Write the effective configuration where every actor of the node will read it."""
+    import tomli_w
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(tomli_w.dumps(to_mapping(config)).encode())
+    os.replace(tmp, path)
+
+
+def load_file(path: Path) -> NodeConfig:
+    """Read a TOML file; relative paths in it are relative to the file's directory."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path}: {exc}") from None
+    return from_mapping(data, path.resolve().parent)
+
+
+def apply_environment(config: NodeConfig, environ: Mapping[str, str]) -> NodeConfig:
+    """Apply the single-value ``NODECTL_*`` overrides."""
+    updates: dict[str, Any] = {}
+    if "NODECTL_AET" in environ:
+        updates["aet"] = environ["NODECTL_AET"]
+    if "NODECTL_DIRECTORY" in environ:
+        updates["directory"] = Path(environ["NODECTL_DIRECTORY"])
+    if "NODECTL_DATABASE" in environ:
+        updates["database"] = environ["NODECTL_DATABASE"]
+    try:
+        if "NODECTL_WORKERS" in environ:
+            updates["workers"] = int(environ["NODECTL_WORKERS"])
+        if "NODECTL_PORT" in environ:
+            port = int(environ["NODECTL_PORT"])
+            updates["listeners"] = tuple(replace(lc, port=port) for lc in config.listeners[:1]) + config.listeners[1:]
+    except ValueError as exc:
+        raise ConfigError(f"environment: {exc}") from None
+    return validate(replace(config, **updates)) if updates else config
+
+
+def load(path: Path | None = None, environ: Mapping[str, str] | None = None) -> NodeConfig:
+    """Embedded defaults, then the file (``path`` or ``$NODECTL_CONFIG``), then the environment."""
+    env = os.environ if environ is None else environ
+    if path is None and env.get("NODECTL_CONFIG"):
+        path = Path(env["NODECTL_CONFIG"])
+    config = load_file(path) if path is not None else NodeConfig()
+    return apply_environment(config, env)
+
+
+def validate(config: NodeConfig) -> NodeConfig:
+    """Refuse settings no node could run with; say which and why."""
+    if config.workers < 1:
+        raise ConfigError(f"workers must be at least 1, not {config.workers}")
+    if config.transport not in ("ipc", "tcp", "inproc"):
+        raise ConfigError(f"transport must be ipc, tcp or inproc, not {config.transport!r}")
+    if not config.listeners:
+        raise ConfigError("at least one listener is needed")
+    for lc in config.listeners:
+        if not 0 <= lc.port <= 65535:
+            raise ConfigError(f"port {lc.port} is outside 0..65535")
+        check_aet(lc.aet, allow_empty=True)
+        for aet in lc.accept:
+            check_aet(aet)
+    keys = [lc.key for lc in config.listeners]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("two listeners share a port/name")
+    check_aet(config.aet)
+    if config.store.duplicates not in ("overwrite", "keep", "reject"):
+        raise ConfigError(f"store.duplicates must be overwrite, keep or reject, not {config.store.duplicates!r}")
+    if not 0 <= config.store.status <= 0xFFFF:
+        raise ConfigError(f"store.status {config.store.status} is not a 16-bit status")
+    return config
+
+
+def check_aet(aet: str, *, allow_empty: bool = False) -> str:
+    """An AE title is 1..16 characters of the default repertoire, no backslash or control."""
+    if aet == "" and allow_empty:
+        return aet
+    if not 0 < len(aet.strip()) <= 16 or len(aet) > 16:
+        raise ConfigError(f"AE title {aet!r} must be 1 to 16 characters")
+    if any(ord(ch) < 0x20 or ord(ch) > 0x7E or ch == "\\" for ch in aet):
+        raise ConfigError(f"AE title {aet!r} has a character not allowed in an AE title")
+    return aet
+
+
+def short_run_dir(run_dir: Path) -> Path:
+    """``run_dir`` itself when its ipc paths fit the kernel limit, else a short one in /tmp."""
+    absolute = run_dir.resolve()
+    if len(str(absolute)) + 40 <= _MAX_IPC_PATH:
+        return absolute
+    digest = hashlib.sha1(str(absolute).encode()).hexdigest()[:12]
+    return Path("/tmp") / f"nodectl-{digest}"

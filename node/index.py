@@ -1,0 +1,137 @@
+"""The instance index: one row per stored SOP instance, in SQLite (WAL) by default.
+
+The storage writer is the only process that writes it; other processes open it read-only to
+answer questions such as "is this instance stored" (Storage Commitment). Schema changes are
+numbered migrations applied in order, written in SQL that PostgreSQL accepts too, so the
+same list can serve both backends.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.errors import StorageError
+
+MIGRATIONS: Sequence[tuple[int, Sequence[str]]] = (
+    (
+        1,
+        (
+            """CREATE TABLE instances (
+                sop_instance_uid TEXT PRIMARY KEY,
+                sop_class_uid TEXT NOT NULL,
+                study_uid TEXT NOT NULL DEFAULT '',
+                series_uid TEXT NOT NULL DEFAULT '',
+                patient_id TEXT NOT NULL DEFAULT '',
+                transfer_syntax TEXT NOT NULL,
+                path TEXT NOT NULL,
+                size BIGINT NOT NULL,
+                calling_aet TEXT NOT NULL DEFAULT '',
+                called_aet TEXT NOT NULL DEFAULT '',
+                received_at DOUBLE PRECISION NOT NULL
+            )""",
+            "CREATE INDEX instances_study ON instances (study_uid)",
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    """What the index knows of one stored instance."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    path: str
+    size: int
+    study_uid: str = ""
+    series_uid: str = ""
+    patient_id: str = ""
+    calling_aet: str = ""
+    called_aet: str = ""
+    received_at: float = 0.0
+
+
+_COLUMNS = (
+    "sop_instance_uid, sop_class_uid, study_uid, series_uid, patient_id, transfer_syntax, "
+    "path, size, calling_aet, called_aet, received_at"
+)
+
+
+class Index:
+    """The SQLite index of stored instances."""
+
+    def __init__(self, database: str, *, readonly: bool = False) -> None:
+        if "://" in database and not database.startswith("sqlite://"):
+            raise StorageError(f"database {database!r}: only SQLite is built in this version")
+        path = database.removeprefix("sqlite://")
+        self.path = Path(path)
+        try:
+            if readonly:
+                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=FULL")
+                self.migrate()
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open index {self.path}: {exc}") from None
+
+    def migrate(self) -> int:
+        """Apply the migrations this database lacks; return the schema version."""
+        self.conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = self.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        current = row[0] or 0
+        for version, statements in MIGRATIONS:
+            if version <= current:
+                continue
+            self.conn.execute("BEGIN IMMEDIATE")
+            for statement in statements:
+                self.conn.execute(statement)
+            self.conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            self.conn.execute("COMMIT")
+            current = version
+        return current
+
+    def record(self, rows: Iterable[InstanceRow]) -> None:
+        """Insert or replace rows in one durable transaction."""
+        values = [
+            (
+                r.sop_instance_uid, r.sop_class_uid, r.study_uid, r.series_uid, r.patient_id,
+                r.transfer_syntax, r.path, r.size, r.calling_aet, r.called_aet, r.received_at or time.time(),
+            )
+            for r in rows
+        ]
+        if not values:
+            return
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.executemany(f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", values)
+            self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise StorageError(f"index write failed: {exc}") from None
+
+    def get(self, sop_instance_uid: str) -> InstanceRow | None:
+        """The row of one instance, or None."""
+        row = self.conn.execute(f"SELECT {_COLUMNS} FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        return InstanceRow(*_reorder(row)) if row else None
+
+    def count(self) -> int:
+        """How many instances are stored."""
+        return int(self.conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _reorder(row: Sequence[object]) -> tuple[object, ...]:
+    """Map a SELECT row (column order of _COLUMNS) to InstanceRow's field order."""
+    (uid, sop_class, study, series, patient, ts, path, size, calling, called, received) = row
+    return (uid, sop_class, ts, path, size, study, series, patient, calling, called, received)

@@ -1,0 +1,217 @@
+"""Every message that crosses the node's bus, declared once, with its wire format.
+
+Frames of one message (after any ROUTER identity frames)::
+
+    [header, body, *data]
+
+    header  msgpack map {v, kind, id, corr, sender, sent}
+            v       SCHEMA_VERSION of the sender
+            kind    e.g. "instance.write"; selects the class in KINDS
+            id      unique id of this message (hex)
+            corr    the id of the request this message answers, or ""
+            sender  "worker-1", "writer", "listener-11112", ...
+            sent    wall-clock time (float seconds) when it was packed
+    body    msgpack map of the dataclass fields
+    data    raw bytes (file meta, dataset), never re-encoded; sent without copy
+
+Rules: a new optional field keeps ``SCHEMA_VERSION``; a rename or removal bumps it. An
+unknown kind or another version raises ``MessageError``. Commands are imperative
+(``WriteInstance``), facts past tense (``InstanceWritten``); a reply carries the request id
+in ``corr``. msgpack with ``use_bin_type=True`` and ``raw=False``; UIDs are str; no pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+import msgpack
+
+from node.errors import MessageError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerReady:
+    """A worker tells a listener it can take ``capacity`` more associations (also a heartbeat).
+
+    ``handoff`` is the Unix socket on which the worker receives accepted connections;
+    ``received`` counts the hand-offs it got from this listener, so the listener can subtract
+    the ones still in flight from ``capacity``.
+    """
+
+    kind: ClassVar[str] = "worker.ready"
+    worker: str
+    capacity: int
+    handoff: str
+    pid: int
+    received: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HandOff:
+    """Sent by a listener with an accepted socket's descriptor over the worker's Unix socket."""
+
+    kind: ClassVar[str] = "association.handoff"
+    assoc_id: str
+    listener: str
+    peer_host: str
+    peer_port: int
+    accepted_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AssociationEnded:
+    """A worker tells the listener that handed it an association that it is over."""
+
+    kind: ClassVar[str] = "association.ended"
+    worker: str
+    assoc_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteInstance:
+    """Ask the storage writer to make one received instance durable.
+
+    The data frames are ``[file_meta, dataset]`` (inline) or ``[file_meta]`` with ``spool``
+    naming a file on the store's filesystem whose bytes from ``spool_offset`` are the dataset.
+    ``relpath`` is already checked by ``node.paths``; the writer checks it again.
+    """
+
+    kind: ClassVar[str] = "instance.write"
+    assoc_id: str
+    relpath: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    calling_aet: str
+    called_aet: str
+    study_uid: str = ""
+    series_uid: str = ""
+    patient_id: str = ""
+    spool: str = ""
+    spool_offset: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceWritten:
+    """The writer's reply: the file is on disk (fsync, rename, directory fsync) and indexed."""
+
+    kind: ClassVar[str] = "instance.written"
+    sop_instance_uid: str
+    path: str
+    size: int
+    replaced: bool = False
+    kept: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorReply:
+    """A request failed; ``status`` is the DIMSE status the answer to the peer should carry."""
+
+    kind: ClassVar[str] = "error"
+    status: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping:
+    """Liveness probe; answered with ``Pong`` by any actor with a ROUTER socket."""
+
+    kind: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pong:
+    """Answer to ``Ping``."""
+
+    kind: ClassVar[str] = "pong"
+    pid: int
+
+
+Message = WorkerReady | HandOff | AssociationEnded | WriteInstance | InstanceWritten | ErrorReply | Ping | Pong
+
+KINDS: dict[str, type] = {
+    cls.kind: cls
+    for cls in (WorkerReady, HandOff, AssociationEnded, WriteInstance, InstanceWritten, ErrorReply, Ping, Pong)
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A received message with its header fields and raw data frames."""
+
+    message: Any
+    id: str
+    corr: str = ""
+    sender: str = ""
+    sent: float = 0.0
+    data: Sequence[bytes | memoryview] = field(default_factory=tuple)
+
+
+def new_id() -> str:
+    """A message id: 12 random bytes, hex."""
+    return os.urandom(12).hex()
+
+
+def pack(
+    message: Any,
+    *,
+    sender: str,
+    corr: str = "",
+    msg_id: str | None = None,
+    data: Sequence[bytes | memoryview] = (),
+) -> list[bytes | memoryview]:
+    """Encode a message as frames ``[header, body, *data]``."""
+    if type(message).kind not in KINDS or KINDS[type(message).kind] is not type(message):
+        raise MessageError(f"{type(message).__name__} is not a declared message")
+    header = {
+        "v": SCHEMA_VERSION,
+        "kind": message.kind,
+        "id": msg_id or new_id(),
+        "corr": corr,
+        "sender": sender,
+        "sent": time.time(),
+    }
+    body = {f.name: getattr(message, f.name) for f in fields(message)}
+    return [msgpack.packb(header, use_bin_type=True), msgpack.packb(body, use_bin_type=True), *data]
+
+
+def unpack(frames: Sequence[bytes | memoryview]) -> Envelope:
+    """Decode frames from ``pack``; raise MessageError for anything unknown or malformed."""
+    if len(frames) < 2:
+        raise MessageError(f"a message needs header and body frames, got {len(frames)} frame(s)")
+    try:
+        header = msgpack.unpackb(frames[0], raw=False)
+        body = msgpack.unpackb(frames[1], raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise MessageError(f"undecodable frame: {exc}") from None
+    if not isinstance(header, dict) or not isinstance(body, dict):
+        raise MessageError("header and body must be maps")
+    if header.get("v") != SCHEMA_VERSION:
+        raise MessageError(f"schema version {header.get('v')!r} is not {SCHEMA_VERSION}")
+    cls = KINDS.get(header.get("kind", ""))
+    if cls is None:
+        raise MessageError(f"unknown message kind {header.get('kind')!r}")
+    try:
+        message = cls(**body)
+    except TypeError as exc:
+        raise MessageError(f"{cls.kind}: {exc}") from None
+    return Envelope(
+        message=message,
+        id=str(header.get("id", "")),
+        corr=str(header.get("corr", "")),
+        sender=str(header.get("sender", "")),
+        sent=float(header.get("sent", 0.0)),
+        data=tuple(frames[2:]),
+    )
+
+
+def as_dict(message: Any) -> dict[str, Any]:
+    """The body fields of a message, for logs and tests."""
+    return dataclasses.asdict(message)

@@ -1,0 +1,211 @@
+"""What the node decides about an incoming association and a received C-STORE, without I/O.
+
+The worker actor feeds this module what pynetdicom hands it (command UIDs, the negotiated
+transfer syntax, the peer's A-ASSOCIATE-RQ fields, the spooled dataset) and gets back the
+presentation contexts to accept, the file meta to write, and a ``WriteInstance`` for the
+writer, or a ``NodeError`` carrying the DIMSE status to answer with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom._uid_dict import UID_dictionary
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from pydicom.filewriter import write_file_meta_info
+from pydicom import uid as uids
+
+from node.config import NodeConfig
+from node.errors import ConfigError, DatasetError, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
+from node.messages import WriteInstance
+from node.paths import FilePathPattern, relative_path_for
+
+VERIFICATION = "1.2.840.10008.1.1"
+ANY = ("*",)
+
+# Every transfer syntax pydicom knows, uncompressed ones first (the order the node prefers).
+ALL_TRANSFER_SYNTAXES: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        [uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian, uids.DeflatedExplicitVRLittleEndian, uids.ExplicitVRBigEndian]
+        + [str(ts) for ts in uids.AllTransferSyntaxes]
+    )
+)
+
+
+def storage_sop_classes() -> tuple[str, ...]:
+    """Every Storage SOP Class in pydicom's UID registry, retired ones too (the default list)."""
+    return tuple(sorted(uid for uid, (name, kind, *_rest) in UID_dictionary.items() if kind == "SOP Class" and "Storage" in name and "Commitment" not in name))
+
+
+@dataclass(frozen=True)
+class ContextRule:
+    """An abstract syntax and the transfer syntaxes accepted for it (``("*",)`` = any)."""
+
+    abstract_syntax: str
+    transfer_syntaxes: tuple[str, ...]
+
+    def expanded(self) -> tuple[str, ...]:
+        return ALL_TRANSFER_SYNTAXES if self.transfer_syntaxes == ANY else self.transfer_syntaxes
+
+
+def _resolve_uid(name: str) -> str:
+    """A UID, or a keyword such as ``CTImageStorage`` / ``ImplicitVRLittleEndian``."""
+    name = name.strip()
+    if name and all(ch.isdigit() or ch == "." for ch in name):
+        return name
+    value = getattr(uids, name, None)
+    if isinstance(value, str):
+        return str(value)
+    for uid, (_full, _kind, _info, _retired, keyword) in UID_dictionary.items():
+        if keyword == name:
+            return uid
+    raise ConfigError(f"unknown SOP class or transfer syntax {name!r}")
+
+
+def parse_sop_classes(text: str) -> tuple[ContextRule, ...]:
+    """Parse dcm4che's ``sop-classes.properties`` format: ``<sop-class>:<ts>[,<ts>...]`` or ``:*``."""
+    rules = []
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        sep = "=" if "=" in line and ":" not in line else ":"
+        if sep not in line:
+            raise ConfigError(f"sop classes line {number}: expected <sop-class>:<transfer syntaxes>")
+        left, right = (part.strip() for part in line.split(sep, 1))
+        syntaxes = ANY if right == "*" else tuple(_resolve_uid(ts) for ts in right.split(",") if ts.strip())
+        if not syntaxes:
+            raise ConfigError(f"sop classes line {number}: no transfer syntax")
+        rules.append(ContextRule(_resolve_uid(left), syntaxes))
+    return tuple(rules)
+
+
+def context_rules(config: NodeConfig) -> tuple[ContextRule, ...]:
+    """The presentation contexts this node accepts: Verification, then storage classes."""
+    services = config.services
+    if services.sop_classes:
+        try:
+            text = Path(services.sop_classes).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read SOP class list {services.sop_classes}: {exc.strerror}") from None
+        return parse_sop_classes(text)
+    rules = [ContextRule(VERIFICATION, tuple(services.verification_transfer_syntaxes))]
+    if services.storage:
+        rules.extend(ContextRule(uid, ANY) for uid in storage_sop_classes())
+    return tuple(rules)
+
+
+def delay_ms(delays: Sequence[int], store_number: int) -> int:
+    """dcm4che's delay lists: the k-th C-STORE of an association uses entry (k-1) mod n."""
+    if not delays:
+        return 0
+    return int(delays[(store_number - 1) % len(delays)])
+
+
+@dataclass(frozen=True)
+class Received:
+    """What pynetdicom tells us about one C-STORE-RQ and its association."""
+
+    assoc_id: str
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    calling_aet: str
+    called_aet: str
+    implementation_class_uid: str
+    implementation_version_name: str
+
+
+def read_spooled(path: str) -> tuple[Dataset, int]:
+    """Parse a spooled dataset up to Pixel Data; return it and the dataset's byte offset.
+
+    The spool file is pynetdicom's: preamble, its own file meta, then the received dataset
+    bytes unchanged. Large values are deferred so a huge instance costs little memory.
+    """
+    try:
+        with open(path, "rb") as fh:
+            ds = dcmread(fh, stop_before_pixels=True, defer_size=64 * 1024, force=False)
+            offset = _dataset_offset(fh)
+    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, OverflowError) as exc:
+        raise DatasetError(f"dataset cannot be parsed: {exc}", status=STATUS_CANNOT_UNDERSTAND) from None
+    except OSError as exc:
+        raise DatasetError(f"spooled dataset unreadable: {exc.strerror}") from None
+    return ds, offset
+
+
+def _dataset_offset(fh: object) -> int:
+    """Where the dataset starts: after preamble, DICM and the meta group (its length is explicit)."""
+    import struct
+
+    fh.seek(128 + 4)  # type: ignore[attr-defined]
+    head = fh.read(12)  # type: ignore[attr-defined]
+    if len(head) < 12 or head[:4] != b"\x02\x00\x00\x00":
+        raise DatasetError("spooled file has no meta group length")
+    (group_length,) = struct.unpack("<I", head[8:12])
+    return 128 + 4 + 12 + group_length
+
+
+def check_dataset(ds: Dataset, received: Received) -> None:
+    """Refuse datasets that cannot be stored as what the command says they are."""
+    try:
+        instance_uid = ds.get("SOPInstanceUID")
+    except Exception as exc:  # pydicom raises many types for broken values
+        raise DatasetError(f"dataset cannot be parsed: {exc}", status=STATUS_CANNOT_UNDERSTAND) from None
+    if not instance_uid:
+        raise DatasetError("dataset lacks SOP Instance UID (0008,0018)", status=STATUS_DATASET_MISMATCH)
+    if str(instance_uid) != received.sop_instance_uid:
+        raise DatasetError(
+            f"dataset SOP Instance UID {instance_uid} differs from the command's {received.sop_instance_uid}",
+            status=STATUS_DATASET_MISMATCH,
+        )
+
+
+def file_meta_bytes(received: Received) -> bytes:
+    """File meta as dcm4che storescp writes it: the peer's implementation, Source AE = calling AE."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = received.sop_class_uid
+    meta.MediaStorageSOPInstanceUID = received.sop_instance_uid
+    meta.TransferSyntaxUID = received.transfer_syntax
+    meta.ImplementationClassUID = received.implementation_class_uid or "1.2.826.0.1.3680043.9.7433.1"
+    if received.implementation_version_name:
+        meta.ImplementationVersionName = received.implementation_version_name
+    if received.calling_aet:
+        meta.SourceApplicationEntityTitle = received.calling_aet
+    out = BytesIO()
+    write_file_meta_info(out, meta, enforce_standard=True)  # type: ignore[arg-type]
+    return out.getvalue()
+
+
+def plan_write(received: Received, ds: Dataset, pattern: FilePathPattern | None) -> WriteInstance:
+    """The writer's request for one checked dataset (the path is checked for safety here)."""
+    try:
+        relpath = relative_path_for(pattern, ds, received.sop_instance_uid)
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        raise DatasetError(f"file path pattern cannot be applied: {exc}") from None
+    return WriteInstance(
+        assoc_id=received.assoc_id,
+        relpath=relpath,
+        sop_class_uid=received.sop_class_uid,
+        sop_instance_uid=received.sop_instance_uid,
+        transfer_syntax=received.transfer_syntax,
+        calling_aet=received.calling_aet,
+        called_aet=received.called_aet,
+        study_uid=_text(ds, "StudyInstanceUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        patient_id=_text(ds, "PatientID"),
+    )
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """An attribute as text for the index; unreadable values become empty."""
+    try:
+        value = ds.get(keyword, "")
+    except Exception:  # broken values must not stop storing; the index just lacks them
+        return ""
+    return str(value or "")[:256]

@@ -1,0 +1,210 @@
+"""Making received instances durable: temp file, fsync, atomic rename, directory fsync.
+
+Only the storage writer calls this module, so there is exactly one writer of the store.
+A C-STORE success is sent only after ``Store.commit`` returned for its instance:
+
+1. the file is written in full to ``<directory>/.incoming/tmp/`` (same filesystem);
+2. the file is fsynced, so its bytes are on disk;
+3. it is renamed over its final path (atomic: readers see the old file or the new one);
+4. every directory whose entries changed is fsynced, so the rename itself is on disk.
+
+Several instances waiting at once share step 4 (group commit). A crash at any point leaves
+either the previous state or the complete new file, never a partial file at a final path;
+temp files left by a crash are removed when the writer starts (``Store.prepare``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from node.errors import PathError, StorageError
+
+PREAMBLE = b"\x00" * 128 + b"DICM"
+_COPY_CHUNK = 1 << 24
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """One instance to make durable: final relative path and where its bytes are."""
+
+    relpath: str
+    parts: Sequence[bytes | memoryview]
+    spool: str = ""
+    spool_offset: int = 0
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    """What happened to one ``PendingWrite``: its final path and size, or an error."""
+
+    path: Path | None
+    size: int
+    error: StorageError | None = None
+
+
+class Store:
+    """The store directory and the rules for writing into it."""
+
+    def __init__(self, directory: Path, *, rename_retries: int = 3, rename_retry_jitter_ms: int = 50) -> None:
+        self.directory = Path(directory).resolve()
+        self.tmp_dir = self.directory / ".incoming" / "tmp"
+        self.rename_retries = rename_retries
+        self.rename_retry_jitter_ms = rename_retry_jitter_ms
+
+    def prepare(self) -> int:
+        """Create the directories and remove temp files a crash left; return how many."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for leftover in self.tmp_dir.iterdir():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+        fsync_directory(self.tmp_dir)
+        return removed
+
+    def final_path(self, relpath: str) -> Path:
+        """Join a relative path to the store, refusing anything that would leave it."""
+        target = (self.directory / relpath).resolve()
+        if self.directory not in target.parents:
+            raise PathError(f"path {relpath!r} would leave the store")
+        if target.is_relative_to(self.directory / ".incoming"):
+            raise PathError(f"path {relpath!r} is inside the reserved .incoming directory")
+        return target
+
+    def commit(self, writes: Sequence[PendingWrite]) -> list[WriteOutcome]:
+        """Make every write durable; one outcome per write, in order.
+
+        Each file is written and fsynced on its own; the directory fsyncs are shared.
+        """
+        outcomes: list[WriteOutcome] = []
+        dirty_dirs: set[Path] = set()
+        for write in writes:
+            try:
+                final, size, dirs = self._write_one(write)
+            except StorageError as exc:
+                outcomes.append(WriteOutcome(None, 0, exc))
+                continue
+            except PathError as exc:
+                outcomes.append(WriteOutcome(None, 0, StorageError(str(exc), status=exc.status)))
+                continue
+            dirty_dirs.update(dirs)
+            outcomes.append(WriteOutcome(final, size))
+        try:
+            for directory in sorted(dirty_dirs, key=lambda p: len(p.parts), reverse=True):
+                fsync_directory(directory)
+        except OSError as exc:
+            failure = StorageError(f"fsync of directory failed: {exc.strerror}")
+            return [WriteOutcome(None, 0, failure) for _ in outcomes]
+        return outcomes
+
+    def _write_one(self, write: PendingWrite) -> tuple[Path, int, set[Path]]:
+        """Temp file, fsync, rename; return the final path, size and directories to fsync."""
+        final = self.final_path(write.relpath)
+        dirs = self._make_parents(final.parent)
+        fd, tmp = self._open_temp(final.name)
+        try:
+            size = self._fill(fd, write)
+            os.fsync(fd)
+        except OSError as exc:
+            os.close(fd)
+            os.unlink(tmp)
+            raise StorageError(f"writing {final.name} failed: {exc.strerror}") from None
+        os.close(fd)
+        self._rename(tmp, final)
+        dirs.update({final.parent, self.tmp_dir})
+        return final, size, dirs
+
+    def _make_parents(self, parent: Path) -> set[Path]:
+        """Create missing parent directories; return the directories whose entries changed."""
+        changed: set[Path] = set()
+        missing = []
+        probe = parent
+        while not probe.exists() and probe != self.directory:
+            missing.append(probe)
+            probe = probe.parent
+        for directory in reversed(missing):
+            try:
+                directory.mkdir(exist_ok=True)
+            except OSError as exc:
+                raise StorageError(f"cannot create directory {directory}: {exc.strerror}") from None
+            changed.add(directory.parent)
+        return changed
+
+    def _open_temp(self, name: str) -> tuple[int, Path]:
+        """An exclusive new temp file named after the final file (``<name><digits>.part``)."""
+        for _ in range(16):
+            tmp = self.tmp_dir / f"{name[:200]}{random.getrandbits(40)}.part"
+            try:
+                return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), tmp
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise StorageError(f"cannot create temp file: {exc.strerror}") from None
+        raise StorageError("cannot find a free temp file name")
+
+    @staticmethod
+    def _fill(fd: int, write: PendingWrite) -> int:
+        """Write preamble, parts and spooled bytes; return the file size."""
+        size = os.write(fd, PREAMBLE)
+        for part in write.parts:
+            view = memoryview(part)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+                size += n
+        if write.spool:
+            size += _copy_spool(write.spool, write.spool_offset, fd)
+        return size
+
+    def _rename(self, tmp: Path, final: Path) -> None:
+        """Atomic rename with dcm4che's retries and jitter; the temp file never stays behind."""
+        for attempt in range(self.rename_retries + 1):
+            try:
+                os.rename(tmp, final)
+                return
+            except OSError as exc:
+                if attempt == self.rename_retries or exc.errno in (errno.EISDIR, errno.ENOTDIR):
+                    tmp.unlink(missing_ok=True)
+                    raise StorageError(f"rename to {final} failed: {exc.strerror}", status=0x0110) from None
+                time.sleep(random.uniform(0, self.rename_retry_jitter_ms / 1000))
+
+    def remove(self, path: Path) -> None:
+        """Remove a file that an overwrite made obsolete (its directory is fsynced)."""
+        try:
+            path.unlink()
+            fsync_directory(path.parent)
+        except FileNotFoundError:
+            pass
+
+
+def _copy_spool(spool: str, offset: int, fd: int) -> int:
+    """Copy the spooled dataset into the temp file in the kernel (no user-space buffer)."""
+    copied = 0
+    try:
+        with open(spool, "rb") as src:
+            remaining = os.fstat(src.fileno()).st_size - offset
+            src_offset = offset
+            while remaining > 0:
+                n = os.copy_file_range(src.fileno(), fd, min(remaining, _COPY_CHUNK), src_offset)
+                if n == 0:
+                    break
+                src_offset += n
+                remaining -= n
+                copied += n
+    except OSError as exc:
+        raise StorageError(f"cannot read spooled dataset: {exc.strerror}") from None
+    return copied
+
+
+def fsync_directory(directory: Path) -> None:
+    """fsync a directory so that renames and creations in it survive a crash."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

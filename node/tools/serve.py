@@ -1,0 +1,76 @@
+"""``nodectl serve``: run a whole node with embedded defaults, a config file, or both.
+
+Precedence: embedded defaults < ``--config FILE`` (or ``$NODECTL_CONFIG``) < ``NODECTL_*``
+environment < the options below. Defaults: port 11112, AE title NODE, store ``./store`` and
+index ``./node.sqlite`` in the working directory, one worker per CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from node import config as configuration
+from node.config import ListenerConfig, NodeConfig
+from node.errors import ConfigError
+from node.tools._node import Started, run_node
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nodectl serve", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, help="TOML configuration file")
+    p.add_argument("--port", type=int, help="listening port of the first listener (0 = any free port)")
+    p.add_argument("--host", help="bind address of the first listener (default all interfaces)")
+    p.add_argument("--aet", help="our AE title (also the called AE title the listener requires)")
+    p.add_argument("--any-called-aet", action="store_true", help="accept any called AE title")
+    p.add_argument("--directory", type=Path, help="store directory")
+    p.add_argument("--database", help="index database (SQLite file)")
+    p.add_argument("--workers", type=int, help="association worker processes")
+    p.add_argument("--filepath", help="dcm4che file path pattern, e.g. '{00100020}/{0020000D}/{00080018}.dcm'")
+    p.add_argument("--run-dir", type=Path, help="directory for sockets, pid and ready files")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="actor log level")
+    p.add_argument("--log-format", choices=["text", "json"], help="json: one JSON object a line")
+    return p
+
+
+def build_config(opts: argparse.Namespace) -> NodeConfig:
+    """The effective configuration: file and environment, then these options."""
+    config = configuration.load(opts.config)
+    node_updates: dict[str, object] = {}
+    for name in ("aet", "directory", "database", "workers", "run_dir", "log_level", "log_format"):
+        value = getattr(opts, name)
+        if value is not None:
+            node_updates[name] = value
+    config = replace(config, **node_updates)
+    first = config.listeners[0]
+    listener_updates: dict[str, object] = {}
+    if opts.port is not None:
+        listener_updates["port"] = opts.port
+    if opts.host is not None:
+        listener_updates["host"] = opts.host
+    if opts.aet is not None or opts.any_called_aet:
+        listener_updates["aet"] = "" if opts.any_called_aet else opts.aet
+    elif opts.config is None and not first.aet:
+        listener_updates["aet"] = config.aet
+    if listener_updates:
+        config = replace(config, listeners=(replace(first, **listener_updates), *config.listeners[1:]))
+    if opts.filepath is not None:
+        config = replace(config, store=replace(config.store, filepath=opts.filepath))
+    return configuration.validate(config)
+
+
+def announce(started: Started) -> None:
+    for key, (host, port) in started.ports.items():
+        print(f"nodectl: node {started.config.aet} listening on {host}:{port} (listener {key}, workers {started.config.workers})", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str]) -> int:
+    opts = parser().parse_args(argv)
+    try:
+        config = build_config(opts)
+        return run_node(config, on_ready=announce)
+    except ConfigError as exc:
+        print(f"nodectl serve: {exc}", file=sys.stderr)
+        return 2
