@@ -1,0 +1,107 @@
+"""Start a real node (``nodectl serve`` / ``storescp`` / ``echoscp``) for a test, stop it by PID.
+
+``RunningNode`` starts the command in its own process group with its output in a log file
+(opened in append mode, because every supervised actor appends to the same file), waits
+under a deadline until the node accepts connections, and on ``stop()`` sends SIGTERM to the
+``nodectl`` PID, waits, and checks that every process it started is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import psutil
+
+from tests.support import NODECTL, free_port, wait_for_port
+
+
+class RunningNode:
+    """One ``nodectl`` node process tree started by a test."""
+
+    def __init__(self, args: Sequence[str], *, cwd: Path, port: int, env: dict[str, str] | None = None) -> None:
+        self.cwd = cwd
+        self.port = port
+        self.log_path = cwd / f"nodectl-{port}.log"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*NODECTL, *args],
+                cwd=cwd,
+                env={**os.environ, **(env or {})},
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        self.pids: set[int] = set()
+
+    def wait_ready(self, timeout: float = 30.0) -> "RunningNode":
+        """Wait until the port accepts connections and remember every PID of the tree."""
+        try:
+            wait_for_port(self.port, timeout=timeout)
+        except TimeoutError:
+            self.stop()
+            raise AssertionError(f"node did not start; log:\n{self.log()}")
+        self.pids = self.tree_pids()
+        return self
+
+    def tree_pids(self) -> set[int]:
+        try:
+            parent = psutil.Process(self.proc.pid)
+            return {parent.pid, *(child.pid for child in parent.children(recursive=True))}
+        except psutil.NoSuchProcess:
+            return set()
+
+    def children(self, name_part: str) -> list[psutil.Process]:
+        """Actor processes whose command line contains ``name_part`` (e.g. ``run worker``)."""
+        out = []
+        for pid in self.tree_pids():
+            try:
+                proc = psutil.Process(pid)
+                if name_part in " ".join(proc.cmdline()):
+                    out.append(proc)
+            except psutil.NoSuchProcess:
+                continue
+        return out
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int:
+        """Signal nodectl by PID, wait, and return its exit status (SIGKILL the group if stuck)."""
+        pids = self.pids | self.tree_pids()
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(psutil.pid_exists(p) and _alive(p) for p in pids):
+            time.sleep(0.1)
+        self.leftover = [p for p in pids if psutil.pid_exists(p) and _alive(p)]
+        for pid in self.leftover:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return self.proc.returncode
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def serve(tmp_path: Path, *extra: str, workers: int = 2, aet: str = "NODE") -> RunningNode:
+    """``nodectl serve`` on a free port in ``tmp_path`` (store and index there)."""
+    port = free_port()
+    node = RunningNode(["serve", "--port", str(port), "--aet", aet, "--workers", str(workers), *extra], cwd=tmp_path, port=port)
+    return node.wait_ready()
