@@ -63,6 +63,8 @@ class Worker:
         self.pattern = FilePathPattern.compile(config.store.filepath) if config.store.filepath else None
         self.rules = context_rules(config)
         self.live: dict[str, _Live] = {}
+        # Handed sockets whose peer has not sent its first byte yet: no thread until it does.
+        self.pending: dict[socket.socket, tuple[HandOff, float]] = {}
         self.received: dict[str, int] = {lc.key: 0 for lc in config.listeners}
         self.spool_dir = config.spool_dir / "spool" / self.name
         self._aes: dict[str, Any] = {}
@@ -223,13 +225,53 @@ class Worker:
             sock.close(0)
             self._dealers.sock = None
 
+    def hold(self, conn: socket.socket, handoff: HandOff) -> None:
+        """Keep a new connection aside until its A-ASSOCIATE-RQ starts arriving."""
+        net = self.config.network
+        wait = net.request_timeout_ms / 1000 if net.request_timeout_ms else net.acse_timeout
+        self.pending[conn] = (handoff, time.monotonic() + wait)
+
+    def wake(self, conn: socket.socket) -> HandOff | None:
+        """The peer sent something or closed: start its association, or return it as ended.
+
+        A peer that connects and closes without a word (a load balancer's health check, a
+        port probe) ends here at once instead of holding a slot for the whole ACSE timeout.
+        """
+        handoff, _ = self.pending.pop(conn)
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+        except OSError:
+            first = b""
+        if not first:
+            conn.close()
+            return handoff
+        try:
+            self.start_association(conn, handoff)
+        except NodeError as exc:
+            log.error("assoc=%s cannot start: %s", handoff.assoc_id, exc)
+            conn.close()
+            return handoff
+        return None
+
+    def expire_pending(self) -> list[HandOff]:
+        """Close connections that sent nothing within the request timeout."""
+        now = time.monotonic()
+        expired = [conn for conn, (_, deadline) in self.pending.items() if deadline <= now]
+        ended = []
+        for conn in expired:
+            handoff, _ = self.pending.pop(conn)
+            log.warning("assoc=%s peer=%s:%d sent no A-ASSOCIATE-RQ in time: closing", handoff.assoc_id, handoff.peer_host, handoff.peer_port)
+            conn.close()
+            ended.append(handoff)
+        return ended
+
     def reap(self) -> list[HandOff]:
         """Forget associations whose threads ended; return their hand-offs."""
         ended = [aid for aid, live in self.live.items() if not live.assoc.is_alive()]
         return [self.live.pop(aid).handoff for aid in ended]
 
     def capacity(self) -> int:
-        return max(0, self.config.network.worker_capacity - len(self.live))
+        return max(0, self.config.network.worker_capacity - len(self.live) - len(self.pending))
 
     def abort_all(self) -> None:
         for live in list(self.live.values()):
@@ -328,8 +370,14 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
     log.info("%s ready: handoff=%s", worker.name, handoff_path)
     try:
         while not stop.is_set():
-            readable, _, _ = select.select([server, *conns], [], [], 0.1)
+            readable, _, _ = select.select([server, *conns, *worker.pending], [], [], 0.1)
+            ended: list[HandOff] = []
             for sock in readable:
+                if sock in worker.pending:
+                    gone = worker.wake(sock)
+                    if gone is not None:
+                        ended.append(gone)
+                    continue
                 if sock is server:
                     conn, _ = server.accept()
                     conn.setblocking(True)
@@ -346,12 +394,8 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
                     continue
                 tcp, handoff = got
                 worker.received[handoff.listener] = worker.received.get(handoff.listener, 0) + 1
-                try:
-                    worker.start_association(tcp, handoff)
-                except NodeError as exc:
-                    log.error("assoc=%s cannot start: %s", handoff.assoc_id, exc)
-                    tcp.close()
-            for handoff in worker.reap():
+                worker.hold(tcp, handoff)
+            for handoff in [*ended, *worker.expire_pending(), *worker.reap()]:
                 log.info("assoc=%s ended", handoff.assoc_id)
                 _send(listeners.get(handoff.listener), AssociationEnded(worker=worker.name, assoc_id=handoff.assoc_id), worker.name)
             now = time.monotonic()
@@ -379,6 +423,9 @@ def _drain(worker: Worker, listeners: dict[str, zmq.Socket], grace: float = 10.0
     """Stop taking work (capacity 0), let open associations end within ``grace``, abort the rest."""
     for key, sock in listeners.items():
         _send(sock, WorkerReady(worker=worker.name, capacity=0, handoff="", pid=os.getpid(), received=worker.received.get(key, 0)), worker.name)
+    for conn in list(worker.pending):
+        conn.close()
+    worker.pending.clear()
     deadline = time.monotonic() + grace
     while worker.live and time.monotonic() < deadline:
         for handoff in worker.reap():

@@ -110,9 +110,11 @@ class Store:
         try:
             size = self._fill(fd, write)
             os.fsync(fd)
-        except OSError as exc:
+        except (OSError, StorageError) as exc:
             os.close(fd)
             os.unlink(tmp)
+            if isinstance(exc, StorageError):
+                raise
             raise StorageError(f"writing {final.name} failed: {exc.strerror}") from None
         os.close(fd)
         self._rename(tmp, final)

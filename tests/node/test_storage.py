@@ -1,0 +1,96 @@
+"""The store: complete files at final paths only, nothing left behind on failure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from node.errors import PathError
+from node.storage import PREAMBLE, PendingWrite, Store
+
+
+def make_store(tmp_path: Path) -> Store:
+    store = Store(tmp_path / "store")
+    store.prepare()
+    return store
+
+
+def visible_files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and ".incoming" not in p.parts)
+
+
+def test_inline_write_lands_complete_at_its_path(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    [outcome] = store.commit([PendingWrite("a/b/c.dcm", [b"META", b"DATA"])])
+    assert outcome.error is None
+    assert outcome.path == store.directory / "a/b/c.dcm"
+    assert outcome.path.read_bytes() == PREAMBLE + b"METADATA"
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_spooled_write_copies_from_the_offset(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    spool = tmp_path / "spool.bin"
+    spool.write_bytes(b"OLDMETA" + b"x" * 100_000)
+    [outcome] = store.commit([PendingWrite("big", [b"NEWMETA"], spool=str(spool), spool_offset=7)])
+    assert outcome.path.read_bytes() == PREAMBLE + b"NEWMETA" + b"x" * 100_000
+
+
+def test_existing_file_is_replaced(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    store.commit([PendingWrite("same", [b"one"])])
+    store.commit([PendingWrite("same", [b"two"])])
+    assert (store.directory / "same").read_bytes() == PREAMBLE + b"two"
+
+
+def test_group_commit_reports_each_write(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    outcomes = store.commit([PendingWrite(f"s/{i}", [str(i).encode()]) for i in range(10)])
+    assert all(o.error is None for o in outcomes)
+    assert visible_files(store.directory) == sorted(f"s/{i}" for i in range(10))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
+def test_read_only_target_fails_and_leaves_no_temp_file(tmp_path: Path) -> None:  # pragma: no cover - root here
+    store = make_store(tmp_path)
+    ro = store.directory / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    [outcome] = store.commit([PendingWrite("ro/x", [b"x"])])
+    assert outcome.error is not None and outcome.error.status == 0x0110
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_target_that_is_a_directory_fails_with_processing_failure(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    (store.directory / "taken" / "sub").mkdir(parents=True)
+    [outcome] = store.commit([PendingWrite("taken", [b"x"])])
+    assert outcome.error is not None and outcome.error.status == 0x0110
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_a_missing_spool_fails_without_leftovers(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    [outcome] = store.commit([PendingWrite("x", [b"m"], spool=str(tmp_path / "gone"))])
+    assert outcome.error is not None
+    assert visible_files(store.directory) == []
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("relpath", ["../escape", "a/../../escape", ".incoming/tmp/x", "/../../etc/passwd"])
+def test_paths_outside_the_store_are_refused(tmp_path: Path, relpath: str) -> None:
+    store = make_store(tmp_path)
+    with pytest.raises(PathError):
+        store.final_path(relpath)
+    [outcome] = store.commit([PendingWrite(relpath, [b"x"])])
+    assert outcome.error is not None
+    assert not (tmp_path / "escape").exists()
+
+
+def test_prepare_removes_temp_files_left_by_a_crash(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    (store.tmp_dir / "1.2.3123.part").write_bytes(b"half")
+    assert Store(store.directory).prepare() == 1
+    assert list(store.tmp_dir.iterdir()) == []
