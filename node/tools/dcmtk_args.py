@@ -661,10 +661,19 @@ def log_handler(app: App, setup: LogSetup, *extra_loggers: tuple[str, int]) -> I
     """Attach the ``L: text`` stderr handler to the tool's logger for the duration of a run.
 
     ``extra_loggers`` are library loggers (name, minimum level) shown through the same handler;
-    everything is detached afterwards, so ``main`` can be called repeatedly in one process.
+    their INFO records are dropped because the tool logs its own progress lines (a library's
+    "Requesting Association" would appear twice). Everything is detached afterwards, so
+    ``main`` can be called repeatedly in one process.
     """
     handler = logging.StreamHandler(app.stdout if setup.stream == "stdout" else app.stderr)
     handler.setFormatter(DcmtkFormatter())
+    libraries = tuple(name for name, _ in extra_loggers)
+
+    def not_library_info(record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.name.startswith(libraries))
+
+    if libraries:
+        handler.addFilter(not_library_info)
     attached: list[tuple[logging.Logger, int, bool]] = []
     for name, minimum in ((app.logger.name, setup.level), *extra_loggers):
         logger = logging.getLogger(name)
