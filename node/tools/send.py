@@ -1,0 +1,334 @@
+"""``nodectl send``: C-STORE many files over parallel associations, for scripted jobs.
+
+CLI form::
+
+    nodectl send [options] addr port path [path ...]
+    nodectl send -j 4 --retry 2 --summary-json out.json 127.0.0.1 11112 /data/study
+
+Compared with ``nodectl storescu`` (which keeps pynetdicom's exit 0 whatever happens):
+
+- ``-j N`` associations run in N worker processes (``send_worker.py``);
+- each file's preamble and file meta are read to plan (``send_plan.py``); datasets are
+  streamed from their files by pynetdicom, never loaded, so memory stays flat;
+- contexts are the files' own (SOP class, transfer syntax) pairs; more than 128 pairs
+  are sent over further associations;
+- non-DICOM files are skipped and counted; peer failure statuses are reported per file
+  and change the exit status; ``--retry`` re-associates after refusals and aborts;
+- a progress display and ``--summary-json`` (``send_report.py``).
+
+Exit status (also in ``--help`` and docs/cli/send.md):
+  0 every DICOM file was stored (Success or Warning status); skipped files allowed
+  1 at least one file failed: failure status from the peer, no accepted context for it
+  2 command line error
+  3 association failure: refused, rejected or aborted, retries exhausted; files unsent
+  4 a path on the command line does not exist (the files that do exist were sent)
+  130 interrupted (Ctrl-C); the summary lists what had been sent
+When several apply, the lowest in this order wins: 3, 1, 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import queue
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from node.tools.send_plan import Scan, Task, plan, scan, tasks_for_worker
+from node.tools.send_report import (
+    Progress,
+    ProgressLogHandler,
+    Tally,
+    make_progress,
+    summary,
+    write_summary,
+)
+from node.tools.send_worker import FileResult, PeerOptions, WorkerFinished, run_worker
+from node.tools.storescu import (
+    LOG_LEVELS,
+    _Parser,
+    add_logging_options,
+    add_network_options,
+    collect_files,
+)
+
+__version__ = "0.1.0"
+
+EXIT_OK = 0
+EXIT_STORE_FAILED = 1
+EXIT_USAGE = 2
+EXIT_ASSOCIATION = 3
+EXIT_MISSING_PATH = 4
+EXIT_INTERRUPTED = 130
+MAX_ASSOCIATIONS = 64
+JOIN_GRACE = 10.0  # seconds a finished worker gets to exit before it is terminated
+
+EXIT_HELP = """\
+exit status:
+  0    every DICOM file was stored (Success or Warning); skipped non-DICOM files allowed
+  1    at least one file failed (failure status from the peer, no accepted context)
+  2    command line error
+  3    association refused, rejected or aborted and --retry exhausted; files unsent
+  4    a path named on the command line does not exist (the others were sent)
+  130  interrupted
+  When several apply: 3 before 1 before 4."""
+
+LOGGER = logging.getLogger("node.tools.send")
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer from 1 to MAX_ASSOCIATIONS."""
+    value = int(text)
+    if not 1 <= value <= MAX_ASSOCIATIONS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_ASSOCIATIONS}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or more")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """storescu's spellings for what both tools share, plus the options of bulk sending."""
+    parser = _Parser(
+        prog="nodectl send",
+        usage="nodectl send [options] addr port path [path ...]",
+        description=(
+            "Send DICOM files with C-STORE over one or more parallel associations. "
+            "Each file is streamed from disk with its own SOP class and transfer syntax; "
+            "files that are not DICOM are skipped and counted."
+        ),
+        epilog=EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    req = parser.add_argument_group("Parameters")
+    req.add_argument("addr", help="TCP/IP address or hostname of DICOM peer")
+    req.add_argument("port", type=int, help="TCP/IP port number of peer")
+    req.add_argument("path", nargs="+", help="DICOM file or directory to be transmitted")
+    add_logging_options(parser)
+    inp = parser.add_argument_group("Input Options")
+    inp.add_argument("-r", "--recurse", action="store_true", help="recursively search the given directories")
+    add_network_options(parser)
+    bulk = parser.add_argument_group("Sending Options")
+    bulk.add_argument(
+        "-j", "--associations", type=_positive, default=1, metavar="N",
+        help=f"parallel associations, one worker process each (1..{MAX_ASSOCIATIONS}, default: 1)",
+    )
+    bulk.add_argument(
+        "--retry", type=_non_negative, default=0, metavar="N",
+        help="retry a refused, transiently rejected or aborted association N times (default: 0)",
+    )
+    bulk.add_argument(
+        "--retry-delay", type=float, default=1.0, metavar="[s]econds",
+        help="first wait before a retry, doubled each time, at most 10 s (default: 1)",
+    )
+    out = parser.add_argument_group("Output Options")
+    out.add_argument(
+        "--summary-json", metavar="FILE",
+        help="write a JSON summary (sent, failed with status, skipped, bytes, seconds); - for stdout",
+    )
+    out.add_argument(
+        "--progress", choices=["auto", "bar", "plain", "none"], default="auto",
+        help="progress display on stderr: a bar on a terminal, plain lines otherwise (default: auto)",
+    )
+    return parser
+
+
+def log_levels(args: argparse.Namespace) -> tuple[int, int]:
+    """(our level, pynetdicom's level): default WARNING for ours so skips show, ERROR for it."""
+    if args.log_type == "q":
+        return logging.CRITICAL + 1, logging.CRITICAL + 1
+    ours, theirs = {"v": (logging.INFO, logging.INFO), "d": (logging.DEBUG, logging.DEBUG)}.get(
+        args.log_type or "", (logging.WARNING, logging.ERROR)
+    )
+    if args.log_level:
+        ours = theirs = LOG_LEVELS[args.log_level]
+    return ours, theirs
+
+
+@contextmanager
+def progress_logging(progress: Progress, levels: tuple[int, int]) -> Iterator[None]:
+    """Route our and pynetdicom's records (also those forwarded by workers) via ``progress``."""
+    handler = ProgressLogHandler(progress)
+    pairs = [(logging.getLogger("node.tools.send"), levels[0]), (logging.getLogger("pynetdicom"), levels[1])]
+    saved = [(lg, lg.level, lg.propagate) for lg, _ in pairs]
+    for lg, level in pairs:
+        lg.addHandler(handler)
+        lg.setLevel(level)
+        lg.propagate = False
+    try:
+        yield
+    finally:
+        for lg, level, propagate in saved:
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+            lg.propagate = propagate
+
+
+def peer_options(args: argparse.Namespace) -> PeerOptions:
+    return PeerOptions(
+        host=args.addr, port=args.port, calling_aet=args.calling_aet, called_aet=args.called_aet,
+        acse_timeout=args.acse_timeout, dimse_timeout=args.dimse_timeout,
+        network_timeout=args.network_timeout, max_pdu=args.max_pdu,
+        retry=args.retry, retry_delay=args.retry_delay,
+    )
+
+
+def start_workers(tasks: list[Task], workers: int, peer: PeerOptions, levels: tuple[int, int]) -> tuple[Any, list[Any]]:
+    """One spawned process per worker with tasks; spawn, so no lock or thread is inherited."""
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    procs = []
+    for worker in range(workers):
+        mine = tasks_for_worker(tasks, worker)
+        if not mine:
+            continue
+        proc = ctx.Process(
+            target=run_worker, args=(worker, mine, peer, results, levels[0], levels[1]),
+            name=f"send-worker-{worker}", daemon=True,
+        )
+        proc.start()
+        procs.append(proc)
+    return results, procs
+
+
+def handle(item: Any, tally: Tally, progress: Progress, finished: dict[int, int]) -> None:
+    """One message from a worker: a file result, a log record, or its last word."""
+    if isinstance(item, FileResult):
+        tally.add(item)
+        entry = tally.entries[item.index]
+        progress.advance(item, entry.size)
+        if not item.sent:
+            status = "" if item.status is None else f" status=0x{item.status:04X}"
+            LOGGER.error(f"Store failed: {entry.path}{status} reason={item.reason!r}")
+        elif item.status:
+            LOGGER.warning(f"Stored with warning: {entry.path} status=0x{item.status:04X}")
+    elif isinstance(item, logging.LogRecord):
+        logging.getLogger(item.name).handle(item)
+    elif isinstance(item, WorkerFinished):
+        finished[item.worker] = item.associations
+
+
+def collect_results(results: Any, procs: list[Any], tally: Tally, progress: Progress) -> int:
+    """Read worker messages until every worker has finished or died; return associations.
+
+    Bounded: each wait is 0.2 s and the loop ends once no worker is alive and the queue
+    is empty. Reading while they run also keeps their queue feeders from blocking.
+    """
+    finished: dict[int, int] = {}
+    while True:
+        try:
+            handle(results.get(timeout=0.2), tally, progress, finished)
+            continue
+        except queue.Empty:
+            pass
+        if not any(proc.is_alive() for proc in procs):
+            break
+    for proc in procs:
+        proc.join(timeout=JOIN_GRACE)
+        if proc.is_alive():
+            proc.terminate()  # our own child, by its handle
+            proc.join(timeout=JOIN_GRACE)
+    for entry in tally.unreported():
+        tally.add(FileResult(index=entry.index, sent=False, reason="worker exited without reporting", network=True))
+    return sum(finished.values())
+
+
+def exit_status(tally: Tally, missing: list[str]) -> int:
+    """3 before 1 before 4 before 0: the worst thing that happened, for scripts."""
+    failed = tally.failed()
+    if any(result.network for result in failed):
+        return EXIT_ASSOCIATION
+    if failed:
+        return EXIT_STORE_FAILED
+    if missing:
+        return EXIT_MISSING_PATH
+    return EXIT_OK
+
+
+def stop_workers(procs: list[Any]) -> None:
+    """On Ctrl-C: terminate our worker processes by their handles and reap them."""
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        proc.join(timeout=JOIN_GRACE)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=JOIN_GRACE)
+
+
+def send(args: argparse.Namespace, found: Scan, missing: list[str], progress: Progress, levels: tuple[int, int]) -> tuple[int, Tally, int]:
+    """Plan, run the workers, gather results: (exit status, tally, associations)."""
+    tally = Tally(entries={entry.index: entry for entry in found.entries})
+    if not found.entries:
+        return exit_status(tally, missing), tally, 0
+    workers = min(args.associations, len(found.entries))
+    tasks = plan(found.entries, workers)
+    LOGGER.info(
+        f"sending files={len(found.entries)} bytes={found.total_bytes} "
+        f"contexts={len({e.context for e in found.entries})} associations={workers} tasks={len(tasks)}"
+    )
+    results, procs = start_workers(tasks, workers, peer_options(args), levels)
+    try:
+        associations = collect_results(results, procs, tally, progress)
+    except KeyboardInterrupt:
+        stop_workers(procs)
+        return EXIT_INTERRUPTED, tally, 0
+    return exit_status(tally, missing), tally, associations
+
+
+def run(args: argparse.Namespace) -> int:
+    """Collect, scan, send, report."""
+    started = time.monotonic()
+    levels = log_levels(args)
+    files, missing = collect_files(args.path, args.recurse)
+    found = scan(files)
+    progress = make_progress(args.progress, len(found.entries), found.total_bytes)
+    with progress_logging(progress, levels):
+        for path in missing:
+            LOGGER.error(f"Cannot access path: {path}")
+        for item in found.skipped:
+            LOGGER.warning(f"Skipped: {item.path}: {item.reason}")
+        try:
+            status, tally, associations = send(args, found, missing, progress, levels)
+        finally:
+            progress.close()
+        seconds = time.monotonic() - started
+        LOGGER.info(
+            f"done sent={len(tally.sent())} failed={len(tally.failed())} skipped={len(found.skipped)} "
+            f"bytes={tally.bytes} seconds={seconds:.2f} exit={status}"
+        )
+    if args.summary_json:
+        peer = {"host": args.addr, "port": args.port, "called_aet": args.called_aet, "calling_aet": args.calling_aet}
+        write_summary(
+            args.summary_json,
+            summary(tally=tally, skipped=found.skipped, missing=missing, seconds=seconds,
+                    exit_status=status, peer=peer, associations=associations),
+        )
+    return status
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for ``nodectl send``; returns the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.version:
+        print(f"nodectl send v{__version__}")
+        return EXIT_OK
+    return run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""What ``nodectl send`` tells its user: progress while sending, a summary at the end.
+
+Progress goes to stderr: a tqdm bar on a terminal (bytes as the bar's unit so that rate
+and ETA are in bytes, files as a postfix), plain ``send: ...`` lines at most once per
+interval when stderr is not a terminal (logs, CI), or nothing. Log lines pass through
+``Progress.write`` so they never tear the bar.
+
+The summary (``--summary-json FILE``) is one JSON object, ``SUMMARY_VERSION`` 1::
+
+    {"version": 1, "peer": {...}, "associations": 4,
+     "sent": 298, "failed": 1, "skipped": 1, "bytes": 2453504, "seconds": 3.2,
+     "exit_status": 1,
+     "files": {"sent":    [{"path", "sop_class_uid", "sop_instance_uid", "status"}],
+               "failed":  [{"path", "sop_class_uid", "sop_instance_uid", "status",
+                            "status_hex", "reason", "network"}],
+               "skipped": [{"path", "reason"}],
+               "missing": ["path named on the command line that does not exist"]}}
+
+``bytes`` counts dataset bytes acknowledged by the peer (file meta excluded: it is not
+sent); ``status`` is the C-STORE status as an integer, ``null`` when none came back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from node.tools.send_plan import FileEntry, Skipped
+from node.tools.send_worker import FileResult
+
+SUMMARY_VERSION = 1
+
+
+class Progress:
+    """No progress output at all; the base of the two visible kinds."""
+
+    def __init__(self, total_files: int, total_bytes: int, stream: TextIO) -> None:
+        self.total_files = total_files
+        self.total_bytes = total_bytes
+        self.files = 0
+        self.failed = 0
+        self.bytes = 0
+        self.stream = stream
+        self.started = time.monotonic()
+
+    def advance(self, result: FileResult, size: int) -> None:
+        """Count one finished file; ``size`` is its dataset size, sent or not."""
+        self.files += 1
+        self.failed += 0 if result.sent else 1
+        self.bytes += size
+
+    def write(self, line: str) -> None:
+        """Print a log line without disturbing the progress display."""
+        print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """Finish the display."""
+
+
+class PlainProgress(Progress):
+    """Plain lines for logs: at most one per ``interval`` seconds, and a last one."""
+
+    def __init__(self, total_files: int, total_bytes: int, stream: TextIO, interval: float = 1.0) -> None:
+        super().__init__(total_files, total_bytes, stream)
+        self.interval = interval
+        self.last = self.started
+
+    def advance(self, result: FileResult, size: int) -> None:
+        super().advance(result, size)
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self.write(self.line(now))
+
+    def line(self, now: float) -> str:
+        """``send: 120/300 files, 1.2MB/3.0MB, 45.1 files/s, 460kB/s, ETA 00:04, 0 failed``."""
+        from tqdm import tqdm
+
+        elapsed = max(now - self.started, 1e-9)
+        rate = self.bytes / elapsed
+        eta = (self.total_bytes - self.bytes) / rate if rate > 0 else 0.0
+        return (
+            f"send: {self.files}/{self.total_files} files, "
+            f"{tqdm.format_sizeof(self.bytes, 'B', 1024)}/{tqdm.format_sizeof(self.total_bytes, 'B', 1024)}, "
+            f"{self.files / elapsed:.1f} files/s, {tqdm.format_sizeof(rate, 'B/s', 1024)}, "
+            f"ETA {tqdm.format_interval(eta)}, {self.failed} failed"
+        )
+
+    def close(self) -> None:
+        self.write(self.line(time.monotonic()))
+
+
+class BarProgress(Progress):
+    """A tqdm bar: bytes with rate and ETA, files done and failed as postfix."""
+
+    def __init__(self, total_files: int, total_bytes: int, stream: TextIO) -> None:
+        from tqdm import tqdm
+
+        super().__init__(total_files, total_bytes, stream)
+        self.bar = tqdm(
+            total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+            file=stream, desc="send", dynamic_ncols=True, mininterval=0.2,
+        )
+        self._postfix()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix_str(f"files {self.files}/{self.total_files}, {self.failed} failed", refresh=False)
+
+    def advance(self, result: FileResult, size: int) -> None:
+        super().advance(result, size)
+        self._postfix()
+        self.bar.update(size)
+
+    def write(self, line: str) -> None:
+        self.bar.write(line, file=self.stream)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def make_progress(mode: str, total_files: int, total_bytes: int, stream: TextIO = sys.stderr) -> Progress:
+    """``auto`` is a bar on a terminal and plain lines otherwise."""
+    if mode == "auto":
+        mode = "bar" if stream.isatty() else "plain"
+    if mode == "bar":
+        return BarProgress(total_files, total_bytes, stream)
+    if mode == "plain":
+        return PlainProgress(total_files, total_bytes, stream)
+    return Progress(total_files, total_bytes, stream)
+
+
+class ProgressLogHandler(logging.Handler):
+    """Formats records as ``L: message`` and prints them through the current progress."""
+
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self.progress = progress
+        self.setFormatter(logging.Formatter("%(levelname).1s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.progress.write(self.format(record))
+        except Exception:  # a logging handler must never raise
+            self.handleError(record)
+
+
+@dataclass(slots=True)
+class Tally:
+    """Per-file outcomes as they arrive, indexed by the file's position in the list."""
+
+    entries: dict[int, FileEntry]
+    results: dict[int, FileResult] = field(default_factory=dict)
+
+    def add(self, result: FileResult) -> None:
+        self.results[result.index] = result
+
+    def unreported(self) -> list[FileEntry]:
+        """Files no worker reported on (a worker died): they count as failed."""
+        return [entry for index, entry in self.entries.items() if index not in self.results]
+
+    def sent(self) -> list[FileResult]:
+        return [r for r in self.results.values() if r.sent]
+
+    def failed(self) -> list[FileResult]:
+        return [r for r in self.results.values() if not r.sent]
+
+    @property
+    def bytes(self) -> int:
+        return sum(r.bytes for r in self.results.values())
+
+
+def _status_hex(status: int | None) -> str | None:
+    return None if status is None else f"0x{status:04X}"
+
+
+def summary(
+    *,
+    tally: Tally,
+    skipped: Sequence[Skipped],
+    missing: Sequence[str],
+    seconds: float,
+    exit_status: int,
+    peer: dict[str, Any],
+    associations: int,
+) -> dict[str, Any]:
+    """The summary object described in the module docstring, files in list order."""
+
+    def describe(result: FileResult) -> dict[str, Any]:
+        entry = tally.entries[result.index]
+        item: dict[str, Any] = {
+            "path": entry.path,
+            "sop_class_uid": entry.sop_class_uid,
+            "sop_instance_uid": entry.sop_instance_uid,
+            "status": result.status,
+        }
+        if not result.sent:
+            item.update(status_hex=_status_hex(result.status), reason=result.reason, network=result.network)
+        return item
+
+    sent = sorted(tally.sent(), key=lambda r: r.index)
+    failed = sorted(tally.failed(), key=lambda r: r.index)
+    return {
+        "version": SUMMARY_VERSION,
+        "peer": peer,
+        "associations": associations,
+        "sent": len(sent),
+        "failed": len(failed),
+        "skipped": len(skipped),
+        "bytes": tally.bytes,
+        "seconds": round(seconds, 3),
+        "exit_status": exit_status,
+        "files": {
+            "sent": [describe(r) for r in sent],
+            "failed": [describe(r) for r in failed],
+            "skipped": [{"path": s.path, "reason": s.reason} for s in skipped],
+            "missing": list(missing),
+        },
+    }
+
+
+def write_summary(path: str, data: dict[str, Any]) -> None:
+    """Write the summary atomically (temp file, rename), or to stdout for ``-``."""
+    text = json.dumps(data, indent=2) + "\n"
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

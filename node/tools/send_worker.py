@@ -1,0 +1,299 @@
+"""A ``nodectl send`` worker: one process, its associations one after the other.
+
+Workers are processes, not threads, so that N associations use N cores: pynetdicom does
+its PDU encoding and its DUL polling in Python, under one GIL per process.
+
+Each worker is started by ``send.py`` with its list of ``send_plan.Task`` and a queue. It
+puts on that queue, and nothing else:
+
+- ``FileResult`` once per file it was given (sent, or failed with a status or a reason),
+- the ``logging.LogRecord`` of its log lines, printed by the parent (so they do not tear
+  the progress bar),
+- ``WorkerFinished`` last.
+
+Datasets are never decoded: pynetdicom's chunked mode (``_config.STORE_SEND_CHUNKED_DATASET``,
+pynetdicom >= 2.0) reads each dataset from its file in PDU-sized pieces, with the UIDs and
+transfer syntax from the file meta, and needs an accepted context with exactly the file's
+transfer syntax; the plan proposes exactly those. The flag is global to pynetdicom, which
+is fine here because the worker process is ours alone.
+
+Retries (``--retry N``): an association that cannot be established (refused connection,
+transient rejection, abort, ACSE timeout) is retried up to N times in a row, with
+exponential back-off; a permanent rejection is not retried. When an association is lost
+while a file is in flight, the remaining files go over a new association; the file in
+flight is tried at most N + 1 times in all, then reported failed. Every loop is therefore
+bounded by the number of files and N.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import queue
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from node.tools.send_plan import FileEntry, Task
+
+LOGGER = logging.getLogger("node.tools.send")
+MAX_BACKOFF = 10.0  # seconds; a cap so that --retry 10 does not sleep for half an hour
+PDU_BACKLOG = 16  # P-DATA PDUs queued ahead of the socket: 16 x max PDU, not the whole file
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerOptions:
+    """Where and how to associate; the same for every worker."""
+
+    host: str
+    port: int
+    calling_aet: str = "STORESCU"
+    called_aet: str = "ANY-SCP"
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 30.0
+    network_timeout: float = 30.0
+    max_pdu: int = 16382
+    retry: int = 0
+    retry_delay: float = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileResult:
+    """The outcome of one file. ``network`` marks a failure of the association, not the file."""
+
+    index: int
+    sent: bool
+    status: int | None = None
+    reason: str = ""
+    network: bool = False
+    bytes: int = 0
+    worker: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerFinished:
+    """The last message of a worker: every one of its files has a ``FileResult`` by now."""
+
+    worker: int
+    associations: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    """Why an association was not established, and whether trying again can help."""
+
+    reason: str
+    retryable: bool
+    network: bool = True
+
+
+Report = Callable[[FileResult], None]
+
+
+def _ae_class() -> type:
+    """pynetdicom's AE with TCP_NODELAY on its client sockets.
+
+    A C-STORE is a burst of small PDUs followed by a wait for the response; Nagle's
+    algorithm would hold the last small segment back for an ACK that the peer delays.
+    """
+    from pynetdicom import AE
+
+    class NoDelayAE(AE):  # type: ignore[misc]
+        def _create_socket(self, assoc: Any, address: Any, tls_args: Any) -> Any:
+            wrapped = super()._create_socket(assoc, address, tls_args)
+            if wrapped.socket is not None:
+                wrapped.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return wrapped
+
+    return NoDelayAE
+
+
+def make_ae(peer: PeerOptions, contexts: Sequence[tuple[str, str]]) -> Any:
+    """An AE proposing one context per (SOP class, transfer syntax) pair, nothing else."""
+    ae = _ae_class()(ae_title=peer.calling_aet)
+    ae.acse_timeout = peer.acse_timeout
+    ae.dimse_timeout = peer.dimse_timeout
+    ae.network_timeout = peer.network_timeout
+    ae.connection_timeout = peer.network_timeout
+    for abstract, transfer in contexts:
+        ae.add_requested_context(abstract, transfer)
+    return ae
+
+
+class BoundedProviderQueue(queue.Queue):  # type: ignore[type-arg]
+    """pynetdicom's DUL send queue, bounded so a large dataset is not queued whole.
+
+    pynetdicom reads a chunked dataset from its file as fast as the disk allows and puts
+    every P-DATA PDU on an unbounded queue that its DUL thread drains into the socket; for
+    a 2 GB multi-frame file that is 2 GB of memory. Bounded, the reading waits for the
+    socket. A put never waits for a dead DUL: once it stops, items are dropped (the
+    association is gone and the response wait will say so). Each wait is bounded by the
+    socket's network timeout, after which the DUL stops.
+    """
+
+    def __init__(self, dul: Any, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self._dul = dul
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        while True:
+            try:
+                super().put(item, timeout=0.25)
+                return
+            except queue.Full:
+                if self._dul._kill_thread or not self._dul.is_alive():
+                    return
+
+
+def bound_send_queue(assoc: Any, backlog: int = PDU_BACKLOG) -> None:
+    """Swap in a ``BoundedProviderQueue`` on an established, idle association."""
+    dul = assoc.dul
+    if dul.to_provider_queue.qsize() == 0:
+        dul.to_provider_queue = BoundedProviderQueue(dul, backlog)
+
+
+def refusal(assoc: Any) -> _Refusal:
+    """Classify an association that is not established, from what pynetdicom recorded."""
+    primitive = getattr(getattr(assoc, "acceptor", None), "primitive", None)
+    result = getattr(primitive, "result", None)
+    if assoc.is_rejected and result in (0x01, 0x02):
+        text = f"association rejected ({primitive.result_str}: {primitive.reason_str})"
+        return _Refusal(text, retryable=result == 0x02)
+    if result == 0x00:
+        # Accepted, but not one context: the peer supports none of these files.
+        return _Refusal("no accepted presentation context", retryable=False, network=False)
+    if assoc.is_aborted:
+        return _Refusal("association aborted", retryable=True)
+    return _Refusal("association request failed (connection refused or timed out)", retryable=True)
+
+
+def backoff(peer: PeerOptions, failures: int) -> float:
+    """Seconds to wait before attempt ``failures + 1``: doubling from --retry-delay, capped."""
+    return min(MAX_BACKOFF, peer.retry_delay * (2 ** max(0, failures - 1)))
+
+
+def store_one(assoc: Any, entry: FileEntry, msg_id: int, worker: int) -> FileResult | None:
+    """C-STORE one file streamed from its path; ``None`` means the association was lost."""
+    from pynetdicom.status import code_to_category
+
+    try:
+        rsp = assoc.send_c_store(entry.path, msg_id)
+    except (ValueError, AttributeError, OSError) as exc:
+        # No accepted context for this file, or the file changed or vanished since the scan.
+        return FileResult(index=entry.index, sent=False, reason=str(exc), worker=worker)
+    except RuntimeError:
+        return None  # association no longer established
+    if "Status" not in rsp:
+        # Aborted by the peer, DIMSE timeout, or an invalid response: the association is
+        # no longer to be trusted (pynetdicom may not have noticed the abort yet).
+        if assoc.is_established:
+            assoc.abort()
+        return None
+    status = int(rsp.Status)
+    category = code_to_category(status)
+    ok = category in ("Success", "Warning")
+    return FileResult(
+        index=entry.index,
+        sent=ok,
+        status=status,
+        reason="" if status == 0 else category,
+        bytes=entry.size if ok else 0,
+        worker=worker,
+    )
+
+
+def send_over(assoc: Any, pending: list[FileEntry], report: Report, worker: int) -> tuple[int, list[FileEntry]]:
+    """Send ``pending`` in order; return how many got a response and what is left if lost."""
+    msg_id = 1
+    answered = 0
+    for position, entry in enumerate(pending):
+        result = store_one(assoc, entry, msg_id, worker)
+        if result is None:
+            return answered, pending[position:]
+        report(result)
+        answered += 1
+        msg_id = msg_id % 0xFFFF + 1
+    return answered, []
+
+
+def fail_all(files: Sequence[FileEntry], reason: str, network: bool, report: Report, worker: int) -> None:
+    """Report every file in ``files`` failed for the same reason."""
+    for entry in files:
+        report(FileResult(index=entry.index, sent=False, reason=reason, network=network, worker=worker))
+
+
+def run_task(task: Task, peer: PeerOptions, report: Report, worker: int) -> int:
+    """Send one task's files, re-associating as --retry allows; return associations opened."""
+    ae = make_ae(peer, task.contexts)
+    pending = list(task.files)
+    refused = 0  # consecutive association failures
+    strikes: dict[int, int] = {}  # file index -> associations lost while it was in flight
+    opened = 0
+    while pending:
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_aet, max_pdu=peer.max_pdu)
+        if not assoc.is_established:
+            why = refusal(assoc)
+            refused += 1
+            if not why.retryable or refused > peer.retry:
+                fail_all(pending, why.reason, why.network, report, worker)
+                return opened
+            LOGGER.warning(f"{why.reason}; retry {refused}/{peer.retry}")
+            time.sleep(backoff(peer, refused))
+            continue
+        opened += 1
+        refused = 0
+        bound_send_queue(assoc)
+        try:
+            _answered, pending = send_over(assoc, pending, report, worker)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        if pending:
+            pending = _after_loss(pending, strikes, peer, report, worker)
+    return opened
+
+
+def _after_loss(
+    pending: list[FileEntry], strikes: dict[int, int], peer: PeerOptions, report: Report, worker: int
+) -> list[FileEntry]:
+    """Count a strike against the file in flight; give it up after --retry + 1 strikes."""
+    head = pending[0]
+    strikes[head.index] = strikes.get(head.index, 0) + 1
+    if strikes[head.index] > peer.retry:
+        report(
+            FileResult(
+                index=head.index, sent=False, network=True, worker=worker,
+                reason="association lost while sending (aborted or no response)",
+            )
+        )
+        pending = pending[1:]
+    if pending:
+        LOGGER.warning(f"association lost; {len(pending)} file(s) left, re-associating")
+        time.sleep(backoff(peer, strikes[head.index]))
+    return pending
+
+
+def _forward_logging(queue: Any, level: int, pynetdicom_level: int) -> None:
+    """Send this process's log records to the parent, which prints them."""
+    handler = logging.handlers.QueueHandler(queue)
+    for name, lvl in (("node.tools.send", level), ("pynetdicom", pynetdicom_level)):
+        lg = logging.getLogger(name)
+        lg.handlers = [handler]
+        lg.setLevel(lvl)
+        lg.propagate = False
+
+
+def run_worker(
+    worker: int, tasks: list[Task], peer: PeerOptions, queue: Any, level: int, pynetdicom_level: int
+) -> None:
+    """Process entry point: every task in turn, then ``WorkerFinished``."""
+    from pynetdicom import _config
+
+    _forward_logging(queue, level, pynetdicom_level)
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    opened = 0
+    for task in tasks:
+        opened += run_task(task, peer, queue.put, worker)
+    queue.put(WorkerFinished(worker=worker, associations=opened))

@@ -1,0 +1,263 @@
+"""``nodectl send``: planning without sockets, then real peers on 127.0.0.1.
+
+Peers: DCMTK storescp (``--fork +B``: parallel associations, files written as received),
+Orthanc with a generated configuration, and pynetdicom SCPs in the test for statuses,
+aborts and rejections. Each check compares what arrived with what was sent, and the
+``--summary-json`` with what arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from node.tools.send_plan import MAX_CONTEXTS, FileEntry, context_groups, plan, scan
+from tests.peers.orthanc import Orthanc, orthanc_available
+from tests.support import dataset_bytes, free_port, make_ct
+from tests.tools.storepeers import dcmtk_available, dcmtk_storescp, pynetdicom_scp, run_nodectl
+
+needs_dcmtk = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK storescp not installed")
+needs_orthanc = pytest.mark.skipif(not orthanc_available(), reason="Orthanc not installed")
+
+
+def send(*args: object):
+    return run_nodectl("send", "--progress", "plain", *map(str, args))
+
+
+def make_files(directory: Path, count: int, **kwargs: Any) -> dict[str, Path]:
+    """``count`` small CT files; returns {SOP Instance UID: path}."""
+    return {
+        make_ct(directory / f"{n:04d}.dcm", pixels=16, InstanceNumber=n + 1, **kwargs).SOPInstanceUID:
+            directory / f"{n:04d}.dcm"
+        for n in range(count)
+    }
+
+
+def summary(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+# --- planning: no sockets -------------------------------------------------------------------
+
+
+def entry(index: int, sop_class: str, syntax: str = ExplicitVRLittleEndian) -> FileEntry:
+    return FileEntry(index=index, path=f"/f{index}", sop_class_uid=sop_class, sop_instance_uid=f"1.{index}",
+                     transfer_syntax_uid=syntax, offset=132, size=100)
+
+
+def test_context_groups_never_exceed_128() -> None:
+    entries = [entry(n, f"1.2.3.{n % 150}", (ExplicitVRLittleEndian, ImplicitVRLittleEndian)[n % 2]) for n in range(600)]
+    groups = context_groups(entries)
+    assert sum(map(len, groups)) == 150
+    assert max(map(len, groups)) <= MAX_CONTEXTS
+    tasks = plan(entries, workers=3)
+    assert sorted(e.index for t in tasks for e in t.files) == list(range(600))
+    for task in tasks:
+        assert len(task.contexts) <= MAX_CONTEXTS
+        assert {e.context for e in task.files} <= set(task.contexts)
+
+
+def test_plan_deals_files_round_robin_in_order() -> None:
+    tasks = plan([entry(n, "1.2.3") for n in range(10)], workers=4)
+    assert [[e.index for e in t.files] for t in tasks] == [[0, 4, 8], [1, 5, 9], [2, 6], [3, 7]]
+
+
+def test_scan_reads_meta_and_skips_non_dicom(tmp_path: Path) -> None:
+    make_ct(tmp_path / "ct.dcm")
+    (tmp_path / "text.txt").write_text("hello")
+    (tmp_path / "empty.dcm").write_bytes(b"")
+    found = scan([str(tmp_path / name) for name in ("ct.dcm", "empty.dcm", "text.txt")])
+    assert [e.index for e in found.entries] == [0]
+    ct = found.entries[0]
+    assert ct.size == len(dataset_bytes(tmp_path / "ct.dcm"))
+    assert ct.offset + ct.size == (tmp_path / "ct.dcm").stat().st_size
+    assert [s.index for s in found.skipped] == [1, 2]
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def test_help_documents_exit_codes_and_bad_options_exit_2() -> None:
+    helped = run_nodectl("send", "--help")
+    assert helped.returncode == 0
+    assert "exit status:" in helped.stdout and "130" in helped.stdout
+    assert run_nodectl("send", "127.0.0.1", "11112").returncode == 2
+    assert run_nodectl("send", "-j", "0", "127.0.0.1", "11112", "x").returncode == 2
+
+
+# --- into DCMTK storescp ----------------------------------------------------------------------
+
+
+@needs_dcmtk
+def test_parallel_send_into_dcmtk_loses_nothing(tmp_path: Path) -> None:
+    sent = make_files(tmp_path / "in", 40)
+    (tmp_path / "in" / "README.txt").write_text("not DICOM")
+    report = tmp_path / "summary.json"
+    with dcmtk_storescp(tmp_path / "scp") as scp:
+        result = send("-j", 4, "--summary-json", report, "127.0.0.1", scp.port, tmp_path / "in")
+        received = scp.received()
+    assert result.returncode == 0, result.stderr
+    assert set(received) == set(sent)
+    for uid, path in sent.items():
+        assert dataset_bytes(received[uid]) == dataset_bytes(path)
+    data = summary(report)
+    assert (data["sent"], data["failed"], data["skipped"], data["associations"]) == (40, 0, 1, 4)
+    assert {f["sop_instance_uid"] for f in data["files"]["sent"]} == set(received)
+    assert data["files"]["skipped"][0]["path"].endswith("README.txt")
+    assert data["bytes"] == sum(len(dataset_bytes(p)) for p in sent.values())
+    assert "send: 40/40 files" in result.stderr  # plain progress lines when not a terminal
+
+
+@needs_dcmtk
+def test_more_than_128_contexts_open_further_associations(tmp_path: Path) -> None:
+    sent: dict[str, Path] = {}
+    for n in range(140):  # 70 private SOP classes x 2 transfer syntaxes = 140 contexts
+        path = tmp_path / "in" / f"{n:03d}.dcm"
+        syntax = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)[n % 2]
+        ds = make_ct(path, pixels=4, transfer_syntax=syntax, SOPClassUID=f"1.2.826.0.1.3680043.8.498.78.{n // 2 + 1}")
+        sent[ds.SOPInstanceUID] = path
+    report = tmp_path / "summary.json"
+    with dcmtk_storescp(tmp_path / "scp", "-pm", "+xa") as scp:
+        result = send("--summary-json", report, "127.0.0.1", scp.port, tmp_path / "in")
+        received = scp.received()
+    assert result.returncode == 0, result.stderr
+    assert set(received) == set(sent)
+    for uid, path in sent.items():
+        assert dataset_bytes(received[uid]) == dataset_bytes(path)
+    assert summary(report)["associations"] == 2
+
+
+@needs_dcmtk
+def test_streamed_sending_keeps_memory_flat(tmp_path: Path) -> None:
+    """The worker's peak RSS hardly grows with a 24 MB dataset: it is streamed, not loaded."""
+    make_ct(tmp_path / "small" / "s.dcm", pixels=8)
+    make_ct(tmp_path / "big" / "b.dcm", pixels=3500)  # 3500 x 3500 x 2 bytes = 24.5 MB
+    probe = (
+        "import resource, sys; from node.cli import main; "
+        "rc = main(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
+    )
+    peaks = {}
+    with dcmtk_storescp(tmp_path / "scp", "--ignore") as scp:
+        for name in ("small", "big"):
+            result = run_nodectl_probe(probe, "send", "--progress", "none", "127.0.0.1", str(scp.port), str(tmp_path / name))
+            assert result.returncode == 0, result.stderr
+            peaks[name] = int(result.stdout.split()[-1])  # KiB, the worker's peak
+    print(peaks)
+    assert peaks["big"] - peaks["small"] < 12 * 1024, peaks
+
+
+def run_nodectl_probe(code: str, *args: str):
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=60, cwd=root, stdin=subprocess.DEVNULL)
+
+
+# --- into Orthanc ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory: pytest.TempPathFactory):
+    if not orthanc_available():
+        pytest.skip("Orthanc not installed")
+    with Orthanc.start(tmp_path_factory.mktemp("orthanc"), aet="ORTHANCTEST") as peer:
+        yield peer
+
+
+@needs_orthanc
+def test_parallel_send_into_orthanc_every_file_intact(tmp_path: Path, orthanc: Orthanc) -> None:
+    orthanc.rest.clear()
+    sent = make_files(tmp_path / "in", 30)
+    sent.update(make_files(tmp_path / "in" / "implicit", 5, transfer_syntax=ImplicitVRLittleEndian))
+    (tmp_path / "in" / "junk.bin").write_bytes(b"\x00" * 300)
+    report = tmp_path / "summary.json"
+    result = send("-r", "-j", 4, "-aec", orthanc.aet, "--summary-json", report,
+                  "127.0.0.1", orthanc.dicom_port, tmp_path / "in")
+    assert result.returncode == 0, result.stderr
+    stored = orthanc.rest.sop_instance_uids()
+    assert set(stored) == set(sent)
+    for uid, path in sent.items():
+        fetched = tmp_path / "fetched.dcm"
+        fetched.write_bytes(orthanc.rest.file(stored[uid]))
+        assert dataset_bytes(fetched) == dataset_bytes(path)
+    data = summary(report)
+    assert (data["sent"], data["failed"], data["skipped"]) == (35, 0, 1)
+    assert {f["sop_instance_uid"] for f in data["files"]["sent"]} == set(stored)
+
+
+# --- statuses, retries, refusals (pynetdicom SCPs in the test) --------------------------------
+
+
+def test_failure_status_is_reported_per_file_and_exits_1(tmp_path: Path) -> None:
+    good = make_files(tmp_path / "in", 4)
+    bad = make_ct(tmp_path / "in" / "fail.dcm", patient_id="FAIL")
+    report = tmp_path / "summary.json"
+
+    def status(ds, event) -> int:
+        return 0xA700 if ds.PatientID == "FAIL" else 0x0000
+
+    with pynetdicom_scp(status) as (port, received):
+        result = send("-j", 2, "--summary-json", report, "127.0.0.1", port, tmp_path / "in")
+    assert result.returncode == 1, result.stderr
+    assert "status=0xA700" in result.stderr
+    assert sorted(received.uids) == sorted([*good, bad.SOPInstanceUID])
+    data = summary(report)
+    assert data["exit_status"] == 1 and data["sent"] == 4 and data["failed"] == 1
+    (failed,) = data["files"]["failed"]
+    assert failed["path"].endswith("fail.dcm")
+    assert (failed["status"], failed["status_hex"], failed["network"]) == (0xA700, "0xA700", False)
+
+
+def test_aborted_association_is_retried(tmp_path: Path) -> None:
+    sent = make_files(tmp_path / "in", 6)
+    aborted: list[str] = []
+
+    def abort_once(ds, event) -> int:
+        if not aborted:
+            aborted.append(ds.SOPInstanceUID)
+            event.assoc.abort()
+        return 0x0000
+
+    report = tmp_path / "summary.json"
+    with pynetdicom_scp(abort_once) as (port, _received):
+        result = send("--retry", 2, "--retry-delay", 0.05, "--summary-json", report, "127.0.0.1", port, tmp_path / "in")
+    assert result.returncode == 0, result.stderr
+    assert "association lost" in result.stderr
+    data = summary(report)
+    assert data["sent"] == 6 and data["associations"] == 2
+    assert {f["sop_instance_uid"] for f in data["files"]["sent"]} == set(sent)
+
+
+def test_nothing_listening_retries_then_exits_3(tmp_path: Path) -> None:
+    make_files(tmp_path / "in", 2)
+    report = tmp_path / "summary.json"
+    result = send("--retry", 1, "--retry-delay", 0.05, "--summary-json", report, "127.0.0.1", free_port(), tmp_path / "in")
+    assert result.returncode == 3
+    assert "retry 1/1" in result.stderr
+    data = summary(report)
+    assert data["failed"] == 2 and all(f["network"] and f["status"] is None for f in data["files"]["failed"])
+
+
+def test_permanent_rejection_is_not_retried(tmp_path: Path) -> None:
+    make_files(tmp_path / "in", 1)
+    with pynetdicom_scp(called_aet="STORE-SCP") as (port, received):
+        result = send("--retry", 3, "-aec", "WRONG", "127.0.0.1", port, tmp_path / "in")
+    assert result.returncode == 3
+    assert "retry" not in result.stderr and "association rejected" in result.stderr
+    assert received.requests == []
+
+
+def test_missing_path_exits_4_after_sending_the_rest(tmp_path: Path) -> None:
+    sent = make_files(tmp_path / "in", 2)
+    with pynetdicom_scp() as (port, received):
+        result = send("127.0.0.1", port, tmp_path / "in", tmp_path / "nope")
+    assert result.returncode == 4
+    assert "E: Cannot access path" in result.stderr
+    assert sorted(received.uids) == sorted(sent)
