@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,14 +146,21 @@ def _row(msg: WriteInstance, path: Path | None, size: int) -> InstanceRow:
     )
 
 
-def _drain(sock: zmq.Socket) -> tuple[list[_Request], list[tuple[list[bytes], object, str]]]:
-    """Take every queued request (up to BATCH); answer pings and bad messages at once."""
+def _drain(sock: zmq.Socket, deadline_s: float) -> tuple[list[_Request], list[tuple[list[bytes], object, str]]]:
+    """Take every queued request (up to BATCH); answer pings, bad and expired messages at once.
+
+    A request older than the requester's deadline is not written: its worker has already
+    answered the peer with a failure, and storing it now would keep what was refused.
+    """
     batch: list[_Request] = []
     immediate: list[tuple[list[bytes], object, str]] = []
     while len(batch) < BATCH and sock.poll(0, zmq.POLLIN):
         identity, envelope = _bus.receive(sock)
         if isinstance(envelope, MessageError):
             immediate.append((identity, ErrorReply(status=envelope.status, reason=str(envelope)), ""))
+        elif isinstance(envelope.message, WriteInstance) and time.time() - envelope.sent > deadline_s:
+            log.warning("assoc=%s sop=%s request expired before it was written", envelope.message.assoc_id, envelope.message.sop_instance_uid)
+            immediate.append((identity, ErrorReply(status=0xA700, reason="request expired"), envelope.id))
         elif isinstance(envelope.message, WriteInstance):
             batch.append(_Request(identity, envelope))
         elif isinstance(envelope.message, Ping):
@@ -174,7 +182,7 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
         while not stop.is_set():
             if not sock.poll(200, zmq.POLLIN):
                 continue
-            batch, replies = _drain(sock)
+            batch, replies = _drain(sock, config.network.write_timeout)
             try:
                 replies += writer.handle(batch)
             except NodeError as exc:

@@ -1,0 +1,159 @@
+"""The node as supervised processes: ``nodectl serve`` starts, survives killed actors, stops clean."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from tests.nodes import RunningNode, serve
+from tests.support import dataset_bytes, have, make_ct, wait_until
+
+pytestmark = pytest.mark.skipif(not have("/usr/bin/storescu"), reason="DCMTK (Debian package dcmtk) is not installed")
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+VERIFICATION = "1.2.840.10008.1.1"
+
+
+def associate(port: int, aec: str = "NODE"):  # noqa: ANN201
+    from pynetdicom import AE
+
+    ae = AE(ae_title="SUPTEST")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
+    ae.add_requested_context(CT, ExplicitVRLittleEndian)
+    ae.add_requested_context(VERIFICATION, ImplicitVRLittleEndian)
+    return ae.associate("127.0.0.1", port, ae_title=aec)
+
+
+def echo_ok(port: int) -> bool:
+    result = subprocess.run(["/usr/bin/echoscu", "-aec", "NODE", "127.0.0.1", str(port)], capture_output=True, timeout=30)
+    return result.returncode == 0
+
+
+def store_ok(port: int, path: Path) -> bool:
+    """DCMTK storescu exits 0 on failure statuses too: read the status it logged."""
+    result = subprocess.run(["/usr/bin/storescu", "-v", "-aec", "NODE", "127.0.0.1", str(port), str(path)], capture_output=True, text=True, timeout=60)
+    return result.returncode == 0 and "Received Store Response (Success)" in result.stdout + result.stderr
+
+
+def actor_pid(node: RunningNode, pattern: str) -> int:
+    [proc] = node.children(pattern)
+    return proc.pid
+
+
+def restarted(node: RunningNode, pattern: str, old_pid: int) -> bool:
+    """One process matches ``pattern`` and it is not ``old_pid`` (one snapshot, no race)."""
+    pids = [proc.pid for proc in node.children(pattern)]
+    return len(pids) == 1 and pids[0] != old_pid
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[RunningNode]:
+    running = serve(tmp_path, workers=2)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def test_serve_stores_and_indexes_with_embedded_defaults(node: RunningNode, tmp_path: Path) -> None:
+    sent = tmp_path / "sent"
+    files = [sent / f"{i}.dcm" for i in range(5)]
+    for path in files:
+        make_ct(path)
+    result = subprocess.run(["/usr/bin/storescu", "-aec", "NODE", "127.0.0.1", str(node.port), *map(str, files)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "node.sqlite") as db:
+        rows = dict(db.execute("SELECT sop_instance_uid, path FROM instances").fetchall())
+    for path in files:
+        uid = dcmread(path).SOPInstanceUID
+        assert Path(rows[uid]) == tmp_path / "store" / uid
+        assert dataset_bytes(Path(rows[uid])) == dataset_bytes(path)
+    assert len(rows) == 5
+
+
+def test_serve_stops_cleanly_with_nothing_left_running(tmp_path: Path) -> None:
+    running = serve(tmp_path, workers=2)
+    pids = running.tree_pids()
+    assert len(pids) >= 5  # nodectl, supervisord, writer, 2 workers, listener
+    assert running.stop() == 0
+    assert running.leftover == []
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids)
+
+
+def test_worker_killed_mid_association_is_restarted_while_the_listener_keeps_accepting(node: RunningNode, tmp_path: Path) -> None:
+    listener_pid = actor_pid(node, "run listener")
+    assoc = associate(node.port)
+    assert assoc.is_established
+    first = tmp_path / "first.dcm"
+    make_ct(first)
+    assert assoc.send_c_store(first).Status == 0
+    # Which worker holds it: the listener logged "assoc=<id> ... -> worker-N".
+    wait_until(lambda: "-> worker-" in node.log(), 5)
+    worker_name = re.findall(r"-> (worker-\d+)", node.log())[-1]
+    victim = actor_pid(node, f"--worker-id {worker_name.split('-')[1]}")
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: not assoc.is_established, 15, "association to end with its worker")
+    # The listener stays up and keeps serving through the other worker meanwhile.
+    for i in range(3):
+        assert echo_ok(node.port)
+    after = tmp_path / "after.dcm"
+    make_ct(after)
+    assert store_ok(node.port, after)
+    wait_until(lambda: restarted(node, f"--worker-id {worker_name.split('-')[1]}", victim), 15, "supervisor to restart the worker")
+    assert actor_pid(node, "run listener") == listener_pid
+    assert (tmp_path / "store" / dcmread(after).SOPInstanceUID).is_file()
+
+
+def test_writer_and_listener_killed_are_restarted_and_storing_resumes(node: RunningNode, tmp_path: Path) -> None:
+    writer = actor_pid(node, "run writer")
+    os.kill(writer, signal.SIGKILL)
+    wait_until(lambda: restarted(node, "run writer", writer), 15, "writer restart")
+    listener = actor_pid(node, "run listener")
+    os.kill(listener, signal.SIGKILL)
+    wait_until(lambda: restarted(node, "run listener", listener), 15, "listener restart")
+    path = tmp_path / "resume.dcm"
+    make_ct(path)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not echo_ok(node.port):
+        time.sleep(0.2)
+    result = subprocess.run(["/usr/bin/storescu", "-aec", "NODE", "127.0.0.1", str(node.port), str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    stored = tmp_path / "store" / dcmread(path).SOPInstanceUID
+    assert stored.is_file() and dataset_bytes(stored) == dataset_bytes(path)
+
+
+def test_store_fails_cleanly_while_the_writer_is_down(tmp_path: Path) -> None:
+    """No writer, no success: the worker answers a failure status after its deadline."""
+    config = tmp_path / "node.toml"
+    config.write_text("[network]\nwrite_timeout = 2.0\n")
+    running = serve(tmp_path, "--config", str(config), workers=1)
+    try:
+        writer = actor_pid(running, "run writer")
+        os.kill(writer, signal.SIGSTOP)  # alive but not answering, so supervisor does not restart it
+        try:
+            assoc = associate(running.port)
+            path = tmp_path / "x.dcm"
+            make_ct(path)
+            status = assoc.send_c_store(path)
+            assoc.release()
+            assert status.Status == 0xA700
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        # The writer wakes up to a request whose requester gave up: it must not store it.
+        assert echo_ok(running.port)
+        time.sleep(1.0)
+        assert not (tmp_path / "store" / dcmread(path).SOPInstanceUID).exists()
+    finally:
+        running.stop()
