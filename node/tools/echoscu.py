@@ -232,10 +232,9 @@ class Settings:
     abort: bool = False
     n_syntaxes: int = 1
     n_contexts: int = 1
-    values: dict[str, Any] = field(default_factory=dict)
 
 
-def settings_from(cmd: CommandLine, values: dict[str, Any], peer: str, port: int) -> Settings:
+def settings_from(values: dict[str, Any], peer: str, port: int) -> Settings:
     """Map the evaluated option values onto :class:`Settings`."""
     return Settings(
         peer=peer, port=port,
@@ -246,7 +245,6 @@ def settings_from(cmd: CommandLine, values: dict[str, Any], peer: str, port: int
         max_pdu=values.get("max_pdu", ASC_DEFAULTMAXPDU), repeat=values.get("repeat", 1),
         abort=bool(values.get("abort", False)),
         n_syntaxes=values.get("propose_ts", 1), n_contexts=values.get("propose_pc", 1),
-        values=values,
     )
 
 
@@ -272,7 +270,7 @@ def run(app: App, argv: list[str], *, default_level: int = logging.WARNING, defa
     setup = da.configure_logging(app, cmd, default_level)
     values = app.evaluate(cmd, skip=da.LOGGING_DESTS)
     tls_settings = check_tls_options(app, cmd, values)
-    settings = settings_from(cmd, values, peer, port)
+    settings = settings_from(values, peer, port)
     with da.log_handler(app, setup, *_library_loggers(setup)) as log:
         log.debug(app.spec.rcsid + "\n")
         context = create_context(log, tls_settings)
