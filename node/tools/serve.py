@@ -32,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="directory for sockets, pid and ready files")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="actor log level")
     p.add_argument("--log-format", choices=["text", "json"], help="json: one JSON object a line")
+    p.add_argument("--print-supervisor-config", action="store_true",
+                   help="print the supervisord configuration this node would run and exit (see deploy/)")
     return p
 
 
@@ -70,6 +72,12 @@ def main(argv: list[str]) -> int:
     opts = parser().parse_args(argv)
     try:
         config = build_config(opts)
+        if opts.print_supervisor_config:
+            from node.supervision import render
+
+            config_path = opts.config.resolve() if opts.config else Path("/etc/nodectl/node.toml")
+            print(render(config, config_path, python="nodectl", log_to="/var/log/nodectl/%(program_name)s.log").replace("nodectl -m node.cli", "nodectl"))
+            return 0
         return run_node(config, on_ready=announce)
     except ConfigError as exc:
         print(f"nodectl serve: {exc}", file=sys.stderr)
