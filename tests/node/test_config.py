@@ -86,4 +86,4 @@ def test_endpoints_follow_the_transport(tmp_path: Path) -> None:
 def test_long_run_dir_is_replaced_by_a_short_one(tmp_path: Path) -> None:
     deep = tmp_path / ("x" * 120)
     assert len(str(configuration.short_run_dir(deep))) < 60
-    assert configuration.short_run_dir(tmp_path) == tmp_path.resolve()
+    assert configuration.short_run_dir(Path("/tmp/nd")) == Path("/tmp/nd")
