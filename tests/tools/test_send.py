@@ -148,7 +148,6 @@ def test_streamed_sending_keeps_memory_flat(tmp_path: Path) -> None:
             result = run_nodectl_probe(probe, "send", "--progress", "none", "127.0.0.1", str(scp.port), str(tmp_path / name))
             assert result.returncode == 0, result.stderr
             peaks[name] = int(result.stdout.split()[-1])  # KiB, the worker's peak
-    print(peaks)
     assert peaks["big"] - peaks["small"] < 12 * 1024, peaks
 
 
