@@ -31,7 +31,7 @@ from typing import Any
 
 import zmq
 
-from actors import _bus
+from actors import _bus, commitment_io
 from node.config import ListenerConfig, NodeConfig
 from node.errors import NodeError, STATUS_OUT_OF_RESOURCES, MessageError
 from node.messages import AssociationEnded, ErrorReply, HandOff, InstanceWritten, WorkerReady, unpack
@@ -84,6 +84,7 @@ class Worker:
         _config.STORE_RECV_CHUNKED_DATASET = True
         _config.UNRESTRICTED_STORAGE_SERVICE = self.config.services.accept_unknown
         _follow_requestor_order({rule.abstract_syntax for rule in self.rules if rule.transfer_syntaxes == ANY})
+        commitment_io.install_role_check(lambda: self.config.commitment.role_reject)
 
     def ae_for(self, listener: ListenerConfig) -> Any:
         """The pynetdicom AE with the policy of one listener (cached)."""
@@ -102,6 +103,7 @@ class Worker:
         ae.require_called_aet = bool(listener.aet)
         ae.require_calling_aet = list(listener.accept)
         ae.supported_contexts = [build_context(rule.abstract_syntax, list(rule.expanded())) for rule in self.rules]
+        commitment_io.apply_roles(ae, self.rules)
         self._aes[listener.key] = ae
         return ae
 
@@ -128,9 +130,25 @@ class Worker:
         live = _Live(assoc=assoc, handoff=handoff)
         assoc.bind(evt.EVT_C_STORE, self._on_store, [live])
         assoc.bind(evt.EVT_REJECTED, self._on_rejected, [live])
+        if self.config.network.max_pdu_send:
+            assoc.bind(evt.EVT_ESTABLISHED, _cap_send_pdu, [self.config.network.max_pdu_send])
+        self._bind_commitment(assoc, live)
         self.live[handoff.assoc_id] = live
         log.info("assoc=%s peer=%s:%d listener=%s started", handoff.assoc_id, handoff.peer_host, handoff.peer_port, handoff.listener)
         assoc.start()
+
+    # ----- storage commitment (issue 5): N-ACTION and N-EVENT-REPORT go to the tracker --------
+
+    def _bind_commitment(self, assoc: Any, live: _Live) -> None:
+        """Storage Commitment handlers; the logic is in actors.commitment_io and the tracker."""
+        from pynetdicom import evt
+
+        client = commitment_io.TrackerClient(self.config, self.ctx, self.name)
+        pending: dict[int, Any] = {}
+        aid = live.handoff.assoc_id
+        assoc.bind(evt.EVT_N_ACTION, lambda event: commitment_io.on_n_action(event, client, aid, pending))
+        assoc.bind(evt.EVT_N_EVENT_REPORT, lambda event: commitment_io.on_n_event_report(event, client, aid))
+        assoc.bind(evt.EVT_DIMSE_SENT, lambda event: commitment_io.on_dimse_sent(event, client, aid, pending))
 
     def _listener(self, key: str) -> ListenerConfig:
         for lc in self.config.listeners:
@@ -279,6 +297,20 @@ class Worker:
                 live.assoc.abort()
             except Exception as exc:  # an association already gone cannot be aborted twice
                 log.debug("abort failed: %s", exc)
+
+
+def _cap_send_pdu(event: Any, cap: int) -> None:
+    """dcm4che's --max-pdulen-snd: send P-DATA no larger than ``cap``, nor than the peer takes.
+
+    pynetdicom fragments by the peer's Maximum Length (0 = unlimited); lowering the received
+    value after negotiation caps what we send without changing what was negotiated.
+    """
+    from pynetdicom.pdu_primitives import MaximumLengthNotification
+
+    for item in event.assoc.requestor.user_information:
+        if isinstance(item, MaximumLengthNotification):
+            peer = item.maximum_length_received
+            item.maximum_length_received = cap if not peer else min(peer, cap)
 
 
 def _follow_requestor_order(any_syntax: set[str]) -> None:

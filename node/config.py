@@ -27,7 +27,8 @@ File layout (every key optional; the embedded defaults run a node on port 11112)
     [bus]     explicit endpoints (tcp://...) overriding the ones derived from run_dir
 
 Environment: ``NODECTL_CONFIG`` names the file; ``NODECTL_AET``, ``NODECTL_PORT``,
-``NODECTL_DIRECTORY``, ``NODECTL_DATABASE``, ``NODECTL_WORKERS`` override single values.
+``NODECTL_DIRECTORY``, ``NODECTL_DATABASE``, ``NODECTL_WORKERS``, ``NODECTL_RUN_DIR``
+override single values (the Procfile's processes are pointed at a test's ports this way).
 """
 
 from __future__ import annotations
@@ -118,6 +119,34 @@ class BusConfig:
     """Explicit endpoints; empty means derived from ``run_dir`` and ``transport``."""
 
     writer: str = ""
+    tracker: str = ""  # the commitment tracker's ROUTER
+    events: str = ""  # the commitment tracker's PUB (transaction ended)
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """A remote AE the node may have to call back (Storage Commitment reports): ``[[peers]]``."""
+
+    aet: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class CommitmentConfig:
+    """Storage Commitment: deadlines, the outbox's retry schedule, limits (seconds)."""
+
+    transaction_timeout: float = 3600.0  # SCU side: a transaction without report expires
+    same_association: bool = True  # SCP side: try the report on the N-ACTION's association first
+    same_association_grace: float = 10.0  # ... and leave the outbox alone this long meanwhile
+    retry_base: float = 1.0  # outbox back-off: 1, 2, 4, ... seconds
+    retry_max: float = 60.0
+    report_expiry: float = 86400.0  # an undelivered report is given up after this long
+    orphan_window: float = 600.0  # a report for an unknown transaction is kept this long
+    max_instances: int = 50_000  # more in one N-ACTION: 0x0213 Resource limitation
+    request_timeout: float = 10.0  # worker -> tracker
+    role_reject: bool = False  # refuse report associations without SCP role selection
+    association_timeout: float = 30.0  # outbox sender: ACSE/DIMSE timeouts
 
 
 @dataclass(frozen=True)
@@ -137,6 +166,15 @@ class NodeConfig:
     network: NetworkConfig = NetworkConfig()
     services: ServicesConfig = ServicesConfig()
     bus: BusConfig = BusConfig()
+    peers: tuple[PeerConfig, ...] = ()
+    commitment: CommitmentConfig = CommitmentConfig()
+
+    def peer(self, aet: str) -> PeerConfig | None:
+        """The ``[[peers]]`` entry of an AE title (last one wins), or None."""
+        for entry in reversed(self.peers):
+            if entry.aet == aet:
+                return entry
+        return None
 
     @property
     def spool_dir(self) -> Path:
@@ -168,6 +206,7 @@ SECTIONS: dict[str, type] = {
     "network": NetworkConfig,
     "services": ServicesConfig,
     "bus": BusConfig,
+    "commitment": CommitmentConfig,
 }
 _NODE_KEYS = {"aet", "directory", "database", "workers", "run_dir", "transport", "log_level", "log_format"}
 
@@ -213,7 +252,7 @@ def _build(cls: type, table: Mapping[str, Any], where: str) -> Any:
 
 def from_mapping(data: Mapping[str, Any], base_dir: Path = Path(".")) -> NodeConfig:
     """Build a NodeConfig from parsed TOML; relative paths are relative to ``base_dir``."""
-    unknown = set(data) - {"node", "listeners", *SECTIONS}
+    unknown = set(data) - {"node", "listeners", "peers", *SECTIONS}
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(sorted(unknown))}")
     node_table = dict(data.get("node", {}))
@@ -228,10 +267,38 @@ def from_mapping(data: Mapping[str, Any], base_dir: Path = Path(".")) -> NodeCon
         kwargs["database"] = str(base_dir / kwargs["database"])
     if "listeners" in data:
         kwargs["listeners"] = tuple(_build(ListenerConfig, t, "listeners") for t in data["listeners"])
+    if "peers" in data:
+        kwargs["peers"] = tuple(_build_peer(t) for t in data["peers"])
     for section, cls in SECTIONS.items():
         if section in data:
             kwargs[section] = _build(cls, data[section], section)
     return validate(NodeConfig(**kwargs))
+
+
+def _build_peer(table: Mapping[str, Any]) -> PeerConfig:
+    """A ``[[peers]]`` entry: aet, host and port are all required."""
+    unknown = set(table) - {"aet", "host", "port"}
+    if unknown or not {"aet", "host", "port"} <= set(table):
+        raise ConfigError(f"[[peers]]: needs exactly aet, host and port, got {', '.join(sorted(table))}")
+    try:
+        return PeerConfig(aet=check_aet(str(table["aet"])), host=str(table["host"]), port=int(table["port"]))
+    except (TypeError, ValueError):
+        raise ConfigError(f"[[peers]]: bad port {table.get('port')!r}") from None
+
+
+def parse_peer(text: str) -> PeerConfig:
+    """``AET@host:port`` (``nodectl serve --peer``) as a PeerConfig."""
+    aet, at, address = text.rpartition("@")
+    host, colon, port = address.rpartition(":")
+    if not at or not colon or not aet or not host:
+        raise ConfigError(f"peer {text!r} is not AET@host:port")
+    try:
+        number = int(port)
+    except ValueError:
+        raise ConfigError(f"peer {text!r}: port {port!r} is not a number") from None
+    if not 1 <= number <= 65535:
+        raise ConfigError(f"peer {text!r}: port {number} is outside 1..65535")
+    return PeerConfig(aet=check_aet(aet), host=host, port=number)
 
 
 def to_mapping(config: NodeConfig) -> dict[str, Any]:
@@ -250,6 +317,8 @@ def to_mapping(config: NodeConfig) -> dict[str, Any]:
 
     node_table = {k: v for k, v in plain(config).items() if k in _NODE_KEYS}
     data: dict[str, Any] = {"node": node_table, "listeners": [plain(lc) for lc in config.listeners]}
+    if config.peers:
+        data["peers"] = [plain(peer) for peer in config.peers]
     for section in SECTIONS:
         data[section] = plain(getattr(config, section))
     return data
@@ -286,6 +355,8 @@ def apply_environment(config: NodeConfig, environ: Mapping[str, str]) -> NodeCon
         updates["directory"] = Path(environ["NODECTL_DIRECTORY"])
     if "NODECTL_DATABASE" in environ:
         updates["database"] = environ["NODECTL_DATABASE"]
+    if "NODECTL_RUN_DIR" in environ:
+        updates["run_dir"] = Path(environ["NODECTL_RUN_DIR"])
     try:
         if "NODECTL_WORKERS" in environ:
             updates["workers"] = int(environ["NODECTL_WORKERS"])

@@ -36,6 +36,63 @@ MIGRATIONS: Sequence[tuple[int, Sequence[str]]] = (
             "CREATE INDEX instances_study ON instances (study_uid)",
         ),
     ),
+    (
+        2,
+        (
+            # Storage Commitment (issue 5): owned by the commitment tracker, see docs/commitment.md.
+            """CREATE TABLE commit_transactions (
+                transaction_uid TEXT PRIMARY KEY,
+                state TEXT NOT NULL,
+                local_aet TEXT NOT NULL DEFAULT '',
+                peer_aet TEXT NOT NULL DEFAULT '',
+                peer_host TEXT NOT NULL DEFAULT '',
+                peer_port INTEGER NOT NULL DEFAULT 0,
+                created_at DOUBLE PRECISION NOT NULL,
+                deadline DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                action_status INTEGER,
+                event_type INTEGER,
+                report TEXT,
+                report_data BYTEA,
+                report_ts TEXT NOT NULL DEFAULT '',
+                report_from TEXT NOT NULL DEFAULT ''
+            )""",
+            """CREATE TABLE commit_items (
+                transaction_uid TEXT NOT NULL,
+                position INTEGER NOT NULL,
+                sop_class_uid TEXT NOT NULL,
+                sop_instance_uid TEXT NOT NULL,
+                PRIMARY KEY (transaction_uid, position)
+            )""",
+            """CREATE TABLE commit_outbox (
+                transaction_uid TEXT PRIMARY KEY,
+                requester_aet TEXT NOT NULL,
+                called_aet TEXT NOT NULL,
+                peer_host TEXT NOT NULL DEFAULT '',
+                request_hash TEXT NOT NULL,
+                event_type INTEGER NOT NULL,
+                report TEXT NOT NULL,
+                state TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                next_attempt DOUBLE PRECISION NOT NULL,
+                expires DOUBLE PRECISION NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                delivered_at DOUBLE PRECISION,
+                last_error TEXT NOT NULL DEFAULT ''
+            )""",
+            "CREATE INDEX commit_outbox_due ON commit_outbox (state, next_attempt)",
+            """CREATE TABLE commit_orphans (
+                transaction_uid TEXT NOT NULL,
+                received_at DOUBLE PRECISION NOT NULL,
+                event_type INTEGER NOT NULL,
+                report TEXT NOT NULL,
+                report_data BYTEA,
+                report_ts TEXT NOT NULL DEFAULT '',
+                report_from TEXT NOT NULL DEFAULT '',
+                PRIMARY KEY (transaction_uid, received_at)
+            )""",
+        ),
+    ),
 )
 
 

@@ -134,11 +134,153 @@ class Pong:
     pid: int
 
 
+# ----- Storage Commitment (issue 5): worker/client <-> tracker, see docs/commitment.md ---------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordTransaction:
+    """Ask the tracker to record a transaction we are about to start (before the N-ACTION).
+
+    ``refs`` is ``[[sop_class_uid, sop_instance_uid], ...]``; ``timeout`` (seconds) sets the
+    deadline after which the transaction expires. Answered with ``TransactionState``.
+    """
+
+    kind: ClassVar[str] = "commitment.record"
+    transaction_uid: str
+    refs: list
+    local_aet: str
+    peer_aet: str
+    peer_host: str = ""
+    peer_port: int = 0
+    timeout: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarkRequested:
+    """The N-ACTION-RSP carried ``status`` (-1: the N-ACTION could not be sent)."""
+
+    kind: ClassVar[str] = "commitment.requested"
+    transaction_uid: str
+    status: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QueryTransaction:
+    """Ask the tracker for a transaction's state (answered with ``TransactionState``)."""
+
+    kind: ClassVar[str] = "commitment.query"
+    transaction_uid: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransactionState:
+    """A transaction's state: the tracker's reply, and the fact it publishes when it ends.
+
+    ``state`` is a ``node.commitment.State`` value ("unknown" when never recorded); the
+    report itself is in the database (and, for a reply to ``QueryTransaction``, in the
+    data frame as received, ``report_ts`` naming its transfer syntax).
+    """
+
+    kind: ClassVar[str] = "commitment.state"
+    transaction_uid: str
+    state: str
+    event_type: int = 0
+    action_status: int = -1
+    committed: int = 0
+    failed: int = 0
+    report_ts: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardReport:
+    """A worker (or client) received an N-EVENT-REPORT-RQ; the data frame is its dataset.
+
+    Answered with ``ReportAnswer`` whose status goes back in the N-EVENT-REPORT-RSP.
+    """
+
+    kind: ClassVar[str] = "commitment.report"
+    event_type: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    calling_aet: str
+    called_aet: str
+    assoc_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportAnswer:
+    """The tracker's verdict on a forwarded report (status for the N-EVENT-REPORT-RSP)."""
+
+    kind: ClassVar[str] = "commitment.report-answer"
+    status: int
+    transaction_uid: str = ""
+    matched: bool = False
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestCommitment:
+    """A worker received an N-ACTION-RQ (we are the SCP); the data frame is its dataset."""
+
+    kind: ClassVar[str] = "commitment.request"
+    action_type: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    calling_aet: str
+    called_aet: str
+    peer_host: str = ""
+    assoc_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitmentAnswer:
+    """The tracker's answer: N-ACTION-RSP ``status``; on success the report is in the outbox.
+
+    When ``deliver_here`` the worker tries the N-EVENT-REPORT on the same association and
+    tells the tracker how that went (``ReportDelivered``); otherwise the outbox sender opens
+    a new association. ``committed``/``failed`` are the report's lists in wire form.
+    """
+
+    kind: ClassVar[str] = "commitment.answer"
+    status: int
+    reason: str = ""
+    transaction_uid: str = ""
+    event_type: int = 0
+    committed: list = field(default_factory=list)
+    failed: list = field(default_factory=list)
+    deliver_here: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportDelivered:
+    """The N-EVENT-REPORT on the requester's association got ``status`` (-1: not sent)."""
+
+    kind: ClassVar[str] = "commitment.delivered"
+    transaction_uid: str
+    status: int
+    assoc_id: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ack:
+    """A plain "done" reply."""
+
+    kind: ClassVar[str] = "ack"
+
+
+COMMITMENT_MESSAGES = (
+    RecordTransaction, MarkRequested, QueryTransaction, TransactionState, ForwardReport, ReportAnswer,
+    RequestCommitment, CommitmentAnswer, ReportDelivered, Ack,
+)
+
+
 Message = WorkerReady | HandOff | AssociationEnded | WriteInstance | InstanceWritten | ErrorReply | Ping | Pong
 
 KINDS: dict[str, type] = {
     cls.kind: cls
-    for cls in (WorkerReady, HandOff, AssociationEnded, WriteInstance, InstanceWritten, ErrorReply, Ping, Pong)
+    for cls in (WorkerReady, HandOff, AssociationEnded, WriteInstance, InstanceWritten, ErrorReply, Ping, Pong, *COMMITMENT_MESSAGES)
 }
 
 

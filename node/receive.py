@@ -26,6 +26,8 @@ from node.messages import WriteInstance
 from node.paths import FilePathPattern, relative_path_for
 
 VERIFICATION = "1.2.840.10008.1.1"
+STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
+UNCOMPRESSED = (uids.ExplicitVRLittleEndian, uids.ImplicitVRLittleEndian, uids.ExplicitVRBigEndian)
 ANY = ("*",)
 
 # Every transfer syntax pydicom knows, uncompressed ones first (the order the node prefers).
@@ -48,6 +50,9 @@ class ContextRule:
 
     abstract_syntax: str
     transfer_syntaxes: tuple[str, ...]
+    # SCP/SCU role selection the requestor may propose (None: default roles only)
+    scu_role: bool | None = None
+    scp_role: bool | None = None
 
     def expanded(self) -> tuple[str, ...]:
         return ALL_TRANSFER_SYNTAXES if self.transfer_syntaxes == ANY else self.transfer_syntaxes
@@ -96,6 +101,9 @@ def context_rules(config: NodeConfig) -> tuple[ContextRule, ...]:
         return parse_sop_classes(text)
     rules = [ContextRule(VERIFICATION, tuple(services.verification_transfer_syntaxes))]
     if services.storage:
+        # Storage Commitment both ways: requestors' N-ACTIONs (default roles) and reports
+        # from SCPs that open an association to us with the SCP role (PS3.4 J.3.3).
+        rules.append(ContextRule(STORAGE_COMMITMENT, UNCOMPRESSED, scu_role=True, scp_role=True))
         rules.extend(ContextRule(uid, ANY) for uid in storage_sop_classes())
     return tuple(rules)
 

@@ -1,7 +1,7 @@
 """The supervisord configuration of a node, generated from its NodeConfig (pure text).
 
 Programs and their priorities: the writer starts first and stops last (100), then the
-workers (200), then one listener per port (300). supervisord stops in reverse priority
+commitment tracker (150), then the workers (200), then one listener per port (300). supervisord stops in reverse priority
 order, so on shutdown the listeners stop accepting first, the workers finish or abort their
 associations, and the writer drains its last batch.
 """
@@ -70,6 +70,7 @@ def render(config: NodeConfig, config_path: Path, *, python: str | None = None, 
             ]
         ),
         program("writer", f"{base} writer {conf}", 100, log_to=log_to),
+        program("tracker", f"{base} tracker {conf}", 150, log_to=log_to),
         program("worker", f"{base} worker {conf} --worker-id %(process_num)d", 200, numprocs=config.workers, log_to=log_to),
     ]
     for lc in config.listeners:

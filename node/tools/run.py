@@ -13,7 +13,7 @@ from pathlib import Path
 from node import config as configuration
 from node.errors import ConfigError, NodeError
 
-ACTORS = ("listener", "worker", "writer")
+ACTORS = ("listener", "worker", "writer", "tracker")
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,392 @@
+"""The commitment tracker: owns every Storage Commitment transaction and the report outbox.
+
+Sockets (endpoints from the config, ``tracker`` and ``events``):
+
+* a ROUTER for requests from workers and clients, each answered once:
+  ``RecordTransaction``/``MarkRequested``/``QueryTransaction`` -> ``TransactionState``;
+  ``ForwardReport`` -> ``ReportAnswer``; ``RequestCommitment`` -> ``CommitmentAnswer``;
+  ``ReportDelivered`` -> ``Ack``; ``Ping`` -> ``Pong``;
+* a PUB on which it announces ``TransactionState`` with the Transaction UID as topic when a
+  transaction ends (completed, refused, expired). It only wakes waiters: the state is in
+  the database, committed before anything is published or answered.
+
+The decisions are ``node.commitment``'s; the durable state is ``node.transactions``'. What
+stays here is I/O: the loop, file checks, and the outbox sender, which opens a new
+association to the requester (peer table, SCP role selection, calling AE title = the AE
+title the requester called) in a small thread pool so a slow peer never blocks the loop.
+Results come back through a queue and are recorded by the loop thread, which alone writes
+the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import zmq
+
+from actors import _bus
+from node import commitment as sc
+from node.commitment import CommitmentError, Ref, Report, State
+from node.config import NodeConfig
+from node.errors import MessageError, NodeError, STATUS_PROCESSING_FAILURE
+from node.messages import (
+    Ack, CommitmentAnswer, Envelope, ErrorReply, ForwardReport, MarkRequested, Ping, Pong, QueryTransaction,
+    RecordTransaction, ReportAnswer, ReportDelivered, RequestCommitment, TransactionState, pack,
+)
+from node.transactions import OutboxEntry, Transaction, TransactionStore, request_hash, to_facts
+
+log = logging.getLogger("actors.tracker")
+
+NAME = "tracker"
+TICK_S = 0.25
+SENDERS = 4
+MAX_PER_LOOP = 256
+
+
+def state_of(txn: Transaction | None, uid: str) -> TransactionState:
+    """The wire form of a transaction's state."""
+    if txn is None:
+        return TransactionState(transaction_uid=uid, state="unknown")
+    report = txn.report
+    return TransactionState(
+        transaction_uid=uid,
+        state=txn.state.value,
+        event_type=txn.event_type or 0,
+        action_status=txn.action_status if txn.action_status is not None else -1,
+        committed=len(report.committed) if report else 0,
+        failed=len(report.failed) if report else 0,
+        report_ts=txn.report_ts,
+    )
+
+
+def readable(path: str) -> bool:
+    """True when the stored file is still there and can be read (one byte is enough)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+        return True
+    except OSError:
+        return False
+
+
+class Tracker:
+    """Request handling and periodic duties; no sockets (the loop in ``run`` owns them)."""
+
+    def __init__(self, config: NodeConfig, store: TransactionStore) -> None:
+        self.config = config
+        self.store = store
+        self.published: list[TransactionState] = []
+
+    # ----- requests -----------------------------------------------------------------------
+
+    def handle(self, envelope: Envelope) -> tuple[Any, list[bytes]]:
+        """Answer one request; facts to publish are appended to ``self.published``."""
+        message = envelope.message
+        if isinstance(message, RecordTransaction):
+            return self._record(message), []
+        if isinstance(message, MarkRequested):
+            txn = self.store.mark_sent(message.transaction_uid, message.status)
+            log.info("txn=%s action_status=0x%04X state=%s", txn.transaction_uid, message.status & 0xFFFF, txn.state.value)
+            if txn.state == State.REFUSED:
+                self.published.append(state_of(txn, txn.transaction_uid))
+            return state_of(txn, txn.transaction_uid), []
+        if isinstance(message, QueryTransaction):
+            txn = self.store.get(message.transaction_uid)
+            data = [txn.report_data] if txn is not None and txn.report_data is not None else []
+            return state_of(txn, message.transaction_uid), data
+        if isinstance(message, ForwardReport):
+            return self._report(message, envelope), []
+        if isinstance(message, RequestCommitment):
+            return self._request(message, envelope), []
+        if isinstance(message, ReportDelivered):
+            self._delivered(message)
+            return Ack(), []
+        if isinstance(message, Ping):
+            return Pong(pid=os.getpid()), []
+        raise MessageError(f"the tracker does not take {message.kind}")
+
+    def _record(self, msg: RecordTransaction) -> TransactionState:
+        refs = sc.refs_from_wire(msg.refs)
+        txn = self.store.record(
+            msg.transaction_uid, refs, local_aet=msg.local_aet, peer_aet=msg.peer_aet,
+            peer_host=msg.peer_host, peer_port=msg.peer_port, timeout=msg.timeout,
+        )
+        log.info("txn=%s recorded instances=%d peer=%s deadline=%.0fs", msg.transaction_uid, len(refs), msg.peer_aet, msg.timeout)
+        orphan = self.store.take_orphan(msg.transaction_uid, self.config.commitment.orphan_window)
+        if orphan is not None:
+            report, data, ts, sender = orphan
+            log.info("txn=%s matched a report kept from %s", msg.transaction_uid, sender)
+            txn = self._complete(txn, report, data, ts, sender)
+        return state_of(txn, msg.transaction_uid)
+
+    def _report(self, msg: ForwardReport, envelope: Envelope) -> ReportAnswer:
+        """An N-EVENT-REPORT-RQ came in somewhere: check, match, commit, then answer."""
+        data = bytes(envelope.data[0]) if envelope.data else None
+        try:
+            report = sc.parse_report(msg.event_type, msg.sop_class_uid, msg.sop_instance_uid, data, msg.transfer_syntax)
+        except CommitmentError as exc:
+            log.warning("assoc=%s calling=%s report refused: status=0x%04X %s", msg.assoc_id, msg.calling_aet, exc.status, exc)
+            return ReportAnswer(status=exc.status, reason=str(exc))
+        uid = report.transaction_uid
+        txn = self.store.get(uid)
+        if txn is None:
+            self.store.keep_orphan(report, data, msg.transfer_syntax, msg.calling_aet)
+            log.warning("txn=%s assoc=%s calling=%s report for an unknown transaction: kept %.0f s, answered 0x%04X",
+                        uid, msg.assoc_id, msg.calling_aet, self.config.commitment.orphan_window, sc.STATUS_INVALID_ARGUMENT_VALUE)
+            return ReportAnswer(status=sc.STATUS_INVALID_ARGUMENT_VALUE, transaction_uid=uid, reason="unknown transaction")
+        if txn.state == State.COMPLETED:
+            log.info("txn=%s assoc=%s report arrived again: answered 0x0000, first outcome kept", uid, msg.assoc_id)
+            return ReportAnswer(status=sc.STATUS_SUCCESS, transaction_uid=uid, matched=True, reason="repeated")
+        self._complete(txn, report, data, msg.transfer_syntax, msg.calling_aet)
+        return ReportAnswer(status=sc.STATUS_SUCCESS, transaction_uid=uid, matched=True)
+
+    def _complete(self, txn: Transaction, report: Report, data: bytes | None, ts: str, sender: str) -> Transaction:
+        done, _new = self.store.complete(txn.transaction_uid, report, data, ts, sender)
+        for level, text in sc.compare(self.store.refs(txn.transaction_uid), report):
+            log.log(logging.ERROR if level == "error" else logging.WARNING, "txn=%s %s", txn.transaction_uid, text)
+        log.info("txn=%s completed event_type=%d committed=%d failed=%d from=%s",
+                 txn.transaction_uid, report.event_type, len(report.committed), len(report.failed), sender)
+        self.published.append(state_of(done, done.transaction_uid))
+        return done
+
+    def _request(self, msg: RequestCommitment, envelope: Envelope) -> CommitmentAnswer:
+        """An N-ACTION-RQ came in (we are the SCP): check, evaluate, queue the report."""
+        cfg = self.config.commitment
+        data = bytes(envelope.data[0]) if envelope.data else None
+        try:
+            request = sc.parse_request(
+                msg.action_type, msg.sop_class_uid, msg.sop_instance_uid, data, msg.transfer_syntax, max_instances=cfg.max_instances
+            )
+        except CommitmentError as exc:
+            log.warning("assoc=%s calling=%s N-ACTION refused: status=0x%04X %s", msg.assoc_id, msg.calling_aet, exc.status, exc)
+            return CommitmentAnswer(status=exc.status, reason=str(exc))
+        uid = request.transaction_uid
+        fingerprint = request_hash(request.refs)
+        existing = self.store.outbox_get(uid)
+        if existing is not None:
+            return self._repeated_request(existing, fingerprint, msg)
+        report = sc.evaluate(request, self._facts(request.refs))
+        now = time.time()
+        first = now + (cfg.same_association_grace if cfg.same_association else 0.0)
+        self.store.outbox_put(
+            report, requester_aet=msg.calling_aet, called_aet=msg.called_aet, peer_host=msg.peer_host,
+            request_hash=fingerprint, first_attempt=first, expires=now + cfg.report_expiry,
+        )
+        log.info("txn=%s assoc=%s calling=%s N-ACTION accepted: instances=%d committed=%d failed=%d (report queued)",
+                 uid, msg.assoc_id, msg.calling_aet, len(request.refs), len(report.committed), len(report.failed))
+        return self._answer(report, deliver_here=cfg.same_association)
+
+    def _repeated_request(self, existing: OutboxEntry, fingerprint: str, msg: RequestCommitment) -> CommitmentAnswer:
+        """Same Transaction UID again: a retry (same instances) gets the same report again."""
+        uid = existing.transaction_uid
+        if existing.request_hash != fingerprint:
+            log.warning("txn=%s assoc=%s Transaction UID reused for other instances: refused", uid, msg.assoc_id)
+            return CommitmentAnswer(status=sc.STATUS_INVALID_ARGUMENT_VALUE, reason="Transaction UID already used for other instances")
+        log.info("txn=%s assoc=%s N-ACTION repeated: same report (state %s)", uid, msg.assoc_id, existing.state.value)
+        if existing.state != sc.Delivery.QUEUED:
+            return self._answer(existing.report, deliver_here=True)
+        return self._answer(existing.report, deliver_here=self.config.commitment.same_association)
+
+    @staticmethod
+    def _answer(report: Report, *, deliver_here: bool) -> CommitmentAnswer:
+        return CommitmentAnswer(
+            status=sc.STATUS_SUCCESS, transaction_uid=report.transaction_uid, event_type=report.event_type,
+            committed=sc.refs_to_wire(report.committed), failed=sc.failed_to_wire(report.failed), deliver_here=deliver_here,
+        )
+
+    def _facts(self, refs: tuple[Ref, ...]) -> dict[str, sc.Fact]:
+        found = self.store.facts(refs)
+        return to_facts(found, {uid: readable(path) for uid, (_cls, path) in found.items()})
+
+    def _delivered(self, msg: ReportDelivered) -> None:
+        entry = self.store.outbox_get(msg.transaction_uid)
+        if entry is None:
+            return
+        if msg.status == sc.STATUS_SUCCESS:
+            self.store.outbox_attempted(msg.transaction_uid, delivered=True, error="", retry_at=0.0)
+            log.info("txn=%s assoc=%s report delivered on the same association", msg.transaction_uid, msg.assoc_id)
+        else:
+            self.store.outbox_reschedule(msg.transaction_uid, time.time())
+            log.info("txn=%s assoc=%s report not delivered on the same association (status %d): new association",
+                     msg.transaction_uid, msg.assoc_id, msg.status)
+
+    # ----- periodic duties ----------------------------------------------------------------
+
+    def expire(self) -> None:
+        for uid in self.store.expire_due():
+            log.warning("txn=%s expired without report", uid)
+            self.published.append(state_of(self.store.get(uid), uid))
+        self.store.purge_orphans(self.config.commitment.orphan_window)
+
+    def attempted(self, entry: OutboxEntry, ok: bool, error: str) -> None:
+        """Record the outcome of one outbox delivery attempt (back-off on failure)."""
+        cfg = self.config.commitment
+        retry_at = time.time() + sc.backoff(entry.attempts + 1, base=cfg.retry_base, cap=cfg.retry_max)
+        after = self.store.outbox_attempted(entry.transaction_uid, delivered=ok, error=error, retry_at=retry_at)
+        if ok:
+            log.info("txn=%s report delivered to %s on a new association (attempt %d)", entry.transaction_uid, entry.requester_aet, after.attempts)
+        elif after.state == sc.Delivery.EXPIRED:
+            log.error("txn=%s report to %s expired after %d attempts: %s", entry.transaction_uid, entry.requester_aet, after.attempts, error)
+        else:
+            log.warning("txn=%s report to %s not delivered (attempt %d): %s; next in %.1f s",
+                        entry.transaction_uid, entry.requester_aet, after.attempts, error, retry_at - time.time())
+
+
+# --------------------------------------------------------------------------- outbox sender
+
+
+def deliver(entry: OutboxEntry, config: NodeConfig) -> tuple[bool, str]:
+    """Send one queued report on a new association to its requester; (delivered, error)."""
+    peer = config.peer(entry.requester_aet)
+    if peer is None:
+        return False, f"no [[peers]] entry for {entry.requester_aet}"
+    from pynetdicom import AE, build_role
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    timeout = config.commitment.association_timeout
+    ae = AE(ae_title=entry.called_aet or config.aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    ae.add_requested_context(sc.SOP_CLASS, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    # PS3.4 J.3.3: the SCP opening the association proposes the SCP role for itself.
+    role = build_role(sc.SOP_CLASS, scu_role=False, scp_role=True)
+    assoc = ae.associate(peer.host, peer.port, ae_title=entry.requester_aet, ext_neg=[role])
+    if not assoc.is_established:
+        return False, f"association to {entry.requester_aet}@{peer.host}:{peer.port} not established"
+    try:
+        rsp = assoc.send_n_event_report(sc.report_dataset(entry.report), entry.report.event_type, sc.SOP_CLASS, sc.SOP_INSTANCE)
+        status = getattr(rsp[0], "Status", None) if rsp and rsp[0] is not None else None
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if status is None:
+        return False, "no N-EVENT-REPORT-RSP"
+    if status != sc.STATUS_SUCCESS:
+        return False, f"N-EVENT-REPORT-RSP status 0x{int(status):04X}"
+    return True, ""
+
+
+class Sender:
+    """Runs deliveries in threads; results come back through ``results`` for the loop."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.pool = ThreadPoolExecutor(max_workers=SENDERS, thread_name_prefix="outbox")
+        self.results: queue.Queue[tuple[OutboxEntry, bool, str]] = queue.Queue()
+        self.in_flight: set[str] = set()
+
+    def submit(self, entry: OutboxEntry) -> None:
+        if entry.transaction_uid in self.in_flight:
+            return
+        self.in_flight.add(entry.transaction_uid)
+        self.pool.submit(self._run, entry)
+
+    def _run(self, entry: OutboxEntry) -> None:
+        try:
+            ok, error = deliver(entry, self.config)
+        except Exception as exc:  # a delivery that crashes must still be retried, not lost
+            ok, error = False, f"{type(exc).__name__}: {exc}"
+        self.results.put((entry, ok, error))
+
+    def drain(self) -> list[tuple[OutboxEntry, bool, str]]:
+        out = []
+        while True:
+            try:
+                item = self.results.get_nowait()
+            except queue.Empty:
+                return out
+            self.in_flight.discard(item[0].transaction_uid)
+            out.append(item)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = None, ready: threading.Event | None = None) -> int:
+    """Serve requests, expire transactions and deliver reports until ``stop``."""
+    ctx = ctx or zmq.Context.instance()
+    store = TransactionStore(config.database)
+    tracker = Tracker(config, store)
+    sender = Sender(config)
+    router = _bus.router(ctx, config.endpoint(NAME))
+    pub = ctx.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    events = config.endpoint("events")
+    _bus._prepare_ipc(events)
+    pub.bind(events)
+    log.info("tracker ready: database=%s endpoint=%s events=%s", config.database, config.endpoint(NAME), events)
+    if ready is not None:
+        ready.set()
+    next_tick = 0.0
+    try:
+        while not stop.is_set():
+            if router.poll(int(TICK_S * 1000 / 2), zmq.POLLIN):
+                _serve(router, tracker)
+            for entry, ok, error in sender.drain():
+                _guard(tracker.attempted, entry, ok, error)
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_S
+                _guard(tracker.expire)
+                for entry in _guard(store.outbox_due) or []:
+                    sender.submit(entry)
+            _publish(pub, tracker)
+    finally:
+        sender.close()
+        router.close(0)
+        pub.close(0)
+        store.close()
+    return 0
+
+
+def _guard(func: Any, *args: Any) -> Any:
+    """Run a periodic duty; a NodeError (database busy, say) is logged and retried next tick."""
+    try:
+        return func(*args)
+    except NodeError as exc:
+        log.error("%s failed: %s", getattr(func, "__name__", func), exc)
+        return None
+
+
+def _serve(router: zmq.Socket, tracker: Tracker) -> None:
+    for _ in range(MAX_PER_LOOP):
+        if not router.poll(0, zmq.POLLIN):
+            return
+        identity, envelope = _bus.receive(router)
+        if isinstance(envelope, MessageError):
+            _bus.reply(router, identity, ErrorReply(status=envelope.status, reason=str(envelope)), sender=NAME, corr="")
+            continue
+        try:
+            answer, data = tracker.handle(envelope)
+        except NodeError as exc:
+            log.error("%s from %s failed: %s", envelope.message.kind, envelope.sender, exc)
+            answer, data = ErrorReply(status=getattr(exc, "status", STATUS_PROCESSING_FAILURE), reason=str(exc)), []
+        try:
+            router.send_multipart([*identity, *pack(answer, sender=NAME, corr=envelope.id, data=data)], copy=False)
+        except zmq.error.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            log.warning("requester %s gone before its %s reply", envelope.sender, answer.kind)
+
+
+def _publish(pub: zmq.Socket, tracker: Tracker) -> None:
+    """Wake waiters: topic = Transaction UID (state is already committed)."""
+    while tracker.published:
+        state = tracker.published.pop(0)
+        pub.send_multipart([state.transaction_uid.encode(), *pack(state, sender=NAME)])
+
+
+def main(config: NodeConfig, args: list[str]) -> int:
+    """Entry point for ``nodectl run tracker``."""
+    stop = threading.Event()
+    _bus.stop_on_signals(stop)
+    return run(config, stop)
