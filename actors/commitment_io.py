@@ -38,7 +38,7 @@ log = logging.getLogger("actors.commitment")
 # already on its way this long to arrive: a requester that releases right after the
 # N-ACTION-RSP ignores P-DATA while releasing (PS3.8), and the report would only time out.
 SETTLE_S = 0.05
-SAME_ASSOCIATION_DIMSE_S = 10.0
+SAME_ASSOCIATION_DIMSE_S = 3.0  # a requester that waits answers in milliseconds
 
 
 class TrackerClient:

@@ -135,6 +135,9 @@ class Tracker:
             return ReportAnswer(status=exc.status, reason=str(exc))
         uid = report.transaction_uid
         txn = self.store.get(uid)
+        if txn is None and self.config.commitment.accept_unknown:
+            txn = self.store.record(uid, (), local_aet=msg.called_aet, peer_aet=msg.calling_aet, peer_host="", peer_port=0, timeout=0.0)
+            log.info("txn=%s report for a transaction started elsewhere: accepted", uid)
         if txn is None:
             self.store.keep_orphan(report, data, msg.transfer_syntax, msg.calling_aet)
             log.warning("txn=%s assoc=%s calling=%s report for an unknown transaction: kept %.0f s, answered 0x%04X",
@@ -148,7 +151,8 @@ class Tracker:
 
     def _complete(self, txn: Transaction, report: Report, data: bytes | None, ts: str, sender: str) -> Transaction:
         done, _new = self.store.complete(txn.transaction_uid, report, data, ts, sender)
-        for level, text in sc.compare(self.store.refs(txn.transaction_uid), report):
+        requested = self.store.refs(txn.transaction_uid)
+        for level, text in (sc.compare(requested, report) if requested else []):
             log.log(logging.ERROR if level == "error" else logging.WARNING, "txn=%s %s", txn.transaction_uid, text)
         log.info("txn=%s completed event_type=%d committed=%d failed=%d from=%s",
                  txn.transaction_uid, report.event_type, len(report.committed), len(report.failed), sender)

@@ -112,6 +112,7 @@ class ServicesConfig:
     accept_unknown: bool = False
     sop_classes: str = ""
     verification_transfer_syntaxes: tuple[str, ...] = (IMPLICIT_VR_LE,)
+    commitment_only: bool = False  # accept Verification and Storage Commitment only (stcomscu)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,7 @@ class CommitmentConfig:
     request_timeout: float = 10.0  # worker -> tracker
     role_reject: bool = False  # refuse report associations without SCP role selection
     association_timeout: float = 30.0  # outbox sender: ACSE/DIMSE timeouts
+    accept_unknown: bool = False  # answer 0x0000 to reports of transactions never recorded (stcomscu server)
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,11 @@ class Index:
             if version <= current:
                 continue
             self.conn.execute("BEGIN IMMEDIATE")
+            # Another process (writer and tracker start together) may have migrated meanwhile.
+            current = self.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+            if version <= current:
+                self.conn.execute("COMMIT")
+                continue
             for statement in statements:
                 self.conn.execute(statement)
             self.conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))

@@ -100,6 +100,8 @@ def context_rules(config: NodeConfig) -> tuple[ContextRule, ...]:
             raise ConfigError(f"cannot read SOP class list {services.sop_classes}: {exc.strerror}") from None
         return parse_sop_classes(text)
     rules = [ContextRule(VERIFICATION, tuple(services.verification_transfer_syntaxes))]
+    if services.commitment_only:
+        return (*rules, ContextRule(STORAGE_COMMITMENT, tuple(services.verification_transfer_syntaxes), scu_role=True, scp_role=True))
     if services.storage:
         # Storage Commitment both ways: requestors' N-ACTIONs (default roles) and reports
         # from SCPs that open an association to us with the SCP role (PS3.4 J.3.3).

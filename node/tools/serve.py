@@ -32,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="directory for sockets, pid and ready files")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="actor log level")
     p.add_argument("--log-format", choices=["text", "json"], help="json: one JSON object a line")
+    p.add_argument("--peer", action="append", default=[], metavar="AET@HOST:PORT",
+                   help="a remote AE the node may call back (Storage Commitment reports); repeatable")
     p.add_argument("--print-supervisor-config", action="store_true",
                    help="print the supervisord configuration this node would run and exit (see deploy/)")
     return p
@@ -60,6 +62,8 @@ def build_config(opts: argparse.Namespace) -> NodeConfig:
         config = replace(config, listeners=(replace(first, **listener_updates), *config.listeners[1:]))
     if opts.filepath is not None:
         config = replace(config, store=replace(config.store, filepath=opts.filepath))
+    if opts.peer:
+        config = replace(config, peers=(*config.peers, *(configuration.parse_peer(text) for text in opts.peer)))
     return configuration.validate(config)
 
 

@@ -1,0 +1,812 @@
+"""``nodectl stcomscu``: DCMTK's stcomscu (Storage Commitment SCU), option for option.
+
+CLI form::
+
+    nodectl stcomscu [options] [peer] [port] [dcmfile-in...]
+
+Modes (``spec/stcomscu.md``): *client* (peer, port, files; N-ACTION, then wait for the
+N-EVENT-REPORT on the same association unless ``-nwe``), *server* (``+P port``, no peer:
+accept N-EVENT-REPORTs until killed) and *combined* (both: the listener is up before the
+N-ACTION leaves, the N-ACTION association is released after ``-te`` and the report may come
+on either association).
+
+Every transaction goes through a commitment tracker, so all modes share one code path:
+either the tracker of a running node (``--node CONFIG``, a nodectl extension: the report may
+then arrive at any listener of that node), or an in-process one (listener, workers and
+tracker as threads, ``inproc://``) whose database is ``<od>/.stcomscu.sqlite`` unless
+``--database`` says otherwise. The transaction is recorded before the N-ACTION goes out; the
+tracker publishes its end and this process writes the files.
+
+Files (names are a nodectl convention, the manual's schemes are lost):
+``<od>/<TransactionUID>.req.<OK|ERR>.dcm``, ``<od>/<TransactionUID>.rsp.<OK|ERR>.dcm``,
+``<od>/<TransactionUID>.report.txt``; ``+tuf FILE`` holds the UID and a newline.
+
+Exit codes: 0 done (also when the report lists failures), 1 syntax, 21 no input files,
+22 invalid input file, 23 no valid input files (``-nh``), 41/42/43/44 request/response/
+report/transaction-UID file not written, 45 bad ``-od``, 60 network set-up failed (also
+``+ac``), 61 association not negotiated, 62 N-ACTION not sent or refused, 63 no report in
+time (or the association was lost while waiting), 64 ``+P`` cannot listen, 71 TLS
+requested (not built).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+import platform
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from node.tools import dcmtk_args as da
+from node.tools.dcmtk_args import App, CommandLine, Group, Option, Param, ToolExit
+
+VERSION = "0.1.0"
+APPLICATIONTITLE = "STCOMSCU"
+PEERAPPLICATIONTITLE = "ANY-SCP"
+SOP_CLASS = "1.2.840.10008.1.20.1"
+SOP_INSTANCE = "1.2.840.10008.1.20.1.1"
+IMPLICIT, EXPLICIT_LE, EXPLICIT_BE, DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
+
+EXIT_NO_INPUT_FILES = 21
+EXIT_INVALID_INPUT_FILE = 22
+EXIT_NO_VALID_INPUT_FILES = 23
+EXIT_CANNOT_WRITE_REQUEST_FILE = 41
+EXIT_CANNOT_WRITE_RESPONSE_FILE = 42
+EXIT_CANNOT_WRITE_REPORT_FILE = 43
+EXIT_CANNOT_WRITE_TRANSACTION_FILE = 44
+EXIT_INVALID_OUTPUT_DIRECTORY = 45
+EXIT_CANNOT_INITIALIZE_NETWORK = 60
+EXIT_CANNOT_NEGOTIATE_ASSOCIATION = 61
+EXIT_CANNOT_SEND_REQUEST = 62
+EXIT_CANNOT_WAIT_FOR_RESPONSE = 63
+EXIT_CANNOT_START_SCP_AND_LISTEN = 64
+EXIT_CANNOT_CREATE_TRANSPORT_LAYER = 71
+
+DEFAULT_WAIT_S = 3600.0  # "unlimited" waits are bounded by the transaction deadline
+POLL_S = 0.2
+QUERY_EVERY_S = 1.0
+
+
+def _flag(long: str, short: str, help: str, dest: str, const: Any) -> Option:
+    return Option(long=long, short=short, help=help, dest=dest, const=const)
+
+
+def _tls_rows() -> tuple[Option | Group, ...]:
+    """DCMTK 3.6.9 stcomscu's TLS options: parsed, and refused with exit 71 when enabling TLS."""
+    return (
+        Group("transport layer security (TLS) options:"),
+        Group("transport protocol stack:", sub=True),
+        _flag("--disable-tls", "-tls", "use normal TCP/IP connection (default)", "tls", False),
+        Option(long="--enable-tls", short="+tls", values=2, value_help="[p]rivate key file, [c]ertificate file: string",
+               help="use authenticated secure TLS connection", dest="tls"),
+        Group("private key password (only with --enable-tls):", sub=True),
+        _flag("--std-passwd", "+ps", "prompt user to type password on stdin (default)", "passwd", None),
+        Option(long="--use-passwd", short="+pw", values=1, value_help="[p]assword: string", help="use specified password", dest="passwd"),
+        _flag("--null-passwd", "-pw", "use empty string as password", "passwd", ""),
+        Group("key and certificate file format:", sub=True),
+        _flag("--pem-keys", "-pem", "read keys and certificates as PEM file (default)", "key_format", "pem"),
+        _flag("--der-keys", "-der", "read keys and certificates as DER file", "key_format", "der"),
+        Group("certification authority:", sub=True),
+        Option(long="--add-cert-file", short="+cf", values=1, value_help="[f]ilename: string", help="add certificate file to list of certificates", multi=True),
+        Option(long="--add-cert-dir", short="+cd", values=1, value_help="[d]irectory: string", help="add certificates in d to list of certificates", multi=True),
+        Option(long="--add-crl-file", short="+crl", values=1, value_help="[f]ilename: string", help="add certificate revocation list file\n(implies --enable-crl-vfy)", multi=True),
+        Option(long="--enable-crl-vfy", short="+crv", help="enable leaf CRL verification"),
+        Option(long="--enable-crl-all", short="+cra", help="enable full chain CRL verification"),
+        Group("security profile:", sub=True),
+        Option(long="--list-profiles", short="+ph", help="list supported TLS profiles and exit", exclusive=True),
+        *(_flag(long, short, text, "tls_profile", long) for long, short, text in (
+            ("--profile-8996", "+pg", "BCP 195 RFC 8996 TLS Profile (default)"),
+            ("--profile-8996-mod", "+pm", "Modified BCP 195 RFC 8996 TLS Profile"),
+            ("--profile-bcp195-nd", "+py", "Non-downgrading BCP 195 TLS Profile (retired)"),
+            ("--profile-bcp195", "+px", "BCP 195 TLS Profile (retired)"),
+            ("--profile-bcp195-ex", "+pz", "Extended BCP 195 TLS Profile (retired)"),
+            ("--profile-basic", "+pb", "Basic TLS Secure Transport Connection Profile\n(retired)"),
+            ("--profile-aes", "+pa", "AES TLS Secure Transport Connection Profile\n(retired)"),
+            ("--profile-null", "+pn", "Authenticated unencrypted communication\n(retired, was used in IHE ATNA)"))),
+        Group("ciphersuite:", sub=True),
+        Option(long="--list-ciphers", short="+cc", help="list supported TLS ciphersuites and exit", exclusive=True),
+        Option(long="--cipher", short="+cs", values=1, value_help="[c]iphersuite name: string", help="add ciphersuite to list of negotiated suites", multi=True),
+        Option(long="--dhparam", short="+dp", values=1, value_help="[f]ilename: string", help="read DH parameters for DH/DSS ciphersuites"),
+        Group("server name indication:", sub=True),
+        Option(long="--no-sni", help="do not use SNI (default)", dest="sni", const=None),
+        Option(long="--request-sni", values=1, value_help="[s]erver name: string", help="request server name s", dest="sni"),
+        Option(long="--expect-sni", values=1, value_help="[s]erver name: string", help="expect requests for server name s"),
+        Group("pseudo random generator:", sub=True),
+        Option(long="--seed", short="+rs", values=1, value_help="[f]ilename: string", help="seed random generator with contents of f"),
+        _flag("--write-seed", "+ws", "write back modified seed (only with --seed)", "write_seed", True),
+        Option(long="--write-seed-file", short="+wf", values=1, value_help="[f]ilename: string (only with --seed)", help="write modified seed to file f", dest="write_seed"),
+        Group("peer authentication:", sub=True),
+        _flag("--require-peer-cert", "-rc", "verify peer cert, fail if absent (default)", "peer_cert", "require"),
+        _flag("--verify-peer-cert", "-vc", "verify peer certificate if present", "peer_cert", "verify"),
+        _flag("--ignore-peer-cert", "-ic", "don't verify peer certificate", "peer_cert", "ignore"),
+    )
+
+
+def build_spec(name: str = "stcomscu") -> da.ToolSpec:
+    """The option table of DCMTK 3.6.9 stcomscu, in its usage order, plus ``--node``/``--database``."""
+    table: tuple[Option | Group, ...] = (
+        *da.general_options(),
+        Option(long="--verbose-pc", short="+v", help="show presentation contexts in verbose mode"),
+        Group("input options:"),
+        Group("input file format:", sub=True),
+        _flag("--read-file", "+f", "read file format or data set", "read_mode", "file"),
+        _flag("--read-file-only", "+fo", "read file format only (default)", "read_mode", "file-only"),
+        _flag("--read-dataset", "-f", "read data set without file meta information", "read_mode", "dataset"),
+        Group("input files:", sub=True),
+        Option(long="--scan-directories", short="+sd", help="scan directories for input files (dcmfile-in)"),
+        Option(long="--scan-pattern", short="+sp", values=1, value_help="[p]attern: string (only with --scan-directories)",
+               help="pattern for filename matching (wildcards)"),
+        _flag("--no-recurse", "-r", "do not recurse within directories (default)", "recurse", False),
+        _flag("--recurse", "+r", "recurse within specified directories", "recurse", True),
+        Group("processing options:"),
+        Group("deflate compression level:", sub=True),
+        Option(long="--compression-level", short="+cl", values=1, value_help="[l]evel: integer (default: 6)",
+               help="0=uncompressed, 1=fastest, 9=best compression", kind="int", low=0, high=9),
+        Group("other processing options:", sub=True),
+        Option(long="--no-halt", short="-nh", help="do not halt on first invalid input file"),
+        Option(long="--no-uid-checks", short="-nuc", help="do not check UID values of input files"),
+        Group("network options:"),
+        Group("application entity titles:", sub=True),
+        Option(long="--aetitle", short="-aet", values=1, value_help="[a]etitle: string", help=f"set my calling AE title (default: {APPLICATIONTITLE})"),
+        Option(long="--call", short="-aec", values=1, value_help="[a]etitle: string", help=f"set called AE title of peer (default: {PEERAPPLICATIONTITLE})"),
+        Group("preferred transmission transfer syntaxes (incoming associations):", sub=True),
+        _flag("--prefer-uncompr", "+x=", "prefer explicit VR local byte ordering (default)", "prefer", "local"),
+        _flag("--prefer-little", "+xe", "prefer explicit VR little endian transfer syntax", "prefer", "little"),
+        _flag("--prefer-big", "+xb", "prefer explicit VR big endian transfer syntax", "prefer", "big"),
+        _flag("--prefer-deflated", "+xd", "prefer deflated explicit VR little endian transfer syntax", "prefer", "deflated"),
+        _flag("--implicit", "+xi", "accept implicit VR little endian transfer syntax only", "prefer", "implicit"),
+        Group("proposed transmission transfer syntaxes (outgoing associations):", sub=True),
+        _flag("--propose-uncompr", "-x=", "propose all uncompressed transfer syntaxes,\nexplicit VR with local byte ordering first (default)", "propose", "local"),
+        _flag("--propose-little", "-xe", "propose all uncompressed transfer syntaxes,\nexplicit VR little endian first", "propose", "little"),
+        _flag("--propose-big", "-xb", "propose all uncompressed transfer syntaxes,\nexplicit VR big endian first", "propose", "big"),
+        _flag("--propose-deflated", "-xd", "propose deflated explicit VR little endian transfer\nsyntax and all uncompressed transfer syntaxes", "propose", "deflated"),
+        _flag("--propose-implicit", "-xi", "propose implicit VR little endian transfer syntax\nonly", "propose", "implicit"),
+        Group("network host access control (tcp wrapper):", sub=True),
+        _flag("--access-full", "-ac", "accept connections from any host (default)", "access_control", False),
+        _flag("--access-control", "+ac", "enforce host access control rules", "access_control", True),
+        Group("incoming network associations:", sub=True),
+        Option(long="--no-port", help="no port for incoming associations (default)", dest="port", const=None),
+        Option(long="--port", short="+P", values=1, value_help="[n]umber: integer", help="port number for incoming associations",
+               dest="port", kind="int", low=1, high=65535),
+        _flag("--wait-for-event", "", "wait for N-EVENT-REPORT request on the same\nassociation (default for \"client mode\")", "wait_event", True),
+        _flag("--no-wait-for-event", "-nwe", "do not wait for N-EVENT-REPORT request on the same\nassociation (not in \"server mode\")", "wait_event", False),
+        _flag("--role-reject", "", "reject presentation contexts in case of\nunsuccessful SCP/SCU role selection (default)", "role_reject", True),
+        _flag("--no-role-reject", "-nrr", "do not reject presentation contexts in case of\nunsuccessful SCP/SCU role selection", "role_reject", False),
+        Group("other network options:", sub=True),
+        Option(long="--timeout", short="-to", values=1, value_help="[s]econds: integer (default: unlimited)", help="timeout for connection requests", kind="int", low=1),
+        Option(long="--acse-timeout", short="-ta", values=1, value_help="[s]econds: integer (default: 30)", help="timeout for ACSE messages", kind="int", low=1),
+        Option(long="--dimse-timeout", short="-td", values=1, value_help="[s]econds: integer (default: unlimited)", help="timeout for DIMSE messages", kind="int", low=1),
+        Option(long="--event-timeout", short="-te", values=1, value_help="[s]econds: integer (default: same as for -td)",
+               help="timeout for N-EVENT-REPORT request messages", kind="int", low=1),
+        Option(long="--max-pdu", short="-pdu", values=1, value_help="[n]umber of bytes: integer (4096..131072)",
+               help="set max receive pdu to n bytes (default: 16384)", kind="uint", low=4096, high=131072),
+        Option(long="--max-send-pdu", values=1, value_help="[n]umber of bytes: integer (4096..131072)",
+               help="restrict max send pdu to n bytes", kind="uint", low=4096, high=131072),
+        Option(long="--disable-host-lookup", short="-dhl", help="disable hostname lookup"),
+        Option(long="--abort", help="abort association instead of releasing it"),
+        *_tls_rows(),
+        Group("output options:"),
+        Group("general:", sub=True),
+        Option(long="--output-directory", short="-od", values=1, value_help="[d]irectory: string (default: \".\")",
+               help="write message and report files to directory d"),
+        _flag("--message-files", "", "create DICOM files for request (N-ACTION) and\nresponse (N-EVENT-REPORT) messages (default)", "message_files", True),
+        _flag("--no-message-files", "-nmf", "do not create any DICOM message files", "message_files", False),
+        Option(long="--transaction-uid-file", short="+tuf", values=1, value_help="[f]ilename: string", help="write transaction UID to text file f"),
+        Option(long="--create-report-file", short="+crf", help="create a detailed report on each successful\ntransaction and write it to a text file"),
+        Group("output transfer syntax:", sub=True),
+        _flag("--write-xfer-local", "+t=", "write with explicit VR local byte ordering (default)", "write_xfer", "local"),
+        _flag("--write-xfer-little", "+te", "write with explicit VR little endian transfer syntax", "write_xfer", EXPLICIT_LE),
+        _flag("--write-xfer-big", "+tb", "write with explicit VR big endian transfer syntax", "write_xfer", EXPLICIT_BE),
+        _flag("--write-xfer-implicit", "+ti", "write with implicit VR little endian transfer syntax", "write_xfer", IMPLICIT),
+        _flag("--write-xfer-deflated", "+td", "write with deflated explicit VR little endian transfer syntax", "write_xfer", DEFLATED),
+        Group("nodectl extensions:"),
+        Option(long="--node", values=1, value_help="[c]onfig: string", help="use the commitment tracker of the running node\nconfigured by file c"),
+        Option(long="--database", values=1, value_help="[f]ilename: string", help="transaction database of the in-process tracker\n(default: <od>/.stcomscu.sqlite)"),
+    )
+    return da.ToolSpec(
+        name=name,
+        description="Storage Commitment SCU",
+        rcsid=f"$nodectl: {name} v{VERSION} (DCMTK 3.6.9 command line) $",
+        params=(Param("peer", "hostname of DICOM peer", optional=True), Param("port", "tcp/ip port number of peer", optional=True),
+                Param("dcmfile-in...", "DICOM file or directory to be committed (\"-\" for stdin)", optional=True)),
+        table=table,
+        host_info=(f"Host type: {platform.machine()}-{platform.system().lower()}",),
+        eval_order=("aetitle", "call", "port", "timeout", "acse_timeout", "dimse_timeout", "event_timeout", "max_pdu"),
+    )
+
+
+SPEC = build_spec()
+
+
+@dataclass(slots=True)
+class Settings:
+    """What the command line decided, with DCMTK's defaults."""
+
+    peer: str | None = None
+    port: int | None = None
+    inputs: list[str] = field(default_factory=list)
+    aet: str = APPLICATIONTITLE
+    aec: str = PEERAPPLICATIONTITLE
+    listen_port: int | None = None
+    wait_event: bool = True
+    role_reject: bool = True
+    read_mode: str = "file-only"
+    scan_dirs: bool = False
+    pattern: str | None = None
+    recurse: bool = False
+    halt: bool = True
+    uid_checks: bool = True
+    prefer: str = "local"
+    propose: str = "local"
+    connect_timeout: int | None = None
+    acse_timeout: int = 30
+    dimse_timeout: int | None = None
+    event_timeout: int | None = None
+    max_pdu: int = 16384
+    max_send_pdu: int | None = None
+    abort: bool = False
+    od: str = "."
+    message_files: bool = True
+    tuf: str | None = None
+    report_file: bool = False
+    write_xfer: str = "local"
+    node: str | None = None
+    database: str | None = None
+    verbose_pc: bool = False
+
+    @property
+    def mode(self) -> str:
+        """client, server or combined (spec/stcomscu.md)."""
+        if self.peer is None:
+            return "server"
+        return "combined" if self.listen_port is not None else "client"
+
+    def wait_s(self) -> float:
+        """How long to wait for the report on the N-ACTION association (``-te``, else ``-td``)."""
+        value = self.event_timeout if self.event_timeout is not None else self.dimse_timeout
+        return float(value) if value is not None else DEFAULT_WAIT_S
+
+
+def settings_from(values: dict[str, Any], params: list[str]) -> Settings:
+    return Settings(
+        peer=params[0] if params else None,
+        port=int(params[1]) if len(params) > 1 else None,
+        inputs=list(params[2:]),
+        aet=values.get("aetitle", APPLICATIONTITLE), aec=values.get("call", PEERAPPLICATIONTITLE),
+        listen_port=values.get("port"), wait_event=values.get("wait_event", True), role_reject=values.get("role_reject", True),
+        read_mode=values.get("read_mode", "file-only"), scan_dirs=bool(values.get("scan_directories")),
+        pattern=values.get("scan_pattern"), recurse=bool(values.get("recurse", False)),
+        halt=not values.get("no_halt"), uid_checks=not values.get("no_uid_checks"),
+        prefer=values.get("prefer", "local"), propose=values.get("propose", "local"),
+        connect_timeout=values.get("timeout"), acse_timeout=values.get("acse_timeout", 30),
+        dimse_timeout=values.get("dimse_timeout"), event_timeout=values.get("event_timeout"),
+        max_pdu=values.get("max_pdu", 16384), max_send_pdu=values.get("max_send_pdu"), abort=bool(values.get("abort")),
+        od=values.get("output_directory", "."), message_files=values.get("message_files", True),
+        tuf=values.get("transaction_uid_file"), report_file=bool(values.get("create_report_file")),
+        write_xfer=values.get("write_xfer", "local"), node=values.get("node"), database=values.get("database"),
+        verbose_pc=bool(values.get("verbose_pc")),
+    )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``nodectl stcomscu``: the return value is the exit status."""
+    return da.run_app(run, SPEC, sys.argv[1:] if argv is None else argv)
+
+
+def parse(app: App, argv: list[str]) -> CommandLine:
+    """DCMTK parsing with a variable number of ``dcmfile-in`` parameters."""
+    wide = replace(SPEC, params=SPEC.params + tuple(Param("dcmfile-in...", optional=True) for _ in range(len(argv))))
+    try:
+        cmd = da.parse(wide, argv)
+    except da.CommandLineError as exc:
+        app.print_error(str(exc))
+        raise AssertionError("unreachable")  # pragma: no cover
+    if cmd.status == "no-arguments" or (cmd.status == "exclusive" and cmd.has("--help")):
+        app.print_usage()
+    if cmd.status == "exclusive":
+        if cmd.has("--version"):
+            app.stdout.write(da.header_text(SPEC, host_info=True))
+        else:
+            app.stdout.write("nodectl stcomscu: TLS is not built; no profiles or ciphersuites\n")
+        raise ToolExit(0)
+    return cmd
+
+
+def run(app: App, argv: list[str]) -> int:
+    """Parse, check what can be checked offline, then run the chosen mode."""
+    cmd = parse(app, argv)
+    setup = da.configure_logging(app, cmd, logging.WARNING)
+    values = app.evaluate(cmd, skip=da.LOGGING_DESTS)
+    params = list(cmd.params)
+    if len(params) == 1:
+        app.print_error("Missing parameter port")
+    if len(params) > 1:
+        app.guard(da.param_number, params[1], low=1, high=65535)
+    s = settings_from(values, params)
+    if s.peer is None and s.listen_port is None:
+        app.print_error("Missing parameter peer")
+    if s.mode == "server" and not s.wait_event:
+        app.print_error("--no-wait-for-event not allowed in server mode")
+    app.check_dependence("--scan-pattern", "--scan-directories", s.pattern is None or s.scan_dirs)
+    loggers = (("pynetdicom", logging.DEBUG), ("actors", logging.INFO)) if setup.level <= logging.DEBUG else (("actors", logging.WARNING),)
+    with da.log_handler(app, setup, *loggers) as log:
+        log.debug(SPEC.rcsid + "\n")
+        return Session(log, s).run(values)
+
+
+# --------------------------------------------------------------------------- input
+
+
+def collect_inputs(log: logging.Logger, s: Settings) -> list[tuple[str, str]]:
+    """(SOP Class UID, SOP Instance UID) of every input; exits 21/22/23 as DCMTK does."""
+    from pydicom import dcmread
+    from pydicom.uid import UID
+
+    refs: list[tuple[str, str]] = []
+    bad = 0
+    files = list(_expand(log, s))
+    for name in files:
+        try:
+            source: Any = sys.stdin.buffer if name == "-" else name
+            ds = dcmread(source, force=s.read_mode != "file-only", stop_before_pixels=True)
+            found = _refs_of(ds)
+            if s.uid_checks and not all(UID(c).is_valid and UID(i).is_valid for c, i in found):
+                raise ValueError("invalid UID value")
+            refs.extend(found)
+            log.info("checking input file %s", name)
+        except Exception as exc:  # unreadable or not DICOM: pydicom raises many types
+            bad += 1
+            if s.halt:
+                log.error("invalid input file %s: %s", name, exc)
+                raise ToolExit(EXIT_INVALID_INPUT_FILE)
+            log.warning("ignoring invalid input file %s: %s", name, exc)
+    if not files:
+        log.error("no input files to be processed")
+        raise ToolExit(EXIT_NO_INPUT_FILES)
+    if not refs:
+        log.error("no valid input files to be processed")
+        raise ToolExit(EXIT_NO_VALID_INPUT_FILES if bad else EXIT_NO_INPUT_FILES)
+    return list(dict.fromkeys(refs))
+
+
+def _refs_of(ds: Any) -> list[tuple[str, str]]:
+    """One instance, or the items of a request file (a dataset with a Referenced SOP Sequence)."""
+    if "SOPInstanceUID" not in ds and "ReferencedSOPSequence" in ds:
+        return [(str(item.ReferencedSOPClassUID), str(item.ReferencedSOPInstanceUID)) for item in ds.ReferencedSOPSequence]
+    meta = getattr(ds, "file_meta", None)
+    cls = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
+    inst = ds.get("SOPInstanceUID") or (meta.get("MediaStorageSOPInstanceUID") if meta else None)
+    if not cls or not inst:
+        raise ValueError("SOP Class UID or SOP Instance UID missing")
+    return [(str(cls), str(inst))]
+
+
+def _expand(log: logging.Logger, s: Settings) -> Iterator[str]:
+    for arg in s.inputs:
+        if arg != "-" and os.path.isdir(arg):
+            if not s.scan_dirs:
+                log.warning("ignoring directory because option --scan-directories is not set: %s", arg)
+                continue
+            yield from _scan(arg, s.pattern, s.recurse)
+        else:
+            yield arg
+
+
+def _scan(directory: str, pattern: str | None, recurse: bool) -> Iterator[str]:
+    for root, dirs, names in os.walk(directory):
+        dirs.sort()
+        for name in sorted(names):
+            if pattern is None or fnmatch.fnmatch(name, pattern):
+                yield os.path.join(root, name)
+        if not recurse:
+            return
+
+
+# --------------------------------------------------------------------------- the session
+
+
+class Session:
+    """One run: a tracker (in process or a node's), the association, the files."""
+
+    def __init__(self, log: logging.Logger, s: Settings) -> None:
+        self.log = log
+        self.s = s
+        self.od = Path(s.od)
+        self.node: Any = None
+        self.config: Any = None
+        self.ctx: Any = None
+        self.sub: Any = None
+        self.client: Any = None
+        self._tmp: str | None = None
+
+    def run(self, values: dict[str, Any]) -> int:
+        s = self.s
+        if values.get("tls"):
+            self.log.error("TLS is not built in nodectl stcomscu")
+            return EXIT_CANNOT_CREATE_TRANSPORT_LAYER
+        if values.get("access_control"):
+            self.log.error("host access control (TCP wrapper) is not supported")
+            return EXIT_CANNOT_INITIALIZE_NETWORK
+        if not self.od.is_dir() or not os.access(self.od, os.W_OK):
+            self.log.error("invalid output directory: %s", self.od)
+            return EXIT_INVALID_OUTPUT_DIRECTORY
+        refs = collect_inputs(self.log, s) if s.mode != "server" else []
+        try:
+            code = self._start_tracker()
+            if code:
+                return code
+            if s.mode == "server":
+                return self._serve_forever()
+            return self._client(refs)
+        except ToolExit as exc:
+            return exc.code
+        finally:
+            self._stop()
+
+    # ----- tracker and listener -----------------------------------------------------------
+
+    def _start_tracker(self) -> int:
+        import zmq
+
+        from actors import commitment_io
+        from node import config as configuration
+        from node.errors import NodeError
+
+        s = self.s
+        if s.node:
+            self.config = configuration.load(Path(s.node))
+            if s.listen_port is not None:
+                self.log.warning("--port ignored with --node: the node's listeners receive the reports")
+            self.ctx = zmq.Context()
+        else:
+            if s.listen_port is not None and not _can_bind(s.listen_port):
+                self.log.error("cannot listen on port %d", s.listen_port)
+                return EXIT_CANNOT_START_SCP_AND_LISTEN
+            self.config = self._inproc_config()
+            from actors import tracker
+            from actors.inproc import InprocNode
+
+            if s.listen_port is None:
+                self.config = replace(self.config, listeners=())
+            self.node = InprocNode(self.config, extra={"tracker": tracker.run})
+            try:
+                self._start_node()
+            except NodeError as exc:
+                self.log.error("cannot start SCP and listen: %s", exc)
+                return EXIT_CANNOT_START_SCP_AND_LISTEN
+            self.config = self.node.config
+            self.ctx = self.node.ctx
+        self.client = commitment_io.TrackerClient(self.config, self.ctx, "stcomscu")
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.connect(self.config.endpoint("events"))
+        return 0
+
+    def _start_node(self) -> None:
+        """Start the in-process actors (without a listener in client mode)."""
+        if self.config.listeners:
+            self.node.start()
+            return
+        cfg, stop, ctx = self.node.config, self.node.stop_event, self.node.ctx
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        from actors import tracker
+
+        ready = threading.Event()
+        self.node._spawn("tracker", lambda: tracker.run(cfg, stop, ctx, ready))
+        if not ready.wait(10):
+            from node.errors import NodeError
+
+            raise NodeError("tracker not ready")
+
+    def _inproc_config(self) -> Any:
+        from node.config import CommitmentConfig, ListenerConfig, NodeConfig, ServicesConfig
+
+        s = self.s
+        self._tmp = tempfile.mkdtemp(prefix="stcomscu-")
+        database = s.database or str((self.od / ".stcomscu.sqlite").resolve())
+        syntaxes = {"local": (EXPLICIT_LE, EXPLICIT_BE, IMPLICIT), "little": (EXPLICIT_LE, EXPLICIT_BE, IMPLICIT),
+                    "big": (EXPLICIT_BE, EXPLICIT_LE, IMPLICIT), "deflated": (DEFLATED, EXPLICIT_LE, EXPLICIT_BE, IMPLICIT),
+                    "implicit": (IMPLICIT,)}[s.prefer]
+        return NodeConfig(
+            aet=s.aet, directory=Path(self._tmp) / "store", database=database, workers=2, run_dir=Path(self._tmp),
+            transport="inproc", listeners=(ListenerConfig(port=s.listen_port or 0, host="", aet=""),),
+            services=ServicesConfig(storage=False, commitment_only=True, verification_transfer_syntaxes=syntaxes),
+            commitment=CommitmentConfig(role_reject=s.role_reject, accept_unknown=True, same_association=False),
+        )
+
+    def _stop(self) -> None:
+        if self.sub is not None:
+            self.sub.close(0)
+        if self.node is not None:
+            self.node.stop()
+        elif self.ctx is not None:
+            self.ctx.term()
+        if self._tmp:
+            import shutil
+
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    # ----- client and combined ------------------------------------------------------------
+
+    def _client(self, refs: list[tuple[str, str]]) -> int:
+        from pydicom.uid import generate_uid
+
+        from node import commitment as sc
+        from node.messages import MarkRequested, RecordTransaction
+
+        s = self.s
+        uid = str(generate_uid())
+        request = sc.Request(uid, tuple(sc.Ref(c, i) for c, i in refs))
+        self.sub.setsockopt(__import__("zmq").SUBSCRIBE, uid.encode())
+        timeout = (s.wait_s() if s.wait_event else 60.0) + (DEFAULT_WAIT_S if s.mode == "combined" else 0.0)
+        self._ask(RecordTransaction(transaction_uid=uid, refs=sc.refs_to_wire(request.refs), local_aet=s.aet,
+                                    peer_aet=s.aec, peer_host=s.peer or "", peer_port=s.port or 0, timeout=timeout))
+        assoc, lost = self._associate()
+        status = -1
+        try:
+            self.log.info("Sending Storage Commitment Request (N-ACTION-RQ), Transaction UID %s", uid)
+            rsp, _reply = assoc.send_n_action(sc.request_dataset(request), sc.ACTION_REQUEST_COMMITMENT, SOP_CLASS, SOP_INSTANCE)
+            if rsp is not None and "Status" in rsp:
+                status = int(rsp.Status)
+        except (RuntimeError, ValueError) as exc:
+            self.log.error("cannot send N-ACTION request: %s", exc)
+        ok = status == sc.STATUS_SUCCESS
+        if ok and not s.wait_event:
+            self._end(assoc)  # release at once: an SCP may try the report on this association
+        self._ask(MarkRequested(transaction_uid=uid, status=status))
+        self._write_request(request, ok)
+        if not ok:
+            self.log.error("N-ACTION failed: %s", "no response" if status < 0 else f"status 0x{status:04X}")
+            self._end(assoc)
+            return EXIT_CANNOT_SEND_REQUEST
+        self.log.info("Received N-ACTION Response (Success)")
+        self._write_tuf(uid)
+        if not s.wait_event:
+            self._end(assoc)
+            return 0
+        state = self._wait(uid, s.wait_s(), assoc=assoc, lost=lost)
+        if state is None and s.mode == "combined":
+            self.log.info("no N-EVENT-REPORT within %.0f s on the N-ACTION association: waiting on port %d", s.wait_s(), s.listen_port)
+            self._end(assoc)
+            state = self._wait(uid, DEFAULT_WAIT_S)
+        self._end(assoc)
+        if state is None:
+            self.log.error("no N-EVENT-REPORT received for transaction %s", uid)
+            return EXIT_CANNOT_WAIT_FOR_RESPONSE
+        return self._write_outcome(uid, request)
+
+    def _associate(self) -> tuple[Any, threading.Event]:
+        """The N-ACTION association; its N-EVENT-REPORTs go to the tracker like a worker's."""
+        from pynetdicom import AE, evt
+
+        from actors import commitment_io
+
+        s = self.s
+        ae = AE(ae_title=s.aet)
+        ae.acse_timeout = s.acse_timeout
+        ae.dimse_timeout = s.dimse_timeout
+        ae.network_timeout = None
+        ae.connection_timeout = s.connect_timeout
+        ae.maximum_pdu_size = s.max_pdu
+        for syntaxes in proposed_contexts(s.propose):
+            ae.add_requested_context(SOP_CLASS, list(syntaxes))
+        lost = threading.Event()
+        handlers = [
+            (evt.EVT_N_EVENT_REPORT, lambda event: commitment_io.on_n_event_report(event, self.client, "stcomscu")),
+            (evt.EVT_ABORTED, lambda event: lost.set()),
+        ]
+        self.log.info("Requesting Association")
+        try:
+            assoc = ae.associate(s.peer, s.port, ae_title=s.aec, evt_handlers=handlers)
+        except (OSError, ValueError) as exc:
+            self.log.error("Association Request Failed: %s", exc)
+            raise ToolExit(EXIT_CANNOT_NEGOTIATE_ASSOCIATION) from None
+        if not assoc.is_established or not any(str(cx.abstract_syntax) == SOP_CLASS for cx in assoc.accepted_contexts):
+            self.log.error("Association Request Failed: %s", "no acceptable presentation context" if assoc.is_established else "rejected or aborted")
+            self._end(assoc)
+            raise ToolExit(EXIT_CANNOT_NEGOTIATE_ASSOCIATION)
+        if s.max_send_pdu and assoc.acceptor.maximum_length:
+            assoc.acceptor.maximum_length = min(assoc.acceptor.maximum_length, s.max_send_pdu)
+        self.log.info("Association Accepted (Max Send PDV: %s)", assoc.acceptor.maximum_length)
+        return assoc, lost
+
+    def _end(self, assoc: Any) -> None:
+        if assoc is not None and assoc.is_established:
+            if self.s.abort:
+                self.log.info("Aborting Association")
+                assoc.abort()
+            else:
+                self.log.info("Releasing Association")
+                assoc.release()
+
+    def _ask(self, message: Any) -> Any:
+        try:
+            return self.client.ask(message)
+        except TimeoutError as exc:
+            self.log.error("commitment tracker not answering: %s", exc)
+            raise ToolExit(EXIT_CANNOT_INITIALIZE_NETWORK) from None
+
+    def _wait(self, uid: str, seconds: float, *, assoc: Any = None, lost: threading.Event | None = None) -> Any:
+        """The transaction's final state, or None after ``seconds`` (or when the association dies)."""
+        import zmq
+
+        from node.messages import QueryTransaction, TransactionState, unpack
+
+        deadline = time.monotonic() + seconds
+        next_query = 0.0
+        while time.monotonic() < deadline:
+            if self.sub.poll(int(POLL_S * 1000), zmq.POLLIN):
+                frames = self.sub.recv_multipart()
+                state = unpack(frames[1:]).message
+                if isinstance(state, TransactionState) and state.transaction_uid == uid and state.state in ("completed", "expired"):
+                    return state if state.state == "completed" else None
+            if time.monotonic() >= next_query:  # a missed wake-up (tracker restart) is found here
+                next_query = time.monotonic() + QUERY_EVERY_S
+                state = self._ask(QueryTransaction(transaction_uid=uid))
+                if state.state == "completed":
+                    return state
+                if state.state == "expired":
+                    return None
+            if assoc is not None and (lost is not None and lost.is_set() or not assoc.is_alive()) and self.s.mode == "client":
+                self.log.error("association lost while waiting for the N-EVENT-REPORT")
+                return None
+        return None
+
+    # ----- server mode --------------------------------------------------------------------
+
+    def _serve_forever(self) -> int:
+        import zmq
+
+        from node.messages import TransactionState, unpack
+
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        host, port = self.node.address() if self.node is not None else ("", 0)
+        self.log.info("listening for N-EVENT-REPORTs on port %d", port)
+        stop = threading.Event()
+        _stop_on_signals(stop)
+        while not stop.is_set():
+            if not self.sub.poll(int(POLL_S * 1000), zmq.POLLIN):
+                continue
+            state = unpack(self.sub.recv_multipart()[1:]).message
+            if isinstance(state, TransactionState) and state.state == "completed":
+                code = self._write_outcome(state.transaction_uid, None)
+                if code:
+                    self.log.error("could not write the files of transaction %s (exit code %d)", state.transaction_uid, code)
+        return 0
+
+    # ----- files --------------------------------------------------------------------------
+
+    def _write_outcome(self, uid: str, request: Any) -> int:
+        """Response file, report file and the abnormality check for a completed transaction."""
+        from node import commitment as sc
+
+        ds = self._report_dataset(uid)
+        report = sc.parse_report(2 if "FailedSOPSequence" in ds else 1, SOP_CLASS, SOP_INSTANCE, ds)
+        ok = report.event_type == sc.EVENT_ALL_COMMITTED
+        self.log.info("Received N-EVENT-REPORT (event type %d) for transaction %s", report.event_type, uid)
+        if request is not None:
+            for level, text in sc.compare(request.refs, report):
+                self.log.log(logging.ERROR if level == "error" else logging.WARNING, "%s", text)
+        if self.s.message_files:
+            path = self.od / f"{uid}.rsp.{'OK' if ok else 'ERR'}.dcm"
+            if not self._save(ds, path):
+                return EXIT_CANNOT_WRITE_RESPONSE_FILE
+        if self.s.report_file:
+            if not self._write_text(self.od / f"{uid}.report.txt", report_text(uid, request, report)):
+                return EXIT_CANNOT_WRITE_REPORT_FILE
+        return 0
+
+    def _report_dataset(self, uid: str) -> Any:
+        """The report as received (raw bytes kept by the tracker), else rebuilt from the database."""
+        from node import commitment as sc
+        from node.transactions import TransactionStore
+
+        from node.messages import QueryTransaction
+        from actors import _bus
+
+        sock = _bus.dealer(self.ctx, self.config.endpoint("tracker"))
+        try:
+            env = _bus.request(sock, QueryTransaction(transaction_uid=uid), sender="stcomscu", timeout=10.0)
+        finally:
+            sock.close(0)
+        if env.data:
+            return sc.decode(bytes(env.data[0]), env.message.report_ts or sc.ImplicitVRLittleEndian)
+        store = TransactionStore(self.config.database)
+        try:
+            txn = store.get(uid)
+            return sc.report_dataset(txn.report if txn and txn.report else sc.Report(uid, (), ()))
+        finally:
+            store.close()
+
+    def _write_request(self, request: Any, ok: bool) -> None:
+        from node import commitment as sc
+
+        if self.s.message_files:
+            path = self.od / f"{request.transaction_uid}.req.{'OK' if ok else 'ERR'}.dcm"
+            if not self._save(sc.request_dataset(request), path):
+                raise ToolExit(EXIT_CANNOT_WRITE_REQUEST_FILE)
+
+    def _write_tuf(self, uid: str) -> None:
+        if self.s.tuf and not self._write_text(Path(self.s.tuf), uid + "\n"):
+            raise ToolExit(EXIT_CANNOT_WRITE_TRANSACTION_FILE)
+
+    def _write_text(self, path: Path, text: str) -> bool:
+        try:
+            path.write_text(text)
+            return True
+        except OSError as exc:
+            self.log.error("cannot write %s: %s", path, exc.strerror)
+            return False
+
+    def _save(self, ds: Any, path: Path) -> bool:
+        """A message dataset as a DICOM file in the ``+t`` transfer syntax."""
+        from pydicom.dataset import FileMetaDataset
+
+        ts = {"local": EXPLICIT_LE if sys.byteorder == "little" else EXPLICIT_BE}.get(self.s.write_xfer, self.s.write_xfer)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = SOP_CLASS
+        meta.MediaStorageSOPInstanceUID = SOP_INSTANCE
+        meta.TransferSyntaxUID = ts
+        ds.file_meta = meta
+        try:
+            ds.save_as(path, enforce_file_format=True)
+            self.log.info("writing %s", path)
+            return True
+        except (OSError, ValueError) as exc:
+            self.log.error("cannot write %s: %s", path, exc)
+            return False
+
+
+def proposed_contexts(propose: str) -> list[tuple[str, ...]]:
+    """DCMTK's two contexts: the preferred syntax, then the other uncompressed ones."""
+    local = EXPLICIT_LE if sys.byteorder == "little" else EXPLICIT_BE
+    other = EXPLICIT_BE if local == EXPLICIT_LE else EXPLICIT_LE
+    if propose == "implicit":
+        return [(IMPLICIT,)]
+    first = {"local": local, "little": EXPLICIT_LE, "big": EXPLICIT_BE, "deflated": DEFLATED}[propose]
+    rest = tuple(ts for ts in (local, other, IMPLICIT) if ts != first)
+    return [(first,), rest]
+
+
+def report_text(uid: str, request: Any, report: Any) -> str:
+    """The ``+crf`` report (layout a nodectl convention)."""
+    from node import commitment as sc
+
+    lines = [f"Storage Commitment Report", f"Transaction UID: {uid}",
+             f"Event Type ID: {report.event_type} ({'all committed' if report.event_type == 1 else 'failures exist'})"]
+    if request is not None:
+        lines.append(f"Requested instances: {len(request.refs)}")
+    lines.append(f"Committed instances: {len(report.committed)}")
+    lines += [f"  {r.sop_class_uid} {r.sop_instance_uid}" for r in report.committed]
+    lines.append(f"Failed instances: {len(report.failed)}")
+    lines += [f"  {f.sop_class_uid} {f.sop_instance_uid} 0x{f.reason:04X} {sc.reason_text(f.reason)}" for f in report.failed]
+    return "\n".join(lines) + "\n"
+
+
+def _can_bind(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("", port))
+            return True
+        except OSError:
+            return False
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    import signal
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
