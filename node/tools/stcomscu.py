@@ -549,7 +549,7 @@ class Session:
         uid = str(generate_uid())
         request = sc.Request(uid, tuple(sc.Ref(c, i) for c, i in refs))
         self.sub.setsockopt(__import__("zmq").SUBSCRIBE, uid.encode())
-        timeout = (s.wait_s() if s.wait_event else 60.0) + (DEFAULT_WAIT_S if s.mode == "combined" else 0.0)
+        timeout = (s.wait_s() if s.wait_event else 60.0) + (DEFAULT_WAIT_S if s.mode == "combined" or s.node else 0.0)
         self._ask(RecordTransaction(transaction_uid=uid, refs=sc.refs_to_wire(request.refs), local_aet=s.aet,
                                     peer_aet=s.aec, peer_host=s.peer or "", peer_port=s.port or 0, timeout=timeout))
         assoc, lost = self._associate()
@@ -576,8 +576,8 @@ class Session:
             self._end(assoc)
             return 0
         state = self._wait(uid, s.wait_s(), assoc=assoc, lost=lost)
-        if state is None and s.mode == "combined":
-            self.log.info("no N-EVENT-REPORT within %.0f s on the N-ACTION association: waiting on port %d", s.wait_s(), s.listen_port)
+        if state is None and (s.mode == "combined" or s.node):
+            self.log.info("no N-EVENT-REPORT within %.0f s on the N-ACTION association: waiting for one on a new association", s.wait_s())
             self._end(assoc)
             state = self._wait(uid, DEFAULT_WAIT_S)
         self._end(assoc)
