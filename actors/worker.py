@@ -68,6 +68,7 @@ class Worker:
         self.received: dict[str, int] = {lc.key: 0 for lc in config.listeners}
         self.spool_dir = config.spool_dir / "spool" / self.name
         self._aes: dict[str, Any] = {}
+        self._contexts: dict[str, list[Any]] = {}
         self._dealers = threading.local()
 
     # ----- set-up -------------------------------------------------------------------------
@@ -105,6 +106,7 @@ class Worker:
         ae.supported_contexts = [build_context(rule.abstract_syntax, list(rule.expanded())) for rule in self.rules]
         commitment_io.apply_roles(ae, self.rules)
         self._aes[listener.key] = ae
+        self._contexts[listener.key] = ae.supported_contexts
         return ae
 
     # ----- associations -------------------------------------------------------------------
@@ -125,7 +127,9 @@ class Worker:
         assoc.acceptor.address_info = AddressInformation.from_tuple(conn.getsockname()[:2])
         assoc.acceptor.implementation_class_uid = ae.implementation_class_uid
         assoc.acceptor.implementation_version_name = ae.implementation_version_name
-        assoc.acceptor.supported_contexts = deepcopy(ae.supported_contexts)
+        # Negotiation only reads these (results are new objects): one list per listener, built
+        # once, instead of a deep copy of ~200 contexts for every association.
+        assoc.acceptor.supported_contexts = self._contexts[listener.key]
         assoc.requestor.address_info = AddressInformation.from_tuple((handoff.peer_host, handoff.peer_port))
         live = _Live(assoc=assoc, handoff=handoff)
         assoc.bind(evt.EVT_C_STORE, self._on_store, [live])
