@@ -26,7 +26,7 @@ import zmq
 from actors import _bus
 from node.config import ListenerConfig, NodeConfig
 from node.errors import ConfigError
-from node.messages import AssociationEnded, HandOff, Ping, Pong, WorkerReady, new_id, pack
+from node.messages import AssociationEnded, HandOff, ListenerStatus, Ping, Pong, StatusRequest, WorkerReady, new_id, pack
 
 log = logging.getLogger("actors.listener")
 
@@ -68,6 +68,7 @@ class Listener:
         self.name = f"listener-{lc.key}"
         self.workers: dict[str, WorkerSlot] = {}
         self.rejecting = 0
+        self.port = lc.port
         self._lock = threading.Lock()
 
     @property
@@ -107,6 +108,16 @@ class Listener:
                 log.warning("%s silent for %.1f s: forgetting it and %d association(s)", name, now - slot.last_seen, len(slot.assocs))
                 slot.close()
                 del self.workers[name]
+
+    def status(self) -> ListenerStatus:
+        """What ``nodectl status`` shows for this port."""
+        return ListenerStatus(
+            listener=self.lc.key,
+            port=self.port,
+            associations=self.active,
+            max_associations=self.config.network.max_associations,
+            workers={w.name: {"pid": w.pid, "capacity": max(0, w.room), "associations": len(w.assocs)} for w in self.workers.values()},
+        )
 
     def has_room(self) -> bool:
         return any(w.room > 0 and w.handoff for w in self.workers.values())
@@ -209,6 +220,7 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
     state = Listener(config, lc)
     tcp = bind(config, lc)
     port = tcp.getsockname()[1]
+    state.port = port
     router = _bus.router(ctx, config.endpoint(state.name))
     ready_path = str(config.ready_path(lc))
     announced = False
@@ -251,6 +263,9 @@ def _drain_router(router: zmq.Socket, state: Listener) -> None:
             continue
         if isinstance(envelope.message, Ping):
             _bus.reply(router, identity, Pong(pid=os.getpid()), sender=state.name, corr=envelope.id)
+            continue
+        if isinstance(envelope.message, StatusRequest):
+            _bus.reply(router, identity, state.status(), sender=state.name, corr=envelope.id)
             continue
         state.on_message(envelope.message)
 

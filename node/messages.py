@@ -276,11 +276,36 @@ COMMITMENT_MESSAGES = (
 )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusRequest:
+    """``nodectl status`` asks an actor what it is doing right now."""
+
+    kind: ClassVar[str] = "status.request"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenerStatus:
+    """A listener's answer: its port, open associations, and the workers it hands to.
+
+    ``workers`` maps a worker name to ``{"pid", "capacity", "associations"}``.
+    """
+
+    kind: ClassVar[str] = "listener.status"
+    listener: str
+    port: int
+    associations: int
+    max_associations: int
+    workers: dict[str, dict[str, int]]
+
+
 Message = WorkerReady | HandOff | AssociationEnded | WriteInstance | InstanceWritten | ErrorReply | Ping | Pong
 
 KINDS: dict[str, type] = {
     cls.kind: cls
-    for cls in (WorkerReady, HandOff, AssociationEnded, WriteInstance, InstanceWritten, ErrorReply, Ping, Pong, *COMMITMENT_MESSAGES)
+    for cls in (
+        WorkerReady, HandOff, AssociationEnded, WriteInstance, InstanceWritten, ErrorReply, Ping, Pong,
+        StatusRequest, ListenerStatus, *COMMITMENT_MESSAGES,
+    )
 }
 
 
