@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from copy import deepcopy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -45,12 +45,21 @@ HEARTBEAT_S = 1.0
 
 @dataclass
 class _Live:
-    """One running association and where it came from."""
+    """One running association, where it came from, and its DEALER to the writer.
+
+    The DEALER is used only by the association's own thread (ZeroMQ sockets are not
+    thread-safe) and closed by the main thread once that thread has ended.
+    """
 
     assoc: Any
     handoff: HandOff
     stores: int = 0
-    local: threading.local = field(default_factory=threading.local)
+    dealer: zmq.Socket | None = None
+
+    def close(self) -> None:
+        if self.dealer is not None:
+            self.dealer.close(0)
+            self.dealer = None
 
 
 class Worker:
@@ -69,7 +78,6 @@ class Worker:
         self.spool_dir = config.spool_dir / "spool" / self.name
         self._aes: dict[str, Any] = {}
         self._contexts: dict[str, list[Any]] = {}
-        self._dealers = threading.local()
 
     # ----- set-up -------------------------------------------------------------------------
 
@@ -207,13 +215,13 @@ class Worker:
                 frames = [meta]
             else:
                 frames = [meta, data]
-            reply = _bus.request(self._dealer(), write, sender=self.name, timeout=self.config.network.write_timeout, data=frames)
+            reply = _bus.request(self._dealer(live), write, sender=self.name, timeout=self.config.network.write_timeout, data=frames)
         except NodeError as exc:
             log.warning("assoc=%s sop=%s refused: status=0x%04X %s", received.assoc_id, received.sop_instance_uid, exc.status, exc)
             return exc.status
         except TimeoutError as exc:
             log.error("assoc=%s sop=%s writer did not answer: %s", received.assoc_id, received.sop_instance_uid, exc)
-            self._drop_dealer()
+            live.close()  # a late reply must not be read as the next request's answer
             return STATUS_OUT_OF_RESOURCES
         message = reply.message
         if isinstance(message, InstanceWritten):
@@ -233,19 +241,11 @@ class Worker:
             fh.seek(offset)
             return fh.read()
 
-    def _dealer(self) -> zmq.Socket:
-        """This thread's DEALER to the writer (sockets are not shared between threads)."""
-        sock = getattr(self._dealers, "sock", None)
-        if sock is None:
-            sock = _bus.dealer(self.ctx, self.config.endpoint("writer"))
-            self._dealers.sock = sock
-        return sock
-
-    def _drop_dealer(self) -> None:
-        sock = getattr(self._dealers, "sock", None)
-        if sock is not None:
-            sock.close(0)
-            self._dealers.sock = None
+    def _dealer(self, live: _Live) -> zmq.Socket:
+        """The association's DEALER to the writer, opened on its first C-STORE."""
+        if live.dealer is None:
+            live.dealer = _bus.dealer(self.ctx, self.config.endpoint("writer"))
+        return live.dealer
 
     def hold(self, conn: socket.socket, handoff: HandOff) -> None:
         """Keep a new connection aside until its A-ASSOCIATE-RQ starts arriving."""
@@ -290,7 +290,12 @@ class Worker:
     def reap(self) -> list[HandOff]:
         """Forget associations whose threads ended; return their hand-offs."""
         ended = [aid for aid, live in self.live.items() if not live.assoc.is_alive()]
-        return [self.live.pop(aid).handoff for aid in ended]
+        handoffs = []
+        for aid in ended:
+            live = self.live.pop(aid)
+            live.close()
+            handoffs.append(live.handoff)
+        return handoffs
 
     def capacity(self) -> int:
         return max(0, self.config.network.worker_capacity - len(self.live) - len(self.pending))

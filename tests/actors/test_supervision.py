@@ -157,3 +157,27 @@ def test_store_fails_cleanly_while_the_writer_is_down(tmp_path: Path) -> None:
         assert not (tmp_path / "store" / dcmread(path).SOPInstanceUID).exists()
     finally:
         running.stop()
+
+
+def test_many_associations_leave_no_descriptors_behind(tmp_path: Path) -> None:
+    """Each association's sockets (TCP, its DEALER to the writer) are closed when it ends."""
+    running = serve(tmp_path, workers=1)
+    try:
+        path = tmp_path / "one.dcm"
+        make_ct(path)
+        [worker] = running.children("run worker")
+
+        def one_association() -> None:
+            assoc = associate(running.port)
+            assert assoc.is_established
+            assert assoc.send_c_store(path).Status == 0
+            assoc.release()
+
+        one_association()
+        wait_until(lambda: running.log().count(" ended") >= 1, 10, "the first association to be reaped")
+        baseline = worker.num_fds()
+        for _ in range(30):
+            one_association()
+        wait_until(lambda: worker.num_fds() <= baseline + 4, 10, f"descriptors back near {baseline}")
+    finally:
+        running.stop()
