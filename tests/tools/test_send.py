@@ -260,3 +260,74 @@ def test_missing_path_exits_4_after_sending_the_rest(tmp_path: Path) -> None:
     assert result.returncode == 4
     assert "E: Cannot access path" in result.stderr
     assert sorted(received.uids) == sorted(sent)
+
+
+# --- pynetdicom work-arounds and the terminal display ---------------------------------------
+
+
+def test_reactor_checkpoint_clear_returns_only_when_the_reactor_is_parked() -> None:
+    """A reactor loop shaped like pynetdicom's never runs its poll between clear() and set()."""
+    import threading
+    import time
+
+    from node.tools.send_worker import ReactorCheckpoint
+
+    stop = threading.Event()
+    holding = threading.Event()  # set between clear() returning and set(): "C-STORE in flight"
+    polls_while_held = []
+
+    class Reactor(threading.Thread):
+        def run(self) -> None:
+            while not stop.is_set():
+                self._is_paused = True
+                checkpoint.wait()
+                self._is_paused = False
+                if holding.is_set():  # pynetdicom would poll the DIMSE queue here
+                    polls_while_held.append(1)
+
+    reactor = Reactor(daemon=True)
+    checkpoint = ReactorCheckpoint(reactor)
+    reactor.start()
+    try:
+        for _ in range(300):
+            checkpoint.clear()
+            holding.set()
+            time.sleep(0.0002)  # the reactor would have every chance to poll now
+            holding.clear()
+            checkpoint.set()
+    finally:
+        stop.set()
+        checkpoint.set()
+        reactor.join(timeout=5)
+    assert polls_while_held == []
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    """``--progress auto`` draws a tqdm bar when stderr is a terminal."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    make_files(tmp_path / "in", 3)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # tqdm needs a width
+    root = Path(__file__).resolve().parents[2]
+    with pynetdicom_scp() as (port, received):
+        proc = subprocess.run([sys.executable, "-m", "node.cli", "send", "127.0.0.1", str(port), str(tmp_path / "in")],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, cwd=root, timeout=60)
+    os.close(slave)
+    output = b""
+    try:
+        while chunk := os.read(master, 65536):
+            output += chunk
+    except OSError:  # EIO once the pty is drained and its slave closed
+        pass
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert len(received.requests) == 3
+    text = output.decode(errors="replace")
+    assert "files 3/3, 0 failed" in text and "100%" in text
