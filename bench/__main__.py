@@ -1,0 +1,64 @@
+"""``python -m bench ingest [--quick]`` | ``python -m bench report RESULTS.json`` | ``python -m bench commit`` | ``python -m bench profile``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    ingest = sub.add_parser("ingest", help="C-STORE throughput side by side with DCMTK, pynetdicom and Orthanc")
+    ingest.add_argument("--quick", action="store_true", help="100 CT + 500 SC files, 3 runs (fits ~15 min on 2 cores)")
+    ingest.add_argument("--runs", type=int, help="runs of every combination (default 5, quick 3)")
+    ingest.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="only combinations whose key contains TEXT, e.g. 'sc/nodelay' or '->nodectl' (repeatable)")
+    ingest.add_argument("--sc", type=int, help="override the number of 5 KiB files")
+    ingest.add_argument("--ct", type=int, help="override the number of 512 KiB files")
+    ingest.add_argument("--nagle-sc", type=int, help="override the number of 5 KiB files sent with Nagle on")
+    ingest.add_argument("--skip-limits", action="store_true", help="do not measure the machine's limits")
+    ingest.add_argument("--node-ref", metavar="REF", help="run node/ and actors/ as committed at REF (git archive), not the work tree")
+    ingest.add_argument("--scratch", metavar="DIR", help="where receivers store (default: the system temp directory)")
+    ingest.add_argument("--time-limit", type=float, metavar="S", help="start no sample after S seconds (default 13 min quick, 3 h full)")
+    ingest.add_argument("--no-doc", action="store_true", help="write the JSON only, leave docs/benchmarks.md alone")
+    report = sub.add_parser("report", help="regenerate docs/benchmarks.md from a results file")
+    report.add_argument("results")
+    sub.add_parser("commit", help="Storage Commitment round trips (not built yet)")
+    prof = sub.add_parser("profile", help="py-spy on nodectl serve's worker and writer during a 5 KiB run")
+    prof.add_argument("--files", type=int, default=500, help="5 KiB files per round (default 500)")
+    prof.add_argument("--duration", type=int, default=20, help="seconds of recording (default 20)")
+    prof.add_argument("--top", type=int, default=15, help="entries to print (default 15)")
+    prof.add_argument("--node-source", metavar="DIR", help="run node/ and actors/ from DIR (default: this work tree)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parser().parse_args(argv)
+    if opts.command == "ingest":
+        from bench import ingest
+
+        return ingest.main(opts)
+    if opts.command == "report":
+        import json
+        from pathlib import Path
+
+        from bench import report
+
+        path = Path(opts.results)
+        report.update_doc(json.loads(path.read_text()), path)
+        print(f"regenerated {report.DOC}")
+        return 0
+    if opts.command == "commit":
+        from bench import commit
+
+        return commit.main()
+    if opts.command == "profile":
+        from bench import profile
+
+        return profile.main(opts)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""The receivers and senders the benchmark compares, each with its own defaults.
+
+Receivers start on a free 127.0.0.1 port in a fresh directory, report how many instances
+they hold, and stop by PID. Senders are command lines (several for parallel DCMTK storescu
+processes).
+
+pynetdicom installs console scripts named ``storescu``/``storescp``/``echoscu`` that shadow
+DCMTK's on PATH, so DCMTK is always called by absolute path, and pynetdicom and nodectl as
+``python -m`` (no pyenv shim in the timing).
+
+Nagle: DCMTK 3.6.7 sets TCP_NODELAY on a connection only when the environment variable
+``TCP_NODELAY`` parses as a non-zero integer (``dulfsm.cc`` for the requestor, ``dul.cc``
+for the acceptor; the compiled-in default is 0 unless built with DISABLE_NAGLE_ALGORITHM).
+Orthanc uses DCMTK's network layer, so the same variable applies to it. In ``nodelay`` mode
+every DCMTK-based process gets ``TCP_NODELAY=1``; in ``defaults`` mode the variable is
+removed from their environment. pynetdicom never sets the option; nodectl (listener and
+``send``) always does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import procs
+
+DCMTK_STORESCP = "/usr/bin/storescp"
+DCMTK_STORESCU = "/usr/bin/storescu"
+ORTHANC = "/usr/sbin/Orthanc"
+START_TIMEOUT = 60.0
+
+
+def base_env(nodelay: bool, node_source: Path | None) -> dict[str, str]:
+    """The environment of every child: TCP_NODELAY as the mode says, PYTHONPATH to the node."""
+    env = dict(os.environ)
+    env.pop("TCP_NODELAY", None)
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    if node_source is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(node_source), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+@dataclass
+class Receiver:
+    """One storage SCP under test; subclasses say how to start it and count what it holds."""
+
+    name: str
+    aet: str = "ANY-SCP"
+    port: int = 0
+    proc: subprocess.Popen | None = None
+    directory: Path | None = None
+    info: dict = field(default_factory=dict)
+
+    def command(self, directory: Path) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, directory: Path, env: dict[str, str]) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = procs.free_port()
+        self.proc = procs.start(self.command(directory), log=directory / "receiver.log", cwd=directory, env=env)
+        procs.wait_for_port(self.port, START_TIMEOUT, self.proc)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stored(self) -> int:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            procs.stop(self.proc)
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return (self.directory / "receiver.log").read_text(errors="replace")[-n:]  # type: ignore[operator]
+        except OSError:
+            return ""
+
+
+def _count_files(root: Path, skip: str = "") -> int:
+    n = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        if skip and skip in dirnames:
+            dirnames.remove(skip)
+        n += len(filenames)
+    return n
+
+
+@dataclass
+class NodectlServe(Receiver):
+    """``nodectl serve`` with default workers (CPU count), on 127.0.0.1, port 0 read back."""
+
+    aet: str = "NODE"
+    workers: int | None = None
+
+    def command(self, directory: Path) -> list[str]:
+        cmd = [sys.executable, "-m", "node.cli", "serve", "--host", procs.LOOPBACK, "--port", "0", "--aet", self.aet,
+               "--directory", str(directory / "store"), "--database", str(directory / "node.sqlite"),
+               "--run-dir", str(directory / "run"), "--log-level", "warning"]
+        if self.workers:
+            cmd += ["--workers", str(self.workers)]
+        return cmd
+
+    def start(self, directory: Path, env: dict[str, str]) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        log = directory / "receiver.log"
+        self.proc = procs.start(self.command(directory), log=log, cwd=directory, env=env)
+        deadline = time.monotonic() + START_TIMEOUT
+        marker = "listening on "
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nodectl serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            text = log.read_text(errors="replace")
+            if marker in text:
+                address = text.split(marker, 1)[1].split()[0]
+                self.port = int(address.rsplit(":", 1)[1])
+                procs.wait_for_port(self.port, 10, self.proc)
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"nodectl serve not ready after {START_TIMEOUT:.0f} s:\n{self.log_tail()}")
+
+    def stored(self) -> int:
+        assert self.directory is not None
+        return _count_files(self.directory / "store", skip=".incoming")
+
+
+@dataclass
+class DcmtkStorescp(Receiver):
+    """DCMTK storescp writing every instance to a directory (it never fsyncs); optionally --fork.
+
+    DCMTK 3.6.7's storescp has no bind-address option: it listens on every interface.
+    """
+
+    fork: bool = False
+
+    def command(self, directory: Path) -> list[str]:
+        (directory / "out").mkdir(exist_ok=True)
+        cmd = [DCMTK_STORESCP, "-od", str(directory / "out")]
+        if self.fork:
+            cmd.append("--fork")
+        return [*cmd, str(self.port)]
+
+    def stored(self) -> int:
+        assert self.directory is not None
+        return _count_files(self.directory / "out")
+
+
+@dataclass
+class PynetdicomStorescp(Receiver):
+    """pynetdicom's storescp app (one thread per association, writes files, no fsync)."""
+
+    def command(self, directory: Path) -> list[str]:
+        (directory / "out").mkdir(exist_ok=True)
+        return [sys.executable, "-m", "pynetdicom", "storescp", str(self.port), "-od", str(directory / "out"), "-ba", procs.LOOPBACK]
+
+    def stored(self) -> int:
+        assert self.directory is not None
+        return _count_files(self.directory / "out")
+
+
+@dataclass
+class Orthanc(Receiver):
+    """Orthanc with a generated configuration: storage and index in the directory, fsync on.
+
+    ``SyncStorageArea`` (Orthanc >= 1.7.4) fsyncs each file written to the storage area, as
+    our writer does. Orthanc 1.10 binds its DICOM port on every interface; its HTTP server
+    answers 127.0.0.1 only.
+    """
+
+    aet: str = "ORTHANC"
+    http_port: int = 0
+
+    def configuration(self, directory: Path) -> dict:
+        return {
+            "Name": "bench",
+            "StorageDirectory": str(directory / "storage"),
+            "IndexDirectory": str(directory / "index"),
+            "StorageCompression": False,
+            "SyncStorageArea": True,
+            "Plugins": [],
+            "LuaScripts": [],
+            "HttpServerEnabled": True,
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "OrthancExplorerEnabled": False,
+            "DicomServerEnabled": True,
+            "DicomAet": self.aet,
+            "DicomPort": self.port,
+            "DicomCheckCalledAet": False,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowEcho": True,
+            "UnknownSopClassAccepted": True,
+            "OverwriteInstances": True,
+            "SaveJobs": False,
+            "StableAge": 3600,
+        }
+
+    def command(self, directory: Path) -> list[str]:
+        self.http_port = procs.free_port()
+        path = directory / "orthanc.json"
+        path.write_text(json.dumps(self.configuration(directory), indent=2))
+        return [ORTHANC, str(path)]
+
+    def start(self, directory: Path, env: dict[str, str]) -> None:
+        super().start(directory, env)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                self._get("/system")
+                return
+            except (urllib.error.URLError, OSError, ValueError):
+                time.sleep(0.1)
+        raise TimeoutError("Orthanc REST API not answering")
+
+    def _get(self, path: str) -> dict:
+        with urllib.request.urlopen(f"http://{procs.LOOPBACK}:{self.http_port}{path}", timeout=10) as rsp:
+            return json.loads(rsp.read())
+
+    def stored(self) -> int:
+        return int(self._get("/statistics")["CountInstances"])
+
+
+RECEIVERS = {
+    "nodectl": lambda: NodectlServe("nodectl serve"),
+    "dcmtk": lambda: DcmtkStorescp("DCMTK storescp"),
+    "dcmtk-fork": lambda: DcmtkStorescp("DCMTK storescp --fork", fork=True),
+    "pynetdicom": lambda: PynetdicomStorescp("pynetdicom storescp"),
+    "orthanc": lambda: Orthanc("Orthanc"),
+}
+
+
+# ----- senders ----------------------------------------------------------------------------
+
+SENDER_NAMES = {
+    "dcmtk-1": "DCMTK storescu, 1 association",
+    "dcmtk-4": "4 DCMTK storescu processes",
+    "send-1": "nodectl send -j 1",
+    "send-4": "nodectl send -j 4",
+    "pynetdicom": "pynetdicom storescu",
+}
+
+
+def sender_commands(sender: str, files: Sequence[Path], aet: str, port: int) -> list[list[str]]:
+    """The command line(s) that send ``files`` to 127.0.0.1:port, called AE ``aet``."""
+    paths = [str(p) for p in files]
+    host = procs.LOOPBACK
+    if sender == "dcmtk-1":
+        return [[DCMTK_STORESCU, "-aec", aet, host, str(port), *paths]]
+    if sender == "dcmtk-4":
+        n = len(paths)
+        chunks = [paths[i * n // 4 : (i + 1) * n // 4] for i in range(4)]
+        return [[DCMTK_STORESCU, "-aec", aet, host, str(port), *chunk] for chunk in chunks if chunk]
+    if sender in ("send-1", "send-4"):
+        jobs = sender.split("-")[1]
+        return [[sys.executable, "-m", "node.cli", "send", "-j", jobs, "--progress", "none", "-aec", aet, host, str(port), *paths]]
+    if sender == "pynetdicom":
+        return [[sys.executable, "-m", "pynetdicom", "storescu", host, str(port), *paths, "-aec", aet]]
+    raise ValueError(f"unknown sender {sender!r}")
+
+
+def versions() -> dict[str, str]:
+    """Versions of the peers, as they print them."""
+    out: dict[str, str] = {}
+
+    def first_line(cmd: list[str]) -> str:
+        try:
+            text = subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"unavailable ({exc})"
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        return lines[0] if lines else "?"
+
+    out["dcmtk"] = first_line([DCMTK_STORESCP, "--version"]).strip("$ ")
+    out["orthanc"] = first_line([ORTHANC, "--version"])
+    import pydicom
+    import pynetdicom
+
+    out["pynetdicom"] = pynetdicom.__version__
+    out["pydicom"] = pydicom.__version__
+    return out
