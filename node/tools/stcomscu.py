@@ -130,6 +130,20 @@ def _tls_rows() -> tuple[Option | Group, ...]:
     )
 
 
+def _cap_send_pdu(assoc: Any, cap: int) -> None:
+    """--max-send-pdu: lower the peer's announced Maximum Length we fragment by.
+
+    pynetdicom refuses to set ``maximum_length`` after negotiation; the received item is
+    what its DIMSE layer reads, so it is lowered in place (0 from the peer means unlimited).
+    """
+    from pynetdicom.pdu_primitives import MaximumLengthNotification
+
+    for item in assoc.acceptor.user_information:
+        if isinstance(item, MaximumLengthNotification):
+            peer = item.maximum_length_received
+            item.maximum_length_received = cap if not peer else min(peer, cap)
+
+
 def build_spec(name: str = "stcomscu") -> da.ToolSpec:
     """The option table of DCMTK 3.6.9 stcomscu, in its usage order, plus ``--node``/``--database``."""
     table: tuple[Option | Group, ...] = (
@@ -438,6 +452,10 @@ class Session:
         if values.get("access_control"):
             self.log.error("host access control (TCP wrapper) is not supported")
             return EXIT_CANNOT_INITIALIZE_NETWORK
+        if values.get("compression_level") not in (None, 6):
+            # pydicom deflates at zlib's default level; another level cannot be honoured.
+            self.log.error("--compression-level %s is not supported: deflated data sets use level 6", values["compression_level"])
+            return 1
         if not self.od.is_dir() or not os.access(self.od, os.W_OK):
             self.log.error("invalid output directory: %s", self.od)
             return EXIT_INVALID_OUTPUT_DIRECTORY
@@ -616,9 +634,13 @@ class Session:
             self.log.error("Association Request Failed: %s", "no acceptable presentation context" if assoc.is_established else "rejected or aborted")
             self._end(assoc)
             raise ToolExit(EXIT_CANNOT_NEGOTIATE_ASSOCIATION)
-        if s.max_send_pdu and assoc.acceptor.maximum_length:
-            assoc.acceptor.maximum_length = min(assoc.acceptor.maximum_length, s.max_send_pdu)
+        if s.max_send_pdu:
+            _cap_send_pdu(assoc, s.max_send_pdu)
         self.log.info("Association Accepted (Max Send PDV: %s)", assoc.acceptor.maximum_length)
+        if s.verbose_pc:
+            for cx in assoc.accepted_contexts + assoc.rejected_contexts:
+                self.log.info("  Context ID %s (%s): %s, %s", cx.context_id, cx.status,
+                              cx.abstract_syntax, ", ".join(str(ts) for ts in cx.transfer_syntax))
         return assoc, lost
 
     def _end(self, assoc: Any) -> None:

@@ -185,7 +185,7 @@ def test_orthanc_as_commitment_scp_reports_on_a_new_association(tmp_path: Path) 
                        capture_output=True, timeout=30, check=True)
         out = tmp_path / "out"
         out.mkdir()
-        result = stcomscu("-te", "2", "+P", str(port), "-aec", orthanc.aet, "-od", str(out), "+tuf", str(out / "tx.txt"),
+        result = stcomscu("-te", "20", "+P", str(port), "-aec", orthanc.aet, "-od", str(out), "+tuf", str(out / "tx.txt"),
                           "127.0.0.1", str(orthanc.dicom_port), str(tmp_path / "a.dcm"), cwd=tmp_path, timeout=60)
         assert result.returncode == 0, result.stderr + orthanc.log.read_text()[-2000:]
         uid = (out / "tx.txt").read_text().strip()
