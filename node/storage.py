@@ -118,7 +118,10 @@ class Store:
             raise StorageError(f"writing {final.name} failed: {exc.strerror}") from None
         os.close(fd)
         self._rename(tmp, final)
-        dirs.update({final.parent, self.tmp_dir})
+        # The final directory's fsync makes the rename durable (one journal transaction on
+        # ext4 and XFS). The temp directory is not fsynced: at worst a crash leaves the
+        # temp name too, and Store.prepare removes it when the writer starts.
+        dirs.add(final.parent)
         return final, size, dirs
 
     def _make_parents(self, parent: Path) -> set[Path]:
