@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import queue
+import signal
 import socket
 import threading
 import time
@@ -341,9 +342,13 @@ def _forward_logging(queue: Any, level: int, pynetdicom_level: int) -> None:
 def run_worker(
     worker: int, tasks: list[Task], peer: PeerOptions, queue: Any, level: int, pynetdicom_level: int
 ) -> None:
-    """Process entry point: every task in turn, then ``WorkerFinished``."""
+    """Process entry point: every task in turn, then ``WorkerFinished``.
+
+    Ctrl-C reaches the whole process group; the parent decides, and terminates us.
+    """
     from pynetdicom import _config
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _forward_logging(queue, level, pynetdicom_level)
     _config.STORE_SEND_CHUNKED_DATASET = True
     opened = 0
