@@ -167,7 +167,8 @@ def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: 
     receiver = peers.RECEIVERS[combo.receiver]()
     workdir = Path(tempfile.mkdtemp(prefix="s-", dir=scratch))
     senders: list[subprocess.Popen] = []
-    result: dict = {"ok": False, "error": ""}
+    # Other work on the machine (load average at the start) is recorded: it explains outliers.
+    result: dict = {"ok": False, "error": "", "loadavg_1m": os.getloadavg()[0]}
     try:
         receiver.start(workdir / "rx", env)
         commands = peers.sender_commands(combo.sender, files.files, receiver.aet, receiver.port)

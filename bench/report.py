@@ -95,6 +95,11 @@ def render(results: dict, path: Path) -> str:
         "tree (user + system), peak RSS the largest single process of each side, in MiB, polled every 50 ms.",
         "",
     ]
+    loads = [s["loadavg_1m"] for samples in results.get("samples", {}).values() for s in samples if "loadavg_1m" in s]
+    if loads:
+        loads.sort()
+        lines += [f"Load average (1 min) at the start of the samples: median {loads[len(loads) // 2]:.1f}, max {loads[-1]:.1f} "
+                  f"on {m['cores']} cores; anything above the benchmark's own few processes is other work on the machine.", ""]
     lim = results.get("limits")
     if lim:
         lines += [
