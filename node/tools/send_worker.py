@@ -229,7 +229,7 @@ def backoff(peer: PeerOptions, failures: int) -> float:
 
 def store_one(assoc: Any, entry: FileEntry, msg_id: int, worker: int) -> FileResult | None:
     """C-STORE one file streamed from its path; ``None`` means the association was lost."""
-    from pynetdicom.status import code_to_category
+    from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
     try:
         rsp = assoc.send_c_store(entry.path, msg_id)
@@ -245,13 +245,13 @@ def store_one(assoc: Any, entry: FileEntry, msg_id: int, worker: int) -> FileRes
             assoc.abort()
         return None
     status = int(rsp.Status)
-    category = code_to_category(status)
+    category, meaning = STORAGE_SERVICE_CLASS_STATUS.get(status, (code_to_category(status), ""))
     ok = category in ("Success", "Warning")
     return FileResult(
         index=entry.index,
         sent=ok,
         status=status,
-        reason="" if status == 0 else category,
+        reason="" if status == 0 else f"{category}: {meaning}".rstrip(": "),
         bytes=entry.size if ok else 0,
         worker=worker,
     )

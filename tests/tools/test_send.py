@@ -212,6 +212,7 @@ def test_failure_status_is_reported_per_file_and_exits_1(tmp_path: Path) -> None
     (failed,) = data["files"]["failed"]
     assert failed["path"].endswith("fail.dcm")
     assert (failed["status"], failed["status_hex"], failed["network"]) == (0xA700, "0xA700", False)
+    assert failed["reason"] == "Failure: Refused: Out of Resources"
 
 
 def test_aborted_association_is_retried(tmp_path: Path) -> None:
