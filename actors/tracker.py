@@ -16,6 +16,12 @@ association to the requester (peer table, SCP role selection, calling AE title =
 title the requester called) in a small thread pool so a slow peer never blocks the loop.
 Results come back through a queue and are recorded by the loop thread, which alone writes
 the database.
+
+Clusters (several nodes on one PostgreSQL database, docs/operations.md): due reports are
+leased (``TransactionStore.outbox_claim``), so two trackers never send one report; and once
+a second each tracker looks for transactions that ended since its last look
+(``Tracker.watch``) and publishes those it did not end itself, so a client waiting on this
+node's tracker wakes even when the N-EVENT-REPORT reached another node.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from actors import _bus
 from node import commitment as sc
 from node.commitment import CommitmentError, Ref, Report, State
 from node.config import NodeConfig
+from node.db import redact
 from node.errors import MessageError, NodeError, STATUS_PROCESSING_FAILURE
 from node.messages import (
     Ack, CommitmentAnswer, Envelope, ErrorReply, ForwardReport, MarkRequested, Ping, Pong, QueryTransaction,
@@ -47,6 +54,8 @@ NAME = "tracker"
 TICK_S = 0.25
 SENDERS = 4
 MAX_PER_LOOP = 256
+WATCH_S = 1.0  # how often to look for transactions other nodes' trackers ended
+WATCH_OVERLAP_S = 5.0  # clocks of cluster hosts and commit order may disagree this much
 
 
 def state_of(txn: Transaction | None, uid: str) -> TransactionState:
@@ -82,6 +91,8 @@ class Tracker:
         self.config = config
         self.store = store
         self.published: list[TransactionState] = []
+        self.watched_since = time.time()
+        self.announced: dict[str, float] = {}  # UID -> when published (watch must not repeat it)
 
     # ----- requests -----------------------------------------------------------------------
 
@@ -222,6 +233,26 @@ class Tracker:
 
     # ----- periodic duties ----------------------------------------------------------------
 
+    def lease(self) -> float:
+        """How long an outbox claim lasts: longer than one delivery attempt can take."""
+        return 4 * self.config.commitment.association_timeout + 10.0
+
+    def watch(self, now: float | None = None) -> int:
+        """Publish transactions that ended elsewhere (another node's tracker); return how many."""
+        now = now or time.time()
+        for uid, at in list(self.announced.items()):
+            if at < now - 2 * WATCH_OVERLAP_S:
+                del self.announced[uid]
+        found = 0
+        for txn in self.store.ended_since(self.watched_since - WATCH_OVERLAP_S):
+            if txn.transaction_uid in self.announced:
+                continue
+            self.announced[txn.transaction_uid] = now
+            self.published.append(state_of(txn, txn.transaction_uid))
+            found += 1
+        self.watched_since = now
+        return found
+
     def expire(self) -> None:
         for uid in self.store.expire_due():
             log.warning("txn=%s expired without report", uid)
@@ -327,10 +358,10 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
     events = config.endpoint("events")
     _bus._prepare_ipc(events)
     pub.bind(events)
-    log.info("tracker ready: database=%s endpoint=%s events=%s", config.database, config.endpoint(NAME), events)
+    log.info("tracker ready: database=%s endpoint=%s events=%s", redact(config.database), config.endpoint(NAME), events)
     if ready is not None:
         ready.set()
-    next_tick = 0.0
+    next_tick = next_watch = 0.0
     try:
         while not stop.is_set():
             if router.poll(int(TICK_S * 1000 / 2), zmq.POLLIN):
@@ -341,8 +372,12 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
             if now >= next_tick:
                 next_tick = now + TICK_S
                 _guard(tracker.expire)
-                for entry in _guard(store.outbox_due) or []:
+                for entry in _guard(store.outbox_claim, tracker.lease()) or []:
                     sender.submit(entry)
+            if store.shared and now >= next_watch:
+                next_watch = now + WATCH_S
+                if _guard(tracker.watch):
+                    log.info("woke waiters for transactions completed by another node")
             _publish(pub, tracker)
     finally:
         sender.close()
@@ -386,6 +421,7 @@ def _publish(pub: zmq.Socket, tracker: Tracker) -> None:
     """Wake waiters: topic = Transaction UID (state is already committed)."""
     while tracker.published:
         state = tracker.published.pop(0)
+        tracker.announced.setdefault(state.transaction_uid, time.time())
         pub.send_multipart([state.transaction_uid.encode(), *pack(state, sender=NAME)])
 
 

@@ -1,19 +1,19 @@
-"""The instance index: one row per stored SOP instance, in SQLite (WAL) by default.
+"""The instance index: one row per stored SOP instance, in SQLite (WAL) by default or in a
+PostgreSQL database shared by a cluster (``node.db``).
 
 The storage writer is the only process that writes it; other processes open it read-only to
 answer questions such as "is this instance stored" (Storage Commitment). Schema changes are
-numbered migrations applied in order, written in SQL that PostgreSQL accepts too, so the
-same list can serve both backends.
+numbered migrations applied in order, written in SQL that both SQLite and PostgreSQL accept
+(DOUBLE PRECISION, BIGINT, BYTEA, ``INSERT ... ON CONFLICT``), so one list serves both.
 """
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
+from node import db
 from node.errors import StorageError
 
 MIGRATIONS: Sequence[tuple[int, Sequence[str]]] = (
@@ -93,6 +93,17 @@ MIGRATIONS: Sequence[tuple[int, Sequence[str]]] = (
             )""",
         ),
     ),
+    (
+        3,
+        (
+            # Clusters (issue 8): several trackers on one PostgreSQL database. A tracker leases
+            # the outbox rows it sends so no report goes out twice; the others watch
+            # updated_at for transactions completed elsewhere to wake their own waiters.
+            "ALTER TABLE commit_outbox ADD COLUMN lease_owner TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE commit_outbox ADD COLUMN lease_until DOUBLE PRECISION NOT NULL DEFAULT 0",
+            "CREATE INDEX commit_transactions_updated ON commit_transactions (updated_at)",
+        ),
+    ),
 )
 
 
@@ -119,45 +130,39 @@ _COLUMNS = (
 )
 
 
+_UPSERT = (
+    f"INSERT INTO instances ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (sop_instance_uid) DO UPDATE SET "
+    + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _COLUMNS.split(",")[1:])
+)
+
+
 class Index:
-    """The SQLite index of stored instances."""
+    """The index of stored instances (SQLite file or PostgreSQL URL, see ``node.db``)."""
 
     def __init__(self, database: str, *, readonly: bool = False) -> None:
-        if "://" in database and not database.startswith("sqlite://"):
-            raise StorageError(f"database {database!r}: only SQLite is built in this version")
-        path = database.removeprefix("sqlite://")
-        self.path = Path(path)
-        try:
-            if readonly:
-                self.conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=10)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute("PRAGMA synchronous=FULL")
-                self.migrate()
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open index {self.path}: {exc}") from None
+        self.db = db.connect(database, readonly=readonly)
+        self.conn = self.db  # execute()/executemany() like a sqlite3 connection, either dialect
+        if not readonly:
+            self.migrate()
 
     def migrate(self) -> int:
-        """Apply the migrations this database lacks; return the schema version."""
-        self.conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = self.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        current = row[0] or 0
-        for version, statements in MIGRATIONS:
-            if version <= current:
-                continue
-            self.conn.execute("BEGIN IMMEDIATE")
-            # Another process (writer and tracker start together) may have migrated meanwhile.
-            current = self.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
-            if version <= current:
-                self.conn.execute("COMMIT")
-                continue
-            for statement in statements:
-                self.conn.execute(statement)
-            self.conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
-            self.conn.execute("COMMIT")
-            current = version
+        """Apply the migrations this database lacks, in one transaction; return the version.
+
+        Writer and tracker (and, in a cluster, every node) start together: the transaction
+        takes the database's write lock (SQLite) or an advisory lock (PostgreSQL) before it
+        reads the version, so a migration is never applied twice.
+        """
+        with self.db.transaction("schema migration") as conn:
+            conn.lock_for_migration()
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            current = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+            for version, statements in MIGRATIONS:
+                if version <= current:
+                    continue
+                for statement in statements:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+                current = version
         return current
 
     def record(self, rows: Iterable[InstanceRow]) -> None:
@@ -171,26 +176,23 @@ class Index:
         ]
         if not values:
             return
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            self.conn.executemany(f"INSERT OR REPLACE INTO instances ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)", values)
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise StorageError(f"index write failed: {exc}") from None
+        with self.db.transaction("index write") as conn:
+            conn.executemany(_UPSERT, values)
 
     def get(self, sop_instance_uid: str) -> InstanceRow | None:
         """The row of one instance, or None."""
-        row = self.conn.execute(f"SELECT {_COLUMNS} FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        try:
+            row = self.db.execute(f"SELECT {_COLUMNS} FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)).fetchone()
+        except self.db.errors as exc:
+            raise StorageError(f"index read failed: {exc}") from None
         return InstanceRow(*_reorder(row)) if row else None
 
     def count(self) -> int:
         """How many instances are stored."""
-        return int(self.conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+        return int(self.db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
 
     def close(self) -> None:
-        self.conn.close()
+        self.db.close()
 
 
 def _reorder(row: Sequence[object]) -> tuple[object, ...]:

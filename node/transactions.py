@@ -6,17 +6,24 @@ them (``nodectl stcomscu --node`` checks a transaction's state here when a wake-
 missed). Every method that changes state commits before it returns, so a caller may answer
 a peer right after: "persist before acknowledging". State changes follow
 ``node.commitment.TRANSITIONS``.
+
+In a cluster (several nodes on one PostgreSQL database, ``node.db``) several trackers share
+these tables: ``outbox_claim`` leases due reports to one tracker (``FOR UPDATE SKIP LOCKED``)
+so none is sent twice, and ``ended_since`` lets a tracker wake its own waiters for
+transactions another node's tracker completed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
+import os
+import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from node import commitment as sc
 from node.commitment import Delivery, Fact, Ref, Report, State
@@ -81,26 +88,28 @@ def request_hash(refs: Sequence[Ref]) -> str:
 
 
 class TransactionStore:
-    """Transactions and outbox in the index database (SQLite, WAL, synchronous=FULL)."""
+    """Transactions and outbox in the index database (SQLite WAL + FULL sync, or PostgreSQL)."""
 
-    def __init__(self, database: str) -> None:
+    def __init__(self, database: str, *, owner: str = "") -> None:
         self.index = Index(database)
-        self.conn = self.index.conn
+        self.db = self.index.db
+        self.conn = self.db
+        # Who holds an outbox lease: host and PID are enough to read a stuck lease in a log.
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+
+    @property
+    def shared(self) -> bool:
+        """True when other nodes' trackers use the same tables."""
+        return self.db.shared
 
     def close(self) -> None:
         self.index.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Any]:
         """One durable write transaction; StorageError when the database refuses it."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            yield self.conn
-            self.conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            raise StorageError(f"commitment database write failed: {exc}") from None
+        with self.db.transaction("commitment database write") as conn:
+            yield conn
 
     # ----- SCU side: transactions we started ----------------------------------------------
 
@@ -209,8 +218,10 @@ class TransactionStore:
     def keep_orphan(self, report: Report, data: bytes | None, ts: str, sender: str, now: float | None = None) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO commit_orphans (transaction_uid, received_at, event_type, report, report_data,"
-                " report_ts, report_from) VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO commit_orphans (transaction_uid, received_at, event_type, report, report_data,"
+                " report_ts, report_from) VALUES (?,?,?,?,?,?,?) ON CONFLICT (transaction_uid, received_at) DO UPDATE SET"
+                " event_type = excluded.event_type, report = excluded.report, report_data = excluded.report_data,"
+                " report_ts = excluded.report_ts, report_from = excluded.report_from",
                 (report.transaction_uid, now or time.time(), report.event_type, report_to_json(report), data, ts, sender),
             )
 
@@ -269,6 +280,40 @@ class TransactionStore:
         ).fetchall()
         return [_entry(r) for r in rows]
 
+    def outbox_claim(self, lease: float, now: float | None = None, limit: int = 16) -> list[OutboxEntry]:
+        """Due reports leased to this tracker for ``lease`` seconds: no other tracker sends them.
+
+        PostgreSQL skips rows another tracker's claim transaction holds (``FOR UPDATE SKIP
+        LOCKED``); SQLite's BEGIN IMMEDIATE already lets one writer in at a time. A lease
+        left by a tracker that died runs out and the row is claimed again.
+        """
+        now = now or time.time()
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT transaction_uid, requester_aet, called_aet, peer_host, request_hash, report, state, attempts,"
+                " next_attempt, expires, last_error FROM commit_outbox WHERE state = ? AND next_attempt <= ?"
+                " AND (lease_until <= ? OR lease_owner = ?) ORDER BY next_attempt LIMIT ?" + self.db.skip_locked(),
+                (Delivery.QUEUED.value, now, now, self.owner, limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE commit_outbox SET lease_owner = ?, lease_until = ? WHERE transaction_uid = ?",
+                [(self.owner, now + lease, r[0]) for r in rows],
+            )
+        return [_entry(r) for r in rows]
+
+    def ended_since(self, since: float) -> list[Transaction]:
+        """Transactions that reached a final state (completed, refused, expired) at or after ``since``."""
+        try:
+            rows = self.conn.execute(
+                "SELECT transaction_uid FROM commit_transactions WHERE updated_at >= ? AND state IN (?, ?, ?)"
+                " ORDER BY updated_at LIMIT 1000",
+                (since, State.COMPLETED.value, State.REFUSED.value, State.EXPIRED.value),
+            ).fetchall()
+        except self.db.errors as exc:
+            raise StorageError(f"commitment database read failed: {exc}") from None
+        found = (self.get(r[0]) for r in rows)
+        return [t for t in found if t is not None]
+
     def outbox_next_due(self) -> float | None:
         row = self.conn.execute("SELECT MIN(next_attempt) FROM commit_outbox WHERE state = ?", (Delivery.QUEUED.value,)).fetchone()
         return float(row[0]) if row and row[0] is not None else None
@@ -290,7 +335,7 @@ class TransactionStore:
         with self._tx() as conn:
             conn.execute(
                 "UPDATE commit_outbox SET state = ?, attempts = attempts + 1, next_attempt = ?, last_error = ?,"
-                " delivered_at = ? WHERE transaction_uid = ?",
+                " delivered_at = ?, lease_owner = '', lease_until = 0 WHERE transaction_uid = ?",
                 (state.value, next_attempt, error, now if delivered else None, uid),
             )
         return self.outbox_get(uid)  # type: ignore[return-value]

@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--aet", help="our AE title (also the called AE title the listener requires)")
     p.add_argument("--any-called-aet", action="store_true", help="accept any called AE title")
     p.add_argument("--directory", type=Path, help="store directory")
-    p.add_argument("--database", help="index database (SQLite file)")
+    p.add_argument("--database", help="index database: SQLite file, or postgresql://user@host/db shared by a cluster")
     p.add_argument("--workers", type=int, help="association worker processes")
     p.add_argument("--filepath", help="dcm4che file path pattern, e.g. '{00100020}/{0020000D}/{00080018}.dcm'")
     p.add_argument("--run-dir", type=Path, help="directory for sockets, pid and ready files")

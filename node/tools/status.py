@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -106,12 +105,13 @@ def listeners(config: NodeConfig) -> list[dict[str, Any]]:
 
 
 def database(config: NodeConfig) -> dict[str, Any]:
-    """Counts from the index (read-only); missing tables count as empty."""
-    if "://" in config.database:
-        return {"error": f"status reads SQLite only; {config.database.split('://')[0]} is not built"}
+    """Counts from the index (SQLite read-only, or the cluster's PostgreSQL); missing tables count as empty."""
+    from node import db
+    from node.errors import StorageError
+
     try:
-        conn = sqlite3.connect(f"file:{config.database}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error as exc:
+        conn = db.connect(config.database, readonly=True)
+    except StorageError as exc:
         return {"error": str(exc)}
     try:
         return {
@@ -123,17 +123,17 @@ def database(config: NodeConfig) -> dict[str, Any]:
         conn.close()
 
 
-def _scalar(conn: sqlite3.Connection, sql: str) -> int:
+def _scalar(conn: Any, sql: str) -> int:
     try:
         return int(conn.execute(sql).fetchone()[0])
-    except sqlite3.Error:
+    except conn.errors:
         return 0
 
 
-def _by_state(conn: sqlite3.Connection, table: str) -> dict[str, int]:
+def _by_state(conn: Any, table: str) -> dict[str, int]:
     try:
         return dict(conn.execute(f"SELECT state, COUNT(*) FROM {table} GROUP BY state").fetchall())
-    except sqlite3.Error:
+    except conn.errors:
         return {}
 
 
