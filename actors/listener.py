@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from actors import _bus
+from actors import metrics, reload
 from node.config import ListenerConfig, NodeConfig
 from node.errors import ConfigError
 from node.messages import AssociationEnded, HandOff, ListenerStatus, Ping, Pong, StatusRequest, WorkerReady, new_id, pack
@@ -125,6 +126,7 @@ class Listener:
     def at_limit(self) -> bool:
         return self.active >= self.config.network.max_associations
 
+    @metrics.handed_off
     def hand_off(self, conn: socket.socket, peer: tuple[str, int]) -> bool:
         """Pass an accepted socket to the worker with most room; False if none took it."""
         assoc_id = new_id()[:12]
@@ -150,6 +152,7 @@ class Listener:
             return True
         return False
 
+    @metrics.rejected
     def reject_busy(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         """Answer A-ASSOCIATE-RJ (transient, provider presentation, local limit) in a thread."""
         with self._lock:
@@ -227,8 +230,11 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
     poller = zmq.Poller()
     poller.register(router, zmq.POLLIN)
     tcp_registered = False
+    hup = reload.on_sighup()
     try:
         while not stop.is_set():
+            if hup.is_set():  # SIGHUP: [network] limits apply to the next connection
+                state.config = config = reload.reread(config, hup)
             want_tcp = state.has_room() or state.at_limit()
             if want_tcp != tcp_registered:
                 (poller.register(tcp, zmq.POLLIN) if want_tcp else poller.unregister(tcp))

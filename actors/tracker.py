@@ -36,7 +36,7 @@ from typing import Any
 
 import zmq
 
-from actors import _bus
+from actors import _bus, reload
 from node import commitment as sc
 from node.commitment import CommitmentError, Ref, Report, State
 from node.config import NodeConfig
@@ -362,8 +362,11 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
     if ready is not None:
         ready.set()
     next_tick = next_watch = 0.0
+    hup = reload.on_sighup()
     try:
         while not stop.is_set():
+            if hup.is_set():  # SIGHUP: peers and [commitment] apply from the next request on
+                tracker.config = sender.config = config = reload.reread(config, hup)
             if router.poll(int(TICK_S * 1000 / 2), zmq.POLLIN):
                 _serve(router, tracker)
             for entry, ok, error in sender.drain():

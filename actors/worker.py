@@ -32,6 +32,7 @@ from typing import Any
 import zmq
 
 from actors import _bus, commitment_io
+from actors import metrics
 from node.config import ListenerConfig, NodeConfig
 from node.errors import NodeError, STATUS_OUT_OF_RESOURCES, MessageError
 from node.messages import AssociationEnded, ErrorReply, HandOff, InstanceWritten, WorkerReady, unpack
@@ -188,6 +189,7 @@ class Worker:
         _sleep_ms(delay_ms(store_cfg.response_delay, live.stores))
         return status
 
+    @metrics.c_store
     def _store(self, event: Any, live: _Live) -> int:
         req = event.request
         assoc = event.assoc

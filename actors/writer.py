@@ -19,6 +19,7 @@ from pathlib import Path
 import zmq
 
 from actors import _bus
+from actors import metrics
 from node.config import NodeConfig
 from node.errors import MessageError, NodeError, StorageError
 from node.index import Index, InstanceRow
@@ -88,6 +89,7 @@ class Writer:
             return InstanceWritten(sop_instance_uid=msg.sop_instance_uid, path=existing.path, size=existing.size, kept=True)
         return ErrorReply(status=STATUS_DUPLICATE_REJECTED, reason=f"duplicate SOP instance {msg.sop_instance_uid}")
 
+    @metrics.durable_writes
     def _write(self, requests: list[_Request]) -> list[tuple[list[bytes], object, str]]:
         writes = [
             PendingWrite(

@@ -25,6 +25,7 @@ File layout (every key optional; the embedded defaults run a node on port 11112)
     [network] PDU sizes, timeouts, TCP options, association limit
     [services] accept_unknown, sop_classes, verification transfer syntaxes
     [bus]     explicit endpoints (tcp://...) overriding the ones derived from run_dir
+    [metrics] enabled, host, port: the node's Prometheus endpoint (docs/operations.md)
 
 Environment: ``NODECTL_CONFIG`` names the file; ``NODECTL_AET``, ``NODECTL_PORT``,
 ``NODECTL_DIRECTORY``, ``NODECTL_DATABASE``, ``NODECTL_WORKERS``, ``NODECTL_RUN_DIR``
@@ -152,6 +153,15 @@ class CommitmentConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """The node's Prometheus endpoint (``[metrics]``): a ``metrics`` program when enabled."""
+
+    enabled: bool = False  # off by default: a fixed port would clash between nodes on one host
+    host: str = "127.0.0.1"  # loopback unless a scraper on another host needs it
+    port: int = 9464  # 0 = any free port (written to <run_dir>/metrics.ready)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """The whole effective configuration of one node."""
 
@@ -170,6 +180,7 @@ class NodeConfig:
     bus: BusConfig = BusConfig()
     peers: tuple[PeerConfig, ...] = ()
     commitment: CommitmentConfig = CommitmentConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     def peer(self, aet: str) -> PeerConfig | None:
         """The ``[[peers]]`` entry of an AE title (last one wins), or None."""
@@ -209,6 +220,7 @@ SECTIONS: dict[str, type] = {
     "services": ServicesConfig,
     "bus": BusConfig,
     "commitment": CommitmentConfig,
+    "metrics": MetricsConfig,
 }
 _NODE_KEYS = {"aet", "directory", "database", "workers", "run_dir", "transport", "log_level", "log_format"}
 

@@ -1,7 +1,9 @@
 """The supervisord configuration of a node, generated from its NodeConfig (pure text).
 
 Programs and their priorities: the writer starts first and stops last (100), then the
-commitment tracker (150), then the workers (200), then one listener per port (300). supervisord stops in reverse priority
+commitment tracker (150), then the workers (200), then one listener per port (300); the
+metrics endpoint (``[metrics] enabled``) starts first (50) and every program counts into
+``<run_dir>/metrics`` (``PROMETHEUS_MULTIPROC_DIR``, actors/metrics.py). supervisord stops in reverse priority
 order, so on shutdown the listeners stop accepting first, the workers finish or abort their
 associations, and the writer drains its last batch.
 """
@@ -56,6 +58,7 @@ def render(config: NodeConfig, config_path: Path, *, python: str | None = None, 
                 f"pidfile={run_dir / 'supervisord.pid'}",
                 f"childlogdir={run_dir}",
                 "loglevel=info",
+                *([f'environment=PROMETHEUS_MULTIPROC_DIR="{metrics_dir(config)}"'] if config.metrics.enabled else []),
                 "",
                 "[unix_http_server]",
                 f"file={run_dir / 'supervisor.sock'}",
@@ -75,4 +78,11 @@ def render(config: NodeConfig, config_path: Path, *, python: str | None = None, 
     ]
     for lc in config.listeners:
         sections.append(program(f"listener-{lc.key}", f"{base} listener {conf} --listener {lc.key}", 300, log_to=log_to))
+    if config.metrics.enabled:
+        sections.append(program("metrics", f"{base} metrics {conf}", 50, log_to=log_to))
     return "\n".join(sections)
+
+
+def metrics_dir(config: NodeConfig) -> Path:
+    """Where every process of the node writes its Prometheus counters (emptied at start)."""
+    return config.run_dir / "metrics"

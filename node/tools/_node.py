@@ -30,7 +30,7 @@ from pathlib import Path
 from node import config as configuration
 from node.config import ListenerConfig, NodeConfig
 from node.errors import ConfigError
-from node.supervision import render
+from node.supervision import metrics_dir, render
 
 READY_TIMEOUT_S = 60.0
 
@@ -90,6 +90,7 @@ def run_node(
     *,
     on_ready: Callable[[Started], None] | None = None,
     temporary_run_dir: bool = False,
+    reload: Callable[[], NodeConfig] | None = None,
 ) -> int:
     """Run the node until a signal stops it; return the exit status."""
     config = resolve(config, temporary_run_dir=temporary_run_dir)
@@ -99,15 +100,18 @@ def run_node(
         configuration.dump(config, config_path)
         conf = config.run_dir / "supervisord.conf"
         conf.write_text(render(config, config_path))
+        shutil.rmtree(metrics_dir(config), ignore_errors=True)  # counters start at zero with the node
         for lc in config.listeners:
             config.ready_path(lc).unlink(missing_ok=True)
-        return _supervise(config, conf, on_ready)
+        return _supervise(config, conf, on_ready, reload)
     finally:
         if temporary_run_dir:
             shutil.rmtree(config.run_dir, ignore_errors=True)
 
 
-def _supervise(config: NodeConfig, conf: Path, on_ready: Callable[[Started], None] | None) -> int:
+def _supervise(
+    config: NodeConfig, conf: Path, on_ready: Callable[[Started], None] | None, reload: Callable[[], NodeConfig] | None = None
+) -> int:
     proc = subprocess.Popen(
         [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
         preexec_fn=_die_with_parent,
@@ -123,11 +127,23 @@ def _supervise(config: NodeConfig, conf: Path, on_ready: Callable[[Started], Non
             pass
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    hup = {"pending": False}
+    if reload is not None:  # SIGHUP: re-read the configuration (node/tools/reload.py), keep serving
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _s, _f: hup.update(pending=True))
     try:
         ports = _await_ready(config, proc, stopping)
         if ports is not None and on_ready is not None:
             on_ready(Started(config, ports))
-        proc.wait()
+        while proc.poll() is None:
+            if hup["pending"] and reload is not None and not stopping["signal"]:
+                from node.tools import reload as reloading
+
+                hup["pending"] = False
+                config = reloading.reload(config, reload)
+            try:
+                proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                pass
     finally:
         if proc.poll() is None:
             proc.terminate()

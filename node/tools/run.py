@@ -7,13 +7,14 @@ modules are imported only here, so the rest of ``node`` never depends on them.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
 from node import config as configuration
 from node.errors import ConfigError, NodeError
 
-ACTORS = ("listener", "worker", "writer", "tracker")
+ACTORS = ("listener", "worker", "writer", "tracker", "metrics")
 
 
 def main(argv: list[str]) -> int:
@@ -32,6 +33,7 @@ def main(argv: list[str]) -> int:
             return 2
         path = Path(rest[i + 1])
         del rest[i : i + 2]
+        os.environ["NODECTL_CONFIG"] = str(path)  # actors/reload.py re-reads the same file on SIGHUP
     try:
         config = configuration.load(path)
         module = importlib.import_module(f"actors.{actor}")

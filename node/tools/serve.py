@@ -82,7 +82,7 @@ def main(argv: list[str]) -> int:
             config_path = opts.config.resolve() if opts.config else Path("/etc/nodectl/node.toml")
             print(render(config, config_path, python="nodectl", log_to="/var/log/nodectl/%(program_name)s.log").replace("nodectl -m node.cli", "nodectl"))
             return 0
-        return run_node(config, on_ready=announce)
+        return run_node(config, on_ready=announce, reload=lambda: build_config(opts))
     except ConfigError as exc:
         print(f"nodectl serve: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,245 @@
+"""Prometheus metrics of a node: the hooks the actors wear, and the scrape endpoint.
+
+Every process of a node counts into one directory (``PROMETHEUS_MULTIPROC_DIR`` =
+``<run_dir>/metrics``, set by the generated supervisord.conf when ``[metrics] enabled``),
+prometheus-client's multiprocess mode; the ``metrics`` program (``nodectl run metrics``)
+sums those files and adds what is cheaper to ask at scrape time than to count: processes
+and restarts (supervisord), associations in progress (each listener), instances and
+commitment transactions by state (the database). One endpoint per node covers it all.
+
+Hooks are decorators, so an actor carries one line per hook and no metrics code:
+
+* listener ``Listener.hand_off`` / ``reject_busy``: ``nodectl_associations_total{listener,outcome}``
+* worker ``Worker._store``: ``nodectl_cstore_total{status}``, ``nodectl_cstore_bytes_total``,
+  ``nodectl_cstore_seconds`` (dataset received to status decided, the durable write included)
+* writer ``Writer._write``: ``nodectl_durable_ack_seconds`` (the worker's WriteInstance sent
+  to the file fsynced, renamed and indexed)
+
+Without the environment variable (threads of one process: stcomscu, tests) the same
+metrics count in the process's default registry and nothing is written to disk.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # before prometheus_client reads it
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+from prometheus_client import Counter, Histogram  # noqa: E402
+
+log = logging.getLogger("actors.metrics")
+
+F = TypeVar("F", bound=Callable[..., Any])
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+ASSOCIATIONS = Counter("nodectl_associations_total", "Connections handed to a worker (accepted) or answered A-ASSOCIATE-RJ at the limit (rejected)", ["listener", "outcome"])
+CSTORE = Counter("nodectl_cstore_total", "C-STORE requests answered, by status class (success, warning, failure)", ["status"])
+CSTORE_BYTES = Counter("nodectl_cstore_bytes_total", "Dataset bytes received in C-STORE requests")
+CSTORE_SECONDS = Histogram("nodectl_cstore_seconds", "C-STORE handling time: dataset received to status decided", buckets=LATENCY_BUCKETS)
+DURABLE_SECONDS = Histogram("nodectl_durable_ack_seconds", "WriteInstance sent by a worker to the instance fsynced, renamed and indexed", buckets=LATENCY_BUCKETS)
+
+
+def status_class(status: int) -> str:
+    """PS3.7 C.4.2: 0x0000 success, 0xB000/0x0107/0x0116 warnings, anything else failure."""
+    if status == 0:
+        return "success"
+    if status in (0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF:
+        return "warning"
+    return "failure"
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def handed_off(func: F) -> F:
+    """Listener.hand_off: count an accepted association per listener."""
+
+    @functools.wraps(func)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        handed = func(self, *args, **kwargs)
+        if handed:
+            ASSOCIATIONS.labels(self.lc.key, "accepted").inc()
+        return handed
+
+    return wrapper  # type: ignore[return-value]
+
+
+def rejected(func: F) -> F:
+    """Listener.reject_busy: count an association refused at the node's limit."""
+
+    @functools.wraps(func)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        ASSOCIATIONS.labels(self.lc.key, "rejected").inc()
+        return func(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def c_store(func: F) -> F:
+    """Worker._store(event, live) -> status: count, bytes and time of each C-STORE."""
+
+    @functools.wraps(func)
+    def wrapper(self: Any, event: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        size = _spool_size(event)
+        status = func(self, event, *args, **kwargs)
+        CSTORE_SECONDS.observe(time.monotonic() - started)
+        CSTORE.labels(status_class(int(status))).inc()
+        CSTORE_BYTES.inc(size)
+        return status
+
+    return wrapper  # type: ignore[return-value]
+
+
+def durable_writes(func: F) -> F:
+    """Writer._write(requests) -> replies: how long each written instance waited for durability."""
+
+    @functools.wraps(func)
+    def wrapper(self: Any, requests: list[Any], *args: Any, **kwargs: Any) -> Any:
+        replies = func(self, requests, *args, **kwargs)
+        now = time.time()
+        for request, (_identity, message, _corr) in zip(requests, replies):
+            if getattr(message, "kind", "") == "instance.written":
+                DURABLE_SECONDS.observe(max(0.0, now - request.envelope.sent))
+        return replies
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _spool_size(event: Any) -> int:
+    """The received dataset's size (the spool file pynetdicom wrote), 0 when unknown."""
+    try:
+        return os.path.getsize(event.dataset_path)
+    except (AttributeError, OSError, TypeError):
+        return 0
+
+
+# --------------------------------------------------------------------------- the endpoint
+
+
+class NodeCollector:
+    """Scrape-time metrics: processes, restarts, associations, instances, commitment states."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        from node.tools import status
+
+        up = GaugeMetricFamily("nodectl_process_up", "1 when supervisord reports the process RUNNING", labels=["process"])
+        restarts = CounterMetricFamily("nodectl_process_restarts", "Times supervisord restarted the process (workers included)", labels=["process"])
+        try:
+            for proc in status.processes(self.config.run_dir):
+                up.add_metric([proc["name"]], 1.0 if proc["state"] == "RUNNING" else 0.0)
+                restarts.add_metric([proc["name"]], float(proc["restarts"]))
+        except OSError as exc:
+            log.warning("supervisord not reachable: %s", exc)
+        yield up
+        yield restarts
+        yield from self._associations(status)
+        yield from self._database(status)
+
+    def _associations(self, status: Any) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        active = GaugeMetricFamily("nodectl_associations_active", "Associations in progress, per listener", labels=["listener"])
+        for entry in status.listeners(self.config):
+            if "error" not in entry:
+                active.add_metric([str(entry["listener"])], float(entry["associations"]))
+        yield active
+
+    def _database(self, status: Any) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        counts = status.database(self.config)
+        instances = GaugeMetricFamily("nodectl_instances", "Instances in the index (the whole cluster's on PostgreSQL)")
+        txns = GaugeMetricFamily("nodectl_commitment_transactions", "Storage Commitment transactions started, by state", labels=["state"])
+        outbox = GaugeMetricFamily("nodectl_commitment_outbox", "Storage Commitment reports owed, by state", labels=["state"])
+        if "error" not in counts:
+            instances.add_metric([], float(counts["instances"]))
+            for state, n in counts["transactions"].items():
+                txns.add_metric([state], float(n))
+            for state, n in counts["outbox"].items():
+                outbox.add_metric([state], float(n))
+        yield instances
+        yield txns
+        yield outbox
+
+
+def forget_dead(directory: str) -> int:
+    """Drop live-gauge files of processes that are gone (prometheus-client's mark_process_dead)."""
+    from prometheus_client import multiprocess
+
+    removed = 0
+    for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
+        match = re.search(r"_(\d+)\.db$", path)
+        if match and not _alive(int(match.group(1))):
+            multiprocess.mark_process_dead(int(match.group(1)), directory)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def registry(config: Any) -> Any:
+    """The scrape registry: every process's counters (multiprocess files) and NodeCollector."""
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    reg = CollectorRegistry()
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        multiprocess.MultiProcessCollector(reg, path=directory)
+    else:  # one process (threads): its own counters, also in prometheus-client's default registry
+        for collector in (ASSOCIATIONS, CSTORE, CSTORE_BYTES, CSTORE_SECONDS, DURABLE_SECONDS):
+            reg.register(collector)
+    reg.register(NodeCollector(config))
+    return reg
+
+
+def run(config: Any, stop: threading.Event) -> int:
+    """Serve ``/metrics`` on ``[metrics] host:port`` until ``stop``."""
+    from prometheus_client import start_http_server
+
+    cfg = config.metrics
+    server, thread = start_http_server(cfg.port, addr=cfg.host, registry=registry(config))
+    port = server.server_address[1]
+    (config.run_dir / "metrics.ready").write_text(f"{cfg.host} {port}\n")
+    log.info("metrics ready: http://%s:%d/metrics", cfg.host, port)
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    try:
+        while not stop.wait(5.0):
+            if directory:
+                forget_dead(directory)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    return 0
+
+
+def main(config: Any, args: list[str]) -> int:
+    """Entry point for ``nodectl run metrics``."""
+    from actors import _bus
+
+    stop = threading.Event()
+    _bus.stop_on_signals(stop)
+    return run(config, stop)

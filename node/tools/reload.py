@@ -1,0 +1,88 @@
+"""``nodectl serve`` on SIGHUP: apply a changed configuration without dropping associations.
+
+1. Re-read the configuration (same file, environment and options as at start); refuse it,
+   keeping the running one, when it is invalid or names a port that cannot be bound.
+2. Rewrite ``<run_dir>/node.toml`` and ``supervisord.conf``.
+3. supervisord ``reloadConfig`` (what ``supervisorctl reread`` does), then ``update``:
+   programs removed are stopped and removed (a listener: its port closes, associations it
+   handed to workers go on), programs added are started (a new listener), programs changed
+   are stopped and started again (the worker group when the worker count changed: each
+   worker drains like on shutdown, its associations get up to 10 s to end).
+4. SIGHUP to the tracker and the listeners, which re-read the file (``actors/reload.py``).
+
+Unchanged: the run directory, the ``[supervisord]`` section (``[metrics] enabled`` needs a
+restart for the multiprocess directory), and running workers and writer (their settings
+apply when they next start).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from node import config as configuration
+from node.config import NodeConfig
+from node.errors import ConfigError
+from node.supervision import render
+
+LIVE_GROUPS = ("tracker", "listener-")  # programs that apply a SIGHUP (the others would exit)
+
+
+def supervisor(run_dir: Path) -> Any:
+    """An XML-RPC proxy to the node's supervisord (its Unix socket in the run directory)."""
+    from xmlrpc.client import ServerProxy
+
+    from supervisor.xmlrpc import SupervisorTransport
+
+    transport = SupervisorTransport(None, None, serverurl=f"unix://{run_dir / 'supervisor.sock'}")
+    return ServerProxy("http://127.0.0.1", transport=transport)
+
+
+def prepare(running: NodeConfig, fresh: NodeConfig) -> NodeConfig:
+    """The new effective configuration, in the running node's run directory; ConfigError if unusable."""
+    from node.tools._node import _check_bind, resolve
+
+    fresh = replace(resolve(fresh), run_dir=running.run_dir)
+    fresh = configuration.validate(fresh)
+    bound = {lc.key: lc for lc in running.listeners}
+    for lc in fresh.listeners:
+        old = bound.get(lc.key)
+        if old is None or (old.host, old.port) != (lc.host, lc.port):
+            _check_bind(lc)
+    return fresh
+
+
+def apply(running: NodeConfig, fresh: NodeConfig) -> NodeConfig:
+    """Write the files, update supervisord, signal the live-reloading actors; return ``fresh``."""
+    fresh = prepare(running, fresh)
+    config_path = fresh.run_dir / "node.toml"
+    configuration.dump(fresh, config_path)
+    (fresh.run_dir / "supervisord.conf").write_text(render(fresh, config_path))
+    rpc = supervisor(fresh.run_dir).supervisor
+    [[added, changed, removed]] = rpc.reloadConfig()
+    for name in removed + changed:
+        rpc.stopProcessGroup(name, True)
+        rpc.removeProcessGroup(name)
+    for name in changed + added:
+        rpc.addProcessGroup(name)
+    signalled = []
+    for info in rpc.getAllProcessInfo():
+        if info["group"].startswith(LIVE_GROUPS) and info["group"] not in added + changed and info["statename"] == "RUNNING":
+            rpc.signalProcess(f"{info['group']}:{info['name']}", "HUP")
+            signalled.append(info["name"])
+    print(f"nodectl: configuration reloaded: added {added or '-'}, restarted {changed or '-'}, removed {removed or '-'},"
+          f" signalled {signalled or '-'}", file=sys.stderr, flush=True)
+    return fresh
+
+
+def reload(running: NodeConfig, load: Any) -> NodeConfig:
+    """SIGHUP's whole job; on any failure the running configuration stays and the reason is printed."""
+    try:
+        return apply(running, load())
+    except (ConfigError, OSError) as exc:
+        print(f"nodectl: reload refused, configuration unchanged: {exc}", file=sys.stderr, flush=True)
+    except Exception as exc:  # an XML-RPC fault from supervisord: report it, keep serving
+        print(f"nodectl: reload failed part way ({type(exc).__name__}: {exc}); see supervisord.log", file=sys.stderr, flush=True)
+    return running
