@@ -1,12 +1,13 @@
 """Live reload (SIGHUP) of the settings an actor can apply without dropping anything.
 
-``nodectl serve`` on SIGHUP rewrites the effective configuration and signals the tracker and
-the listeners (supervisord ``signalProcess``); each re-reads the file between two turns of
+``nodectl serve`` on SIGHUP rewrites the effective configuration and signals the tracker,
+the listeners and the workers (supervisord ``signalProcess``); each re-reads the file between two turns of
 its loop. What they apply live: the tracker its ``[[peers]]`` and ``[commitment]`` settings
-(its state is in the database), a listener its ``[network]`` limits (``max_associations``).
-Associations in progress are not touched. Workers and the writer are not signalled (their
-settings take effect when they next start); programs added or removed (a listener, the
-worker count) are supervisord's ``reread``/``update`` in ``node.tools._node``.
+(its state is in the database), a listener its ``[network]`` limits (``max_associations``),
+a worker the listener list (it announces itself to listeners a reload added). Associations
+in progress are not touched. The writer is not signalled, and a worker's other settings take
+effect when it next starts; programs added or removed (a listener, the worker count) are
+supervisord's ``reread``/``update`` in ``node.tools.reload``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from node import config as configuration
 from node.config import NodeConfig
@@ -45,3 +49,29 @@ def reread(current: NodeConfig, flag: threading.Event) -> NodeConfig:
         return current
     log.info("configuration reloaded from %s", path or "the embedded defaults")
     return fresh
+
+
+
+def new_listeners(worker: Any, known: dict[str, Any], flag: threading.Event, connect: Callable[[str], Any]) -> dict[str, Any]:
+    """A worker on SIGHUP: take the file's listener list, return sockets to the listeners it lacked.
+
+    Only the listener list changes; every other setting of a running worker stays as it
+    started (its associations were negotiated with them). A removed listener's socket stays
+    open and unused: messages to it are dropped, never block.
+    """
+    flag.clear()
+    worker.config = with_listeners(worker.config)
+    added = {lc.key: connect(lc.key) for lc in worker.config.listeners if lc.key not in known}
+    log.info("listeners reloaded: %s new", ", ".join(added) or "none")
+    return added
+
+
+def with_listeners(current: NodeConfig) -> NodeConfig:
+    """``current`` with the listener list of the configuration file as it is now."""
+    path = os.environ.get("NODECTL_CONFIG")
+    try:
+        fresh = configuration.load(Path(path) if path else None)
+    except ConfigError as exc:
+        log.error("cannot re-read the listeners: %s", exc)
+        return current
+    return replace(current, listeners=fresh.listeners)

@@ -32,7 +32,7 @@ from typing import Any
 import zmq
 
 from actors import _bus, commitment_io
-from actors import metrics
+from actors import metrics, reload
 from node.config import ListenerConfig, NodeConfig
 from node.errors import NodeError, STATUS_OUT_OF_RESOURCES, MessageError
 from node.messages import AssociationEnded, ErrorReply, HandOff, InstanceWritten, WorkerReady, unpack
@@ -450,8 +450,11 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
     last_beat = 0.0
     last_capacity = -1
     log.info("%s ready: handoff=%s", worker.name, handoff_path)
+    hup = reload.on_sighup()
     try:
         while not stop.is_set():
+            if hup.is_set():  # SIGHUP: serve listeners a reload added (actors/reload.py)
+                listeners.update(reload.new_listeners(worker, listeners, hup, lambda key: _bus.dealer(ctx, config.endpoint(f"listener-{key}"), identity=worker.name)))
             readable, _, _ = select.select([server, *conns, *worker.pending], [], [], 0.1)
             ended: list[HandOff] = []
             for sock in readable:

@@ -8,11 +8,12 @@
    handed to workers go on), programs added are started (a new listener), programs changed
    are stopped and started again (the worker group when the worker count changed: each
    worker drains like on shutdown, its associations get up to 10 s to end).
-4. SIGHUP to the tracker and the listeners, which re-read the file (``actors/reload.py``).
+4. SIGHUP to the tracker, the listeners and the workers, which re-read the file
+   (``actors/reload.py``).
 
 Unchanged: the run directory, the ``[supervisord]`` section (``[metrics] enabled`` needs a
-restart for the multiprocess directory), and running workers and writer (their settings
-apply when they next start).
+restart for the multiprocess directory), the writer, and a running worker's settings other
+than the listener list (they apply when it next starts).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from node.config import NodeConfig
 from node.errors import ConfigError
 from node.supervision import render
 
-LIVE_GROUPS = ("tracker", "listener-")  # programs that apply a SIGHUP (the others would exit)
+LIVE_GROUPS = ("tracker", "listener-", "worker")  # programs that apply a SIGHUP (the writer would exit)
 
 
 def supervisor(run_dir: Path) -> Any:

@@ -57,6 +57,9 @@ def test_sighup_adds_and_removes_a_listener_without_dropping_an_association(tmp_
         wait_for_port(second, timeout=20)
         wait_until(lambda: node.log().count("configuration reloaded from") >= 2, 10, "tracker and listener to re-read the file")
         assert assoc.is_established and assoc.send_c_echo().Status == 0
+        other = ae.associate("127.0.0.1", second, ae_title="NODE")  # the worker learns of the new listener
+        assert other.is_established and other.send_c_echo().Status == 0
+        other.release()
         effective = configuration.load_file(configuration.short_run_dir(tmp_path / "run") / "node.toml")
         assert [lc.port for lc in effective.listeners] == [first, second] and effective.network.max_associations == 32
 
