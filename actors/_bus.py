@@ -148,3 +148,13 @@ def setup_logging(actor: str, level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     # pynetdicom logs every PDU at INFO/DEBUG; keep it quieter than our own lines.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    if root.level > logging.DEBUG:
+        logging.getLogger("pynetdicom").addFilter(_without_traceback)
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """pynetdicom logs a traceback for every undecodable PDU a peer sends: keep the line, drop
+    the traceback (above DEBUG), so a hostile peer cannot fill the disk with stack traces."""
+    record.exc_info = None
+    record.exc_text = None
+    return True

@@ -92,6 +92,7 @@ class Worker:
         from pynetdicom import _config
 
         _config.STORE_RECV_CHUNKED_DATASET = True
+        _quick_ack_socket_class().max_pdu = pdu_read_limit(self.config.network.max_pdu_receive)
         _config.UNRESTRICTED_STORAGE_SERVICE = self.config.services.accept_unknown
         _follow_requestor_order({rule.abstract_syntax for rule in self.rules if rule.transfer_syntaxes == ANY})
         commitment_io.install_role_check(lambda: self.config.commitment.role_reject)
@@ -143,6 +144,7 @@ class Worker:
         live = _Live(assoc=assoc, handoff=handoff)
         assoc.bind(evt.EVT_C_STORE, self._on_store, [live])
         assoc.bind(evt.EVT_REJECTED, self._on_rejected, [live])
+        assoc.bind(evt.EVT_CONN_CLOSE, _wake_acceptor_on_close)
         if self.config.network.max_pdu_send:
             assoc.bind(evt.EVT_ESTABLISHED, _cap_send_pdu, [self.config.network.max_pdu_send])
         self._bind_commitment(assoc, live)
@@ -328,8 +330,14 @@ def _quick_ack_socket_class() -> Any:
     from pynetdicom.transport import AssociationSocket
 
     class QuickAckSocket(AssociationSocket):  # type: ignore[misc]
+        # A PDU length is the peer's claim: a 4 GiB one must not make us allocate 4 GiB.
+        max_pdu = 1 << 20
+
         def recv(self, nr_bytes: int) -> bytearray:
             sock = self.socket
+            if nr_bytes > self.max_pdu:
+                # pynetdicom turns OSError into "transport connection closed" (Evt17).
+                raise OSError(f"peer announced a {nr_bytes}-byte PDU, over the {self.max_pdu}-byte limit")
             buf = bytearray(nr_bytes)
             view = memoryview(buf)
             got = 0
@@ -347,6 +355,27 @@ def _quick_ack_socket_class() -> Any:
 
     _QUICK_ACK_CLASS = QuickAckSocket
     return QuickAckSocket
+
+
+def _wake_acceptor_on_close(event: Any) -> None:
+    """EVT_CONN_CLOSE before an A-ASSOCIATE-RQ was decoded: end the association now.
+
+    pynetdicom's acceptor waits for the request primitive for the whole ACSE timeout even
+    when the DUL has already seen garbage, an abort or EOF; a peer sending junk would hold a
+    slot (and a thread) for 30 s each time. ``None`` is what that wait returns on timeout.
+    """
+    assoc = event.assoc
+    if assoc.requestor.primitive is None:
+        assoc.dul.to_user_queue.put(None)
+
+
+def pdu_read_limit(max_pdu_receive: int) -> int:
+    """The largest PDU body we read: 4x what we advertise (a compliant P-DATA is never larger;
+    an A-ASSOCIATE-RQ with user identity can be), at least 1 MiB, 64 MiB when unlimited (0).
+    Anything longer is refused before a byte of it is buffered."""
+    if max_pdu_receive <= 0:
+        return 1 << 26
+    return max(4 * max_pdu_receive, 1 << 20)
 
 
 def _cap_send_pdu(event: Any, cap: int) -> None:

@@ -25,6 +25,8 @@ File layout (every key optional; the embedded defaults run a node on port 11112)
     [network] PDU sizes, timeouts, TCP options, association limit
     [services] accept_unknown, sop_classes, verification transfer syntaxes
     [bus]     explicit endpoints (tcp://...) overriding the ones derived from run_dir
+    [tls]     certificate, key, ca, protocols, ciphers, require_client_cert (PEM files)
+    [access]  allowed = { CALLED = ["CALLING", ...] }: calling AE titles per called AE title
     [metrics] enabled, host, port: the node's Prometheus endpoint (docs/operations.md)
 
 Environment: ``NODECTL_CONFIG`` names the file; ``NODECTL_AET``, ``NODECTL_PORT``,
@@ -62,6 +64,7 @@ class ListenerConfig:
     aet: str = ""
     accept: tuple[str, ...] = ()
     name: str = ""
+    tls: bool = False  # wrap this listener's associations in TLS ([tls] section)
 
     @property
     def key(self) -> str:
@@ -103,6 +106,8 @@ class NetworkConfig:
     receive_buffer: int = 0
     tcp_nodelay: bool = True
     write_timeout: float = 30.0
+    max_associations_per_aet: int = 0  # node-wide cap per calling AE title (0 = none)
+    max_pending: int = 256  # per worker: connected peers that have not sent their A-ASSOCIATE-RQ yet
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,35 @@ class ServicesConfig:
     sop_classes: str = ""
     verification_transfer_syntaxes: tuple[str, ...] = (IMPLICIT_VR_LE,)
     commitment_only: bool = False  # accept Verification and Storage Commitment only (stcomscu)
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS for listeners with ``tls = true`` (dcm4che storescp's --tls options, PEM files).
+
+    ``protocols`` are ssl.TLSVersion names (TLSv1.2, TLSv1.3); ``ciphers`` an OpenSSL cipher
+    string for TLS 1.2 (TLS 1.3 suites are OpenSSL's); ``ca`` the trust store for client
+    certificates, required when ``require_client_cert``.
+    """
+
+    certificate: str = ""
+    key: str = ""
+    ca: str = ""
+    protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
+    ciphers: str = ""
+    require_client_cert: bool = False
+    handshake_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    """Calling AE titles allowed per called AE title: ``[access.allowed] NODE = ["MOD1"]``.
+
+    A called AE title not in the table is open to every calling AE (the listener's own
+    ``accept`` list still applies); refusals are answered A-ASSOCIATE-RJ (1, 1, 3).
+    """
+
+    allowed: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -181,6 +215,8 @@ class NodeConfig:
     peers: tuple[PeerConfig, ...] = ()
     commitment: CommitmentConfig = CommitmentConfig()
     metrics: MetricsConfig = MetricsConfig()
+    tls: TlsConfig = TlsConfig()
+    access: AccessConfig = AccessConfig()
 
     def peer(self, aet: str) -> PeerConfig | None:
         """The ``[[peers]]`` entry of an AE title (last one wins), or None."""
@@ -221,6 +257,8 @@ SECTIONS: dict[str, type] = {
     "bus": BusConfig,
     "commitment": CommitmentConfig,
     "metrics": MetricsConfig,
+    "tls": TlsConfig,
+    "access": AccessConfig,
 }
 _NODE_KEYS = {"aet", "directory", "database", "workers", "run_dir", "transport", "log_level", "log_format"}
 
@@ -286,7 +324,18 @@ def from_mapping(data: Mapping[str, Any], base_dir: Path = Path(".")) -> NodeCon
     for section, cls in SECTIONS.items():
         if section in data:
             kwargs[section] = _build(cls, data[section], section)
+    if "tls" in kwargs:
+        kwargs["tls"] = _tls_paths(kwargs["tls"], base_dir)
+    if "access" in kwargs:
+        kwargs["access"] = AccessConfig(allowed={str(k): tuple(v) if isinstance(v, list) else (v,) for k, v in kwargs["access"].allowed.items()})
     return validate(NodeConfig(**kwargs))
+
+
+def _tls_paths(tls: TlsConfig, base_dir: Path) -> TlsConfig:
+    """Certificate, key and CA paths relative to the config file's directory."""
+    updates = {name: str(base_dir / value) for name in ("certificate", "key", "ca")
+               if (value := getattr(tls, name)) and not Path(value).is_absolute()}
+    return replace(tls, **updates) if updates else tls
 
 
 def _build_peer(table: Mapping[str, Any]) -> PeerConfig:
@@ -326,6 +375,8 @@ def to_mapping(config: NodeConfig) -> dict[str, Any]:
                 value = str(value)
             elif isinstance(value, tuple):
                 value = list(value)
+            elif isinstance(value, dict):
+                value = {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
             out[f.name] = value
         return out
 
@@ -413,7 +464,25 @@ def validate(config: NodeConfig) -> NodeConfig:
         raise ConfigError(f"store.duplicates must be overwrite, keep or reject, not {config.store.duplicates!r}")
     if not 0 <= config.store.status <= 0xFFFF:
         raise ConfigError(f"store.status {config.store.status} is not a 16-bit status")
+    _validate_security(config)
     return config
+
+
+def _validate_security(config: NodeConfig) -> None:
+    """TLS listeners need a certificate and key; access tables hold AE titles; caps are >= 0."""
+    if any(lc.tls for lc in config.listeners) and not (config.tls.certificate and config.tls.key):
+        raise ConfigError("a listener has tls = true but [tls] certificate and key are not both set")
+    if config.tls.require_client_cert and not config.tls.ca:
+        raise ConfigError("[tls] require_client_cert needs ca (the trust store for client certificates)")
+    for name in config.tls.protocols:
+        if name not in ("TLSv1", "TLSv1_1", "TLSv1_2", "TLSv1_3", "TLSv1.1", "TLSv1.2", "TLSv1.3"):
+            raise ConfigError(f"[tls] protocols: unknown {name!r} (TLSv1.2, TLSv1.3)")
+    for called, callers in config.access.allowed.items():
+        check_aet(called)
+        for aet in callers:
+            check_aet(aet)
+    if config.network.max_associations_per_aet < 0 or config.network.max_pending < 1:
+        raise ConfigError("network.max_associations_per_aet must be >= 0 and max_pending >= 1")
 
 
 def check_aet(aet: str, *, allow_empty: bool = False) -> str:

@@ -8,6 +8,7 @@ writer, or a ``NodeError`` carrying the DIMSE status to answer with.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -21,6 +22,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom import uid as uids
 
 from node.config import NodeConfig
+from node.dataset_walk import check_complete
 from node.errors import ConfigError, DatasetError, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
 from node.messages import WriteInstance
 from node.paths import FilePathPattern, relative_path_for
@@ -141,6 +143,8 @@ def read_spooled(path: str) -> tuple[Dataset, int]:
         with open(path, "rb") as fh:
             ds = dcmread(fh, stop_before_pixels=True, defer_size=64 * 1024, force=False)
             offset = _dataset_offset(fh)
+            # Parsing stops before Pixel Data: check that every value arrived in full.
+            check_complete(fh, offset, os.fstat(fh.fileno()).st_size, str(ds.file_meta.get("TransferSyntaxUID", "")))
     except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, OverflowError) as exc:
         raise DatasetError(f"dataset cannot be parsed: {exc}", status=STATUS_CANNOT_UNDERSTAND) from None
     except OSError as exc:

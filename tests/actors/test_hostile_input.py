@@ -1,0 +1,165 @@
+"""Hostile input against a running node: fuzzed PDUs, broken datasets, silent peers.
+
+One node (``nodectl serve``, 2 workers) serves the module. After hostile traffic it must still
+answer C-ECHO, none of its processes may have been restarted (a crash is a finding), and no
+process may have grown beyond a bound (RSS before/after, psutil). Path patterns fed hostile
+values are in tests/tools/test_storescp.py; the long fuzz run is ``python -m tests.fuzz_pdu``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests import fuzz_pdu
+from tests.nodes import RunningNode, serve
+from tests.support import dataset_bytes, have, make_ct
+
+pytestmark = pytest.mark.skipif(not have("/usr/bin/storescu"), reason="DCMTK not installed (tests.nodes serve)")
+
+REPO = Path(__file__).parents[2]
+RSS_SLACK = 64 * 2**20  # what any process may grow by during a run (caches, thread stacks)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
+    tmp = tmp_path_factory.mktemp("hostile")
+    (tmp / "node.toml").write_text("[network]\nrequest_timeout_ms = 5000\n")
+    running = serve(tmp, "--config", str(tmp / "node.toml"), workers=2)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def actor_rss(node: RunningNode) -> dict[int, int]:
+    """RSS of every actor process (not nodectl or supervisord) by PID."""
+    return fuzz_pdu.rss({p.pid for p in node.children("node.cli run")})
+
+
+def assert_healthy(node: RunningNode, before: dict[int, int]) -> dict[int, int]:
+    """Same PIDs (nothing crashed), C-ECHO answered, no process grew past the slack."""
+    assert fuzz_pdu.echo_ok(node.port), "the node stopped answering C-ECHO"
+    after = actor_rss(node)
+    assert set(after) == set(before), f"actors restarted: {set(before) ^ set(after)}\n{node.log()[-3000:]}"
+    for pid, size in after.items():
+        assert size <= before[pid] + RSS_SLACK, f"pid {pid} grew from {before[pid] >> 20} to {size >> 20} MiB"
+    return after
+
+
+# ----- PDU fuzzing ---------------------------------------------------------------------------
+
+
+def test_fuzzed_pdus_leave_the_node_answering_with_flat_memory(node: RunningNode) -> None:
+    before = actor_rss(node)
+    started = time.monotonic()
+    done = fuzz_pdu.run_cases(node.port, cases=400, budget=45.0)
+    after = assert_healthy(node, before)
+    print(f"fuzz: {done} cases in {time.monotonic() - started:.1f} s, RSS {sum(before.values()) >> 20} -> {sum(after.values()) >> 20} MiB")
+    assert done >= 100
+
+
+@pytest.mark.slow
+def test_one_hundred_thousand_fuzzed_pdus(node: RunningNode) -> None:
+    before = actor_rss(node)
+    started = time.monotonic()
+    done = fuzz_pdu.run_cases(node.port, cases=100_000, budget=3600.0)
+    after = assert_healthy(node, before)
+    print(f"fuzz: {done} cases in {time.monotonic() - started:.1f} s, RSS {sum(before.values()) >> 20} -> {sum(after.values()) >> 20} MiB")
+
+
+@pytest.mark.parametrize("name", ["huge_rq", "huge_p_data"])
+def test_huge_pdu_length_claims_are_refused_without_allocating(node: RunningNode, name: str) -> None:
+    """A PDU claiming 4 GiB used to make the worker allocate it (bytearray of the claimed size)."""
+    before = actor_rss(node)
+    claim = 0xFFFFFFF0
+    data = fuzz_pdu.pdu(1, b"x" * 64, claim) if name == "huge_rq" else fuzz_pdu.associate_rq() + fuzz_pdu.pdu(4, b"x" * 64, claim)
+    for _ in range(5):
+        fuzz_pdu.send_case(node.port, data)
+    assert_healthy(node, before)
+
+
+# ----- broken datasets -------------------------------------------------------------------------
+
+
+def _raw_store(port: int, path: Path) -> dict:
+    out = subprocess.run([sys.executable, "-m", "tests.raw_store", "127.0.0.1", str(port), str(path), "--aec", "NODE"],
+                         capture_output=True, text=True, timeout=60, cwd=REPO)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _broken(good: Path, kind: str) -> bytes:
+    """The good file's meta followed by a dataset broken in one way."""
+    blob = good.read_bytes()
+    data = dataset_bytes(good)
+    meta = blob[: len(blob) - len(data)]
+    if kind == "truncated_in_pixel_data":
+        return meta + data[: len(data) - 1000]
+    if kind == "truncated_in_header":
+        return meta + data[:200]
+    if kind == "wrong_vr":  # an unknown VR code on (0010,0020) Patient ID
+        return meta + data.replace(b"\x10\x00\x20\x00LO", b"\x10\x00\x20\x00ZZ", 1)
+    if kind == "undefined_length_not_sequence":  # Patient ID with a 4-byte length of 0xFFFFFFFF
+        return meta + b"\x08\x00\x18\x00UN\x00\x00\xff\xff\xff\xff" + data
+    if kind == "unterminated_sequence":
+        return meta + data + b"\x40\x00\x75\x02SQ\x00\x00\xff\xff\xff\xff\xfe\xff\x00\xe0\xff\xff\xff\xff" + b"\x10\x00\x10\x00PN\x04\x00ABCD"
+    if kind == "two_gib_pixel_data":  # Pixel Data claiming 2 GiB of which 16 bytes arrive
+        head = data[: data.index(b"\xe0\x7f\x10\x00")]
+        return meta + head + b"\xe0\x7f\x10\x00OW\x00\x00" + struct.pack("<I", 0x7FFFFFFE) + b"\x00" * 16
+    raise ValueError(kind)
+
+
+BROKEN = ["truncated_in_pixel_data", "truncated_in_header", "wrong_vr", "undefined_length_not_sequence",
+          "unterminated_sequence", "two_gib_pixel_data"]
+
+
+@pytest.mark.parametrize("kind", BROKEN)
+def test_broken_dataset_gets_a_failure_and_nothing_is_stored(node: RunningNode, tmp_path: Path, kind: str) -> None:
+    good = tmp_path / "good.dcm"
+    ds = make_ct(good, pixels=128)
+    broken = tmp_path / f"{kind}.dcm"
+    broken.write_bytes(_broken(good, kind))
+    before = actor_rss(node)
+    report = _raw_store(node.port, broken)
+    status = report["results"][0]["status"] if report.get("results") else None
+    assert status is not None and status >= 0xA000, f"{kind}: status {status!r}"
+    store = node.cwd / "store"
+    assert not [p for p in store.rglob("*") if ds.SOPInstanceUID in p.name and ".incoming" not in p.parts]
+    assert_healthy(node, before)
+
+
+# ----- silent peers --------------------------------------------------------------------------
+
+
+def test_five_hundred_silent_connections_do_not_stop_others(node: RunningNode, tmp_path: Path) -> None:
+    """A peer (from 127.0.0.2) opens 500 connections and says nothing; a C-STORE from another
+    peer still goes through, and the silent ones are closed at the request timeout."""
+    before = actor_rss(node)
+    silent: list[socket.socket] = []
+    try:
+        for _ in range(500):
+            sock = socket.socket()
+            sock.settimeout(5)
+            sock.bind(("127.0.0.2", 0))
+            sock.connect_ex(("127.0.0.1", node.port))
+            silent.append(sock)
+        path = tmp_path / "other.dcm"
+        make_ct(path)
+        started = time.monotonic()
+        report = _raw_store(node.port, path)
+        waited = time.monotonic() - started
+        assert report["association"] == "ok" and report["results"][0]["status"] == 0, report
+        print(f"C-STORE next to 500 silent connections: {waited:.2f} s")
+    finally:
+        for sock in silent:
+            sock.close()
+    assert_healthy(node, before)
