@@ -77,7 +77,8 @@ def _as_user() -> dict[str, object]:
 @contextmanager
 def running_postgres() -> Iterator[Postgres]:
     """initdb, start, wait until it answers, yield; stop by PID and remove the directory."""
-    directory = Path(tempfile.mkdtemp(prefix="nodectl-pg-"))
+    # dir: /tmp itself, not tempfile.tempdir (an in-process worker points that at its spool)
+    directory = Path(tempfile.mkdtemp(prefix="nodectl-pg-", dir="/tmp"))
     drop = _as_user()
     if drop:
         os.chown(directory, drop["user"], drop["group"])  # type: ignore[arg-type]
