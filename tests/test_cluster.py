@@ -19,6 +19,7 @@ import socket
 import subprocess
 import time
 import tomllib
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,7 @@ def node_config(name: str, base: Path, port: int, database: str) -> dict[str, An
     data["listeners"][0].update(port=port, host="127.0.0.1")
     data["peers"] = []
     data["commitment"]["association_timeout"] = 5.0
+    data["metrics"].update(host="127.0.0.1", port=free_port())
     return data
 
 
@@ -203,3 +205,8 @@ def test_report_through_haproxy_to_node_b_completes_a_transaction_waited_for_on_
     assert cluster.query("node-a", uid3) == ("completed", 1, 1, 0)
     assert "woke waiters for transactions completed by another node" in cluster.nodes["node-a"].log()
     print(f"whole scenario: {time.monotonic() - started:.1f} s")
+
+    # Either node's metrics endpoint counts the cluster's transactions (shared database).
+    host, port = (configuration.short_run_dir(cluster.base / "node-b" / "run") / "metrics.ready").read_text().split()
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as rsp:
+        assert 'nodectl_commitment_transactions{state="completed"} 3.0' in rsp.read().decode()
