@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -95,7 +94,7 @@ class TransactionStore:
         self.db = self.index.db
         self.conn = self.db
         # Who holds an outbox lease: host and PID are enough to read a stuck lease in a log.
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = owner or f"{os.uname().nodename}:{os.getpid()}"
 
     @property
     def shared(self) -> bool:
