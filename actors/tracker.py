@@ -349,7 +349,9 @@ class Sender:
 def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = None, ready: threading.Event | None = None) -> int:
     """Serve requests, expire transactions and deliver reports until ``stop``."""
     ctx = ctx or zmq.Context.instance()
-    store = TransactionStore(config.database)
+    # The lease owner names the node, not the process: a restarted tracker takes back at once
+    # the reports its predecessor had claimed; only another node waits for the lease to end.
+    store = TransactionStore(config.database, owner=f"{os.uname().nodename}:{config.run_dir}")
     tracker = Tracker(config, store)
     sender = Sender(config)
     router = _bus.router(ctx, config.endpoint(NAME))

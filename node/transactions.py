@@ -93,7 +93,7 @@ class TransactionStore:
         self.index = Index(database)
         self.db = self.index.db
         self.conn = self.db
-        # Who holds an outbox lease: host and PID are enough to read a stuck lease in a log.
+        # Who holds an outbox lease (the tracker passes host and run directory: one per node).
         self.owner = owner or f"{os.uname().nodename}:{os.getpid()}"
 
     @property
@@ -287,6 +287,8 @@ class TransactionStore:
         left by a tracker that died runs out and the row is claimed again.
         """
         now = now or time.time()
+        if not self._claimable(now):
+            return []  # the common case, answered by a read: no write lock taken every tick
         with self._tx() as conn:
             rows = conn.execute(
                 "SELECT transaction_uid, requester_aet, called_aet, peer_host, request_hash, report, state, attempts,"
@@ -299,6 +301,13 @@ class TransactionStore:
                 [(self.owner, now + lease, r[0]) for r in rows],
             )
         return [_entry(r) for r in rows]
+
+    def _claimable(self, now: float) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM commit_outbox WHERE state = ? AND next_attempt <= ? AND (lease_until <= ? OR lease_owner = ?) LIMIT 1",
+            (Delivery.QUEUED.value, now, now, self.owner),
+        ).fetchone()
+        return row is not None
 
     def ended_since(self, since: float) -> list[Transaction]:
         """Transactions that reached a final state (completed, refused, expired) at or after ``since``."""
