@@ -118,3 +118,23 @@ def test_an_outbox_row_is_claimed_by_one_tracker_only(database: str) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_a_database_from_before_the_cluster_migration_is_upgraded(tmp_path: Path) -> None:
+    """A node's existing SQLite file (schema 2) gains the lease columns when it starts."""
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        for version, statements in MIGRATIONS[:2]:
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        conn.execute("INSERT INTO commit_outbox (transaction_uid, requester_aet, called_aet, request_hash, event_type, report,"
+                     " state, next_attempt, expires, created_at) VALUES ('1.2', 'A', 'B', 'h', 1, '{\"c\": [], \"f\": []}', 'queued', 0, 1e12, 0)")
+    store = TransactionStore(str(path), owner="me")
+    try:
+        assert [e.transaction_uid for e in store.outbox_claim(lease=10, now=1.0)] == ["1.2"]
+    finally:
+        store.close()
