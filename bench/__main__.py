@@ -1,4 +1,4 @@
-"""``python -m bench ingest [--quick]`` | ``python -m bench report RESULTS.json`` | ``python -m bench commit`` | ``python -m bench profile``."""
+"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``memory``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="regenerate docs/benchmarks.md from a results file")
     report.add_argument("results")
     sub.add_parser("commit", help="Storage Commitment round trips (not built yet)")
+    memory = sub.add_parser("memory", help="peak RSS of every node process while one huge instance arrives")
+    memory.add_argument("--size-mib", type=int, default=1024, help="size of the instance (default 1024)")
     prof = sub.add_parser("profile", help="py-spy on nodectl serve's worker and writer during a 5 KiB run")
     prof.add_argument("--files", type=int, default=500, help="5 KiB files per round (default 500)")
     prof.add_argument("--duration", type=int, default=20, help="seconds of recording (default 20)")
@@ -53,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import commit
 
         return commit.main()
+    if opts.command == "memory":
+        from bench import memory
+
+        return memory.main(opts.size_mib)
     if opts.command == "profile":
         from bench import profile
 
