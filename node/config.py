@@ -237,7 +237,9 @@ class NodeConfig:
             return explicit
         if self.transport == "inproc":
             return f"inproc://{name}"
-        if self.transport == "ipc":
+        # A listener and its workers pass descriptors, so they always share a host: their
+        # channel stays ipc:// under transport "tcp"; only writer/tracker/events cross hosts.
+        if self.transport == "ipc" or name.startswith("listener-"):
             return f"ipc://{self.run_dir / name}.ipc"
         raise ConfigError(f"transport {self.transport!r} needs an explicit [bus] {name} endpoint")
 

@@ -181,3 +181,27 @@ def test_many_associations_leave_no_descriptors_behind(tmp_path: Path) -> None:
         wait_until(lambda: worker.num_fds() <= baseline + 4, 10, f"descriptors back near {baseline}")
     finally:
         running.stop()
+
+
+def test_writer_and_tracker_on_tcp_endpoints(tmp_path: Path) -> None:
+    """transport = "tcp": the writer and tracker bind tcp:// (another host could reach them)."""
+    from tests.support import free_port
+
+    writer, tracker, events = free_port(), free_port(), free_port()
+    config = tmp_path / "node.toml"
+    config.write_text(
+        '[node]\ntransport = "tcp"\n[bus]\n'
+        f'writer = "tcp://127.0.0.1:{writer}"\ntracker = "tcp://127.0.0.1:{tracker}"\nevents = "tcp://127.0.0.1:{events}"\n'
+    )
+    running = serve(tmp_path, "--config", str(config), workers=1)
+    try:
+        import psutil as ps
+
+        [writer_proc] = running.children("run writer")
+        assert any(c.laddr.port == writer for c in ps.Process(writer_proc.pid).net_connections(kind="tcp") if c.status == "LISTEN")
+        path = tmp_path / "tcp.dcm"
+        make_ct(path)
+        assert store_ok(running.port, path)
+        assert dataset_bytes(tmp_path / "store" / dcmread(path).SOPInstanceUID) == dataset_bytes(path)
+    finally:
+        running.stop()
