@@ -27,7 +27,7 @@ from actors import _bus
 from actors import metrics, reload
 from node.config import ListenerConfig, NodeConfig
 from node.errors import ConfigError
-from node.messages import AssociationEnded, HandOff, ListenerStatus, Ping, Pong, StatusRequest, WorkerReady, new_id, pack
+from node.messages import AssociationEnded, HandOff, ListenerStatus, NodeLoad, Ping, Pong, StatusRequest, WorkerReady, new_id, pack
 
 log = logging.getLogger("actors.listener")
 
@@ -48,6 +48,16 @@ class WorkerSlot:
     last_seen: float = 0.0
     assocs: set[str] = field(default_factory=set)
     conn: socket.socket | None = None
+    running: int = -1  # associations past their A-ASSOCIATE-RQ, as the worker reported (-1: unknown)
+    aets: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def counted(self) -> int:
+        """What counts against the node's limit: running ones and hand-offs in flight, not
+        connections still silent (a peer holding 500 of them must not lock others out)."""
+        if self.running < 0:
+            return len(self.assocs)
+        return self.running + max(0, self.handed - self.received)
 
     @property
     def room(self) -> int:
@@ -76,6 +86,20 @@ class Listener:
     def active(self) -> int:
         return sum(len(w.assocs) for w in self.workers.values())
 
+    @property
+    def node_active(self) -> int:
+        """Running associations of every worker (each reports its total over all listeners)."""
+        return sum(w.counted for w in self.workers.values())
+
+    def load_for(self, worker: str) -> NodeLoad:
+        """What the other workers run: a worker adds its own to check the node-wide caps."""
+        others = [w for w in self.workers.values() if w.name != worker]
+        aets: dict[str, int] = {}
+        for w in others:
+            for aet, n in w.aets.items():
+                aets[aet] = aets.get(aet, 0) + n
+        return NodeLoad(associations=sum(w.counted for w in others), aets=aets)
+
     def on_message(self, message: object) -> None:
         if isinstance(message, WorkerReady):
             self._on_ready(message)
@@ -97,6 +121,8 @@ class Listener:
             self.workers[msg.worker] = slot
         slot.capacity = msg.capacity
         slot.received = msg.received
+        slot.running = msg.associations
+        slot.aets = dict(msg.aets)
         if msg.handoff:
             slot.handoff = msg.handoff
         slot.last_seen = time.monotonic()
@@ -124,7 +150,7 @@ class Listener:
         return any(w.room > 0 and w.handoff for w in self.workers.values())
 
     def at_limit(self) -> bool:
-        return self.active >= self.config.network.max_associations
+        return self.node_active >= self.config.network.max_associations
 
     @metrics.handed_off
     def hand_off(self, conn: socket.socket, peer: tuple[str, int]) -> bool:
@@ -274,6 +300,17 @@ def _drain_router(router: zmq.Socket, state: Listener) -> None:
             _bus.reply(router, identity, state.status(), sender=state.name, corr=envelope.id)
             continue
         state.on_message(envelope.message)
+        if isinstance(envelope.message, WorkerReady):
+            _send_load(router, identity, state.load_for(envelope.message.worker), state.name)
+
+
+def _send_load(router: zmq.Socket, identity: list[bytes], load: NodeLoad, sender: str) -> None:
+    """Never block on a worker that stopped reading: its next heartbeat brings a fresh one."""
+    try:
+        router.send_multipart([*identity, *pack(load, sender=sender)], flags=zmq.NOBLOCK, copy=False)
+    except zmq.error.ZMQError as exc:
+        if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+            raise
 
 
 def _accept(tcp: socket.socket, state: Listener, config: NodeConfig) -> None:

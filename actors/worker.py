@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import select
 import shutil
 import socket
@@ -35,7 +36,8 @@ from actors import _bus, commitment_io
 from actors import metrics, reload
 from node.config import ListenerConfig, NodeConfig
 from node.errors import NodeError, STATUS_OUT_OF_RESOURCES, MessageError
-from node.messages import AssociationEnded, ErrorReply, HandOff, InstanceWritten, WorkerReady, unpack
+from node.access import AssociateRequest, Refusal, admit
+from node.messages import AssociationEnded, ErrorReply, HandOff, InstanceWritten, NodeLoad, WorkerReady, unpack
 from node.paths import FilePathPattern
 from node.receive import ANY, Received, check_dataset, context_rules, delay_ms, file_meta_bytes, plan_write, read_spooled
 
@@ -56,6 +58,7 @@ class _Live:
     handoff: HandOff
     stores: int = 0
     dealer: zmq.Socket | None = None
+    calling: str | None = None  # set once its A-ASSOCIATE-RQ was admitted (node.access)
 
     def close(self) -> None:
         if self.dealer is not None:
@@ -79,6 +82,13 @@ class Worker:
         self.spool_dir = config.spool_dir / "spool" / self.name
         self._aes: dict[str, Any] = {}
         self._contexts: dict[str, list[Any]] = {}
+        # What the other workers run, as the listeners last told us (node-wide caps).
+        self.load = NodeLoad(associations=0, aets={})
+        self._admit_lock = threading.Lock()
+        # TLS listeners: handshakes run in short threads and report here (issue 7).
+        self.tls_context: Any = None
+        self.handshaking = 0
+        self.handshaken: queue.SimpleQueue[tuple[Any, HandOff]] = queue.SimpleQueue()
 
     # ----- set-up -------------------------------------------------------------------------
 
@@ -93,6 +103,10 @@ class Worker:
 
         _config.STORE_RECV_CHUNKED_DATASET = True
         _quick_ack_socket_class().max_pdu = pdu_read_limit(self.config.network.max_pdu_receive)
+        if any(lc.tls for lc in self.config.listeners):
+            from actors.tls import server_context
+
+            self.tls_context = server_context(self.config.tls)
         _config.UNRESTRICTED_STORAGE_SERVICE = self.config.services.accept_unknown
         _follow_requestor_order({rule.abstract_syntax for rule in self.rules if rule.transfer_syntaxes == ANY})
         commitment_io.install_role_check(lambda: self.config.commitment.role_reject)
@@ -144,6 +158,7 @@ class Worker:
         live = _Live(assoc=assoc, handoff=handoff)
         assoc.bind(evt.EVT_C_STORE, self._on_store, [live])
         assoc.bind(evt.EVT_REJECTED, self._on_rejected, [live])
+        assoc.bind(evt.EVT_REQUESTED, self._on_requested, [live])
         assoc.bind(evt.EVT_CONN_CLOSE, _wake_acceptor_on_close)
         if self.config.network.max_pdu_send:
             assoc.bind(evt.EVT_ESTABLISHED, _cap_send_pdu, [self.config.network.max_pdu_send])
@@ -173,10 +188,47 @@ class Worker:
 
     def _on_rejected(self, event: Any, live: _Live) -> None:
         rq = event.assoc.requestor
+        rj = event.assoc.acceptor.primitive
         log.warning(
-            "assoc=%s rejected: peer=%s calling=%s called=%s",
-            live.handoff.assoc_id, live.handoff.peer_host, rq.ae_title, rq.primitive.called_ae_title if rq.primitive else "?",
+            "assoc=%s rejected: peer=%s:%d calling=%s called=%s result=%s source=%s reason=%s",
+            live.handoff.assoc_id, live.handoff.peer_host, live.handoff.peer_port, rq.ae_title,
+            rq.primitive.called_ae_title if rq.primitive else "?",
+            getattr(rj, "result", "?"), getattr(rj, "result_source", "?"), getattr(rj, "diagnostic", "?"),
         )
+
+    def running(self) -> dict[str, int]:
+        """Admitted associations of this worker by calling AE title."""
+        counts: dict[str, int] = {}
+        for live in list(self.live.values()):
+            if live.calling is not None:
+                counts[live.calling] = counts.get(live.calling, 0) + 1
+        return counts
+
+    def _on_requested(self, event: Any, live: _Live) -> None:
+        """EVT_REQUESTED: the access table and the caps, before pynetdicom negotiates.
+
+        Counts are this worker's (exact) plus the other workers' as the listeners last
+        reported them (at most one heartbeat old), so a burst spread over several workers may
+        overshoot a cap by the associations set up in that interval.
+        """
+        primitive = event.assoc.requestor.primitive
+        rq = AssociateRequest(called=str(primitive.called_ae_title).strip(), calling=str(primitive.calling_ae_title).strip())
+        listener = self._listener(live.handoff.listener)
+        with self._admit_lock:
+            own = self.running()
+            aets = dict(self.load.aets)
+            for aet, n in own.items():
+                aets[aet] = aets.get(aet, 0) + n
+            refusal = admit(rq, self.config, listener, node_total=self.load.associations + sum(own.values()), aet_totals=aets)
+            if refusal is None and sum(own.values()) >= self.config.network.worker_capacity:
+                refusal = Refusal(2, 3, 2, f"worker capacity {self.config.network.worker_capacity} reached")
+            if refusal is None:
+                live.calling = rq.calling
+                return
+        log.warning("assoc=%s refused: peer=%s:%d calling=%s called=%s result=%d source=%d reason=%d: %s",
+                    live.handoff.assoc_id, live.handoff.peer_host, live.handoff.peer_port, rq.calling, rq.called,
+                    refusal.result, refusal.source, refusal.reason, refusal.why)
+        event.assoc.acse.send_reject(refusal.result, refusal.source, refusal.reason)
 
     def _on_store(self, event: Any, live: _Live) -> int:
         """EVT_C_STORE: make the instance durable, then return the status to answer with."""
@@ -271,6 +323,10 @@ class Worker:
         if not first:
             conn.close()
             return handoff
+        if self.tls_context is not None and self._listener(handoff.listener).tls:
+            self.handshaking += 1
+            threading.Thread(target=self._handshake, args=(conn, handoff), name=f"tls-{handoff.assoc_id}", daemon=True).start()
+            return None
         try:
             self.start_association(conn, handoff)
         except NodeError as exc:
@@ -278,6 +334,43 @@ class Worker:
             conn.close()
             return handoff
         return None
+
+    def _handshake(self, conn: socket.socket, handoff: HandOff) -> None:
+        """In its own thread: the server-side TLS handshake, bounded; the result goes to the main loop."""
+        import ssl
+
+        from actors.tls import peer_subject
+
+        assert self.tls_context is not None
+        try:
+            conn.settimeout(self.config.tls.handshake_timeout)
+            wrapped = self.tls_context.wrap_socket(conn, server_side=True)
+            wrapped.settimeout(None)
+        except (ssl.SSLError, OSError) as exc:
+            log.warning("assoc=%s peer=%s:%d TLS handshake failed: %s", handoff.assoc_id, handoff.peer_host, handoff.peer_port, exc)
+            conn.close()
+            self.handshaken.put((None, handoff))
+            return
+        log.info("assoc=%s peer=%s:%d TLS %s %s client=%s", handoff.assoc_id, handoff.peer_host, handoff.peer_port,
+                 wrapped.version(), (wrapped.cipher() or ("?",))[0], peer_subject(wrapped))
+        self.handshaken.put((wrapped, handoff))
+
+    def finish_handshakes(self) -> list[HandOff]:
+        """Start associations on sockets whose TLS handshake ended; return the failed ones as ended."""
+        ended = []
+        while not self.handshaken.empty():
+            wrapped, handoff = self.handshaken.get_nowait()
+            self.handshaking -= 1
+            if wrapped is None:
+                ended.append(handoff)
+                continue
+            try:
+                self.start_association(wrapped, handoff)
+            except NodeError as exc:
+                log.error("assoc=%s cannot start: %s", handoff.assoc_id, exc)
+                wrapped.close()
+                ended.append(handoff)
+        return ended
 
     def expire_pending(self) -> list[HandOff]:
         """Close connections that sent nothing within the request timeout."""
@@ -302,7 +395,25 @@ class Worker:
         return handoffs
 
     def capacity(self) -> int:
-        return max(0, self.config.network.worker_capacity - len(self.live) - len(self.pending))
+        """Room for running associations; silent connections cost only a descriptor each and
+        count only when ``network.max_pending`` of them wait (then nothing more is taken)."""
+        if len(self.pending) + self.handshaking >= self.config.network.max_pending:
+            return 0
+        return max(0, self.config.network.worker_capacity - len(self.live))
+
+    def take_load(self, listeners: dict[str, zmq.Socket]) -> None:
+        """Read the listeners' NodeLoad answers (non-blocking); keep the latest."""
+        for sock in listeners.values():
+            for _ in range(64):
+                if not sock.poll(0, zmq.POLLIN):
+                    break
+                try:
+                    message = unpack(sock.recv_multipart()).message
+                except MessageError as exc:
+                    log.warning("bad message from a listener: %s", exc)
+                    continue
+                if isinstance(message, NodeLoad):
+                    self.load = message
 
     def abort_all(self) -> None:
         for live in list(self.live.values()):
@@ -478,6 +589,7 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
     conns: list[socket.socket] = []
     last_beat = 0.0
     last_capacity = -1
+    last_running: dict[str, int] = {}
     log.info("%s ready: handoff=%s", worker.name, handoff_path)
     hup = reload.on_sighup()
     try:
@@ -509,15 +621,19 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
                 tcp, handoff = got
                 worker.received[handoff.listener] = worker.received.get(handoff.listener, 0) + 1
                 worker.hold(tcp, handoff)
-            for handoff in [*ended, *worker.expire_pending(), *worker.reap()]:
+            for handoff in [*ended, *worker.finish_handshakes(), *worker.expire_pending(), *worker.reap()]:
                 log.info("assoc=%s ended", handoff.assoc_id)
                 _send(listeners.get(handoff.listener), AssociationEnded(worker=worker.name, assoc_id=handoff.assoc_id), worker.name)
             now = time.monotonic()
-            if worker.capacity() != last_capacity or now - last_beat >= HEARTBEAT_S:
+            worker.take_load(listeners)
+            running = worker.running()
+            if worker.capacity() != last_capacity or running != last_running or now - last_beat >= HEARTBEAT_S:
                 last_capacity = worker.capacity()
+                last_running = running
                 last_beat = now
                 for key, sock in listeners.items():
-                    ready = WorkerReady(worker=worker.name, capacity=last_capacity, handoff=handoff_path, pid=os.getpid(), received=worker.received.get(key, 0))
+                    ready = WorkerReady(worker=worker.name, capacity=last_capacity, handoff=handoff_path, pid=os.getpid(),
+                                        received=worker.received.get(key, 0), associations=sum(running.values()), aets=running)
                     _send(sock, ready, worker.name)
     finally:
         server.close()

@@ -131,7 +131,7 @@ class TlsConfig:
     """
 
     certificate: str = ""
-    key: str = ""
+    key: str = ""  # empty: the key is in the certificate's PEM file
     ca: str = ""
     protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
     ciphers: str = ""
@@ -472,8 +472,8 @@ def validate(config: NodeConfig) -> NodeConfig:
 
 def _validate_security(config: NodeConfig) -> None:
     """TLS listeners need a certificate and key; access tables hold AE titles; caps are >= 0."""
-    if any(lc.tls for lc in config.listeners) and not (config.tls.certificate and config.tls.key):
-        raise ConfigError("a listener has tls = true but [tls] certificate and key are not both set")
+    if any(lc.tls for lc in config.listeners) and not config.tls.certificate:
+        raise ConfigError("a listener has tls = true but [tls] certificate is not set (key: same file if empty)")
     if config.tls.require_client_cert and not config.tls.ca:
         raise ConfigError("[tls] require_client_cert needs ca (the trust store for client certificates)")
     for name in config.tls.protocols:

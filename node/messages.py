@@ -51,6 +51,19 @@ class WorkerReady:
     handoff: str
     pid: int
     received: int = 0
+    # Issue 7: running associations (past their A-ASSOCIATE-RQ) and their calling AE titles;
+    # connections still silent are not counted. -1: not reported.
+    associations: int = -1
+    aets: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeLoad:
+    """A listener's answer to ``WorkerReady``: what the *other* workers run (node-wide caps)."""
+
+    kind: ClassVar[str] = "node.load"
+    associations: int
+    aets: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -303,7 +316,7 @@ Message = WorkerReady | HandOff | AssociationEnded | WriteInstance | InstanceWri
 KINDS: dict[str, type] = {
     cls.kind: cls
     for cls in (
-        WorkerReady, HandOff, AssociationEnded, WriteInstance, InstanceWritten, ErrorReply, Ping, Pong,
+        WorkerReady, NodeLoad, HandOff, AssociationEnded, WriteInstance, InstanceWritten, ErrorReply, Ping, Pong,
         StatusRequest, ListenerStatus, *COMMITMENT_MESSAGES,
     )
 }

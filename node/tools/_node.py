@@ -60,6 +60,10 @@ def preflight(config: NodeConfig) -> None:
     if config.store.filepath:
         FilePathPattern.compile(config.store.filepath)
     context_rules(config)
+    if any(lc.tls for lc in config.listeners):  # unreadable certificate or key: say so before starting
+        from actors.tls import server_context
+
+        server_context(config.tls)
     for lc in config.listeners:
         _check_bind(lc)
     try:

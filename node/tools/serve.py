@@ -32,6 +32,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", type=Path, help="directory for sockets, pid and ready files")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="actor log level")
     p.add_argument("--log-format", choices=["text", "json"], help="json: one JSON object a line")
+    p.add_argument("--tls-cert", metavar="PEM", help="TLS on the first listener: certificate chain (and key, if --tls-key is not given)")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert")
+    p.add_argument("--tls-ca", metavar="PEM", help="trust store for client certificates; clients must then present one")
     p.add_argument("--peer", action="append", default=[], metavar="AET@HOST:PORT",
                    help="a remote AE the node may call back (Storage Commitment reports); repeatable")
     p.add_argument("--print-supervisor-config", action="store_true",
@@ -62,9 +65,26 @@ def build_config(opts: argparse.Namespace) -> NodeConfig:
         config = replace(config, listeners=(replace(first, **listener_updates), *config.listeners[1:]))
     if opts.filepath is not None:
         config = replace(config, store=replace(config.store, filepath=opts.filepath))
+    config = _tls_options(config, opts)
     if opts.peer:
         config = replace(config, peers=(*config.peers, *(configuration.parse_peer(text) for text in opts.peer)))
     return configuration.validate(config)
+
+
+def _tls_options(config: NodeConfig, opts: argparse.Namespace) -> NodeConfig:
+    """--tls-cert/--tls-key/--tls-ca: TLS on the first listener; a CA means client certificates are required."""
+    if not (opts.tls_cert or opts.tls_key or opts.tls_ca):
+        return config
+    if not opts.tls_cert and not config.tls.certificate:
+        raise ConfigError("--tls-key and --tls-ca need --tls-cert")
+    updates: dict[str, object] = {}
+    for option, name in ((opts.tls_cert, "certificate"), (opts.tls_key, "key"), (opts.tls_ca, "ca")):
+        if option:
+            updates[name] = str(Path(option).resolve())
+    if opts.tls_ca:
+        updates["require_client_cert"] = True
+    first = replace(config.listeners[0], tls=True)
+    return replace(config, tls=replace(config.tls, **updates), listeners=(first, *config.listeners[1:]))
 
 
 def announce(started: Started) -> None:

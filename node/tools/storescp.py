@@ -5,32 +5,29 @@ errors print ``storescp: <message>`` and ``Try `storescp --help' ...`` and exit 
 start-up failure exits 2; ``-h``/``-V`` exit 0. The node runs until killed. Deviations, all
 documented in docs/cli/storescp.md: attribute values in ``--filepath`` never place a file
 outside ``--directory`` (refused with 0x0110); files are fsynced before the response;
-TLS and asynchronous operations are not built yet and say so.
+TLS key and trust stores are PKCS12 or PEM files (tls_options); asynchronous operations are
+not built yet and say so.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
 from node.config import ListenerConfig, NetworkConfig, NodeConfig, ServicesConfig, StoreConfig, check_aet, validate
 from node.errors import ConfigError
+from node.tools import tls_options
 from node.tools._node import Started, run_node
 
 VERSION = "nodectl storescp 0.1.0 (dcm4che storescp 5 command line)"
 
-NOT_BUILT = {
-    "--tls": "TLS", "--tls-null": "TLS", "--tls-3des": "TLS", "--tls-aes": "TLS", "--tls-cipher": "TLS",
-    "--tls-protocol": "TLS", "--tls1": "TLS", "--tls11": "TLS", "--tls12": "TLS", "--tls13": "TLS",
-    "--ssl3": "TLS", "--ssl2Hello": "TLS", "--tls-noauth": "TLS", "--tls-eia-https": "TLS",
-    "--tls-eia-ldaps": "TLS", "--key-store": "TLS", "--key-store-type": "TLS", "--key-store-pass": "TLS",
-    "--key-pass": "TLS", "--trust-store": "TLS", "--trust-store-type": "TLS", "--trust-store-pass": "TLS",
-}
-_TAKES_VALUE = {"--tls-cipher", "--tls-protocol", "--key-store", "--key-store-type", "--key-store-pass", "--key-pass",
-                "--trust-store", "--trust-store-type", "--trust-store-pass"}
+# TLS options: node/tools/tls_options.py (PKCS12 or PEM stores, dcm4che's cipher sets).
+NOT_BUILT: dict[str, str] = {}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,6 +88,7 @@ def parser() -> _Parser:
     p.add_argument("--workers", type=int, help="nodectl: association worker processes (default: CPU count)")
     p.add_argument("--max-associations", type=int, default=64, help="nodectl: association limit of the node")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info", help="nodectl: log level")
+    tls_options.add_arguments(p)
     return p
 
 
@@ -125,7 +123,7 @@ def _refuse_not_built(argv: list[str]) -> None:
             raise SystemExit(2)
 
 
-def build_config(opts: argparse.Namespace) -> NodeConfig:
+def build_config(opts: argparse.Namespace, tls_dir: Path | None = None) -> NodeConfig:
     """A node configuration equivalent to dcm4che storescp's options."""
     for name in ("max_ops_invoked", "max_ops_performed"):
         value = getattr(opts, name)
@@ -135,7 +133,7 @@ def build_config(opts: argparse.Namespace) -> NodeConfig:
     listener = parse_bind(opts.bind)
     directory = Path(opts.directory)
     listener = replace(listener, accept=tuple(check_aet(a) for a in opts.accept))
-    return validate(NodeConfig(
+    config = NodeConfig(
         aet=listener.aet or "STORESCP",
         directory=directory,
         database=str(directory / ".incoming" / "index.sqlite"),
@@ -164,7 +162,10 @@ def build_config(opts: argparse.Namespace) -> NodeConfig:
             tcp_nodelay=not opts.tcp_delay,
         ),
         services=ServicesConfig(accept_unknown=opts.accept_unknown, sop_classes=opts.sop_classes or ""),
-    ))
+    )
+    if tls_dir is None and tls_options.requested(opts):
+        tls_dir = Path(tempfile.mkdtemp(prefix="nodectl-tls-"))
+    return validate(tls_options.apply(config, opts, tls_dir or Path(".")))
 
 
 def announce(started: Started) -> None:
@@ -183,9 +184,12 @@ def main(argv: list[str]) -> int:
         return 0
     if opts.bind is None:
         fail("missing required option -b")
+    tls_dir = Path(tempfile.mkdtemp(prefix="nodectl-tls-"))  # PEM copies of PKCS12 stores, 0600
     try:
-        config = build_config(opts)
+        config = build_config(opts, tls_dir)
         return run_node(config, on_ready=announce, temporary_run_dir=True)
     except ConfigError as exc:
         print(f"storescp: {exc}", file=sys.stderr)
         return 2
+    finally:
+        shutil.rmtree(tls_dir, ignore_errors=True)

@@ -1,0 +1,100 @@
+"""Who may associate: the [access] table (calling AEs per called AE), the per-calling-AE cap
+and the node's cap, across two workers; refusals logged with peer address and AE titles."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom.uid import ImplicitVRLittleEndian
+
+from tests.nodes import RunningNode, serve
+from tests.support import have, wait_until
+
+pytestmark = pytest.mark.skipif(not have("/usr/bin/storescu"), reason="DCMTK not installed (tests.nodes serve)")
+
+VERIFICATION = "1.2.840.10008.1.1"
+HEARTBEAT_SETTLE_S = 1.5  # workers learn each other's counts through the listener once a second
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNode]:
+    tmp = tmp_path_factory.mktemp("access")
+    (tmp / "node.toml").write_text("""
+[network]
+max_associations_per_aet = 2
+max_associations = 4
+[access.allowed]
+NODE = ["MOD1", "HOG", "OTHER", "A", "B", "C", "D", "E"]
+""")
+    running = serve(tmp, "--config", str(tmp / "node.toml"), workers=2)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def associate(port: int, aet: str, aec: str = "NODE"):  # noqa: ANN201
+    from pynetdicom import AE
+
+    ae = AE(ae_title=aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 10
+    ae.add_requested_context(VERIFICATION, ImplicitVRLittleEndian)
+    return ae.associate("127.0.0.1", port, ae_title=aec)
+
+
+def rejection(assoc) -> tuple[int, int, int]:  # noqa: ANN001
+    prim = assoc.acceptor.primitive
+    return prim.result, prim.result_source, prim.diagnostic
+
+
+def test_calling_ae_not_in_the_table_is_refused_and_logged(node: RunningNode) -> None:
+    refused = associate(node.port, "MOD2")
+    assert refused.is_rejected and rejection(refused) == (1, 1, 3)
+    allowed = associate(node.port, "MOD1")
+    try:
+        assert allowed.is_established
+    finally:
+        allowed.release()
+    wait_until(lambda: "calling=MOD2 called=NODE" in node.log(), 5, "the refusal in the log")
+    line = next(l for l in node.log().splitlines() if "calling=MOD2 called=NODE" in l)
+    assert re.search(r"peer=127\.0\.0\.1:\d+", line), line
+
+
+def test_per_calling_ae_cap_holds_across_workers(node: RunningNode) -> None:
+    held = []
+    try:
+        for _ in range(2):
+            held.append(associate(node.port, "HOG"))
+            assert held[-1].is_established
+            time.sleep(HEARTBEAT_SETTLE_S)
+        third = associate(node.port, "HOG")
+        assert third.is_rejected and rejection(third) == (2, 3, 2)
+        other = associate(node.port, "OTHER")
+        assert other.is_established
+        other.release()
+    finally:
+        for assoc in held:
+            assoc.release()
+    time.sleep(HEARTBEAT_SETTLE_S)
+    again = associate(node.port, "HOG")
+    assert again.is_established, "the cap must free up when associations end"
+    again.release()
+
+
+def test_node_cap_refuses_beyond_max_associations(node: RunningNode) -> None:
+    held = []
+    try:
+        for aet in ("A", "B", "C", "D"):
+            held.append(associate(node.port, aet))
+            assert held[-1].is_established
+            time.sleep(HEARTBEAT_SETTLE_S / 3)
+        time.sleep(HEARTBEAT_SETTLE_S)
+        fifth = associate(node.port, "E")
+        assert fifth.is_rejected and rejection(fifth) == (2, 3, 2)
+    finally:
+        for assoc in held:
+            assoc.release()
