@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -117,18 +118,36 @@ def stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+_FIELDS = re.compile(r"\b(assoc|sop|calling|called|peer|status)=([^\s,]+?):?(?=[\s,]|$)")
+
+
 class _JsonFormatter(logging.Formatter):
-    """One JSON object a line, for log shippers."""
+    """One JSON object a line, for log shippers.
+
+    The ``key=value`` pairs our lines carry (assoc, sop, calling, called, peer, status) become
+    fields too, and a line logged by an association's thread (pynetdicom's included) gets its
+    ``assoc`` from the thread name: one ``assoc`` value follows an association through the
+    listener, the worker and the writer.
+    """
+
+    def __init__(self, actor: str = "") -> None:
+        super().__init__()
+        self.actor = actor
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        message = record.getMessage()
+        entry: dict[str, object] = {
             "time": self.formatTime(record),
             "level": record.levelname.lower(),
-            "actor": getattr(record, "actor", ""),
+            "actor": getattr(record, "actor", "") or self.actor,
             "pid": record.process,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": message,
         }
+        for key, value in _FIELDS.findall(message):
+            entry.setdefault(key, value)
+        if "assoc" not in entry and record.threadName.startswith("assoc-"):
+            entry["assoc"] = record.threadName.removeprefix("assoc-")
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -138,7 +157,7 @@ def setup_logging(actor: str, level: str = "info", fmt: str = "text") -> None:
     """Configure the root logger of an actor process (entry points only)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(_JsonFormatter(actor))
     elif fmt == "letter":  # pynetdicom's and DCMTK's apps: "I: message"
         handler.setFormatter(logging.Formatter("%(levelname).1s: %(message)s"))
     else:
