@@ -590,6 +590,7 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
     last_beat = 0.0
     last_capacity = -1
     last_running: dict[str, int] = {}
+    last_received = 0
     log.info("%s ready: handoff=%s", worker.name, handoff_path)
     hup = reload.on_sighup()
     try:
@@ -627,9 +628,13 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
             now = time.monotonic()
             worker.take_load(listeners)
             running = worker.running()
-            if worker.capacity() != last_capacity or running != last_running or now - last_beat >= HEARTBEAT_S:
+            # A changed ``received`` matters too: silent connections leave capacity as it is,
+            # and the listener counts hand-offs we have not acknowledged against our room.
+            received = sum(worker.received.values())
+            if worker.capacity() != last_capacity or running != last_running or received != last_received or now - last_beat >= HEARTBEAT_S:
                 last_capacity = worker.capacity()
                 last_running = running
+                last_received = received
                 last_beat = now
                 for key, sock in listeners.items():
                     ready = WorkerReady(worker=worker.name, capacity=last_capacity, handoff=handoff_path, pid=os.getpid(),
