@@ -187,11 +187,30 @@ def rss(pids: set[int]) -> dict[int, int]:
     return out
 
 
+def _actor_names(pids: set[int]) -> dict[int, str]:
+    """PID -> "worker-0", "writer", ... from the command lines (for the report)."""
+    import psutil
+
+    names = {}
+    for pid in pids:
+        try:
+            cmd = psutil.Process(pid).cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if "run" in cmd:
+            actor = cmd[cmd.index("run") + 1]
+            names[pid] = f"{actor}-{cmd[-1]}" if actor == "worker" else actor
+        else:
+            names[pid] = "supervisord" if any("supervisord" in c for c in cmd) else "nodectl"
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.fuzz_pdu", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=100_000)
     parser.add_argument("--budget", type=float, default=3600.0, help="seconds, whatever --cases says")
     parser.add_argument("--port", type=int, help="fuzz a running node (default: start one in a temp dir)")
+    parser.add_argument("--checkpoints", type=int, default=4, help="RSS samples during the run")
     opts = parser.parse_args(argv)
     from tests.nodes import serve
 
@@ -201,14 +220,20 @@ def main(argv: list[str] | None = None) -> int:
     port = opts.port or node.port  # type: ignore[union-attr]
     try:
         pids = node.tree_pids() if node else set()
+        names = _actor_names(pids)
         before = rss(pids)
         started = time.monotonic()
-        done = run_cases(port, opts.cases, opts.budget)
+        done, checkpoints = 0, []
+        for chunk in range(opts.checkpoints):  # RSS after each slice: a plateau or a slope?
+            left = opts.budget - (time.monotonic() - started)
+            done += run_cases(port, opts.cases // opts.checkpoints, left)
+            checkpoints.append({"cases": done, **{names.get(pid, str(pid)): round(v / 2**20, 1) for pid, v in rss(pids).items()}})
         seconds = time.monotonic() - started
         echo = echo_ok(port)
         after = rss(pids)
         report = {"cases": done, "seconds": round(seconds, 1), "rate": round(done / max(seconds, 1e-9), 1), "echo_after": echo,
-                  "rss_before_mib": round(sum(before.values()) / 2**20, 1), "rss_after_mib": round(sum(after.values()) / 2**20, 1),
+                  "rss_before_mib": {names.get(p, str(p)): round(v / 2**20, 1) for p, v in before.items()},
+                  "rss_checkpoints_mib": checkpoints,
                   "processes_restarted": sorted(set(before) - set(after))}
         print(json.dumps(report))
         return 0 if echo and not report["processes_restarted"] else 1
