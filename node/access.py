@@ -1,11 +1,10 @@
-"""Who may open an association, decided from the first bytes of the A-ASSOCIATE-RQ (pure).
+"""Who may open an association, decided on the A-ASSOCIATE-RQ before negotiation (pure).
 
-A worker peeks at a new connection's first bytes before pynetdicom sees them. The fixed part
-of the A-ASSOCIATE-RQ (PS3.8 9.3.2) holds both AE titles at fixed offsets, so the node can
-refuse a calling AE title that the ``[access]`` table does not allow for the called AE title,
-or that already holds ``network.max_associations_per_aet`` associations across the node, or
-any association beyond ``network.max_associations``, without a pynetdicom association (no
-thread). Refusals are A-ASSOCIATE-RJ PDUs built here:
+A worker calls ``admit`` from pynetdicom's EVT_REQUESTED, after the request is decoded and
+before presentation contexts are negotiated, and answers a refusal with A-ASSOCIATE-RJ. It
+refuses a calling AE title that the ``[access]`` table does not allow for the called AE
+title, one that already holds ``network.max_associations_per_aet`` associations across the
+node, and any association beyond ``network.max_associations``:
 
 | why | result, source, reason (PS3.8 9.3.4) |
 | --- | --- |
@@ -15,15 +14,10 @@ thread). Refusals are A-ASSOCIATE-RJ PDUs built here:
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from node.config import ListenerConfig, NodeConfig
-
-RQ_TYPE = 0x01
-# type, reserved, length (4), protocol version (2), reserved (2), called AE (16), calling AE (16)
-RQ_FIXED = 42
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,19 +36,6 @@ class Refusal:
     source: int
     reason: int
     why: str
-
-    def pdu(self) -> bytes:
-        """The A-ASSOCIATE-RJ PDU (type 3, length 4)."""
-        return struct.pack(">BBIBBBB", 0x03, 0, 4, 0, self.result, self.source, self.reason)
-
-
-def parse_associate_rq(prefix: bytes) -> AssociateRequest | None:
-    """AE titles from the first bytes of a connection; None if not an A-ASSOCIATE-RQ or too short."""
-    if len(prefix) < RQ_FIXED or prefix[0] != RQ_TYPE:
-        return None
-    called = prefix[10:26].decode("ascii", "replace").strip(" \x00")
-    calling = prefix[26:42].decode("ascii", "replace").strip(" \x00")
-    return AssociateRequest(called=called, calling=calling)
 
 
 def admit(rq: AssociateRequest, config: NodeConfig, listener: ListenerConfig, *, node_total: int, aet_totals: Mapping[str, int]) -> Refusal | None:
