@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.support import NODECTL, free_port, wait_for_port
+from tests.support import NODECTL, die_with_parent, free_port, wait_for_port
 
 
 class RunningNode:
@@ -36,6 +36,7 @@ class RunningNode:
                 stderr=log,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         self.pids: set[int] = set()
 

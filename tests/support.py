@@ -57,6 +57,17 @@ def have(program: str) -> bool:
     return shutil.which(program) is not None
 
 
+def die_with_parent() -> None:
+    """In a child: SIGTERM when the test process dies, even if its ``finally`` never runs.
+
+    Peers run in their own session (so a signal to the test does not reach them) and would
+    outlive a test run that is killed; PR_SET_PDEATHSIG ties them to it.
+    """
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def start_process(
     cmd: Sequence[str],
     *,
@@ -75,6 +86,7 @@ def start_process(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     finally:
         if log is not None:

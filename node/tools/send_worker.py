@@ -149,6 +149,9 @@ class BoundedProviderQueue(queue.Queue):  # type: ignore[type-arg]
                     return
 
 
+PARK_TIMEOUT_S = 5.0
+
+
 class ReactorCheckpoint(threading.Event):
     """pynetdicom's reactor pause, with a handshake that cannot be fooled.
 
@@ -162,7 +165,8 @@ class ReactorCheckpoint(threading.Event):
 
     Here ``clear()`` returns only once the reactor is parked on this very clearing: the
     reactor records, under a lock, the generation it parks on before blocking. The wait is
-    bounded: it also ends when the reactor thread is killed or has exited.
+    bounded: it ends when the reactor thread is killed or has exited, and after
+    ``PARK_TIMEOUT_S`` in any case (then pynetdicom's own pause applies, as without this guard).
     """
 
     def __init__(self, reactor: threading.Thread) -> None:
@@ -188,8 +192,13 @@ class ReactorCheckpoint(threading.Event):
             generation = self._generation
             if threading.current_thread() is self._reactor:
                 return
+            deadline = time.monotonic() + PARK_TIMEOUT_S
             while self._parked_generation != generation:
                 if getattr(self._reactor, "_kill", False) or not self._reactor.is_alive():
+                    return
+                if time.monotonic() > deadline:
+                    # Never hang a send on this guard: fall back to pynetdicom's own pause.
+                    LOGGER.warning("reactor did not park within %.0f s; continuing unguarded", PARK_TIMEOUT_S)
                     return
                 self._lock.wait(timeout=0.05)
 

@@ -197,8 +197,13 @@ def test_writer_and_tracker_on_tcp_endpoints(tmp_path: Path) -> None:
     try:
         import psutil as ps
 
-        [writer_proc] = running.children("run writer")
-        assert any(c.laddr.port == writer for c in ps.Process(writer_proc.pid).net_connections(kind="tcp") if c.status == "LISTEN")
+        def writer_listens_on_tcp() -> bool:
+            procs = running.children("run writer")
+            return len(procs) == 1 and any(
+                c.laddr.port == writer for c in ps.Process(procs[0].pid).net_connections(kind="tcp") if c.status == "LISTEN"
+            )
+
+        wait_until(writer_listens_on_tcp, 15, f"the writer to listen on tcp port {writer}")
         path = tmp_path / "tcp.dcm"
         make_ct(path)
         assert store_ok(running.port, path)

@@ -289,8 +289,11 @@ def test_reactor_checkpoint_clear_returns_only_when_the_reactor_is_parked() -> N
     reactor = Reactor(daemon=True)
     checkpoint = ReactorCheckpoint(reactor)
     reactor.start()
+    budget = time.monotonic() + 30  # bounded even on a loaded machine
     try:
         for _ in range(300):
+            if time.monotonic() > budget:
+                break
             checkpoint.clear()
             holding.set()
             time.sleep(0.0002)  # the reactor would have every chance to poll now
