@@ -32,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from actors import _bus, commitment_io
+from actors import _bus, _pdu, commitment_io
 from actors import metrics, reload
 from node.config import ListenerConfig, NodeConfig
 from node.errors import NodeError, STATUS_OUT_OF_RESOURCES, MessageError
@@ -490,17 +490,8 @@ def pdu_read_limit(max_pdu_receive: int) -> int:
 
 
 def _cap_send_pdu(event: Any, cap: int) -> None:
-    """dcm4che's --max-pdulen-snd: send P-DATA no larger than ``cap``, nor than the peer takes.
-
-    pynetdicom fragments by the peer's Maximum Length (0 = unlimited); lowering the received
-    value after negotiation caps what we send without changing what was negotiated.
-    """
-    from pynetdicom.pdu_primitives import MaximumLengthNotification
-
-    for item in event.assoc.requestor.user_information:
-        if isinstance(item, MaximumLengthNotification):
-            peer = item.maximum_length_received
-            item.maximum_length_received = cap if not peer else min(peer, cap)
+    """EVT_ESTABLISHED: --max-pdulen-snd on an accepted association (the requestor is the peer)."""
+    _pdu.cap_send_pdu(event.assoc.requestor.user_information, cap)
 
 
 def _follow_requestor_order(any_syntax: set[str]) -> None:

@@ -130,20 +130,6 @@ def _tls_rows() -> tuple[Option | Group, ...]:
     )
 
 
-def _cap_send_pdu(assoc: Any, cap: int) -> None:
-    """--max-send-pdu: lower the peer's announced Maximum Length we fragment by.
-
-    pynetdicom refuses to set ``maximum_length`` after negotiation; the received item is
-    what its DIMSE layer reads, so it is lowered in place (0 from the peer means unlimited).
-    """
-    from pynetdicom.pdu_primitives import MaximumLengthNotification
-
-    for item in assoc.acceptor.user_information:
-        if isinstance(item, MaximumLengthNotification):
-            peer = item.maximum_length_received
-            item.maximum_length_received = cap if not peer else min(peer, cap)
-
-
 def build_spec(name: str = "stcomscu") -> da.ToolSpec:
     """The option table of DCMTK 3.6.9 stcomscu, in its usage order, plus ``--node``/``--database``."""
     table: tuple[Option | Group, ...] = (
@@ -635,7 +621,9 @@ class Session:
             self._end(assoc)
             raise ToolExit(EXIT_CANNOT_NEGOTIATE_ASSOCIATION)
         if s.max_send_pdu:
-            _cap_send_pdu(assoc, s.max_send_pdu)
+            from actors._pdu import cap_send_pdu
+
+            cap_send_pdu(assoc.acceptor.user_information, s.max_send_pdu)
         self.log.info("Association Accepted (Max Send PDV: %s)", assoc.acceptor.maximum_length)
         if s.verbose_pc:
             for cx in assoc.accepted_contexts + assoc.rejected_contexts:
