@@ -129,7 +129,7 @@ def test_server_mode_receives_the_report_on_a_new_association(node: tuple, tmp_p
                           "127.0.0.1", str(ports["a"]), str(base / "in" / "0.dcm"), cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         uid = (out / "tx.txt").read_text().strip()
-        wait_until(lambda: (out / f"{uid}.rsp.OK.dcm").exists(), 15, "the report at the server")
+        wait_until(lambda: (out / f"{uid}.rsp.OK.dcm").exists(), 60, "the report at the server (outbox back-off 1, 2, 4, ... s)")
         print(f"N-ACTION to report file on a new association: {time.monotonic() - started:.2f} s")
         assert not files(out, f"{uid}.req.*")  # -nmf in the client
     finally:
@@ -150,7 +150,7 @@ def test_report_at_the_second_listener_completes_a_transaction_started_through_t
             row = conn.execute("SELECT state FROM commit_transactions WHERE transaction_uid = ?", (uid,)).fetchone()
         return row[0] if row else ""
 
-    wait_until(lambda: state() == "completed", 15, "the transaction completed by the report at listener B")
+    wait_until(lambda: state() == "completed", 60, "the transaction completed by the report at listener B")
     assert f"listener={ports['b']}" in running.log()
 
 
@@ -162,7 +162,7 @@ def test_tracker_killed_mid_transaction_still_delivers(node: tuple, tmp_path: Pa
                       "127.0.0.1", str(ports["a"]), str(base / "in" / "2.dcm"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     uid = (out / "tx.txt").read_text().strip()
-    wait_until(lambda: "report to LATE not delivered" in running.log(), 10, "a failed delivery attempt")
+    wait_until(lambda: "report to LATE not delivered" in running.log(), 60, "a failed delivery attempt")
     [tracker] = running.children("run tracker")
     os.kill(tracker.pid, signal.SIGKILL)
     wait_until(lambda: any(p.pid != tracker.pid for p in running.children("run tracker")), 20, "the tracker restarted")
@@ -212,6 +212,6 @@ def test_orthanc_as_commitment_scu_gets_our_report_on_a_new_association(tmp_path
             assert report["Status"] == "Failure", report  # one instance is unknown to the node
             assert [x["SOPInstanceUID"] for x in report["Success"]] == [str(stored.SOPInstanceUID)]
             assert [x["FailureReason"] for x in report["Failures"]] == [0x0112]
-            wait_until(lambda: "report delivered to ORTHANC on a new association" in running.log(), 10, "the outbox record")
+            wait_until(lambda: "report delivered to ORTHANC on a new association" in running.log(), 60, "the outbox record")
         finally:
             running.stop()
