@@ -165,10 +165,10 @@ def test_tracker_killed_mid_transaction_still_delivers(node: tuple, tmp_path: Pa
     wait_until(lambda: "report to LATE not delivered" in running.log(), 60, "a failed delivery attempt")
     [tracker] = running.children("run tracker")
     os.kill(tracker.pid, signal.SIGKILL)
-    wait_until(lambda: any(p.pid != tracker.pid for p in running.children("run tracker")), 20, "the tracker restarted")
+    wait_until(lambda: any(p.pid != tracker.pid for p in running.children("run tracker")), 60, "the tracker restarted")
     server = start_process([*NODECTL, "stcomscu", "+P", str(ports["late"]), "-od", str(out)], cwd=tmp_path, log=tmp_path / "late.log")
     try:
-        wait_until(lambda: (out / f"{uid}.rsp.OK.dcm").exists(), 20, "the report after the tracker restart")
+        wait_until(lambda: (out / f"{uid}.rsp.OK.dcm").exists(), 60, "the report after the tracker restart")
     finally:
         stop_process(server)
 
