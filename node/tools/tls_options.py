@@ -26,6 +26,7 @@ import argparse
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from node.config import NodeConfig, TlsConfig
 from node.errors import ConfigError
@@ -146,20 +147,33 @@ def _write_private(workdir: Path, name: str, data: bytes) -> str:
     return str(path)
 
 
-def key_store_pem(path: Path, store_type: str, password: str, workdir: Path) -> str:
-    """A PEM file with our certificate chain and private key."""
+def _pkcs12(path: Path, store_type: str, password: str, option: str, what: str) -> tuple[Any, Any, list[Any]] | None:
+    """Key, certificate and further certificates of a PKCS12 store; None when the file is PEM.
+
+    dcm4che takes Java key stores; we take PKCS12 (converted here) or PEM (used as is).
+    """
     if store_type.upper() not in ("PKCS12", "P12", "PEM"):
-        raise ConfigError(f"--key-store-type {store_type}: only PKCS12 and PEM (convert JKS with keytool -importkeystore)")
-    data = _read(path, "key store")
+        raise ConfigError(f"{option} {store_type}: only PKCS12 and PEM (convert JKS with keytool -importkeystore)")
+    data = _read(path, what)
     if b"-----BEGIN" in data or store_type.upper() == "PEM":
-        return str(path.resolve())
-    from cryptography.hazmat.primitives import serialization
+        return None
     from cryptography.hazmat.primitives.serialization import pkcs12
 
     try:
         key, cert, extra = pkcs12.load_key_and_certificates(data, password.encode())
     except ValueError as exc:
-        raise ConfigError(f"key store {path}: {exc}") from None
+        raise ConfigError(f"{what} {path}: {exc}") from None
+    return key, cert, [c for c in extra if c is not None]
+
+
+def key_store_pem(path: Path, store_type: str, password: str, workdir: Path) -> str:
+    """A PEM file with our certificate chain and private key."""
+    loaded = _pkcs12(path, store_type, password, "--key-store-type", "key store")
+    if loaded is None:
+        return str(path.resolve())
+    from cryptography.hazmat.primitives import serialization
+
+    key, cert, extra = loaded
     if key is None or cert is None:
         raise ConfigError(f"key store {path} holds no private key with its certificate")
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
@@ -169,18 +183,12 @@ def key_store_pem(path: Path, store_type: str, password: str, workdir: Path) -> 
 
 def trust_store_pem(path: Path, store_type: str, password: str, workdir: Path) -> str:
     """A PEM bundle of the trusted CA certificates."""
-    if store_type.upper() not in ("PKCS12", "P12", "PEM"):
-        raise ConfigError(f"--trust-store-type {store_type}: only PKCS12 and PEM (convert JKS with keytool -importkeystore)")
-    data = _read(path, "trust store")
-    if b"-----BEGIN" in data or store_type.upper() == "PEM":
+    loaded = _pkcs12(path, store_type, password, "--trust-store-type", "trust store")
+    if loaded is None:
         return str(path.resolve())
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.serialization import pkcs12
 
-    try:
-        _key, cert, extra = pkcs12.load_key_and_certificates(data, password.encode())
-    except ValueError as exc:
-        raise ConfigError(f"trust store {path}: {exc}") from None
+    _key, cert, extra = loaded
     certs = [c for c in [cert, *extra] if c is not None]
     if not certs:
         raise ConfigError(f"trust store {path} holds no certificate")
