@@ -112,6 +112,32 @@ def test_one_instance_latency(node: InprocNode, tmp_path: Path) -> None:
         assoc.release()
 
 
+def test_a_requester_releasing_right_after_the_n_action_rsp_gets_a_clean_release(node: InprocNode, tmp_path: Path) -> None:
+    """The same-association attempt must leave the A-RELEASE-RQ to the association's reactor.
+
+    It used to take the primitive off the queue (``acse.is_release_requested``): the release
+    was never answered, the report went out on the releasing association, waited the 3 s
+    DIMSE cap and pynetdicom aborted (bench commit: 6 of 19 transactions).
+    """
+    ds = make_ct(tmp_path / "r.dcm")
+    setup = associate(node)
+    try:
+        assert setup.send_c_store(ds).Status == 0
+    finally:
+        setup.release()
+    ref = (sc.Ref(CT, str(ds.SOPInstanceUID)),)
+    for _ in range(8):
+        reports: list[Any] = []
+        assoc = associate(node, reports)
+        assert action(assoc, sc.request_dataset(sc.Request(generate_uid(), ref))) == 0
+        started = time.monotonic()
+        assoc.release()
+        took = time.monotonic() - started
+        assert assoc.is_released and not assoc.is_aborted, "the release was not answered"
+        assert took < 1.0, f"release took {took:.2f} s"
+        assert not reports  # nothing was sent into the releasing association
+
+
 def test_bad_and_repeated_n_event_reports(node: InprocNode) -> None:
     from actors.commitment_io import TrackerClient
 
