@@ -116,7 +116,10 @@ def durable_writes(func: F) -> F:
 
 
 def _spool_size(event: Any) -> int:
-    """The received dataset's size (the spool file pynetdicom wrote), 0 when unknown."""
+    """The received dataset's size (the lean path counts it; pynetdicom's spool file), 0 when unknown."""
+    size = getattr(event, "size", None)
+    if isinstance(size, int):
+        return size
     try:
         return os.path.getsize(event.dataset_path)
     except (AttributeError, OSError, TypeError):

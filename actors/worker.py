@@ -28,6 +28,7 @@ import threading
 import time
 from copy import deepcopy
 from dataclasses import dataclass
+from io import BytesIO
 from typing import Any
 
 import zmq
@@ -39,7 +40,8 @@ from node.errors import NodeError, STATUS_OUT_OF_RESOURCES, MessageError
 from node.access import AssociateRequest, Refusal, admit
 from node.messages import AssociationEnded, ErrorReply, HandOff, InstanceWritten, NodeLoad, WorkerReady, unpack
 from node.paths import FilePathPattern
-from node.receive import ANY, Received, check_dataset, context_rules, delay_ms, file_meta_bytes, plan_write, read_spooled
+from node.receive import ANY, STORAGE_COMMITMENT, FileMetaCache, Received, check_dataset, context_rules, delay_ms, file_meta_bytes, plan_write, read_spooled
+from node.storage import PREAMBLE
 
 log = logging.getLogger("actors.worker")
 
@@ -54,7 +56,7 @@ class _Live:
     thread-safe) and closed by the main thread once that thread has ended.
     """
 
-    assoc: Any
+    assoc: Any  # a LeanAssociation, or pynetdicom's Association (receive_path = "pynetdicom")
     handoff: HandOff
     stores: int = 0
     dealer: zmq.Socket | None = None
@@ -64,6 +66,19 @@ class _Live:
         if self.dealer is not None:
             self.dealer.close(0)
             self.dealer = None
+
+
+@dataclass(frozen=True)
+class _SpooledJob:
+    """A C-STORE that pynetdicom spooled (its own preamble and file meta, then the dataset)."""
+
+    received: Received
+    spool_path: str
+    meta: bytes = b""  # ours is computed from ``received``
+
+    @property
+    def dataset_path(self) -> str:  # what actors.metrics measures
+        return self.spool_path
 
 
 class Worker:
@@ -89,6 +104,10 @@ class Worker:
         self.tls_context: Any = None
         self.handshaking = 0
         self.handshaken: queue.SimpleQueue[tuple[Any, HandOff]] = queue.SimpleQueue()
+        # The lean path serves associations proposing only these (no Storage Commitment).
+        self.lean_syntaxes = frozenset(rule.abstract_syntax for rule in self.rules if rule.abstract_syntax != STORAGE_COMMITMENT)
+        self.max_pdu_read = pdu_read_limit(config.network.max_pdu_receive)
+        self.meta_cache = FileMetaCache()
 
     # ----- set-up -------------------------------------------------------------------------
 
@@ -136,16 +155,39 @@ class Worker:
     # ----- associations -------------------------------------------------------------------
 
     def start_association(self, conn: socket.socket, handoff: HandOff) -> None:
-        """Run a pynetdicom acceptor association on an accepted socket."""
+        """Serve an accepted socket: the lean association, or pynetdicom's (``network.receive_path``)."""
+        self.ae_for(self._listener(handoff.listener))  # built here, in the main thread, once
+        live = _Live(assoc=None, handoff=handoff)
+        if self.config.network.receive_path == "lean":
+            from actors._lean import LeanAssociation
+
+            live.assoc = LeanAssociation(self, conn, handoff, live)
+        else:
+            live.assoc = self._pynetdicom_association(conn, live)
+        self.live[handoff.assoc_id] = live
+        log.info("assoc=%s peer=%s:%d listener=%s started", handoff.assoc_id, handoff.peer_host, handoff.peer_port, handoff.listener)
+        live.assoc.start()
+
+    def fall_back(self, live: _Live, conn: socket.socket, prefix: bytes) -> Any:
+        """From a lean association's thread: pynetdicom serves this request (already read: ``prefix``)."""
+        assoc = self._pynetdicom_association(conn, live, prefix)
+        assoc.start()
+        return assoc
+
+    def _pynetdicom_association(self, conn: socket.socket, live: _Live, prefix: bytes = b"") -> Any:
+        """A pynetdicom acceptor association on an accepted socket, with our handlers bound."""
         from pynetdicom import evt
         from pynetdicom.association import Association
         from pynetdicom.transport import AddressInformation
 
+        handoff = live.handoff
         listener = self._listener(handoff.listener)
         ae = self.ae_for(listener)
         assoc = Association(ae, "acceptor")
         assoc.name = f"assoc-{handoff.assoc_id}"
-        assoc.set_socket(_quick_ack_socket_class()(assoc, client_socket=conn))
+        sock = _quick_ack_socket_class()(assoc, client_socket=conn)
+        sock.prefix = bytearray(prefix)
+        assoc.set_socket(sock)
         assoc.acceptor.maximum_length = ae.maximum_pdu_size
         assoc.acceptor.ae_title = ae.ae_title
         assoc.acceptor.address_info = AddressInformation.from_tuple(conn.getsockname()[:2])
@@ -155,7 +197,6 @@ class Worker:
         # once, instead of a deep copy of ~200 contexts for every association.
         assoc.acceptor.supported_contexts = self._contexts[listener.key]
         assoc.requestor.address_info = AddressInformation.from_tuple((handoff.peer_host, handoff.peer_port))
-        live = _Live(assoc=assoc, handoff=handoff)
         assoc.bind(evt.EVT_C_STORE, self._on_store, [live])
         assoc.bind(evt.EVT_REJECTED, self._on_rejected, [live])
         assoc.bind(evt.EVT_REQUESTED, self._on_requested, [live])
@@ -163,9 +204,7 @@ class Worker:
         if self.config.network.max_pdu_send:
             assoc.bind(evt.EVT_ESTABLISHED, _cap_send_pdu, [self.config.network.max_pdu_send])
         self._bind_commitment(assoc, live)
-        self.live[handoff.assoc_id] = live
-        log.info("assoc=%s peer=%s:%d listener=%s started", handoff.assoc_id, handoff.peer_host, handoff.peer_port, handoff.listener)
-        assoc.start()
+        return assoc
 
     # ----- storage commitment (issue 5): N-ACTION and N-EVENT-REPORT go to the tracker --------
 
@@ -212,7 +251,32 @@ class Worker:
         overshoot a cap by the associations set up in that interval.
         """
         primitive = event.assoc.requestor.primitive
-        rq = AssociateRequest(called=str(primitive.called_ae_title).strip(), calling=str(primitive.calling_ae_title).strip())
+        refusal = self._admit(live, str(primitive.called_ae_title).strip(), str(primitive.calling_ae_title).strip())
+        if refusal is not None:
+            event.assoc.acse.send_reject(refusal.result, refusal.source, refusal.reason)
+
+    def admit_request(self, live: _Live, called: str, calling: str) -> Refusal | None:
+        """The lean path's admission: ``_admit``, then the listener's AE title checks as
+        pynetdicom makes them (called AE reason 7 wins over calling AE reason 3), logged."""
+        refusal = self._admit(live, called, calling)
+        if refusal is not None:
+            return refusal
+        listener = self._listener(live.handoff.listener)
+        ae_title = self.called_aet(live)
+        if listener.aet and called != ae_title:
+            refusal = Refusal(1, 1, 7, f"called AE {called!r} is not {ae_title!r}")
+        elif listener.accept and calling not in [aet.strip() for aet in listener.accept]:
+            refusal = Refusal(1, 1, 3, f"calling AE {calling!r} is not in --accept")
+        if refusal is not None:
+            live.calling = None
+            log.warning("assoc=%s rejected: peer=%s:%d calling=%s called=%s result=%d source=%d reason=%d: %s",
+                        live.handoff.assoc_id, live.handoff.peer_host, live.handoff.peer_port, calling, called,
+                        refusal.result, refusal.source, refusal.reason, refusal.why)
+        return refusal
+
+    def _admit(self, live: _Live, called: str, calling: str) -> Refusal | None:
+        """The access table and the caps; records the calling AE of an admitted association."""
+        rq = AssociateRequest(called=called, calling=calling)
         listener = self._listener(live.handoff.listener)
         with self._admit_lock:
             own = self.running()
@@ -224,11 +288,35 @@ class Worker:
                 refusal = Refusal(2, 3, 2, f"worker capacity {self.config.network.worker_capacity} reached")
             if refusal is None:
                 live.calling = rq.calling
-                return
+                return None
         log.warning("assoc=%s refused: peer=%s:%d calling=%s called=%s result=%d source=%d reason=%d: %s",
                     live.handoff.assoc_id, live.handoff.peer_host, live.handoff.peer_port, rq.calling, rq.called,
                     refusal.result, refusal.source, refusal.reason, refusal.why)
-        event.assoc.acse.send_reject(refusal.result, refusal.source, refusal.reason)
+        return refusal
+
+    def called_aet(self, live: _Live) -> str:
+        """The node's AE title on this listener (pynetdicom's ``acceptor.ae_title``)."""
+        return str(self.ae_for(self._listener(live.handoff.listener)).ae_title).strip()
+
+    def accept(self, live: _Live, request: Any) -> Any:
+        """The lean path's A-ASSOCIATE-AC: pynetdicom's negotiation over this listener's contexts."""
+        from pynetdicom import acse
+
+        from node import acceptor
+
+        ae = self.ae_for(self._listener(live.handoff.listener))
+        return acceptor.accept(request, self._contexts[live.handoff.listener], acse.negotiate_as_acceptor,
+                               max_pdu=self.config.network.max_pdu_receive,
+                               implementation_class_uid=str(ae.implementation_class_uid),
+                               implementation_version_name=str(ae.implementation_version_name or ""))
+
+    def meta_for(self, received: Received) -> bytes:
+        """The file meta for a lean association's instance (``node.receive.FileMetaCache``)."""
+        return self.meta_cache.meta(received)
+
+    def store_instance(self, live: _Live, incoming: Any) -> int:
+        """A lean association's complete dataset: make it durable, return the status."""
+        return self._store(incoming, live)
 
     def _on_store(self, event: Any, live: _Live) -> int:
         """EVT_C_STORE: make the instance durable, then return the status to answer with."""
@@ -237,14 +325,14 @@ class Worker:
         _sleep_ms(delay_ms(store_cfg.receive_delay, live.stores))
         status = store_cfg.status
         if not store_cfg.ignore:
-            status = self._store(event, live)
+            status = self._store_event(event, live)
             if status == 0 and store_cfg.status:
                 status = store_cfg.status
         _sleep_ms(delay_ms(store_cfg.response_delay, live.stores))
         return status
 
-    @metrics.c_store
-    def _store(self, event: Any, live: _Live) -> int:
+    def _store_event(self, event: Any, live: _Live) -> int:
+        """pynetdicom's EVT_C_STORE as a job for ``_store`` (the spool is pynetdicom's file)."""
         req = event.request
         assoc = event.assoc
         received = Received(
@@ -257,13 +345,29 @@ class Worker:
             implementation_class_uid=str(assoc.requestor.implementation_class_uid or ""),
             implementation_version_name=str(assoc.requestor.implementation_version_name or ""),
         )
+        return self._store(_SpooledJob(received, str(event.dataset_path)), live)
+
+    @metrics.c_store
+    def _store(self, job: Any, live: _Live) -> int:
+        """Check the dataset, plan its path, and wait for the writer; return the DIMSE status.
+
+        ``job`` is a lean ``_Incoming`` (dataset in ``buffer``, or spooled with our file meta)
+        or a ``_SpooledJob`` (pynetdicom's spool file).
+        """
+        received = job.received
         try:
-            spool = str(event.dataset_path)
-            ds, offset = read_spooled(spool)
+            spool: str | None = None
+            data: bytes | None
+            if isinstance(job, _SpooledJob) or job.spool is not None:
+                spool = job.spool_path
+                meta = job.meta if job.meta else self.meta_cache.meta(received)
+                ds, offset = read_spooled(spool)
+                data = self._payload(spool, offset)
+            else:
+                data, meta = bytes(job.buffer), job.meta
+                ds, offset = read_spooled(BytesIO(PREAMBLE + meta + data))
             check_dataset(ds, received)
             write = plan_write(received, ds, self.pattern)
-            meta = file_meta_bytes(received)
-            data = self._payload(spool, offset)
             if data is None:
                 from dataclasses import replace
 
@@ -444,7 +548,20 @@ def _quick_ack_socket_class() -> Any:
         # A PDU length is the peer's claim: a 4 GiB one must not make us allocate 4 GiB.
         max_pdu = 1 << 20
 
+        # Bytes the lean path already read (the A-ASSOCIATE-RQ), served before the socket's.
+        prefix = bytearray()
+
+        @property
+        def ready(self) -> bool:
+            return bool(self.prefix) or bool(super().ready)
+
         def recv(self, nr_bytes: int) -> bytearray:
+            if self.prefix:
+                head = self.prefix[:nr_bytes]
+                del self.prefix[:nr_bytes]
+                if len(head) == nr_bytes:
+                    return head
+                return head + self.recv(nr_bytes - len(head))
             sock = self.socket
             if nr_bytes > self.max_pdu:
                 # pynetdicom turns OSError into "transport connection closed" (Evt17).

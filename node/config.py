@@ -25,12 +25,14 @@ File layout (every key optional; the embedded defaults run a node on port 11112)
     [network] PDU sizes, timeouts, TCP options, association limit
     [services] accept_unknown, sop_classes, verification transfer syntaxes
     [bus]     explicit endpoints (tcp://...) overriding the ones derived from run_dir
-    [tls]     certificate, key, ca, protocols, ciphers, require_client_cert (PEM files)
+    [tls]     certificate, key, ca, protocols, ciphers, require_client_cert (PEM files),
+              key_password, crl_check, dh_params
     [access]  allowed = { CALLED = ["CALLING", ...] }: calling AE titles per called AE title
     [metrics] enabled, host, port: the node's Prometheus endpoint (docs/operations.md)
 
 Environment: ``NODECTL_CONFIG`` names the file; ``NODECTL_AET``, ``NODECTL_PORT``,
-``NODECTL_DIRECTORY``, ``NODECTL_DATABASE``, ``NODECTL_WORKERS``, ``NODECTL_RUN_DIR``
+``NODECTL_DIRECTORY``, ``NODECTL_DATABASE``, ``NODECTL_WORKERS``, ``NODECTL_RUN_DIR``,
+``NODECTL_RECEIVE_PATH``
 override single values (the Procfile's processes are pointed at a test's ports this way).
 """
 
@@ -108,6 +110,10 @@ class NetworkConfig:
     write_timeout: float = 30.0
     max_associations_per_aet: int = 0  # node-wide cap per calling AE title (0 = none)
     max_pending: int = 256  # per worker: connected peers that have not sent their A-ASSOCIATE-RQ yet
+    # "lean": workers serve C-STORE/C-ECHO associations with their own blocking loop
+    # (actors/_lean.py) and hand anything else to pynetdicom; "pynetdicom": every association
+    # runs pynetdicom's machinery (the comparison, and a way back if the lean path misbehaves).
+    receive_path: str = "lean"
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,9 @@ class TlsConfig:
     ciphers: str = ""
     require_client_cert: bool = False
     handshake_timeout: float = 10.0
+    key_password: str = ""  # the key file is encrypted (PEM) under this password
+    crl_check: str = ""  # "leaf" or "chain": CRLs in ``ca`` are checked (OpenSSL's CRL flags)
+    dh_params: str = ""  # DH parameters file for DHE suites (OpenSSL's defaults if empty)
 
 
 @dataclass(frozen=True)
@@ -335,7 +344,7 @@ def from_mapping(data: Mapping[str, Any], base_dir: Path = Path(".")) -> NodeCon
 
 def _tls_paths(tls: TlsConfig, base_dir: Path) -> TlsConfig:
     """Certificate, key and CA paths relative to the config file's directory."""
-    updates = {name: str(base_dir / value) for name in ("certificate", "key", "ca")
+    updates = {name: str(base_dir / value) for name in ("certificate", "key", "ca", "dh_params")
                if (value := getattr(tls, name)) and not Path(value).is_absolute()}
     return replace(tls, **updates) if updates else tls
 
@@ -424,6 +433,8 @@ def apply_environment(config: NodeConfig, environ: Mapping[str, str]) -> NodeCon
         updates["database"] = environ["NODECTL_DATABASE"]
     if "NODECTL_RUN_DIR" in environ:
         updates["run_dir"] = Path(environ["NODECTL_RUN_DIR"])
+    if "NODECTL_RECEIVE_PATH" in environ:
+        updates["network"] = replace(config.network, receive_path=environ["NODECTL_RECEIVE_PATH"])
     try:
         if "NODECTL_WORKERS" in environ:
             updates["workers"] = int(environ["NODECTL_WORKERS"])
@@ -479,12 +490,16 @@ def _validate_security(config: NodeConfig) -> None:
     for name in config.tls.protocols:
         if name not in ("TLSv1", "TLSv1_1", "TLSv1_2", "TLSv1_3", "TLSv1.1", "TLSv1.2", "TLSv1.3"):
             raise ConfigError(f"[tls] protocols: unknown {name!r} (TLSv1.2, TLSv1.3)")
+    if config.tls.crl_check not in ("", "leaf", "chain"):
+        raise ConfigError(f"[tls] crl_check must be \"leaf\" or \"chain\" (or empty), not {config.tls.crl_check!r}")
     for called, callers in config.access.allowed.items():
         check_aet(called)
         for aet in callers:
             check_aet(aet)
     if config.network.max_associations_per_aet < 0 or config.network.max_pending < 1:
         raise ConfigError("network.max_associations_per_aet must be >= 0 and max_pending >= 1")
+    if config.network.receive_path not in ("lean", "pynetdicom"):
+        raise ConfigError(f"network.receive_path must be \"lean\" or \"pynetdicom\", not {config.network.receive_path!r}")
 
 
 def check_aet(aet: str, *, allow_empty: bool = False) -> str:
