@@ -11,6 +11,7 @@ speaking plain DICOM) is logged with the peer address and ends the connection.
 from __future__ import annotations
 
 import ssl
+import warnings
 
 from node.config import TlsConfig
 from node.errors import ConfigError
@@ -27,15 +28,23 @@ def server_context(tls: TlsConfig) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     versions = sorted(_VERSIONS[name] for name in tls.protocols)
     # OpenSSL takes a range, not a set: the lowest and highest protocol named.
-    ctx.minimum_version, ctx.maximum_version = versions[0], versions[-1]
+    with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated in ssl; retired DCMTK profiles name them
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version, ctx.maximum_version = versions[0], versions[-1]
     try:
-        ctx.load_cert_chain(tls.certificate, tls.key or None)
+        ctx.load_cert_chain(tls.certificate, tls.key or None, password=tls.key_password or None)
         if tls.ca:
-            ctx.load_verify_locations(cafile=tls.ca)
+            ctx.load_verify_locations(cafile=tls.ca)  # certificates, and CRLs for crl_check
         if tls.ciphers:
             ctx.set_ciphers(tls.ciphers)
+        if tls.dh_params:
+            ctx.load_dh_params(tls.dh_params)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"[tls]: {exc}") from None
+    if tls.crl_check == "leaf":
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    elif tls.crl_check == "chain":
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
     ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else (ssl.CERT_OPTIONAL if tls.ca else ssl.CERT_NONE)
     return ctx
 

@@ -656,6 +656,17 @@ def _read_properties(path: str) -> dict[str, str]:
     return props
 
 
+class CaptureErrors(logging.Handler):
+    """Keeps a library's error texts (pynetdicom logs connection failures instead of raising)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 @contextmanager
 def log_handler(app: App, setup: LogSetup, *extra_loggers: tuple[str, int]) -> Iterator[logging.Logger]:
     """Attach the ``L: text`` stderr handler to the tool's logger for the duration of a run.

@@ -18,13 +18,17 @@ at start-up (``cryptography``), so dcm4che's ``.p12`` stores work unchanged:
 dcm4che's built-in ``resource:key.p12`` / ``resource:cacerts.p12`` test stores are not
 shipped: without ``--key-store`` (and, with client authentication, ``--trust-store``) TLS
 refuses to start, exit 2.
+
+Client tools (``nodectl send``) take nodectl's own ``--tls-ca/--tls-cert/--tls-key/
+--tls-min-version/--tls-ciphers``, named like ``nodectl serve``'s ``--tls-*`` (bottom of this
+module); DCMTK-family tools take DCMTK's options (``node/tools/dcmtk_tls.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +141,8 @@ def _read(path: Path, what: str) -> bytes:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
-def _write_private(workdir: Path, name: str, data: bytes) -> str:
-    """A PEM file only we can read (it may hold a private key)."""
+def write_private(workdir: Path, name: str, data: bytes) -> str:
+    """A file only we can read (it may hold a private key), in ``workdir`` (created 0700)."""
     workdir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = workdir / name
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -178,7 +182,7 @@ def key_store_pem(path: Path, store_type: str, password: str, workdir: Path) -> 
         raise ConfigError(f"key store {path} holds no private key with its certificate")
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     pem += b"".join(c.public_bytes(serialization.Encoding.PEM) for c in [cert, *extra])
-    return _write_private(workdir, "key-store.pem", pem)
+    return write_private(workdir, "key-store.pem", pem)
 
 
 def trust_store_pem(path: Path, store_type: str, password: str, workdir: Path) -> str:
@@ -192,4 +196,81 @@ def trust_store_pem(path: Path, store_type: str, password: str, workdir: Path) -
     certs = [c for c in [cert, *extra] if c is not None]
     if not certs:
         raise ConfigError(f"trust store {path} holds no certificate")
-    return _write_private(workdir, "trust-store.pem", b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+    return write_private(workdir, "trust-store.pem", b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs))
+
+
+# --------------------------------------------------------------------------- nodectl's --tls-* for clients
+
+CLIENT_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
+
+
+def add_client_arguments(group: Any) -> None:
+    """``--tls-*`` for tools that request associations, named like ``nodectl serve``'s."""
+    group.add_argument("--tls", action="store_true",
+                       help="use TLS, trusting the system's CA certificates (implied by any --tls-* option)")
+    group.add_argument("--tls-ca", metavar="PEM", help="trusted CA certificates for the peer's certificate (default: the system's)")
+    group.add_argument("--tls-cert", metavar="PEM",
+                       help="our certificate chain (and key, if --tls-key is not given), for peers that require one")
+    group.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert (unencrypted PEM)")
+    group.add_argument("--tls-min-version", choices=CLIENT_PROTOCOLS, default="TLSv1.2", metavar="VERSION",
+                       help="lowest protocol: TLSv1.2 (default) or TLSv1.3")
+    group.add_argument("--tls-ciphers", metavar="LIST", help="OpenSSL cipher string for TLS 1.2 (TLS 1.3 suites are OpenSSL's)")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTls:
+    """What ``--tls-*`` decided; plain data, so it crosses into worker processes (an SSLContext does not)."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    min_version: str = "TLSv1.2"
+    ciphers: str = ""
+
+
+def client_tls(opts: argparse.Namespace) -> ClientTls | None:
+    """TLS settings from ``--tls-*``, or None without them; ConfigError for what cannot work.
+
+    The context is built once here, so an unreadable file or a bad cipher string is reported
+    before any association is attempted.
+    """
+    if not (opts.tls or opts.tls_ca or opts.tls_cert or opts.tls_key or opts.tls_ciphers
+            or opts.tls_min_version != "TLSv1.2"):
+        return None
+    if opts.tls_key and not opts.tls_cert:
+        raise ConfigError("--tls-key needs --tls-cert")
+    absolute = {name: str(Path(value).resolve()) if value else "" for name, value in
+                (("ca", opts.tls_ca), ("cert", opts.tls_cert), ("key", opts.tls_key))}
+    tls = ClientTls(**absolute, min_version=opts.tls_min_version, ciphers=opts.tls_ciphers or "")
+    client_context(tls)
+    return tls
+
+
+def client_context(tls: ClientTls) -> Any:
+    """The ``ssl.SSLContext`` for an association we request.
+
+    The peer's certificate must chain to ``ca`` (or the system's CAs); its host name is not
+    checked, as in DICOM TLS generally (DCMTK, dcm4che): the chain is the authentication.
+    """
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "TLSv1.3" else ssl.TLSVersion.TLSv1_2
+
+    def encrypted() -> str:
+        raise ConfigError(f"TLS key {tls.key or tls.cert} is encrypted: give an unencrypted PEM key (readable only by you)")
+
+    try:
+        if tls.ca:
+            ctx.load_verify_locations(cafile=tls.ca)
+        else:
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        if tls.cert:
+            ctx.load_cert_chain(tls.cert, tls.key or None, password=encrypted)
+        if tls.ciphers:
+            ctx.set_ciphers(tls.ciphers)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"TLS: {exc}") from None
+    return ctx
