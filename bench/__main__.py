@@ -24,9 +24,25 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--no-doc", action="store_true", help="write the JSON only, leave docs/benchmarks.md alone")
     report = sub.add_parser("report", help="regenerate docs/benchmarks.md from a results file")
     report.add_argument("results")
-    sub.add_parser("commit", help="Storage Commitment round trips (not built yet)")
-    memory = sub.add_parser("memory", help="peak RSS of every node process while one huge instance arrives")
+    commit = sub.add_parser("commit", help="Storage Commitment: N-ACTION to N-EVENT-REPORT on a new association, and many in flight")
+    commit.add_argument("--instances", type=int, default=1000, help="instances stored and referenced by one N-ACTION (default 1000)")
+    commit.add_argument("--runs", type=int, default=5, help="timed single transactions after one warm-up (default 5)")
+    commit.add_argument("--concurrent", type=int, default=100, help="transactions submitted at once (default 100)")
+    commit.add_argument("--per-transaction", type=int, default=10, help="instances in each of those (default 10)")
+    commit.add_argument("--threads", type=int, default=10, help="requester threads, one association per transaction (default 10)")
+    commit.add_argument("--concurrent-runs", type=int, default=3, help="repetitions of the concurrent phase (default 3)")
+    commit.add_argument("--held-runs", type=int, default=0,
+                        help="repetitions of the concurrent phase with the report listener closed until every N-ACTION-RSP "
+                             "is in (all in flight at once; reports come on the outbox's retries; default 0)")
+    commit.add_argument("--same-association", choices=["on", "off"], default="on",
+                        help="the node's [commitment] same_association (default on, the node's default)")
+    commit.add_argument("--node-ref", metavar="REF", help="run node/ and actors/ as committed at REF (git archive), not the work tree")
+    memory = sub.add_parser("memory", help="peak RSS of every node process while one huge instance arrives, or of nodectl send")
     memory.add_argument("--size-mib", type=int, default=1024, help="size of the instance (default 1024)")
+    memory.add_argument("--send-files", type=int, metavar="N",
+                        help="measure `nodectl send` of N 5 KiB files into DCMTK storescp --fork instead (issue: 10000)")
+    memory.add_argument("--jobs", type=int, default=4, help="with --send-files: nodectl send -j (default 4)")
+    memory.add_argument("--runs", type=int, default=1, help="repetitions (default 1)")
     prof = sub.add_parser("profile", help="py-spy on nodectl serve's worker and writer during a 5 KiB run")
     prof.add_argument("--files", type=int, default=500, help="5 KiB files per round (default 500)")
     prof.add_argument("--duration", type=int, default=20, help="seconds of recording (default 20)")
@@ -54,11 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     if opts.command == "commit":
         from bench import commit
 
-        return commit.main()
+        return commit.main(opts)
     if opts.command == "memory":
         from bench import memory
 
-        return memory.main(opts.size_mib)
+        if opts.send_files:
+            return memory.send_main(opts.send_files, opts.jobs, opts.runs)
+        return memory.main(opts.size_mib, opts.runs)
     if opts.command == "profile":
         from bench import profile
 
