@@ -88,6 +88,7 @@ def _save(kind: str, started: dt.datetime, body: dict) -> Path:
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": ingest.machine(Path(tempfile.gettempdir()), ingest.REPO, ingest.node_revision(ingest.REPO, None)),
         "loadavg": os.getloadavg(),
+        "pythonpath": os.environ.get("PYTHONPATH", ""),  # node/ and actors/ from an export, when set
         "target_mib": TARGET_MIB,
         **body,
     }
