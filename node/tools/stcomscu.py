@@ -25,8 +25,15 @@ Exit codes: 0 done (also when the report lists failures), 1 syntax, 21 no input 
 22 invalid input file, 23 no valid input files (``-nh``), 41/42/43/44 request/response/
 report/transaction-UID file not written, 45 bad ``-od``, 60 network set-up failed (also
 ``+ac``), 61 association not negotiated, 62 N-ACTION not sent or refused, 63 no report in
-time (or the association was lost while waiting), 64 ``+P`` cannot listen, 71 TLS
-requested (not built).
+time (or the association was lost while waiting), 64 ``+P`` cannot listen, 71 the TLS
+layer cannot be set up (unreadable key or certificate, a profile or suite OpenSSL lacks,
+``--expect-sni``).
+
+TLS (``+tls key cert`` and DCMTK's other TLS options, ``node/tools/dcmtk_tls.py``): the
+N-ACTION association is a TLS client with our certificate; in server and combined mode the
+in-process listener accepts TLS only, with the same key, trust store (``+cf``/``+cd``),
+profile and ``-rc``/``-vc``/``-ic``. With ``--node`` the reports reach the node's listeners,
+whose TLS is the node's ``[tls]``.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from node.tools import dcmtk_args as da
+from node.tools import dcmtk_tls as tls
 from node.tools.dcmtk_args import App, CommandLine, Group, Option, Param, ToolExit
 
 VERSION = "0.1.0"
@@ -77,57 +85,6 @@ QUERY_EVERY_S = 1.0
 
 def _flag(long: str, short: str, help: str, dest: str, const: Any) -> Option:
     return Option(long=long, short=short, help=help, dest=dest, const=const)
-
-
-def _tls_rows() -> tuple[Option | Group, ...]:
-    """DCMTK 3.6.9 stcomscu's TLS options: parsed, and refused with exit 71 when enabling TLS."""
-    return (
-        Group("transport layer security (TLS) options:"),
-        Group("transport protocol stack:", sub=True),
-        _flag("--disable-tls", "-tls", "use normal TCP/IP connection (default)", "tls", False),
-        Option(long="--enable-tls", short="+tls", values=2, value_help="[p]rivate key file, [c]ertificate file: string",
-               help="use authenticated secure TLS connection", dest="tls"),
-        Group("private key password (only with --enable-tls):", sub=True),
-        _flag("--std-passwd", "+ps", "prompt user to type password on stdin (default)", "passwd", None),
-        Option(long="--use-passwd", short="+pw", values=1, value_help="[p]assword: string", help="use specified password", dest="passwd"),
-        _flag("--null-passwd", "-pw", "use empty string as password", "passwd", ""),
-        Group("key and certificate file format:", sub=True),
-        _flag("--pem-keys", "-pem", "read keys and certificates as PEM file (default)", "key_format", "pem"),
-        _flag("--der-keys", "-der", "read keys and certificates as DER file", "key_format", "der"),
-        Group("certification authority:", sub=True),
-        Option(long="--add-cert-file", short="+cf", values=1, value_help="[f]ilename: string", help="add certificate file to list of certificates", multi=True),
-        Option(long="--add-cert-dir", short="+cd", values=1, value_help="[d]irectory: string", help="add certificates in d to list of certificates", multi=True),
-        Option(long="--add-crl-file", short="+crl", values=1, value_help="[f]ilename: string", help="add certificate revocation list file\n(implies --enable-crl-vfy)", multi=True),
-        Option(long="--enable-crl-vfy", short="+crv", help="enable leaf CRL verification"),
-        Option(long="--enable-crl-all", short="+cra", help="enable full chain CRL verification"),
-        Group("security profile:", sub=True),
-        Option(long="--list-profiles", short="+ph", help="list supported TLS profiles and exit", exclusive=True),
-        *(_flag(long, short, text, "tls_profile", long) for long, short, text in (
-            ("--profile-8996", "+pg", "BCP 195 RFC 8996 TLS Profile (default)"),
-            ("--profile-8996-mod", "+pm", "Modified BCP 195 RFC 8996 TLS Profile"),
-            ("--profile-bcp195-nd", "+py", "Non-downgrading BCP 195 TLS Profile (retired)"),
-            ("--profile-bcp195", "+px", "BCP 195 TLS Profile (retired)"),
-            ("--profile-bcp195-ex", "+pz", "Extended BCP 195 TLS Profile (retired)"),
-            ("--profile-basic", "+pb", "Basic TLS Secure Transport Connection Profile\n(retired)"),
-            ("--profile-aes", "+pa", "AES TLS Secure Transport Connection Profile\n(retired)"),
-            ("--profile-null", "+pn", "Authenticated unencrypted communication\n(retired, was used in IHE ATNA)"))),
-        Group("ciphersuite:", sub=True),
-        Option(long="--list-ciphers", short="+cc", help="list supported TLS ciphersuites and exit", exclusive=True),
-        Option(long="--cipher", short="+cs", values=1, value_help="[c]iphersuite name: string", help="add ciphersuite to list of negotiated suites", multi=True),
-        Option(long="--dhparam", short="+dp", values=1, value_help="[f]ilename: string", help="read DH parameters for DH/DSS ciphersuites"),
-        Group("server name indication:", sub=True),
-        Option(long="--no-sni", help="do not use SNI (default)", dest="sni", const=None),
-        Option(long="--request-sni", values=1, value_help="[s]erver name: string", help="request server name s", dest="sni"),
-        Option(long="--expect-sni", values=1, value_help="[s]erver name: string", help="expect requests for server name s"),
-        Group("pseudo random generator:", sub=True),
-        Option(long="--seed", short="+rs", values=1, value_help="[f]ilename: string", help="seed random generator with contents of f"),
-        _flag("--write-seed", "+ws", "write back modified seed (only with --seed)", "write_seed", True),
-        Option(long="--write-seed-file", short="+wf", values=1, value_help="[f]ilename: string (only with --seed)", help="write modified seed to file f", dest="write_seed"),
-        Group("peer authentication:", sub=True),
-        _flag("--require-peer-cert", "-rc", "verify peer cert, fail if absent (default)", "peer_cert", "require"),
-        _flag("--verify-peer-cert", "-vc", "verify peer certificate if present", "peer_cert", "verify"),
-        _flag("--ignore-peer-cert", "-ic", "don't verify peer certificate", "peer_cert", "ignore"),
-    )
 
 
 def build_spec(name: str = "stcomscu") -> da.ToolSpec:
@@ -192,7 +149,7 @@ def build_spec(name: str = "stcomscu") -> da.ToolSpec:
                help="restrict max send pdu to n bytes", kind="uint", low=4096, high=131072),
         Option(long="--disable-host-lookup", short="-dhl", help="disable hostname lookup"),
         Option(long="--abort", help="abort association instead of releasing it"),
-        *_tls_rows(),
+        *tls.option_rows(tls.ACCEPTOR_REQUESTOR),
         Group("output options:"),
         Group("general:", sub=True),
         Option(long="--output-directory", short="-od", values=1, value_help="[d]irectory: string (default: \".\")",
@@ -261,6 +218,7 @@ class Settings:
     node: str | None = None
     database: str | None = None
     verbose_pc: bool = False
+    tls_settings: tls.TlsSettings = field(default_factory=tls.TlsSettings)
 
     @property
     def mode(self) -> str:
@@ -316,10 +274,9 @@ def parse(app: App, argv: list[str]) -> CommandLine:
         app.print_usage()
     if cmd.status == "exclusive":
         if cmd.has("--version"):
-            app.stdout.write(da.header_text(SPEC, host_info=True))
-        else:
-            app.stdout.write("nodectl stcomscu: TLS is not built; no profiles or ciphersuites\n")
-        raise ToolExit(0)
+            app.stdout.write(da.header_text(SPEC, host_info=True) + f"\nExternal libraries used:\n- {tls.openssl_version()}\n")
+            raise ToolExit(0)
+        tls.list_and_exit(app, cmd)
     return cmd
 
 
@@ -339,6 +296,7 @@ def run(app: App, argv: list[str]) -> int:
     if s.mode == "server" and not s.wait_event:
         app.print_error("--no-wait-for-event not allowed in server mode")
     app.check_dependence("--scan-pattern", "--scan-directories", s.pattern is None or s.scan_dirs)
+    s.tls_settings = tls.check_options(app, cmd, values, tls.ACCEPTOR_REQUESTOR)
     loggers = (("pynetdicom", logging.DEBUG), ("actors", logging.INFO)) if setup.level <= logging.DEBUG else (("actors", logging.WARNING),)
     with da.log_handler(app, setup, *loggers) as log:
         log.debug(SPEC.rcsid + "\n")
@@ -428,13 +386,11 @@ class Session:
         self.ctx: Any = None
         self.sub: Any = None
         self.client: Any = None
+        self.tls_context: Any = None  # ssl.SSLContext for the N-ACTION association (+tls)
         self._tmp: str | None = None
 
     def run(self, values: dict[str, Any]) -> int:
         s = self.s
-        if values.get("tls"):
-            self.log.error("TLS is not built in nodectl stcomscu")
-            return EXIT_CANNOT_CREATE_TRANSPORT_LAYER
         if values.get("access_control"):
             self.log.error("host access control (TCP wrapper) is not supported")
             return EXIT_CANNOT_INITIALIZE_NETWORK
@@ -447,16 +403,23 @@ class Session:
             return EXIT_INVALID_OUTPUT_DIRECTORY
         refs = collect_inputs(self.log, s) if s.mode != "server" else []
         try:
+            tls.read_seed(self.log, s.tls_settings)
+            if s.mode != "server":
+                self.tls_context = tls.client_context(self.log, s.tls_settings)
             code = self._start_tracker()
             if code:
                 return code
             if s.mode == "server":
                 return self._serve_forever()
             return self._client(refs)
+        except tls.TlsSetupError as exc:
+            self.log.error("cannot create TLS transport layer: %s", exc)
+            return EXIT_CANNOT_CREATE_TRANSPORT_LAYER
         except ToolExit as exc:
             return exc.code
         finally:
             self._stop()
+            tls.write_seed(self.log, s.tls_settings)
 
     # ----- tracker and listener -----------------------------------------------------------
 
@@ -514,17 +477,20 @@ class Session:
             raise NodeError("tracker not ready")
 
     def _inproc_config(self) -> Any:
-        from node.config import CommitmentConfig, ListenerConfig, NodeConfig, ServicesConfig
+        from node.config import CommitmentConfig, ListenerConfig, NodeConfig, ServicesConfig, TlsConfig
 
         s = self.s
         self._tmp = tempfile.mkdtemp(prefix="stcomscu-")
+        # +tls: the listener's workers do the server side with the same key, trust and profile
+        accept_tls = s.tls_settings.secure and s.listen_port is not None
+        server_tls = tls.server_config(self.log, s.tls_settings, Path(self._tmp) / "tls") if accept_tls else TlsConfig()
         database = s.database or str((self.od / ".stcomscu.sqlite").resolve())
         syntaxes = {"local": (EXPLICIT_LE, EXPLICIT_BE, IMPLICIT), "little": (EXPLICIT_LE, EXPLICIT_BE, IMPLICIT),
                     "big": (EXPLICIT_BE, EXPLICIT_LE, IMPLICIT), "deflated": (DEFLATED, EXPLICIT_LE, EXPLICIT_BE, IMPLICIT),
                     "implicit": (IMPLICIT,)}[s.prefer]
         return NodeConfig(
             aet=s.aet, directory=Path(self._tmp) / "store", database=database, workers=2, run_dir=Path(self._tmp),
-            transport="inproc", listeners=(ListenerConfig(port=s.listen_port or 0, host="", aet=""),),
+            transport="inproc", listeners=(ListenerConfig(port=s.listen_port or 0, host="", aet="", tls=accept_tls),), tls=server_tls,
             services=ServicesConfig(storage=False, commitment_only=True, verification_transfer_syntaxes=syntaxes),
             commitment=CommitmentConfig(role_reject=s.role_reject, accept_unknown=True, same_association=False),
         )
@@ -611,13 +577,20 @@ class Session:
             (evt.EVT_ABORTED, lambda event: lost.set()),
         ]
         self.log.info("Requesting Association")
+        tls_args = (self.tls_context, s.tls_settings.sni) if self.tls_context is not None else None
+        transport = da.CaptureErrors()
+        logging.getLogger("pynetdicom").addHandler(transport)
         try:
-            assoc = ae.associate(s.peer, s.port, ae_title=s.aec, evt_handlers=handlers)
+            assoc = ae.associate(s.peer, s.port, ae_title=s.aec, evt_handlers=handlers, tls_args=tls_args)
         except (OSError, ValueError) as exc:
             self.log.error("Association Request Failed: %s", exc)
             raise ToolExit(EXIT_CANNOT_NEGOTIATE_ASSOCIATION) from None
+        finally:
+            logging.getLogger("pynetdicom").removeHandler(transport)
         if not assoc.is_established or not any(str(cx.abstract_syntax) == SOP_CLASS for cx in assoc.accepted_contexts):
-            self.log.error("Association Request Failed: %s", "no acceptable presentation context" if assoc.is_established else "rejected or aborted")
+            why = "no acceptable presentation context" if assoc.is_established else "rejected or aborted"
+            tcp = [m.split(":", 1)[1].strip() for m in transport.messages if m.startswith("TCP Initialisation Error")]
+            self.log.error("Association Request Failed: %s", tcp[0] if tcp else why)
             self._end(assoc)
             raise ToolExit(EXIT_CANNOT_NEGOTIATE_ASSOCIATION)
         if s.max_send_pdu:

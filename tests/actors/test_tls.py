@@ -11,13 +11,13 @@ from __future__ import annotations
 import ssl
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
 from tests.nodes import RunningNode, serve
+from tests.pki import Certs, make_certs
 from tests.support import dataset_bytes, free_port, have, make_ct, wait_until
 
 trustme = pytest.importorskip("trustme")
@@ -35,36 +35,9 @@ pytestmark = pytest.mark.skipif(not _dcmtk_has_tls(), reason="DCMTK with TLS (De
 VERIFICATION = "1.2.840.10008.1.1"
 
 
-@dataclass
-class Certs:
-    dir: Path
-    ca: Path
-    server: Path
-    client_key: Path
-    client_crt: Path
-    rogue_ca: Path
-    rogue_key: Path
-    rogue_crt: Path
-    ca_obj: object
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    d = tmp_path_factory.mktemp("certs")
-    # RSA keys: DCMTK's default TLS 1.2 profile (BCP 195) offers ECDHE-RSA suites only.
-    ca, rogue = trustme.CA(key_type=trustme.KeyType.RSA), trustme.CA(key_type=trustme.KeyType.RSA)
-    server = ca.issue_cert("localhost", "127.0.0.1", key_type=trustme.KeyType.RSA)
-    client = ca.issue_cert("modality.example", key_type=trustme.KeyType.RSA)
-    stranger = rogue.issue_cert("stranger.example", key_type=trustme.KeyType.RSA)
-    ca.cert_pem.write_to_path(str(d / "ca.pem"))
-    rogue.cert_pem.write_to_path(str(d / "rogue-ca.pem"))
-    server.private_key_and_cert_chain_pem.write_to_path(str(d / "server.pem"))
-    client.private_key_pem.write_to_path(str(d / "client.key"))
-    client.cert_chain_pems[0].write_to_path(str(d / "client.crt"))
-    stranger.private_key_pem.write_to_path(str(d / "rogue.key"))
-    stranger.cert_chain_pems[0].write_to_path(str(d / "rogue.crt"))
-    return Certs(d, d / "ca.pem", d / "server.pem", d / "client.key", d / "client.crt", d / "rogue-ca.pem",
-                 d / "rogue.key", d / "rogue.crt", ca)
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")

@@ -132,3 +132,28 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return predicate()
+
+
+# --------------------------------------------------------------------------- TLS (send, stcomscu, commit)
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One CA with a server and a client certificate, and a rogue CA (tests/pki.py)."""
+    pytest.importorskip("trustme")
+    from tests.pki import make_certs
+
+    return make_certs(tmp_path_factory.mktemp("tls-certs"))
+
+
+@pytest.fixture(scope="session")
+def tls_node(tls_certs: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """``nodectl serve --tls-cert --tls-ca`` (client certificates required), AE title NODE, one worker."""
+    from tests.nodes import serve
+
+    running = serve(tmp_path_factory.mktemp("tls-node"), "--tls-cert", str(tls_certs.server), "--tls-ca", str(tls_certs.ca),
+                    workers=1)
+    try:
+        yield running
+    finally:
+        running.stop()

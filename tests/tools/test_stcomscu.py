@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -215,3 +216,71 @@ def test_orthanc_as_commitment_scu_gets_our_report_on_a_new_association(tmp_path
             wait_until(lambda: "report delivered to ORTHANC on a new association" in running.log(), 60, "the outbox record")
         finally:
             running.stop()
+
+
+# --------------------------------------------------------------------------- TLS
+
+
+def tls_args(certs: Any, *, ca: Path | None = None) -> list[str]:
+    """DCMTK's +tls with our CA's client certificate, trusting ``ca`` (default: our CA)."""
+    return ["+tls", str(certs.client_key), str(certs.client_crt), "+cf", str(ca or certs.ca)]
+
+
+def test_tls_client_mode_against_our_tls_node(tls_certs: Any, tls_node: RunningNode, tmp_path: Path) -> None:
+    """N-ACTION and the report over TLS with our node (client certificate required); a server
+    certificate we do not trust and a plain client fail to associate (61); set-up errors exit 71."""
+    out = tmp_path / "out"
+    out.mkdir()
+    make_ct(tmp_path / "a.dcm")
+    port = str(tls_node.port)
+    ok = stcomscu(*tls_args(tls_certs), "-aec", "NODE", "-od", str(out), "+tuf", str(out / "tx.txt"), "127.0.0.1", port, "a.dcm",
+                  cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    uid = (out / "tx.txt").read_text().strip()
+    assert dcmread(out / f"{uid}.rsp.ERR.dcm").TransactionUID == uid  # the node never received a.dcm
+    rogue = subprocess.run([*NODECTL, "commit", *tls_args(tls_certs, ca=tls_certs.rogue_ca), "-aec", "NODE", "-od", str(out),
+                            "127.0.0.1", port, "a.dcm"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert rogue.returncode == 61 and "CERTIFICATE_VERIFY_FAILED" in rogue.stderr, rogue.stderr
+    assert stcomscu("-aec", "NODE", "-od", str(out), "127.0.0.1", port, "a.dcm", cwd=tmp_path).returncode == 61
+    no_key = stcomscu("+tls", str(tmp_path / "missing.key"), str(tls_certs.client_crt), "127.0.0.1", port, "a.dcm", cwd=tmp_path)
+    assert no_key.returncode == 71 and "Unable to load private TLS key" in no_key.stderr, no_key.stderr
+    sni = stcomscu(*tls_args(tls_certs), "--expect-sni", "node", "+P", str(free_port()), cwd=tmp_path)
+    assert sni.returncode == 71 and "--expect-sni is not supported" in sni.stderr, sni.stderr
+
+
+def test_tls_combined_mode_listener_takes_the_report_only_from_a_trusted_certificate(tls_certs: Any, tmp_path: Path) -> None:
+    """Combined mode with +tls: the N-ACTION goes to a TLS commitment SCP, which then tries the
+    report on our listener with a rogue client certificate, in plain TCP, and with its real
+    certificate: only the last gets through, and its report completes the transaction."""
+    import ssl
+
+    from tests.tools.commitpeer import ReportTry, commitment_scp
+
+    def client(cert: Path | None, key: Path | None) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.load_verify_locations(str(tls_certs.ca))
+        if cert and key:
+            ctx.load_cert_chain(str(cert), str(key))
+        return ctx
+
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(str(tls_certs.server))
+    server.load_verify_locations(str(tls_certs.ca))
+    server.verify_mode = ssl.CERT_REQUIRED
+    tries = [ReportTry("rogue", client(tls_certs.rogue_crt, tls_certs.rogue_key)), ReportTry("plain", None),
+             ReportTry("trusted", client(tls_certs.client_crt, tls_certs.client_key))]
+    out = tmp_path / "out"
+    out.mkdir()
+    make_ct(tmp_path / "a.dcm")
+    listen = free_port()
+    with commitment_scp(server, listen, tries) as (port, outcomes):
+        result = stcomscu("+P", str(listen), *tls_args(tls_certs), "-aec", "COMMITSCP", "-te", "20", "-od", str(out),
+                          "+tuf", str(out / "tx.txt"), "127.0.0.1", str(port), "a.dcm", cwd=tmp_path, timeout=60)
+        assert outcomes.done.wait(10)
+    assert result.returncode == 0, result.stderr
+    assert outcomes.results["rogue"] != "status 0x0000" and outcomes.results["plain"] != "status 0x0000", outcomes.results
+    assert outcomes.results["trusted"] == "status 0x0000", outcomes.results
+    assert "TLS handshake failed" in result.stderr  # the worker's warning, shown by stcomscu
+    uid = (out / "tx.txt").read_text().strip()
+    assert dcmread(out / f"{uid}.rsp.OK.dcm").TransactionUID == uid
