@@ -14,13 +14,15 @@ Compared with ``nodectl storescu`` (which keeps pynetdicom's exit 0 whatever hap
   are sent over further associations;
 - non-DICOM files are skipped and counted; peer failure statuses are reported per file
   and change the exit status; ``--retry`` re-associates after refusals and aborts;
-- a progress display and ``--summary-json`` (``send_report.py``).
+- a progress display and ``--summary-json`` (``send_report.py``);
+- TLS with ``--tls-ca/--tls-cert/--tls-key/--tls-min-version/--tls-ciphers``, named like
+  ``nodectl serve``'s ``--tls-*`` (``tls_options.py``), in every worker process.
 
 Exit status (also in ``--help`` and docs/cli/send.md):
   0 every DICOM file was stored (Success or Warning status); skipped files allowed
   1 at least one file failed: failure status from the peer, no accepted context for it
-  2 command line error
-  3 association failure: refused, rejected or aborted, retries exhausted; files unsent
+  2 command line error (also an unreadable --tls-* file or a bad cipher string)
+  3 association failure (also a failed TLS handshake): refused, rejected or aborted, retries exhausted; files unsent
   4 a path on the command line does not exist (the files that do exist were sent)
   130 interrupted (Ctrl-C); the summary lists what had been sent
 When several apply, the lowest in this order wins: 3, 1, 4.
@@ -38,6 +40,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from node.errors import ConfigError
 from node.tools.send_plan import Scan, Task, plan, scan, tasks_for_worker
 from node.tools.send_report import (
     Progress,
@@ -55,6 +58,7 @@ from node.tools.storescu import (
     add_network_options,
     collect_files,
 )
+from node.tools.tls_options import ClientTls, add_client_arguments, client_tls
 
 __version__ = "0.1.0"
 
@@ -71,8 +75,9 @@ EXIT_HELP = """\
 exit status:
   0    every DICOM file was stored (Success or Warning); skipped non-DICOM files allowed
   1    at least one file failed (failure status from the peer, no accepted context)
-  2    command line error
-  3    association refused, rejected or aborted and --retry exhausted; files unsent
+  2    command line error; --tls-* files unreadable or a bad cipher string
+  3    association refused, rejected or aborted (TLS handshake failed too) and --retry
+       exhausted; files unsent
   4    a path named on the command line does not exist (the others were sent)
   130  interrupted
   When several apply: 3 before 1 before 4."""
@@ -130,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-delay", type=float, default=1.0, metavar="[s]econds",
         help="first wait before a retry, doubled each time, at most 10 s (default: 1)",
     )
+    add_client_arguments(parser.add_argument_group(
+        "TLS Options", "TLS on every association (any --tls-* option turns it on); names as in nodectl serve"))
     out = parser.add_argument_group("Output Options")
     out.add_argument(
         "--summary-json", metavar="FILE",
@@ -173,12 +180,12 @@ def progress_logging(progress: Progress, levels: tuple[int, int]) -> Iterator[No
             lg.propagate = propagate
 
 
-def peer_options(args: argparse.Namespace) -> PeerOptions:
+def peer_options(args: argparse.Namespace, tls: ClientTls | None = None) -> PeerOptions:
     return PeerOptions(
         host=args.addr, port=args.port, calling_aet=args.calling_aet, called_aet=args.called_aet,
         acse_timeout=args.acse_timeout, dimse_timeout=args.dimse_timeout,
         network_timeout=args.network_timeout, max_pdu=args.max_pdu,
-        retry=args.retry, retry_delay=args.retry_delay,
+        retry=args.retry, retry_delay=args.retry_delay, tls=tls,
     )
 
 
@@ -266,7 +273,8 @@ def stop_workers(procs: list[Any]) -> None:
             proc.join(timeout=JOIN_GRACE)
 
 
-def send(args: argparse.Namespace, found: Scan, missing: list[str], progress: Progress, levels: tuple[int, int]) -> tuple[int, Tally, int]:
+def send(args: argparse.Namespace, found: Scan, missing: list[str], progress: Progress, levels: tuple[int, int],
+         tls: ClientTls | None = None) -> tuple[int, Tally, int]:
     """Plan, run the workers, gather results: (exit status, tally, associations)."""
     tally = Tally(entries={entry.index: entry for entry in found.entries})
     if not found.entries:
@@ -277,7 +285,7 @@ def send(args: argparse.Namespace, found: Scan, missing: list[str], progress: Pr
         f"sending files={len(found.entries)} bytes={found.total_bytes} "
         f"contexts={len({e.context for e in found.entries})} associations={workers} tasks={len(tasks)}"
     )
-    results, procs = start_workers(tasks, workers, peer_options(args), levels)
+    results, procs = start_workers(tasks, workers, peer_options(args, tls), levels)
     try:
         associations = collect_results(results, procs, tally, progress)
     except KeyboardInterrupt:
@@ -287,7 +295,12 @@ def send(args: argparse.Namespace, found: Scan, missing: list[str], progress: Pr
 
 
 def run(args: argparse.Namespace) -> int:
-    """Collect, scan, send, report."""
+    """Check the TLS options, then collect, scan, send, report."""
+    try:
+        tls = client_tls(args)
+    except ConfigError as exc:
+        print(f"nodectl send: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     started = time.monotonic()
     levels = log_levels(args)
     files, missing = collect_files(args.path, args.recurse)
@@ -299,7 +312,7 @@ def run(args: argparse.Namespace) -> int:
         for item in found.skipped:
             LOGGER.warning(f"Skipped: {item.path}: {item.reason}")
         try:
-            status, tally, associations = send(args, found, missing, progress, levels)
+            status, tally, associations = send(args, found, missing, progress, levels, tls)
         finally:
             progress.close()
         seconds = time.monotonic() - started

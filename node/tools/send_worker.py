@@ -17,6 +17,10 @@ transfer syntax from the file meta, and needs an accepted context with exactly t
 transfer syntax; the plan proposes exactly those. The flag is global to pynetdicom, which
 is fine here because the worker process is ours alone.
 
+TLS (``--tls-*``): the options arrive as plain data (``PeerOptions.tls``) and each worker
+process builds its own ``ssl.SSLContext`` from them; the client socket is wrapped by
+pynetdicom (``tls_args``) before it connects.
+
 Retries (``--retry N``): an association that cannot be established (refused connection,
 transient rejection, abort, ACSE timeout) is retried up to N times in a row, with
 exponential back-off; a permanent rejection is not retried. When an association is lost
@@ -39,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from node.tools.send_plan import FileEntry, Task
+from node.tools.tls_options import ClientTls, client_context
 
 LOGGER = logging.getLogger("node.tools.send")
 MAX_BACKOFF = 10.0  # seconds; a cap so that --retry 10 does not sleep for half an hour
@@ -59,6 +64,7 @@ class PeerOptions:
     max_pdu: int = 16382
     retry: int = 0
     retry_delay: float = 1.0
+    tls: ClientTls | None = None  # --tls-*: each worker builds its own SSLContext from it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,7 +222,7 @@ def bound_send_queue(assoc: Any, backlog: int = PDU_BACKLOG) -> None:
         dul.to_provider_queue = BoundedProviderQueue(dul, backlog)
 
 
-def refusal(assoc: Any) -> _Refusal:
+def refusal(assoc: Any, tls: bool = False) -> _Refusal:
     """Classify an association that is not established, from what pynetdicom recorded."""
     primitive = getattr(getattr(assoc, "acceptor", None), "primitive", None)
     result = getattr(primitive, "result", None)
@@ -226,6 +232,9 @@ def refusal(assoc: Any) -> _Refusal:
     if result == 0x00:
         # Accepted, but not one context: the peer supports none of these files.
         return _Refusal("no accepted presentation context", retryable=False, network=False)
+    if tls:  # pynetdicom's error line names the TLS alert, if there was one
+        return _Refusal("association failed: connection refused, timed out, TLS handshake failed or certificate refused",
+                        retryable=True)
     if assoc.is_aborted:
         return _Refusal("association aborted", retryable=True)
     return _Refusal("association request failed (connection refused or timed out)", retryable=True)
@@ -286,17 +295,18 @@ def fail_all(files: Sequence[FileEntry], reason: str, network: bool, report: Rep
         report(FileResult(index=entry.index, sent=False, reason=reason, network=network, worker=worker))
 
 
-def run_task(task: Task, peer: PeerOptions, report: Report, worker: int) -> int:
+def run_task(task: Task, peer: PeerOptions, report: Report, worker: int, tls_context: Any = None) -> int:
     """Send one task's files, re-associating as --retry allows; return associations opened."""
     ae = make_ae(peer, task.contexts)
+    tls_args = (tls_context, None) if tls_context is not None else None
     pending = list(task.files)
     refused = 0  # consecutive association failures
     strikes: dict[int, int] = {}  # file index -> associations lost while it was in flight
     opened = 0
     while pending:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_aet, max_pdu=peer.max_pdu)
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_aet, max_pdu=peer.max_pdu, tls_args=tls_args)
         if not assoc.is_established:
-            why = refusal(assoc)
+            why = refusal(assoc, tls=tls_args is not None)
             refused += 1
             if not why.retryable or refused > peer.retry:
                 fail_all(pending, why.reason, why.network, report, worker)
@@ -338,9 +348,19 @@ def _after_loss(
     return pending
 
 
+def _without_traceback(record: logging.LogRecord) -> bool:
+    """Drop the exception trace of a pynetdicom record; its message already names the error."""
+    if record.name.startswith("pynetdicom"):
+        record.exc_info = None
+        record.exc_text = None
+    return True
+
+
 def _forward_logging(queue: Any, level: int, pynetdicom_level: int) -> None:
     """Send this process's log records to the parent, which prints them."""
     handler = logging.handlers.QueueHandler(queue)
+    if pynetdicom_level > logging.DEBUG:  # pynetdicom logs a TLS failure with its traceback: keep the line
+        handler.addFilter(_without_traceback)
     for name, lvl in (("node.tools.send", level), ("pynetdicom", pynetdicom_level)):
         lg = logging.getLogger(name)
         lg.handlers = [handler]
@@ -360,7 +380,8 @@ def run_worker(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _forward_logging(queue, level, pynetdicom_level)
     _config.STORE_SEND_CHUNKED_DATASET = True
+    tls_context = client_context(peer.tls) if peer.tls is not None else None  # checked by the parent already
     opened = 0
     for task in tasks:
-        opened += run_task(task, peer, queue.put, worker)
+        opened += run_task(task, peer, queue.put, worker, tls_context)
     queue.put(WorkerFinished(worker=worker, associations=opened))

@@ -335,3 +335,45 @@ def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert len(received.requests) == 3
     text = output.decode(errors="replace")
     assert "files 3/3, 0 failed" in text and "100%" in text
+
+
+# --- TLS (--tls-*): DCMTK's TLS storescp and our own TLS node -----------------------------------
+
+
+def tls_client(certs: Any, *, ca: Path | None = None) -> list[str]:
+    """--tls-* for a client with our CA's client certificate, trusting ``ca`` (default: our CA)."""
+    return ["--tls-ca", str(ca or certs.ca), "--tls-cert", str(certs.client_crt), "--tls-key", str(certs.client_key)]
+
+
+@needs_dcmtk
+def test_tls_send_into_dcmtk_storescp_intact_and_refusals(tmp_path: Path, tls_certs: Any) -> None:
+    """-j 2 over TLS into DCMTK's storescp +tls (client certificate required): every file arrives
+    byte for byte; a server certificate from another CA and a plain client fail with exit 3."""
+    sent = make_files(tmp_path / "in", 4)
+    dcmtk_tls = ("+tls", str(tls_certs.server_key), str(tls_certs.server_crt), "+cf", str(tls_certs.ca), "-rc")
+    with dcmtk_storescp(tmp_path / "scp", *dcmtk_tls) as scp:
+        result = send("-j", 2, *tls_client(tls_certs), "127.0.0.1", scp.port, tmp_path / "in")
+        rogue = send(*tls_client(tls_certs, ca=tls_certs.rogue_ca), "127.0.0.1", scp.port, tmp_path / "in" / "0000.dcm")
+        plain = send("127.0.0.1", scp.port, tmp_path / "in" / "0000.dcm")
+        received = scp.received()
+    assert result.returncode == 0, result.stderr
+    assert set(received) == set(sent)
+    for uid, path in sent.items():
+        assert dataset_bytes(received[uid]) == dataset_bytes(path)
+    assert rogue.returncode == 3 and "CERTIFICATE_VERIFY_FAILED" in rogue.stderr, rogue.stderr
+    assert "Traceback" not in rogue.stderr  # pynetdicom's trace of the TLS error is dropped: one line says it
+    assert plain.returncode == 3, plain.stderr
+
+
+def test_tls_send_into_our_tls_node(tmp_path: Path, tls_certs: Any, tls_node: Any) -> None:
+    """Into ``nodectl serve --tls-cert --tls-ca``: stored intact; without a client certificate the
+    node refuses the handshake (exit 3); an unreadable --tls-ca is a command line error (exit 2)."""
+    sent = make_files(tmp_path / "in", 2)
+    result = send("-j", 2, "-aec", "NODE", *tls_client(tls_certs), "127.0.0.1", tls_node.port, tmp_path / "in")
+    assert result.returncode == 0, result.stderr
+    for uid, path in sent.items():
+        assert dataset_bytes(tls_node.cwd / "store" / uid) == dataset_bytes(path)
+    anonymous = send("-aec", "NODE", "--tls-ca", tls_certs.ca, "127.0.0.1", tls_node.port, tmp_path / "in" / "0000.dcm")
+    assert anonymous.returncode == 3, anonymous.stderr
+    missing = send("--tls-ca", tmp_path / "nothing.pem", "127.0.0.1", tls_node.port, tmp_path / "in")
+    assert missing.returncode == 2 and "TLS" in missing.stderr, missing.stderr
