@@ -36,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
                              "is in (all in flight at once; reports come on the outbox's retries; default 0)")
     commit.add_argument("--same-association", choices=["on", "off"], default="on",
                         help="the node's [commitment] same_association (default on, the node's default)")
+    commit.add_argument("--profile", type=float, metavar="S",
+                        help="py-spy record the tracker and workers for S seconds from the start of the single runs (give --runs to fill it)")
     commit.add_argument("--node-ref", metavar="REF", help="run node/ and actors/ as committed at REF (git archive), not the work tree")
     memory = sub.add_parser("memory", help="peak RSS of every node process while one huge instance arrives, or of nodectl send")
     memory.add_argument("--size-mib", type=int, default=1024, help="size of the instance (default 1024)")
