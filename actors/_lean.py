@@ -271,7 +271,7 @@ class LeanAssociation(threading.Thread):
         cap = self.worker.config.network.max_pdu_send
         if cap and (peer_max == 0 or cap < peer_max):
             peer_max = cap
-        for pdu in acceptor.response_pdus(context_id, command, status, peer_max):
+        for pdu in self.worker.responses.pdus(context_id, command, status, peer_max):
             self.conn.sendall(pdu)
 
     # ----- the socket -----------------------------------------------------------------------

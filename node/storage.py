@@ -4,7 +4,9 @@ Only the storage writer calls this module, so there is exactly one writer of the
 A C-STORE success is sent only after ``Store.commit`` returned for its instance:
 
 1. the file is written in full to ``<directory>/.incoming/tmp/`` (same filesystem);
-2. the file is fsynced, so its bytes are on disk;
+2. the file is fdatasynced, so its bytes are on disk (fdatasync flushes the data and the
+   metadata needed to read it back, such as its size and blocks; only timestamps may
+   lag, and skipping them saved ~0.3 ms of ~1.2 ms per durable creation on this disk);
 3. it is renamed over its final path (atomic: readers see the old file or the new one);
 4. every directory whose entries changed is fsynced, so the rename itself is on disk.
 
@@ -109,7 +111,7 @@ class Store:
         fd, tmp = self._open_temp(final.name)
         try:
             size = self._fill(fd, write)
-            os.fsync(fd)
+            os.fdatasync(fd)
         except (OSError, StorageError) as exc:
             os.close(fd)
             os.unlink(tmp)

@@ -168,3 +168,17 @@ def test_file_meta_cache_writes_what_pydicom_writes(uid: str) -> None:
     for variant in (base, dataclasses.replace(base, implementation_version_name="", calling_aet="")):
         received = dataclasses.replace(variant, sop_instance_uid=uid)
         assert cache.meta(received) == file_meta_bytes(received)
+
+
+@pytest.mark.parametrize("message_id, status, uid", [
+    (1, 0x0000, "1.2.3"), (65535, 0xA700, "1.2.34"), (300, 0xC000, "1.2.840.113619.2.55.3.604688119.868.1234567890.123"),
+])
+def test_cached_responses_are_the_bytes_pynetdicom_encodes(message_id: int, status: int, uid: str) -> None:
+    encoder = acceptor.ResponseEncoder()
+    store = acceptor.Command(acceptor.C_STORE_RQ, message_id, CT, uid, True)
+    echo = acceptor.Command(acceptor.C_ECHO_RQ, message_id, VERIFICATION, "", False)
+    for command in (store, echo):
+        encoder.pdus(3, acceptor.Command(command.field, 9, command.sop_class_uid, "9.9", command.has_dataset), 0, 0)
+        assert encoder.pdus(3, command, status, 16384) == acceptor.response_pdus(3, command, status, 16384)
+    # a peer whose PDUs are too small for one response gets pynetdicom's fragments
+    assert encoder.pdus(3, store, status, 40) == acceptor.response_pdus(3, store, status, 40)
