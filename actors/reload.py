@@ -4,7 +4,8 @@
 the listeners and the workers (supervisord ``signalProcess``); each re-reads the file between two turns of
 its loop. What they apply live: the tracker its ``[[peers]]`` and ``[commitment]`` settings
 (its state is in the database), a listener its ``[network]`` limits (``max_associations``),
-a worker the listener list (it announces itself to listeners a reload added). Associations
+a worker the listener list (it announces itself to listeners a reload added), the
+``[access]`` table and the node-wide caps it checks new associations against. Associations
 in progress are not touched. The writer is not signalled, and a worker's other settings take
 effect when it next starts; programs added or removed (a listener, the worker count) are
 supervisord's ``reread``/``update`` in ``node.tools.reload``.
@@ -53,25 +54,29 @@ def reread(current: NodeConfig, flag: threading.Event) -> NodeConfig:
 
 
 def new_listeners(worker: Any, known: dict[str, Any], flag: threading.Event, connect: Callable[[str], Any]) -> dict[str, Any]:
-    """A worker on SIGHUP: take the file's listener list, return sockets to the listeners it lacked.
+    """A worker on SIGHUP: take the file's listeners and admission rules, return sockets to the
+    listeners it lacked.
 
-    Only the listener list changes; every other setting of a running worker stays as it
-    started (its associations were negotiated with them). A removed listener's socket stays
-    open and unused: messages to it are dropped, never block.
+    Only the listener list, the ``[access]`` table and the association caps change; every
+    other setting of a running worker stays as it started (its associations were negotiated
+    with them). A removed listener's socket stays open and unused: messages to it are
+    dropped, never block.
     """
     flag.clear()
     worker.config = with_listeners(worker.config)
     added = {lc.key: connect(lc.key) for lc in worker.config.listeners if lc.key not in known}
-    log.info("listeners reloaded: %s new", ", ".join(added) or "none")
+    log.info("listeners and access rules reloaded: %s new listener(s)", ", ".join(added) or "no")
     return added
 
 
 def with_listeners(current: NodeConfig) -> NodeConfig:
-    """``current`` with the listener list of the configuration file as it is now."""
+    """``current`` with the configuration file's listeners, access table and caps as they are now."""
     path = os.environ.get("NODECTL_CONFIG")
     try:
         fresh = configuration.load(Path(path) if path else None)
     except ConfigError as exc:
         log.error("cannot re-read the listeners: %s", exc)
         return current
-    return replace(current, listeners=fresh.listeners)
+    network = replace(current.network, max_associations=fresh.network.max_associations,
+                      max_associations_per_aet=fresh.network.max_associations_per_aet)
+    return replace(current, listeners=fresh.listeners, access=fresh.access, network=network)

@@ -77,3 +77,35 @@ def test_sighup_adds_and_removes_a_listener_without_dropping_an_association(tmp_
         if assoc.is_established:
             assoc.release()
         assert node.stop() == 0
+
+
+def test_sighup_reloads_the_access_table_in_the_workers(tmp_path: Path) -> None:
+    """A calling AE refused by ``[access.allowed]`` is admitted after the table is edited and
+    SIGHUP sent, by the same worker process (no restart)."""
+    from pynetdicom import AE
+
+    port = free_port()
+    conf = tmp_path / "node.toml"
+
+    def write(allowed: list[str]) -> None:
+        write_config(conf, [port], 64)
+        conf.write_text(conf.read_text() + f"[access.allowed]\nNODE = {allowed!r}\n".replace("'", '"'))
+
+    write(["MODALITY"])
+    node = RunningNode(["serve", "--config", str(conf)], cwd=tmp_path, port=port).wait_ready()
+    try:
+        workers = {p.pid for p in node.children("run worker")}
+        ae = AE(ae_title="LATECOMER")
+        ae.add_requested_context(VERIFICATION)
+        refused = ae.associate("127.0.0.1", port, ae_title="NODE")
+        assert refused.is_rejected and refused.acceptor.primitive.diagnostic == 3
+
+        write(["MODALITY", "LATECOMER"])
+        os.kill(node.proc.pid, signal.SIGHUP)
+        wait_until(lambda: "access rules reloaded" in node.log(), 20, "the worker to re-read the access table")
+        admitted = ae.associate("127.0.0.1", port, ae_title="NODE")
+        assert admitted.is_established and admitted.send_c_echo().Status == 0
+        admitted.release()
+        assert {p.pid for p in node.children("run worker")} == workers
+    finally:
+        assert node.stop() == 0
