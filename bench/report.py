@@ -87,7 +87,7 @@ def _other_target(prefix: str, data: dict) -> tuple[str, str, str] | None:
     """(measured, range, met) from another harness's results file; None if it is not the target's size."""
     if prefix == "commit-":
         opts, lat = data["options"], data["single"]["latency_s"]
-        if opts["instances"] < 1000 or opts["concurrent"] < 100 or not data["concurrent"] or not lat:
+        if opts["instances"] < 1000 or opts["concurrent"] < 100 or not data["concurrent"] or not lat or opts.get("same_association") == "off":
             return None
         done = ", ".join(f"{c['complete_and_correct']}/{c['transactions']}" for c in data["concurrent"])
         met = data["single"]["met"] and data["concurrent_met"]
