@@ -40,7 +40,7 @@ from node.access import AssociateRequest, Refusal, admit
 from node.acceptor import ResponseEncoder
 from node.messages import AssociationEnded, ErrorReply, HandOff, InstanceWritten, NodeLoad, WorkerReady, unpack
 from node.paths import FilePathPattern
-from node.receive import ANY, STORAGE_COMMITMENT, FileMetaCache, Received, check_dataset, context_rules, delay_ms, file_meta_bytes, plan_write, read_spooled
+from node.receive import ANY, STORAGE_COMMITMENT, FileMetaCache, Received, check_dataset, context_rules, delay_ms, plan_write, read_spooled
 from node.storage import PREAMBLE
 
 log = logging.getLogger("actors.worker")

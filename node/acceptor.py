@@ -150,12 +150,7 @@ def accept(request: AssociationRequest, supported: Sequence[Any], negotiate: Neg
     window of one operation each way, which is what this path performs.
     """
     from pynetdicom.pdu import A_ASSOCIATE_AC as AcPdu
-    from pynetdicom.pdu_primitives import (
-        A_ASSOCIATE,
-        ImplementationClassUIDNotification,
-        ImplementationVersionNameNotification,
-        MaximumLengthNotification,
-    )
+    from pynetdicom.pdu_primitives import A_ASSOCIATE
 
     results, _roles = negotiate(request.primitive.presentation_context_definition_list, list(supported), {})
     primitive = A_ASSOCIATE()
@@ -165,6 +160,21 @@ def accept(request: AssociationRequest, supported: Sequence[Any], negotiate: Neg
     primitive.result = 0x00
     primitive.result_source = 0x01
     primitive.presentation_context_definition_results_list = results
+    primitive.user_information = user_information(max_pdu, implementation_class_uid, implementation_version_name)
+    contexts = {int(cx.context_id): (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in results if cx.result == 0x00}
+    pdu = AcPdu()
+    pdu.from_primitive(primitive)
+    return Accepted(pdu=bytes(pdu.encode()), contexts=contexts)
+
+
+def user_information(max_pdu: int, implementation_class_uid: str, implementation_version_name: str) -> list[Any]:
+    """The user information items both sides send: maximum length and implementation."""
+    from pynetdicom.pdu_primitives import (
+        ImplementationClassUIDNotification,
+        ImplementationVersionNameNotification,
+        MaximumLengthNotification,
+    )
+
     length = MaximumLengthNotification()
     length.maximum_length_received = max_pdu
     impl = ImplementationClassUIDNotification()
@@ -174,11 +184,7 @@ def accept(request: AssociationRequest, supported: Sequence[Any], negotiate: Neg
         version = ImplementationVersionNameNotification()
         version.implementation_version_name = implementation_version_name
         info.append(version)
-    primitive.user_information = info
-    contexts = {int(cx.context_id): (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in results if cx.result == 0x00}
-    pdu = AcPdu()
-    pdu.from_primitive(primitive)
-    return Accepted(pdu=bytes(pdu.encode()), contexts=contexts)
+    return info
 
 
 def reject_pdu(result: int, source: int, reason: int) -> bytes:
@@ -263,16 +269,18 @@ class Command:
     has_dataset: bool
     move_originator_aet: str = ""
     move_originator_id: int | None = None
+    status: int | None = None  # responses only
 
 
 def decode_command(data: bytes) -> Command:
-    """Decode a command set (always Implicit VR Little Endian, PS3.7 6.3.1)."""
+    """Decode a request or response command set (always Implicit VR Little Endian, PS3.7 6.3.1)."""
     from pydicom.filereader import read_dataset
 
     try:
         ds: Dataset = read_dataset(BytesIO(data), is_implicit_VR=True, is_little_endian=True)
         field = int(ds.CommandField)
-        message_id = int(ds.MessageID) if field != C_CANCEL_RQ else int(ds.get("MessageIDBeingRespondedTo", 0))
+        # requests carry Message ID; responses and C-CANCEL the ID they refer to
+        message_id = int(ds.MessageID) if "MessageID" in ds else int(ds.get("MessageIDBeingRespondedTo", 0))
         return Command(
             field=field,
             message_id=message_id,
@@ -281,6 +289,7 @@ def decode_command(data: bytes) -> Command:
             has_dataset=int(ds.get("CommandDataSetType", NO_DATASET)) != NO_DATASET,
             move_originator_aet=str(ds.get("MoveOriginatorApplicationEntityTitle", "") or "").strip(),
             move_originator_id=int(ds.MoveOriginatorMessageID) if "MoveOriginatorMessageID" in ds else None,
+            status=int(ds.Status) if "Status" in ds else None,
         )
     except Exception as exc:  # a broken command set: pydicom raises many types
         raise ProtocolError(f"command set cannot be decoded: {exc}", ABORT_INVALID_PARAMETER) from None
@@ -293,6 +302,7 @@ def response_pdus(context_id: int, command: Command, status: int, peer_max_pdu: 
     from pynetdicom.pdu import P_DATA_TF as PDataPdu
 
     primitive: Any
+    message: Any
     if command.field == C_STORE_RQ:
         primitive, message = C_STORE(), C_STORE_RSP()
         primitive.AffectedSOPInstanceUID = command.sop_instance_uid
@@ -311,56 +321,67 @@ def response_pdus(context_id: int, command: Command, status: int, peer_max_pdu: 
     return out
 
 
-class ResponseEncoder:
-    """C-STORE-RSP and C-ECHO-RSP bytes, as ``response_pdus`` makes them, without its cost.
+class CommandTemplate:
+    """A command set pynetdicom encoded once, into which later messages patch their values.
 
-    pynetdicom's encoder writes the command set through pydicom (~0.6 ms, the largest cost of
-    a small C-STORE on the lean path). Responses of one SOP class differ only in the
-    Message ID Being Responded To, the Status and the Affected SOP Instance UID, so
-    pynetdicom encodes one per SOP class and later ones patch those values into its bytes
-    (tests/node/test_acceptor.py compares both encodings byte for byte).
+    pynetdicom's encoder writes a command set through pydicom (~0.6 ms, the largest cost of a
+    small C-STORE on a lean path). Messages of one kind and SOP class differ only in a few
+    16-bit values (Message ID, Status) and the SOP Instance UID, always the last element
+    (0000,1000); the rest of pynetdicom's bytes are kept (tests compare both encodings).
     """
 
     _ELEMENT = struct.Struct("<HHI")
     _GROUP_LENGTH = b"\x00\x00\x00\x00\x04\x00\x00\x00"
     _INSTANCE_UID = b"\x00\x00\x00\x10"
 
-    def __init__(self) -> None:
-        self._templates: dict[tuple[int, str], tuple[bytes, int, int]] = {}
-
-    def pdus(self, context_id: int, command: Command, status: int, peer_max_pdu: int) -> list[bytes]:
-        key = (command.field, command.sop_class_uid)
-        template = self._templates.get(key)
-        if template is None:
-            template = self._templates[key] = self._template(command)
-        body_template, message_id_at, status_at = template
-        body = bytearray(body_template)
-        struct.pack_into("<H", body, message_id_at, command.message_id & 0xFFFF)
-        struct.pack_into("<H", body, status_at, status & 0xFFFF)
-        if command.field == C_STORE_RQ:
-            uid = command.sop_instance_uid.encode("ascii", "replace")
-            if len(uid) % 2:
-                uid += b"\x00"
-            body += self._INSTANCE_UID + struct.pack("<I", len(uid)) + uid
-        cmd = self._GROUP_LENGTH + struct.pack("<I", len(body)) + body
-        pdu = PDU_HEADER.pack(P_DATA_TF, len(cmd) + 6) + struct.pack(">IBB", len(cmd) + 2, context_id, 0x03) + cmd
-        if peer_max_pdu and len(pdu) - 6 > peer_max_pdu:
-            return list(response_pdus(context_id, command, status, peer_max_pdu))  # fragments needed
-        return [pdu]
-
-    def _template(self, command: Command) -> tuple[bytes, int, int]:
-        """pynetdicom's encoding with placeholders, group length and instance UID cut off."""
-        placeholder = Command(command.field, 0, command.sop_class_uid, "1" if command.field == C_STORE_RQ else "", False)
-        (pdu,) = response_pdus(1, placeholder, 0, 1 << 31)
+    def __init__(self, pdu: bytes, patched: Sequence[int]) -> None:
+        """``pdu``: one P-DATA-TF holding the whole command in one PDV; ``patched``: the
+        element numbers (group 0000) of the 16-bit values to patch, in call order."""
         cmd = pdu[12:]
         offsets: dict[int, int] = {}
         pos = 0
         while pos < len(cmd):
             group, elem, length = self._ELEMENT.unpack_from(cmd, pos)
-            offsets[(group << 16) | elem] = pos
+            if group != 0:
+                raise ValueError(f"command element ({group:04X},{elem:04X}) outside group 0000")
+            offsets[elem] = pos
             pos += 8 + length
-        if 0 not in offsets or offsets[0] != 0:
-            raise ValueError("pynetdicom's response does not start with its group length")
-        end = offsets.get(0x1000, len(cmd))  # (0000,1000) is the last element when present
-        body = cmd[12:end]
-        return body, offsets[0x0120] - 12 + 8, offsets[0x0900] - 12 + 8
+        if offsets.get(0) != 0:
+            raise ValueError("pynetdicom's command does not start with its group length")
+        self._has_uid = 0x1000 in offsets
+        self._body = cmd[12 : offsets.get(0x1000, len(cmd))]
+        self._at = [offsets[elem] - 12 + 8 for elem in patched]
+
+    def pdu(self, context_id: int, values: Sequence[int], uid: str | None) -> bytes:
+        """A P-DATA-TF with the command in one PDV (command, last), values and UID patched in."""
+        body = bytearray(self._body)
+        for at, value in zip(self._at, values):
+            struct.pack_into("<H", body, at, value & 0xFFFF)
+        if self._has_uid and uid is not None:
+            raw = uid.encode("ascii", "replace")
+            if len(raw) % 2:
+                raw += b"\x00"
+            body += self._INSTANCE_UID + struct.pack("<I", len(raw)) + raw
+        cmd = self._GROUP_LENGTH + struct.pack("<I", len(body)) + body
+        return PDU_HEADER.pack(P_DATA_TF, len(cmd) + 6) + struct.pack(">IBB", len(cmd) + 2, context_id, 0x03) + cmd
+
+
+class ResponseEncoder:
+    """C-STORE-RSP and C-ECHO-RSP bytes, as ``response_pdus`` makes them, from a
+    ``CommandTemplate`` per SOP class (Message ID Being Responded To, Status, instance UID)."""
+
+    def __init__(self) -> None:
+        self._templates: dict[tuple[int, str], CommandTemplate] = {}
+
+    def pdus(self, context_id: int, command: Command, status: int, peer_max_pdu: int) -> list[bytes]:
+        key = (command.field, command.sop_class_uid)
+        template = self._templates.get(key)
+        if template is None:
+            placeholder = Command(command.field, 0, command.sop_class_uid, "1" if command.field == C_STORE_RQ else "", False)
+            (first,) = response_pdus(1, placeholder, 0, 1 << 31)
+            template = self._templates[key] = CommandTemplate(first, (0x0120, 0x0900))
+        uid = command.sop_instance_uid if command.field == C_STORE_RQ else None
+        pdu = template.pdu(context_id, (command.message_id, status), uid)
+        if peer_max_pdu and len(pdu) - 6 > peer_max_pdu:
+            return list(response_pdus(context_id, command, status, peer_max_pdu))  # fragments needed
+        return [pdu]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import logging.handlers
+import os
 import queue
 import signal
 import socket
@@ -247,8 +248,6 @@ def backoff(peer: PeerOptions, failures: int) -> float:
 
 def store_one(assoc: Any, entry: FileEntry, msg_id: int, worker: int) -> FileResult | None:
     """C-STORE one file streamed from its path; ``None`` means the association was lost."""
-    from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
-
     try:
         rsp = assoc.send_c_store(entry.path, msg_id)
     except (ValueError, AttributeError, OSError) as exc:
@@ -262,7 +261,13 @@ def store_one(assoc: Any, entry: FileEntry, msg_id: int, worker: int) -> FileRes
         if assoc.is_established:
             assoc.abort()
         return None
-    status = int(rsp.Status)
+    return store_result(entry, int(rsp.Status), worker)
+
+
+def store_result(entry: FileEntry, status: int, worker: int) -> FileResult:
+    """The outcome of a C-STORE-RSP status: Success and Warning count as sent."""
+    from pynetdicom.status import STORAGE_SERVICE_CLASS_STATUS, code_to_category
+
     category, meaning = STORAGE_SERVICE_CLASS_STATUS.get(status, (code_to_category(status), ""))
     ok = category in ("Success", "Warning")
     return FileResult(
@@ -275,12 +280,14 @@ def store_one(assoc: Any, entry: FileEntry, msg_id: int, worker: int) -> FileRes
     )
 
 
-def send_over(assoc: Any, pending: list[FileEntry], report: Report, worker: int) -> tuple[int, list[FileEntry]]:
+def send_over(assoc: Any, pending: list[FileEntry], report: Report, worker: int,
+              store: Callable[[Any, FileEntry, int, int], FileResult | None] | None = None) -> tuple[int, list[FileEntry]]:
     """Send ``pending`` in order; return how many got a response and what is left if lost."""
+    store = store or store_one
     msg_id = 1
     answered = 0
     for position, entry in enumerate(pending):
-        result = store_one(assoc, entry, msg_id, worker)
+        result = store(assoc, entry, msg_id, worker)
         if result is None:
             return answered, pending[position:]
         report(result)
@@ -296,17 +303,18 @@ def fail_all(files: Sequence[FileEntry], reason: str, network: bool, report: Rep
 
 
 def run_task(task: Task, peer: PeerOptions, report: Report, worker: int, tls_context: Any = None) -> int:
-    """Send one task's files, re-associating as --retry allows; return associations opened."""
-    ae = make_ae(peer, task.contexts)
-    tls_args = (tls_context, None) if tls_context is not None else None
+    """Send one task's files, re-associating as --retry allows; return associations opened.
+
+    The association is ``send_lean``'s unless ``NODECTL_SEND_PATH=pynetdicom``.
+    """
+    lean = os.environ.get("NODECTL_SEND_PATH", "lean") != "pynetdicom"
     pending = list(task.files)
     refused = 0  # consecutive association failures
     strikes: dict[int, int] = {}  # file index -> associations lost while it was in flight
     opened = 0
     while pending:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_aet, max_pdu=peer.max_pdu, tls_args=tls_args)
-        if not assoc.is_established:
-            why = refusal(assoc, tls=tls_args is not None)
+        assoc, why = _associate(task, peer, tls_context, lean)
+        if why is not None:
             refused += 1
             if not why.retryable or refused > peer.retry:
                 fail_all(pending, why.reason, why.network, report, worker)
@@ -316,16 +324,36 @@ def run_task(task: Task, peer: PeerOptions, report: Report, worker: int, tls_con
             continue
         opened += 1
         refused = 0
-        bound_send_queue(assoc)
-        guard_reactor(assoc)
+        if not lean:
+            bound_send_queue(assoc)
+            guard_reactor(assoc)
         try:
-            _answered, pending = send_over(assoc, pending, report, worker)
+            _answered, pending = send_over(assoc, pending, report, worker, _lean_store if lean else store_one)
         finally:
             if assoc.is_established:
                 assoc.release()
         if pending:
             pending = _after_loss(pending, strikes, peer, report, worker)
     return opened
+
+
+def _associate(task: Task, peer: PeerOptions, tls_context: Any, lean: bool) -> tuple[Any, _Refusal | None]:
+    """An established association for ``task``, or why there is none."""
+    if lean:
+        from node.tools import send_lean
+
+        scu = send_lean.connect(peer, task.contexts, tls_context)
+        return (None, scu) if isinstance(scu, _Refusal) else (scu, None)
+    ae = make_ae(peer, task.contexts)
+    tls_args = (tls_context, None) if tls_context is not None else None
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.called_aet, max_pdu=peer.max_pdu, tls_args=tls_args)
+    if not assoc.is_established:
+        return None, refusal(assoc, tls=tls_args is not None)
+    return assoc, None
+
+
+def _lean_store(scu: Any, entry: FileEntry, msg_id: int, worker: int) -> FileResult | None:
+    return scu.store(entry, msg_id, worker)
 
 
 def _after_loss(

@@ -94,7 +94,10 @@ def test_help_documents_exit_codes_and_bad_options_exit_2() -> None:
 
 
 @needs_dcmtk
-def test_parallel_send_into_dcmtk_loses_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("send_path", ["lean", "pynetdicom"])
+def test_parallel_send_into_dcmtk_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, send_path: str) -> None:
+    """Both association engines (``NODECTL_SEND_PATH``): every file arrives intact."""
+    monkeypatch.setenv("NODECTL_SEND_PATH", send_path)
     sent = make_files(tmp_path / "in", 40)
     (tmp_path / "in" / "README.txt").write_text("not DICOM")
     report = tmp_path / "summary.json"
