@@ -19,7 +19,7 @@ from typing import Any
 from node import acceptor, requestor
 from node.acceptor import ProtocolError
 from node.tools.send_plan import FileEntry
-from node.tools.send_worker import FileResult, PeerOptions, _Refusal, store_result
+from node.tools.send_worker import LOGGER, FileResult, PeerOptions, _Refusal, store_result
 
 UNLIMITED_CHUNK = 1 << 20  # dataset bytes per PDU when the peer sets no maximum
 
@@ -119,8 +119,6 @@ class LeanScu:
         self._close()
 
     def _lose(self, why: str) -> None:
-        from node.tools.send_worker import LOGGER
-
         LOGGER.debug("association lost: %s", why)
         self.abort()
 
@@ -165,6 +163,8 @@ def connect(peer: PeerOptions, contexts: Any, tls_context: ssl.SSLContext | None
         sock.close()
         return _Refusal(f"association rejected ({_rejection_text(reply)})", retryable=reply.result == 0x02)
     scu = LeanScu(sock, reply, peer)
+    LOGGER.info("association accepted by %s:%d: %d of %d context(s), peer max PDU %d", peer.host, peer.port,
+                len(reply.by_syntax), len(proposal.contexts), reply.peer_max_pdu)
     if not reply.by_syntax:
         scu.release()
         return _Refusal("no accepted presentation context", retryable=False, network=False)
