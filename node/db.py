@@ -16,6 +16,7 @@ driver's connection is to the database what sqlite3's file handle is to the file
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -88,7 +89,18 @@ class Database:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(path, timeout=10, isolation_level=None)
-        self.conn.execute("PRAGMA journal_mode=WAL")
+        # Switching a new database to WAL needs it unlocked, and SQLite answers "database is
+        # locked" at once, without its busy timeout, while another actor (writer, tracker)
+        # creates or migrates the same file: try again for as long as the busy timeout.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
         self.conn.execute("PRAGMA synchronous=FULL")
 
     def _connect_postgresql(self) -> None:

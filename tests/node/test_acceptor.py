@@ -6,11 +6,17 @@ import dataclasses
 from io import BytesIO
 
 import pytest
-from pynetdicom import acse
+from pydicom.dataset import Dataset
 from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
-from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, P_DATA_TF
+from pynetdicom.pdu import (
+    A_ABORT_RQ,
+    A_ASSOCIATE_AC,
+    A_ASSOCIATE_RJ,
+    A_ASSOCIATE_RQ,
+    P_DATA_TF,
+)
 from pynetdicom.pdu_primitives import (
     A_ASSOCIATE,
     P_DATA,
@@ -18,12 +24,17 @@ from pynetdicom.pdu_primitives import (
     MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
 )
-from pynetdicom.presentation import build_context
-from pydicom.dataset import Dataset
+from pynetdicom.presentation import build_context, negotiate_as_acceptor
 
 from node import acceptor
 from node.acceptor import ProtocolError
-from node.receive import STORAGE_COMMITMENT, VERIFICATION, FileMetaCache, Received, file_meta_bytes
+from node.receive import (
+    STORAGE_COMMITMENT,
+    VERIFICATION,
+    FileMetaCache,
+    Received,
+    file_meta_bytes,
+)
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -73,7 +84,7 @@ def test_commitment_and_role_selection_go_to_pynetdicom() -> None:
 def test_accept_encodes_what_pynetdicom_decodes() -> None:
     request = acceptor.decode_request(request_pdu([(CT, [IMPLICIT, EXPLICIT]), ("1.2.3.999", [IMPLICIT])]))
     supported = [build_context(CT, [EXPLICIT, IMPLICIT])]
-    accepted = acceptor.accept(request, supported, acse.negotiate_as_acceptor, max_pdu=16378,
+    accepted = acceptor.accept(request, supported, negotiate_as_acceptor, max_pdu=16378,
                                implementation_class_uid="1.2.826.0.1.3680043.9.7433.1", implementation_version_name="NODE")
     assert accepted.contexts == {1: (CT, EXPLICIT)}  # pynetdicom's rule: the acceptor's order
     ac = A_ASSOCIATE_AC()

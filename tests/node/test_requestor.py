@@ -5,11 +5,10 @@ from __future__ import annotations
 from io import BytesIO
 
 import pytest
-from pynetdicom import acse
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu import A_ASSOCIATE_RQ, A_RELEASE_RQ, P_DATA_TF
-from pynetdicom.presentation import build_context
+from pynetdicom.presentation import build_context, negotiate_as_acceptor
 
 from node import acceptor, requestor
 
@@ -41,7 +40,7 @@ def test_the_request_is_what_pynetdicom_reads() -> None:
 def test_an_acceptance_maps_contexts_by_syntax_and_a_rejection_keeps_its_reason() -> None:
     offer = proposal()
     request = acceptor.decode_request(offer.pdu)
-    accepted = acceptor.accept(request, [build_context(CT, [EXPLICIT])], acse.negotiate_as_acceptor, max_pdu=32768,
+    accepted = acceptor.accept(request, [build_context(CT, [EXPLICIT])], negotiate_as_acceptor, max_pdu=32768,
                                implementation_class_uid="1.2.3.5", implementation_version_name="")
     reply = requestor.associate_reply(requestor.A_ASSOCIATE_AC, accepted.pdu, offer)
     assert reply == requestor.Established(by_syntax={(CT, EXPLICIT): 1}, peer_max_pdu=32768)
