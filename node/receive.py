@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.filereader import read_dataset
 from pydicom._uid_dict import UID_dictionary
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
@@ -28,6 +29,7 @@ from node.dataset_walk import check_complete
 from node.errors import ConfigError, DatasetError, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
 from node.messages import WriteInstance
 from node.paths import FilePathPattern, relative_path_for
+from node.storage import PREAMBLE
 
 VERIFICATION = "1.2.840.10008.1.1"
 STORAGE_COMMITMENT = "1.2.840.10008.1.20.1"
@@ -154,6 +156,30 @@ def read_spooled(source: str | BinaryIO) -> tuple[Dataset, int]:
     except OSError as exc:
         raise DatasetError(f"spooled dataset unreadable: {exc.strerror}") from None
     return ds, offset
+
+
+_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+# Parsed through the file meta (dcmread): pydicom inflates or byte-swaps these itself.
+_NEEDS_FILE_META = frozenset({uids.DeflatedExplicitVRLittleEndian, uids.ExplicitVRBigEndian})
+
+
+def read_in_memory(data: bytes, meta: bytes, transfer_syntax: str) -> Dataset:
+    """Parse a dataset received whole in memory up to Pixel Data, and check it is complete.
+
+    The same checks as ``read_spooled`` without re-reading the file meta we just built:
+    ``read_dataset`` goes straight at the bytes in the negotiated syntax (a small C-STORE's
+    dataset parse was a fifth of a worker's CPU through ``dcmread``).
+    """
+    if transfer_syntax in _NEEDS_FILE_META:
+        return read_spooled(BytesIO(PREAMBLE + meta + data))[0]
+    try:
+        with BytesIO(data) as fh:
+            ds = read_dataset(fh, is_implicit_VR=transfer_syntax == uids.ImplicitVRLittleEndian, is_little_endian=True,
+                              stop_when=lambda tag, _vr, _length: tag in _PIXEL_TAGS, defer_size=64 * 1024)
+            check_complete(fh, 0, len(data), transfer_syntax)
+    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, OverflowError, NotImplementedError) as exc:
+        raise DatasetError(f"dataset cannot be parsed: {exc}", status=STATUS_CANNOT_UNDERSTAND) from None
+    return ds
 
 
 def _dataset_offset(fh: object) -> int:

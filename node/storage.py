@@ -56,6 +56,8 @@ class Store:
     def __init__(self, directory: Path, *, rename_retries: int = 3, rename_retry_jitter_ms: int = 50) -> None:
         self.directory = Path(directory).resolve()
         self.tmp_dir = self.directory / ".incoming" / "tmp"
+        self._root = str(self.directory)
+        self._incoming = str(self.directory / ".incoming")
         self.rename_retries = rename_retries
         self.rename_retry_jitter_ms = rename_retry_jitter_ms
 
@@ -71,12 +73,14 @@ class Store:
 
     def final_path(self, relpath: str) -> Path:
         """Join a relative path to the store, refusing anything that would leave it."""
-        target = (self.directory / relpath).resolve()
-        if self.directory not in target.parents:
+        # String operations on os.path.realpath (symlinks still followed): pathlib's resolve()
+        # and .parents were a tenth of the writer's CPU per small instance.
+        target = os.path.realpath(os.path.join(self._root, relpath))
+        if not target.startswith(self._root + os.sep):
             raise PathError(f"path {relpath!r} would leave the store")
-        if target.is_relative_to(self.directory / ".incoming"):
+        if target == self._incoming or target.startswith(self._incoming + os.sep):
             raise PathError(f"path {relpath!r} is inside the reserved .incoming directory")
-        return target
+        return Path(target)
 
     def commit(self, writes: Sequence[PendingWrite]) -> list[WriteOutcome]:
         """Make every write durable; one outcome per write, in order.
