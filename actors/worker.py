@@ -704,6 +704,11 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
     ctx = ctx or zmq.Context.instance()
     worker = Worker(config, worker_id, ctx)
     worker.prepare_spool()
+    # Each listener's AE and ~200 supported contexts (~40 syntaxes each, every UID checked by
+    # a regex) take ~1 s to build: do it before announcing capacity, not in the first
+    # association, whose peer would wait for it.
+    for lc in config.listeners:
+        worker.ae_for(lc)
     handoff_path = str(config.handoff_path(worker.name))
     server = _handoff_server(handoff_path)
     listeners = {lc.key: _bus.dealer(ctx, config.endpoint(f"listener-{lc.key}"), identity=worker.name) for lc in config.listeners}
