@@ -208,4 +208,10 @@ def _read_exact(sock: socket.socket, n: int) -> bytes:
         if k == 0:
             raise EOFError("connection closed by the peer")
         got += k
+        # ACK at once: a Nagle-on peer (DCMTK's defaults) may hold the rest of its response
+        # for our ACK, which Linux would delay up to 40 ms (see actors/_lean.py).
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            pass
     return bytes(buf)
