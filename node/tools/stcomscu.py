@@ -766,7 +766,7 @@ def report_text(uid: str, request: Any, report: Any) -> str:
     """The ``+crf`` report (layout a nodectl convention)."""
     from node import commitment as sc
 
-    lines = [f"Storage Commitment Report", f"Transaction UID: {uid}",
+    lines = ["Storage Commitment Report", f"Transaction UID: {uid}",
              f"Event Type ID: {report.event_type} ({'all committed' if report.event_type == 1 else 'failures exist'})"]
     if request is not None:
         lines.append(f"Requested instances: {len(request.refs)}")

@@ -3,7 +3,6 @@ DICOM by a pynetdicom SCU on 127.0.0.1: bad input gets the status the standard n
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
