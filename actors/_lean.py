@@ -26,11 +26,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from actors import _pdu
 from node import acceptor
 from node.acceptor import ProtocolError
 from node.errors import STATUS_OUT_OF_RESOURCES
 from node.messages import HandOff
-from node.receive import Received, VERIFICATION, delay_ms
+from node.receive import Received, VERIFICATION
 from node.storage import PREAMBLE
 
 if TYPE_CHECKING:
@@ -97,7 +98,6 @@ class LeanAssociation(threading.Thread):
         self.delegate: Any = None  # pynetdicom's Association when the request needed it
         self.request: acceptor.AssociationRequest | None = None
         self.accepted: acceptor.Accepted | None = None
-        self.stores = 0
         self._spools = 0
         self._closed = False
         net = worker.config.network
@@ -241,28 +241,20 @@ class LeanAssociation(threading.Thread):
         )
         self._spools += 1
         spool = os.path.join(self.worker.spool_dir, f"{self.handoff.assoc_id}-{self._spools}.dcm")
-        return _Incoming(context_id, command, received, self.worker.meta_for(received),
+        return _Incoming(context_id, command, received, self.worker.meta_cache.meta(received),
                          self.worker.config.store.inline_threshold, spool)
 
     def _store(self, incoming: _Incoming) -> None:
-        """Make the instance durable (or not), then answer with the status."""
+        """Make the instance durable (or not, as the store options say), then answer."""
         incoming.finish()
-        self.stores += 1
-        self.live.stores = self.stores
-        store_cfg = self.worker.config.store
-        _sleep_ms(delay_ms(store_cfg.receive_delay, self.stores))
+        self.live.stores += 1
         try:
-            status = store_cfg.status
-            if not store_cfg.ignore:
-                status = self.worker.store_instance(self.live, incoming)
-                if status == 0 and store_cfg.status:
-                    status = store_cfg.status
+            status = self.worker.store_with_options(self.live.stores, lambda: self.worker.store_instance(self.live, incoming))
         except Exception:  # never leave the peer without an answer
             log.exception("assoc=%s sop=%s store failed", self.handoff.assoc_id, incoming.received.sop_instance_uid)
             status = STATUS_OUT_OF_RESOURCES
         finally:
             incoming.discard()
-        _sleep_ms(delay_ms(store_cfg.response_delay, self.stores))
         self._respond(incoming.context_id, incoming.command, status)
 
     def _respond(self, context_id: int, command: acceptor.Command, status: int) -> None:
@@ -277,42 +269,7 @@ class LeanAssociation(threading.Thread):
     # ----- the socket -----------------------------------------------------------------------
 
     def _read_pdu(self) -> tuple[int, bytes]:
-        """One whole PDU (header included); its announced length is capped before reading."""
-        head = self._read_exact(6)
-        pdu_type, length = acceptor.pdu_header(head)
-        if length > self.max_pdu_read:
-            raise ProtocolError(f"peer announced a {length}-byte PDU, over the {self.max_pdu_read}-byte limit",
-                                acceptor.ABORT_INVALID_PARAMETER)
-        buf = bytearray(6 + length)
-        buf[:6] = head
-        self._read_into(memoryview(buf)[6:])
-        return pdu_type, bytes(buf)
-
-    def _read_exact(self, n: int) -> bytes:
-        buf = bytearray(n)
-        self._read_into(memoryview(buf))
-        return bytes(buf)
-
-    def _read_into(self, view: memoryview) -> None:
-        got, want = 0, len(view)
-        while got < want:
-            n = self.conn.recv_into(view[got:], want - got)
-            if n == 0:
-                raise EOFError("connection closed by the peer")
-            got += n
-            self._quick_ack()
-
-    def _quick_ack(self) -> None:
-        """ACK at once, after every read (Linux leaves quick-ACK mode by itself).
-
-        A Nagle-on sender (DCMTK's storescu by default) holds the rest of a PDU until its
-        first segment is ACKed; with only a PDU header in hand we would otherwise wait for
-        that rest while Linux delays our ACK up to 40 ms: ~20 small instances per second.
-        """
-        try:
-            self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        except (OSError, AttributeError):
-            pass
+        return _pdu.read_pdu(self.conn, self.max_pdu_read)
 
     def _wait_for_close(self) -> None:
         """The requestor closes after RJ or RP; wait briefly for that, then close ourselves."""
@@ -340,9 +297,3 @@ class LeanAssociation(threading.Thread):
             pass
         self.conn.close()
 
-
-def _sleep_ms(ms: int) -> None:
-    if ms > 0:
-        import time
-
-        time.sleep(ms / 1000)

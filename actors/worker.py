@@ -27,6 +27,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -315,10 +316,6 @@ class Worker:
                                implementation_class_uid=str(ae.implementation_class_uid),
                                implementation_version_name=str(ae.implementation_version_name or ""))
 
-    def meta_for(self, received: Received) -> bytes:
-        """The file meta for a lean association's instance (``node.receive.FileMetaCache``)."""
-        return self.meta_cache.meta(received)
-
     def store_instance(self, live: _Live, incoming: Any) -> int:
         """A lean association's complete dataset: make it durable, return the status."""
         return self._store(incoming, live)
@@ -326,14 +323,19 @@ class Worker:
     def _on_store(self, event: Any, live: _Live) -> int:
         """EVT_C_STORE: make the instance durable, then return the status to answer with."""
         live.stores += 1
+        return self.store_with_options(live.stores, lambda: self._store_event(event, live))
+
+    def store_with_options(self, store_number: int, store: Callable[[], int]) -> int:
+        """dcm4che's store options around one C-STORE, on either path: the receive and
+        response delays (``--receive-delay``/``--response-delay``), ``--ignore`` and ``--status``."""
         store_cfg = self.config.store
-        _sleep_ms(delay_ms(store_cfg.receive_delay, live.stores))
+        _sleep_ms(delay_ms(store_cfg.receive_delay, store_number))
         status = store_cfg.status
         if not store_cfg.ignore:
-            status = self._store_event(event, live)
+            status = store()
             if status == 0 and store_cfg.status:
                 status = store_cfg.status
-        _sleep_ms(delay_ms(store_cfg.response_delay, live.stores))
+        _sleep_ms(delay_ms(store_cfg.response_delay, store_number))
         return status
 
     def _store_event(self, event: Any, live: _Live) -> int:

@@ -16,6 +16,7 @@ import ssl
 from collections.abc import Iterator
 from typing import Any
 
+from actors._pdu import read_pdu
 from node import acceptor, requestor
 from node.acceptor import ProtocolError
 from node.tools.send_plan import FileEntry
@@ -191,27 +192,5 @@ def _chunks(fh: Any, size: int) -> Iterator[bytes]:
 
 
 def _read_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    """One whole PDU, header included; a peer's PDU over 64 MiB is refused unread."""
-    head = _read_exact(sock, 6)
-    pdu_type, length = acceptor.pdu_header(head)
-    if length > 1 << 26:
-        raise ProtocolError(f"peer announced a {length}-byte PDU")
-    return pdu_type, head + _read_exact(sock, length)
-
-
-def _read_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
-    got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
-        if k == 0:
-            raise EOFError("connection closed by the peer")
-        got += k
-        # ACK at once: a Nagle-on peer (DCMTK's defaults) may hold the rest of its response
-        # for our ACK, which Linux would delay up to 40 ms (see actors/_lean.py).
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        except OSError:
-            pass
-    return bytes(buf)
+    """One whole PDU from the peer; a PDU over 64 MiB is refused unread."""
+    return read_pdu(sock, 1 << 26)

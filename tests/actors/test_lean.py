@@ -18,10 +18,10 @@ from pydicom import dcmread
 from pynetdicom import AE, build_role
 from pynetdicom.pdu import A_ABORT_RQ
 
+from actors._pdu import read_pdu
 from actors.inproc import InprocNode
 from node import acceptor, requestor
 from node.config import ListenerConfig, NetworkConfig, NodeConfig
-from node.tools.send_lean import _read_pdu
 from tests.support import dataset_bytes, have, make_ct
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -91,13 +91,13 @@ def raw_association(port: int) -> tuple[socket.socket, int]:
                                         implementation_class_uid="1.2.3.4", implementation_version_name="")
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(offer.pdu)
-    reply = requestor.associate_reply(*_read_pdu(sock), offer)
+    reply = requestor.associate_reply(*read_pdu(sock, 1 << 20), offer)
     assert isinstance(reply, requestor.Established)
     return sock, reply.by_syntax[(CT, EXPLICIT)]
 
 
 def abort_reason(sock: socket.socket) -> int:
-    pdu_type, pdu = _read_pdu(sock)
+    pdu_type, pdu = read_pdu(sock, 1 << 20)
     assert pdu_type == acceptor.A_ABORT
     abort = A_ABORT_RQ()
     abort.decode(pdu)
@@ -125,5 +125,5 @@ def test_protocol_violations_are_aborted_and_the_node_goes_on(lean_node: tuple[I
     again, _ = raw_association(port)  # the worker still serves associations
     with again:
         again.sendall(requestor.release_rq_pdu())
-        assert _read_pdu(again)[0] == requestor.A_RELEASE_RP
+        assert read_pdu(again, 1 << 20)[0] == requestor.A_RELEASE_RP
     assert not node.errors
