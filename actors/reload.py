@@ -42,15 +42,22 @@ def reread(current: NodeConfig, flag: threading.Event) -> NodeConfig:
     if not flag.is_set():
         return current
     flag.clear()
+    fresh = _fresh()
+    if fresh is None:
+        return current
+    log.info("configuration reloaded from %s", os.environ.get("NODECTL_CONFIG") or "the embedded defaults")
+    return fresh
+
+
+def _fresh() -> NodeConfig | None:
+    """The configuration file and environment as they are now; None (logged) when invalid."""
     path = os.environ.get("NODECTL_CONFIG")
     try:
         fresh = configuration.load(Path(path) if path else None)
     except ConfigError as exc:
         log.error("reload refused, keeping the running configuration: %s", exc)
-        return current
-    log.info("configuration reloaded from %s", path or "the embedded defaults")
+        return None
     return fresh
-
 
 
 def new_listeners(worker: Any, known: dict[str, Any], flag: threading.Event, connect: Callable[[str], Any]) -> dict[str, Any]:
@@ -71,11 +78,8 @@ def new_listeners(worker: Any, known: dict[str, Any], flag: threading.Event, con
 
 def with_listeners(current: NodeConfig) -> NodeConfig:
     """``current`` with the configuration file's listeners, access table and caps as they are now."""
-    path = os.environ.get("NODECTL_CONFIG")
-    try:
-        fresh = configuration.load(Path(path) if path else None)
-    except ConfigError as exc:
-        log.error("cannot re-read the listeners: %s", exc)
+    fresh = _fresh()
+    if fresh is None:
         return current
     network = replace(current.network, max_associations=fresh.network.max_associations,
                       max_associations_per_aet=fresh.network.max_associations_per_aet)
