@@ -4,8 +4,16 @@ It never parses DICOM, so it stays small and hard to crash. Workers announce on 
 listener's ROUTER how many associations they can take (``WorkerReady``, which doubles as a
 heartbeat) and report ends (``AssociationEnded``): the load-balancing pattern of the ZeroMQ
 guide. The listener accepts a connection only when some worker has room, passes the
-descriptor to that worker over the worker's Unix socket (``socket.send_fds``) and closes its
-own copy. While no worker has room, connections wait in the kernel's backlog. When the
+descriptor to that worker over the worker's Unix socket (``socket.send_fds``) and keeps its
+own copy until the worker acknowledges the hand-off with one byte on the same socket. A
+worker that dies before acknowledging (its socket hangs up, a send fails, or a restarted
+worker announces a new PID) gets nothing lost: its unacknowledged connections go back to
+the front of the queue and the next worker with room takes them. While no worker has room,
+new connections wait in the kernel's backlog and accepted ones in that queue.
+
+The listener is also the one place that admits associations of its port against the
+node-wide caps (``AdmitAssociation``): it answers them one at a time from the admissions it
+made itself, so a cap holds exactly however associations spread over workers. When the
 node's association limit is reached, a new connection gets an A-ASSOCIATE-RJ (transient,
 service-provider presentation, local limit exceeded). A worker not heard from for
 ``WORKER_EXPIRY_S`` is forgotten with its associations: supervisor restarts it and it
@@ -19,20 +27,39 @@ import os
 import socket
 import threading
 import time
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 import zmq
 
 from actors import _bus
 from actors import metrics, reload
+from node.access import AssociateRequest, within_caps
 from node.config import ListenerConfig, NodeConfig
 from node.errors import ConfigError
-from node.messages import AssociationEnded, HandOff, ListenerStatus, NodeLoad, Ping, Pong, StatusRequest, WorkerReady, new_id, pack
+from node.messages import (
+    AdmitAnswer, AdmitAssociation, AssociationEnded, HandOff, ListenerStatus, NodeLoad, Ping, Pong, StatusRequest,
+    WorkerReady, new_id, pack,
+)
 
 log = logging.getLogger("actors.listener")
 
 WORKER_EXPIRY_S = 3.5
 MAX_REJECTING = 32
+MAX_WAITING = 256  # accepted connections held for a worker; beyond, the kernel's backlog holds them
+
+
+@dataclass
+class Waiting:
+    """An accepted connection not yet acknowledged by a worker (the listener's copy)."""
+
+    conn: socket.socket
+    peer: tuple[str, int]
+    assoc_id: str
+    since: float
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 @dataclass
@@ -50,6 +77,15 @@ class WorkerSlot:
     conn: socket.socket | None = None
     running: int = -1  # associations past their A-ASSOCIATE-RQ, as the worker reported (-1: unknown)
     aets: dict[str, int] = field(default_factory=dict)
+    unacked: deque[Waiting] = field(default_factory=deque)  # handed over, in order, not yet acknowledged
+    admitted: dict[str, str] = field(default_factory=dict)  # assoc_id -> calling AE, admitted by us
+
+    def admitted_counts(self) -> tuple[int, Counter[str]]:
+        """This worker's associations for the caps: ours exactly, or more if it reported more
+        (associations of other ports, or admitted before this listener restarted)."""
+        mine = Counter(self.admitted.values())
+        per_aet = Counter({aet: max(mine.get(aet, 0), self.aets.get(aet, 0)) for aet in set(mine) | set(self.aets)})
+        return max(len(self.admitted), self.running), per_aet
 
     @property
     def counted(self) -> int:
@@ -69,6 +105,24 @@ class WorkerSlot:
             self.conn.close()
             self.conn = None
 
+    def take_acks(self) -> tuple[list[Waiting], bool]:
+        """Read the worker's acknowledgements without blocking: the hand-offs it confirmed,
+        and False when its socket hung up or failed (the worker is gone)."""
+        confirmed: list[Waiting] = []
+        if self.conn is None:
+            return confirmed, False
+        while True:
+            try:
+                data = self.conn.recv(4096, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return confirmed, True
+            except OSError:
+                data = b""
+            if not data:
+                return confirmed, False
+            for _ in range(min(len(data), len(self.unacked))):
+                confirmed.append(self.unacked.popleft())
+
 
 class Listener:
     """The association bookkeeping of one port (no sockets of its own but the workers')."""
@@ -78,6 +132,7 @@ class Listener:
         self.lc = lc
         self.name = f"listener-{lc.key}"
         self.workers: dict[str, WorkerSlot] = {}
+        self.waiting: deque[Waiting] = deque()  # accepted, for the next worker with room
         self.rejecting = 0
         self.port = lc.port
         self._lock = threading.Lock()
@@ -107,14 +162,38 @@ class Listener:
             slot = self.workers.get(message.worker)
             if slot is not None:
                 slot.assocs.discard(message.assoc_id)
+                slot.admitted.pop(message.assoc_id, None)
                 slot.last_seen = time.monotonic()
+
+    def admit(self, request: AdmitAssociation) -> AdmitAnswer:
+        """The node-wide caps for one association, from this listener's exact counts.
+
+        Admissions of this port are counted as they are made, so two workers asking at once
+        are answered one after the other; associations of other ports count as their workers
+        last reported them (on every change).
+        """
+        node_total = 0
+        aet_totals: Counter[str] = Counter()
+        for slot in self.workers.values():
+            total, per_aet = slot.admitted_counts()
+            node_total += total
+            aet_totals.update(per_aet)
+        rq = AssociateRequest(called=request.called, calling=request.calling)
+        refusal = within_caps(rq, self.config, node_total=node_total, aet_totals=aet_totals)
+        if refusal is not None:
+            return AdmitAnswer(admitted=False, result=refusal.result, source=refusal.source, reason=refusal.reason, why=refusal.why)
+        slot = self.workers.get(request.worker)
+        if slot is not None:
+            slot.admitted[request.assoc_id] = request.calling
+        return AdmitAnswer(admitted=True)
 
     def _on_ready(self, msg: WorkerReady) -> None:
         slot = self.workers.get(msg.worker)
         if slot is None or (msg.pid != slot.pid and msg.handoff):
             if slot is not None:
                 log.warning("%s restarted (pid %d -> %d): forgetting %d association(s)", msg.worker, slot.pid, msg.pid, len(slot.assocs))
-                slot.close()
+                self.take_acks(slot)
+                self._forget(slot)
             else:
                 log.info("%s joined (pid %d)", msg.worker, msg.pid)
             slot = WorkerSlot(name=msg.worker, pid=msg.pid, handed=msg.received)
@@ -133,8 +212,45 @@ class Listener:
         for name, slot in list(self.workers.items()):
             if now - slot.last_seen > WORKER_EXPIRY_S:
                 log.warning("%s silent for %.1f s: forgetting it and %d association(s)", name, now - slot.last_seen, len(slot.assocs))
-                slot.close()
+                self._forget(slot)
                 del self.workers[name]
+
+    def _forget(self, slot: WorkerSlot) -> None:
+        """A worker is gone: close our end, and give what it never acknowledged to another."""
+        slot.close()
+        slot.capacity = 0
+        if slot.unacked:
+            log.warning("%s took %d hand-off(s) without acknowledging them: queued for another worker", slot.name, len(slot.unacked))
+            for waiting in slot.unacked:
+                slot.assocs.discard(waiting.assoc_id)
+            self.waiting.extendleft(reversed(slot.unacked))
+            slot.unacked.clear()
+
+    def take_acks(self, slot: WorkerSlot) -> None:
+        """Close our copies of the connections a worker confirmed; forget it if it hung up."""
+        confirmed, alive = slot.take_acks()
+        for waiting in confirmed:
+            self._confirmed(slot, waiting)
+        if not alive and slot.conn is not None:
+            self._forget(slot)
+
+    @metrics.handed_off
+    def _confirmed(self, slot: WorkerSlot, waiting: Waiting) -> bool:
+        log.info("assoc=%s peer=%s:%d -> %s (active %d)", waiting.assoc_id, waiting.peer[0], waiting.peer[1], slot.name, self.active)
+        waiting.close()
+        return True
+
+    def serve_waiting(self) -> None:
+        """Hand queued connections over, oldest first, while some worker has room."""
+        deadline = time.monotonic() - self.config.network.acse_timeout
+        while self.waiting and self.has_room():
+            waiting = self.waiting.popleft()
+            if waiting.since < deadline:
+                log.error("no worker took %s:%d within %.0f s: closing it", *waiting.peer, self.config.network.acse_timeout)
+                waiting.close()
+            elif not self.hand_off(waiting):
+                self.waiting.appendleft(waiting)
+                return
 
     def status(self) -> ListenerStatus:
         """What ``nodectl status`` shows for this port."""
@@ -152,11 +268,14 @@ class Listener:
     def at_limit(self) -> bool:
         return self.node_active >= self.config.network.max_associations
 
-    @metrics.handed_off
-    def hand_off(self, conn: socket.socket, peer: tuple[str, int]) -> bool:
-        """Pass an accepted socket to the worker with most room; False if none took it."""
-        assoc_id = new_id()[:12]
-        message = HandOff(assoc_id=assoc_id, listener=self.lc.key, peer_host=peer[0], peer_port=peer[1], accepted_at=time.time())
+    def hand_off(self, waiting: Waiting) -> bool:
+        """Pass an accepted socket to the worker with most room; False if none took it.
+
+        The worker acknowledges with one byte (``take_acks``); until then the connection is
+        the listener's too, and goes back to the queue if that worker dies.
+        """
+        message = HandOff(assoc_id=waiting.assoc_id, listener=self.lc.key, peer_host=waiting.peer[0],
+                          peer_port=waiting.peer[1], accepted_at=time.time())
         payload = b"".join(len(f).to_bytes(4, "big") + bytes(f) for f in pack(message, sender=self.name))
         for slot in sorted(self.workers.values(), key=lambda w: w.room, reverse=True):
             if slot.room <= 0 or not slot.handoff:
@@ -166,15 +285,20 @@ class Listener:
                     slot.conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                     slot.conn.settimeout(2.0)
                     slot.conn.connect(slot.handoff)
-                socket.send_fds(slot.conn, [payload], [conn.fileno()])
+                    # Never wait on it again: acknowledgements are read when the poller says so,
+                    # and a worker too busy to read its hand-offs is skipped, not waited for.
+                    slot.conn.setblocking(False)
+                socket.send_fds(slot.conn, [payload], [waiting.conn.fileno()])
+            except BlockingIOError:
+                log.warning("%s is not reading its hand-offs: trying another worker", slot.name)
+                continue
             except OSError as exc:
                 log.warning("hand-off to %s failed (%s): trying another worker", slot.name, exc)
-                slot.close()
-                slot.capacity = 0
+                self._forget(slot)
                 continue
             slot.handed += 1
-            slot.assocs.add(assoc_id)
-            log.info("assoc=%s peer=%s:%d -> %s (active %d)", assoc_id, peer[0], peer[1], slot.name, self.active)
+            slot.assocs.add(waiting.assoc_id)
+            slot.unacked.append(waiting)
             return True
         return False
 
@@ -256,21 +380,26 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
     poller = zmq.Poller()
     poller.register(router, zmq.POLLIN)
     tcp_registered = False
+    handoff_conns: dict[int, WorkerSlot] = {}
     hup = reload.on_sighup()
     try:
         while not stop.is_set():
             if hup.is_set():  # SIGHUP: [network] limits apply to the next connection
                 state.config = config = reload.reread(config, hup)
-            want_tcp = state.has_room() or state.at_limit()
+            want_tcp = (state.has_room() and len(state.waiting) < MAX_WAITING) or state.at_limit()
             if want_tcp != tcp_registered:
-                (poller.register(tcp, zmq.POLLIN) if want_tcp else poller.unregister(tcp))
+                (poller.register(tcp.fileno(), zmq.POLLIN) if want_tcp else poller.unregister(tcp.fileno()))
                 tcp_registered = want_tcp
+            _watch_handoff_sockets(poller, handoff_conns, state)
             for sock, _ in poller.poll(200):
                 if sock is router:
                     _drain_router(router, state)
-                else:
+                elif sock == tcp.fileno():  # plain sockets come back as descriptors
                     _accept(tcp, state, config)
+                elif sock in handoff_conns:
+                    state.take_acks(handoff_conns[sock])
             state.expire()
+            state.serve_waiting()
             if not announced and state.workers:
                 _write_ready(ready_path, lc.host, port)
                 log.info("Start TCP Listener on %s:%d", lc.host or "0.0.0.0", port)
@@ -280,11 +409,30 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
         router.close(0)
         for slot in state.workers.values():
             slot.close()
+            for waiting in slot.unacked:
+                waiting.close()
+        for waiting in state.waiting:
+            waiting.close()
         try:
             os.unlink(ready_path)
         except FileNotFoundError:
             pass
     return 0
+
+
+def _watch_handoff_sockets(poller: zmq.Poller, watched: dict[int, WorkerSlot], state: Listener) -> None:
+    """Poll every worker's hand-off socket: acknowledgements, or the hang-up of a dead worker.
+
+    ``watched`` maps descriptors (what ``zmq.Poller`` reports for plain sockets) to slots.
+    """
+    current = {slot.conn.fileno(): slot for slot in state.workers.values() if slot.conn is not None}
+    for fd in [fd for fd in watched if fd not in current or watched[fd] is not current[fd]]:
+        poller.unregister(fd)
+        del watched[fd]
+    for fd, slot in current.items():
+        if fd not in watched:
+            poller.register(fd, zmq.POLLIN)
+            watched[fd] = slot
 
 
 def _drain_router(router: zmq.Socket, state: Listener) -> None:
@@ -298,6 +446,9 @@ def _drain_router(router: zmq.Socket, state: Listener) -> None:
             continue
         if isinstance(envelope.message, StatusRequest):
             _bus.reply(router, identity, state.status(), sender=state.name, corr=envelope.id)
+            continue
+        if isinstance(envelope.message, AdmitAssociation):
+            _bus.reply(router, identity, state.admit(envelope.message), sender=state.name, corr=envelope.id)
             continue
         state.on_message(envelope.message)
         if isinstance(envelope.message, WorkerReady):
@@ -316,7 +467,7 @@ def _send_load(router: zmq.Socket, identity: list[bytes], load: NodeLoad, sender
 def _accept(tcp: socket.socket, state: Listener, config: NodeConfig) -> None:
     """Accept what is waiting while workers have room (or reject at the limit)."""
     for _ in range(64):
-        if not (state.has_room() or state.at_limit()):
+        if not ((state.has_room() and len(state.waiting) < MAX_WAITING) or state.at_limit()):
             return
         try:
             conn, addr = tcp.accept()
@@ -328,9 +479,8 @@ def _accept(tcp: socket.socket, state: Listener, config: NodeConfig) -> None:
             state.reject_busy(conn, peer)
             continue
         _tune(conn, config)
-        if not state.hand_off(conn, peer):
-            log.error("no worker took %s:%d: closing it", *peer)
-        conn.close()
+        state.waiting.append(Waiting(conn=conn, peer=peer, assoc_id=new_id()[:12], since=time.monotonic()))
+        state.serve_waiting()
 
 
 def main(config: NodeConfig, args: list[str]) -> int:

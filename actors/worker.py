@@ -32,19 +32,21 @@ from typing import Any
 
 import zmq
 
+from node import identify
 from actors import _bus, _pdu, commitment_io
 from actors import metrics, reload
 from node.config import ListenerConfig, NodeConfig
 from node.errors import NodeError, STATUS_OUT_OF_RESOURCES, MessageError
-from node.access import AssociateRequest, Refusal, admit
+from node.access import AssociateRequest, Refusal, allowed, within_caps
 from node.acceptor import ResponseEncoder
-from node.messages import AssociationEnded, ErrorReply, HandOff, InstanceWritten, NodeLoad, WorkerReady, unpack
+from node.messages import AdmitAnswer, AdmitAssociation, AssociationEnded, ErrorReply, HandOff, InstanceWritten, NodeLoad, WorkerReady, unpack
 from node.paths import FilePathPattern
 from node.receive import ANY, STORAGE_COMMITMENT, FileMetaCache, Received, check_dataset, context_rules, delay_ms, plan_write, read_in_memory, read_spooled
 
 log = logging.getLogger("actors.worker")
 
 HEARTBEAT_S = 1.0
+ADMIT_TIMEOUT_S = 2.0  # past it, a worker admits on its own view of the node's load
 
 
 @dataclass
@@ -99,6 +101,8 @@ class Worker:
         # What the other workers run, as the listeners last told us (node-wide caps).
         self.load = NodeLoad(associations=0, aets={})
         self._admit_lock = threading.Lock()
+        # DEALERs to listeners for admissions, taken by one association thread at a time.
+        self._admission_sockets: dict[str, queue.SimpleQueue[zmq.Socket]] = {}
         # TLS listeners: handshakes run in short threads and report here (issue 7).
         self.tls_context: Any = None
         self.handshaking = 0
@@ -144,7 +148,7 @@ class Worker:
         from pynetdicom.presentation import build_context
 
         net = self.config.network
-        ae = AE(ae_title=listener.aet or self.config.aet)
+        ae = identify(AE(ae_title=listener.aet or self.config.aet))
         ae.maximum_associations = 1 << 20  # the listener enforces the node's limit
         ae.maximum_pdu_size = net.max_pdu_receive
         ae.acse_timeout = (net.request_timeout_ms / 1000) if net.request_timeout_ms else net.acse_timeout
@@ -281,24 +285,62 @@ class Worker:
         return refusal
 
     def _admit(self, live: _Live, called: str, calling: str) -> Refusal | None:
-        """The access table and the caps; records the calling AE of an admitted association."""
+        """The access table, this worker's capacity, then the node-wide caps as the listener
+        that handed the association over counts them; records the calling AE when admitted."""
         rq = AssociateRequest(called=called, calling=calling)
-        listener = self._listener(live.handoff.listener)
+        refusal = allowed(rq, self.config)
+        if refusal is None and sum(self.running().values()) >= self.config.network.worker_capacity:
+            refusal = Refusal(2, 3, 2, f"worker capacity {self.config.network.worker_capacity} reached")
+        if refusal is None:
+            refusal = self._caps(live, rq)
+        if refusal is None:
+            return None
+        log.warning("assoc=%s refused: peer=%s:%d calling=%s called=%s result=%d source=%d reason=%d: %s",
+                    live.handoff.assoc_id, live.handoff.peer_host, live.handoff.peer_port, rq.calling, rq.called,
+                    refusal.result, refusal.source, refusal.reason, refusal.why)
+        return refusal
+
+    def _caps(self, live: _Live, rq: AssociateRequest) -> Refusal | None:
+        """Ask the listener (exact); if it does not answer, decide on our own view (the other
+        workers' load as last reported, at most a heartbeat old)."""
+        answer = self._ask_listener(live, rq)
+        if answer is not None:
+            if answer.admitted:
+                live.calling = rq.calling
+                return None
+            return Refusal(answer.result, answer.source, answer.reason, answer.why)
         with self._admit_lock:
             own = self.running()
             aets = dict(self.load.aets)
             for aet, n in own.items():
                 aets[aet] = aets.get(aet, 0) + n
-            refusal = admit(rq, self.config, listener, node_total=self.load.associations + sum(own.values()), aet_totals=aets)
-            if refusal is None and sum(own.values()) >= self.config.network.worker_capacity:
-                refusal = Refusal(2, 3, 2, f"worker capacity {self.config.network.worker_capacity} reached")
+            refusal = within_caps(rq, self.config, node_total=self.load.associations + sum(own.values()), aet_totals=aets)
             if refusal is None:
                 live.calling = rq.calling
-                return None
-        log.warning("assoc=%s refused: peer=%s:%d calling=%s called=%s result=%d source=%d reason=%d: %s",
-                    live.handoff.assoc_id, live.handoff.peer_host, live.handoff.peer_port, rq.calling, rq.called,
-                    refusal.result, refusal.source, refusal.reason, refusal.why)
-        return refusal
+            return refusal
+
+    def _ask_listener(self, live: _Live, rq: AssociateRequest) -> AdmitAnswer | None:
+        key = live.handoff.listener
+        pool = self._admission_sockets.setdefault(key, queue.SimpleQueue())
+        try:
+            sock = pool.get_nowait()
+        except queue.Empty:
+            sock = _bus.dealer(self.ctx, self.config.endpoint(f"listener-{key}"))
+        request = AdmitAssociation(worker=self.name, assoc_id=live.handoff.assoc_id, calling=rq.calling, called=rq.called)
+        try:
+            envelope = _bus.request(sock, request, sender=self.name, timeout=ADMIT_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("assoc=%s listener-%s did not answer the admission within %.0f s: using this worker's view",
+                        live.handoff.assoc_id, key, ADMIT_TIMEOUT_S)
+            sock.close(0)
+            return None
+        pool.put(sock)
+        return envelope.message if isinstance(envelope.message, AdmitAnswer) else None
+
+    def close_admission_sockets(self) -> None:
+        for pool in self._admission_sockets.values():
+            while not pool.empty():
+                pool.get_nowait().close(0)
 
     def called_aet(self, live: _Live) -> str:
         """The node's AE title on this listener (pynetdicom's ``acceptor.ae_title``)."""
@@ -691,6 +733,15 @@ def _receive_handoff(conn: socket.socket) -> tuple[socket.socket, HandOff] | Non
     return tcp, envelope.message
 
 
+def _acknowledge(conn: socket.socket) -> None:
+    """One byte per hand-off taken: until it arrives the listener keeps the connection, and
+    gives it to another worker if this one dies first."""
+    try:
+        conn.send(b"\x01")
+    except OSError as exc:  # the listener is gone; a restarted one starts afresh
+        log.warning("cannot acknowledge a hand-off: %s", exc)
+
+
 def _split_frames(blob: bytes) -> list[bytes]:
     """Hand-off payloads are length-prefixed frames (a stream socket has no message edges)."""
     frames, pos = [], 0
@@ -749,6 +800,7 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
                     continue
                 tcp, handoff = got
                 worker.received[handoff.listener] = worker.received.get(handoff.listener, 0) + 1
+                _acknowledge(sock)
                 worker.hold(tcp, handoff)
             for handoff in [*ended, *worker.finish_handshakes(), *worker.expire_pending(), *worker.reap()]:
                 log.info("assoc=%s ended", handoff.assoc_id)
@@ -775,6 +827,7 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
             conn.close()
         for sock in listeners.values():
             sock.close(0)
+        worker.close_admission_sockets()
         try:
             os.unlink(handoff_path)
         except FileNotFoundError:

@@ -88,6 +88,34 @@ class AssociationEnded:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class AdmitAssociation:
+    """A worker asks the listener that handed it an association to admit its calling AE.
+
+    The listener answers every admission of its port itself, one at a time, so the node-wide
+    caps (``network.max_associations``, ``max_associations_per_aet``) hold exactly however
+    the associations spread over workers; heartbeats alone lagged up to a second.
+    """
+
+    kind: ClassVar[str] = "association.admit"
+    worker: str
+    assoc_id: str
+    calling: str
+    called: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdmitAnswer:
+    """The listener's answer to ``AdmitAssociation``: admitted, or the A-ASSOCIATE-RJ to send."""
+
+    kind: ClassVar[str] = "association.admitted"
+    admitted: bool
+    result: int = 0
+    source: int = 0
+    reason: int = 0
+    why: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class WriteInstance:
     """Ask the storage writer to make one received instance durable.
 
@@ -316,7 +344,7 @@ Message = WorkerReady | HandOff | AssociationEnded | WriteInstance | InstanceWri
 KINDS: dict[str, type] = {
     cls.kind: cls
     for cls in (
-        WorkerReady, NodeLoad, HandOff, AssociationEnded, WriteInstance, InstanceWritten, ErrorReply, Ping, Pong,
+        WorkerReady, NodeLoad, HandOff, AssociationEnded, AdmitAssociation, AdmitAnswer, WriteInstance, InstanceWritten, ErrorReply, Ping, Pong,
         StatusRequest, ListenerStatus, *COMMITMENT_MESSAGES,
     )
 }

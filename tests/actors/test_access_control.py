@@ -3,21 +3,20 @@ and the node's cap, across two workers; refusals logged with peer address and AE
 
 from __future__ import annotations
 
+import json
 import re
-import time
+import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from pydicom.uid import ImplicitVRLittleEndian
 
 from tests.nodes import RunningNode, serve
-from tests.support import have, wait_until
+from tests.support import NODECTL, have, wait_until
 
 pytestmark = pytest.mark.skipif(not have("/usr/bin/storescu"), reason="DCMTK not installed (tests.nodes serve)")
 
 VERIFICATION = "1.2.840.10008.1.1"
-HEARTBEAT_SETTLE_S = 1.5  # workers learn each other's counts through the listener once a second
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +45,13 @@ def associate(port: int, aet: str, aec: str = "NODE"):  # noqa: ANN201
     return ae.associate("127.0.0.1", port, ae_title=aec)
 
 
+def listener_associations(node: RunningNode) -> int:
+    """The associations the listener counts (what the caps are checked against), by ``nodectl status``."""
+    result = subprocess.run([*NODECTL, "status", "--config", "node.toml", "--json"],
+                            cwd=node.cwd, capture_output=True, text=True, timeout=30)
+    return sum(entry.get("associations", 0) for entry in json.loads(result.stdout)["listeners"])
+
+
 def rejection(assoc) -> tuple[int, int, int]:  # noqa: ANN001
     prim = assoc.acceptor.primitive
     return prim.result, prim.result_source, prim.diagnostic
@@ -65,12 +71,12 @@ def test_calling_ae_not_in_the_table_is_refused_and_logged(node: RunningNode) ->
 
 
 def test_per_calling_ae_cap_holds_across_workers(node: RunningNode) -> None:
+    """The listener admits every association of its port itself: no heartbeat to wait for."""
     held = []
     try:
         for _ in range(2):
             held.append(associate(node.port, "HOG"))
             assert held[-1].is_established
-            time.sleep(HEARTBEAT_SETTLE_S)
         third = associate(node.port, "HOG")
         assert third.is_rejected and rejection(third) == (2, 3, 2)
         other = associate(node.port, "OTHER")
@@ -79,20 +85,19 @@ def test_per_calling_ae_cap_holds_across_workers(node: RunningNode) -> None:
     finally:
         for assoc in held:
             assoc.release()
-    time.sleep(HEARTBEAT_SETTLE_S)
+    wait_until(lambda: listener_associations(node) == 0, 20, "the listener to count the released associations as ended")
     again = associate(node.port, "HOG")
     assert again.is_established, "the cap must free up when associations end"
     again.release()
 
 
 def test_node_cap_refuses_beyond_max_associations(node: RunningNode) -> None:
+    wait_until(lambda: listener_associations(node) == 0, 20, "associations of earlier tests to end")
     held = []
     try:
         for aet in ("A", "B", "C", "D"):
             held.append(associate(node.port, aet))
             assert held[-1].is_established
-            time.sleep(HEARTBEAT_SETTLE_S / 3)
-        time.sleep(HEARTBEAT_SETTLE_S)
         fifth = associate(node.port, "E")
         assert fifth.is_rejected and rejection(fifth) == (2, 3, 2)
     finally:

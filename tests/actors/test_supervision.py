@@ -210,3 +210,121 @@ def test_writer_and_tracker_on_tcp_endpoints(tmp_path: Path) -> None:
         assert dataset_bytes(tmp_path / "store" / dcmread(path).SOPInstanceUID) == dataset_bytes(path)
     finally:
         running.stop()
+
+
+def _echo_pdus() -> tuple[bytes, bytes]:
+    """An A-ASSOCIATE-RQ for Verification and a C-ECHO-RQ in P-DATA, encoded by pynetdicom."""
+    from pynetdicom.dimse_messages import C_ECHO_RQ
+    from pynetdicom.dimse_primitives import C_ECHO
+    from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+    from pynetdicom.presentation import build_context
+
+    primitive = A_ASSOCIATE()
+    primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+    primitive.calling_ae_title, primitive.called_ae_title = "HAMMER", "NODE"
+    context = build_context(VERIFICATION, [ImplicitVRLittleEndian])
+    context.context_id = 1
+    primitive.presentation_context_definition_list = [context]
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 16384
+    primitive.user_information = [max_length]
+    rq = A_ASSOCIATE_RQ()
+    rq.from_primitive(primitive)
+    echo = C_ECHO()
+    echo.MessageID, echo.AffectedSOPClassUID = 1, VERIFICATION
+    message = C_ECHO_RQ()
+    message.primitive_to_message(echo)
+    pdus = []
+    for data in message.encode_msg(1, 16384):
+        pdu = P_DATA_TF()
+        pdu.from_primitive(data)
+        pdus.append(bytes(pdu.encode()))
+    return bytes(rq.encode()), b"".join(pdus)
+
+
+_RELEASE_RQ = bytes([0x05, 0, 0, 0, 0, 4, 0, 0, 0, 0])
+
+
+def _read_pdu(sock) -> int:  # noqa: ANN001
+    """The type of the next PDU (its body is read and dropped); 0 when the peer closed."""
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
+        return data
+
+    header = exactly(6)
+    exactly(int.from_bytes(header[2:], "big"))
+    return header[0]
+
+
+def _one_echo(port: int, associate_rq: bytes, echo_rq: bytes) -> tuple[int, str]:
+    """One C-ECHO association from a socket whose local port we know: (local port, outcome)."""
+    import socket as sk
+
+    local = 0
+    try:
+        with sk.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            local = sock.getsockname()[1]
+            sock.sendall(associate_rq)
+            if _read_pdu(sock) != 0x02:
+                return local, "not accepted"
+            sock.sendall(echo_rq)
+            if _read_pdu(sock) != 0x04:
+                return local, "no C-ECHO-RSP"
+            sock.sendall(_RELEASE_RQ)
+            return local, "ok" if _read_pdu(sock) == 0x06 else "no A-RELEASE-RP"
+    except OSError as exc:
+        return local, f"{type(exc).__name__}: {exc}"
+
+
+def test_no_connection_is_lost_while_workers_are_killed_repeatedly(node: RunningNode) -> None:
+    """Four threads of C-ECHO associations while the workers are SIGKILLed in turn, six times.
+
+    A connection waiting to be handed over, or handed to a worker that died before taking it,
+    must reach a living worker. The only associations allowed to fail are those a worker had
+    acknowledged taking (the listener logs ``peer=host:port -> worker-N`` then) before it was
+    killed: their state died with the process.
+    """
+    import threading
+
+    associate_rq, echo_rq = _echo_pdus()
+    outcomes: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        for _ in range(2000):  # bounded in count; stop ends it sooner
+            if stop.is_set():
+                return
+            outcomes.append(_one_echo(node.port, associate_rq, echo_rq))
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    kills = 0
+    try:
+        for round_ in range(6):
+            worker_id = str(round_ % 2)
+            wait_until(lambda: len(node.children(f"--worker-id {worker_id}")) == 1, 20, f"worker-{worker_id} to run")
+            victim = actor_pid(node, f"--worker-id {worker_id}")
+            served = len(outcomes)
+            wait_until(lambda: len(outcomes) >= served + 10, 20, "ten more associations before the next kill")
+            os.kill(victim, signal.SIGKILL)
+            kills += 1
+            wait_until(lambda: restarted(node, f"--worker-id {worker_id}", victim), 20, f"worker-{worker_id} to restart")
+        served = len(outcomes)
+        wait_until(lambda: len(outcomes) >= served + 20, 20, "twenty associations after the last restart")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    failed = [(port, why) for port, why in outcomes if why != "ok"]
+    log = node.log()
+    lost = [(port, why) for port, why in failed if not re.search(rf"peer=127\.0\.0\.1:{port} -> worker-\d+", log)]
+    assert lost == [], f"{len(lost)} connection(s) lost without reaching a worker: {lost[:5]}"
+    assert len(failed) <= kills * len(threads), failed
+    assert len(outcomes) - len(failed) >= 60
