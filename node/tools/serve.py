@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from node import config as configuration
-from node.config import ListenerConfig, NodeConfig
+from node.config import NodeConfig
 from node.errors import ConfigError
 from node.tools._node import Started, run_node
 
@@ -23,8 +23,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, help="TOML configuration file")
     p.add_argument("--port", type=int, help="listening port of the first listener (0 = any free port)")
     p.add_argument("--host", help="bind address of the first listener (default all interfaces)")
-    p.add_argument("--aet", help="our AE title (also the called AE title the listener requires)")
-    p.add_argument("--any-called-aet", action="store_true", help="accept any called AE title")
+    p.add_argument("--aet", help="our AE title")
+    called = p.add_mutually_exclusive_group()
+    called.add_argument("--require-called-aet", action="store_true",
+                        help="refuse associations whose called AE title is not ours (A-ASSOCIATE-RJ reason 7)")
+    called.add_argument("--any-called-aet", action="store_true",
+                        help="accept any called AE title (the default; overrides a listener's aet from --config)")
     p.add_argument("--directory", type=Path, help="store directory")
     p.add_argument("--database", help="index database: SQLite file, or postgresql://user@host/db shared by a cluster")
     p.add_argument("--workers", type=int, help="association worker processes")
@@ -57,10 +61,12 @@ def build_config(opts: argparse.Namespace) -> NodeConfig:
         listener_updates["port"] = opts.port
     if opts.host is not None:
         listener_updates["host"] = opts.host
-    if opts.aet is not None or opts.any_called_aet:
-        listener_updates["aet"] = "" if opts.any_called_aet else opts.aet
-    elif opts.config is None and not first.aet:
-        listener_updates["aet"] = config.aet
+    # Any called AE title is accepted unless asked otherwise, as DCMTK's storescp and Orthanc
+    # do: a new user's first C-ECHO names whatever AE title their tool defaults to.
+    if opts.any_called_aet:
+        listener_updates["aet"] = ""
+    elif opts.require_called_aet or (opts.aet is not None and first.aet):
+        listener_updates["aet"] = config.aet  # a listener that checks the title follows --aet
     if listener_updates:
         config = replace(config, listeners=(replace(first, **listener_updates), *config.listeners[1:]))
     if opts.filepath is not None:

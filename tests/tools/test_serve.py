@@ -9,7 +9,8 @@ import pytest
 
 from node.errors import ConfigError
 from node.tools.serve import build_config, parser
-from tests.support import NODECTL
+from tests.nodes import RunningNode
+from tests.support import NODECTL, free_port, have
 
 
 def config_for(argv: list[str], monkeypatch: pytest.MonkeyPatch, env: dict[str, str] | None = None):  # noqa: ANN201
@@ -20,9 +21,9 @@ def config_for(argv: list[str], monkeypatch: pytest.MonkeyPatch, env: dict[str, 
     return build_config(parser().parse_args(argv))
 
 
-def test_defaults_are_port_11112_aet_node_requiring_its_own_title(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_defaults_are_port_11112_aet_node_accepting_any_called_title(monkeypatch: pytest.MonkeyPatch) -> None:
     config = config_for([], monkeypatch)
-    assert (config.aet, config.listeners[0].port, config.listeners[0].aet) == ("NODE", 11112, "NODE")
+    assert (config.aet, config.listeners[0].port, config.listeners[0].aet) == ("NODE", 11112, "")
     assert config.directory == Path("store") and config.database == "node.sqlite"
 
 
@@ -43,8 +44,13 @@ def test_environment_overrides_file_when_no_option(tmp_path: Path, monkeypatch: 
     assert config.workers == 5
 
 
-def test_any_called_aet_turns_the_check_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert config_for(["--any-called-aet"], monkeypatch).listeners[0].aet == ""
+def test_require_called_aet_turns_the_check_on_and_any_called_aet_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert config_for(["--require-called-aet"], monkeypatch).listeners[0].aet == "NODE"
+    assert config_for(["--require-called-aet", "--aet", "MINE"], monkeypatch).listeners[0].aet == "MINE"
+    cfg = tmp_path / "node.toml"
+    cfg.write_text('[[listeners]]\nport = 4000\naet = "STRICT"\n')
+    assert config_for(["--config", str(cfg)], monkeypatch).listeners[0].aet == "STRICT"
+    assert config_for(["--config", str(cfg), "--any-called-aet"], monkeypatch).listeners[0].aet == ""
 
 
 def test_invalid_values_are_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,3 +73,30 @@ def test_print_supervisor_config_lists_every_actor(tmp_path: Path) -> None:
     assert result.returncode == 0
     for program in ("[program:writer]", "[program:worker]", "numprocs=3", "[program:listener-11112]"):
         assert program in result.stdout
+
+
+@pytest.mark.skipif(not have("/usr/bin/echoscu"), reason="DCMTK (Debian package dcmtk) is not installed")
+def test_a_new_users_first_echo_is_answered_and_the_strict_check_refuses_with_reason_7(tmp_path: Path) -> None:
+    """``nodectl echo 127.0.0.1 PORT`` and DCMTK's echoscu call ANY-SCP by default: a node with
+    its defaults answers both; with --require-called-aet the same echo is refused (reason 7)."""
+    port = free_port()
+    node = RunningNode(["serve", "--port", str(port), "--workers", "1"], cwd=tmp_path, port=port).wait_ready()
+    try:
+        ours = subprocess.run([*NODECTL, "echo", "127.0.0.1", str(port)], capture_output=True, text=True, timeout=60)
+        assert ours.returncode == 0, ours.stderr
+        dcmtk = subprocess.run(["/usr/bin/echoscu", "127.0.0.1", str(port)], capture_output=True, text=True, timeout=60)
+        assert dcmtk.returncode == 0, dcmtk.stderr
+    finally:
+        node.stop()
+    strict_dir = tmp_path / "strict"
+    strict_dir.mkdir()
+    port = free_port()
+    strict = RunningNode(["serve", "--port", str(port), "--workers", "1", "--require-called-aet"], cwd=strict_dir, port=port).wait_ready()
+    try:
+        refused = subprocess.run(["/usr/bin/echoscu", "-v", "127.0.0.1", str(port)], capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0
+        assert "Called AE Title Not Recognized" in refused.stdout + refused.stderr
+        named = subprocess.run(["/usr/bin/echoscu", "-aec", "NODE", "127.0.0.1", str(port)], capture_output=True, text=True, timeout=60)
+        assert named.returncode == 0, named.stderr
+    finally:
+        strict.stop()
