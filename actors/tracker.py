@@ -36,6 +36,7 @@ from typing import Any
 
 import zmq
 
+from node import identify
 from actors import _bus, reload
 from node import commitment as sc
 from node.commitment import CommitmentError, Ref, Report, State
@@ -285,7 +286,7 @@ def deliver(entry: OutboxEntry, config: NodeConfig) -> tuple[bool, str]:
     from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     timeout = config.commitment.association_timeout
-    ae = AE(ae_title=entry.called_aet or config.aet)
+    ae = identify(AE(ae_title=entry.called_aet or config.aet))
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.connection_timeout = timeout
     ae.add_requested_context(sc.SOP_CLASS, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
+from node import identify
 from node.tools import dcmtk_args as da
 from node.tools import dcmtk_tls as tls
 from node.tools.dcmtk_args import App, CommandLine, Group, Option, Param, ToolExit
@@ -320,7 +321,7 @@ def _request(log: logging.Logger, s: Settings, addr: str, contexts: list[Any], t
     """``ASC_requestAssociation`` with pynetdicom; every failure logs DCMTK's text and exits 1."""
     from pynetdicom import AE
 
-    ae = AE(ae_title=s.aet[:16])
+    ae = identify(AE(ae_title=s.aet[:16]))
     ae.acse_timeout = s.acse_timeout
     ae.dimse_timeout = s.dimse_timeout
     ae.network_timeout = s.socket_timeout if s.socket_timeout > 0 else None

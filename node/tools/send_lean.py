@@ -133,11 +133,11 @@ class LeanScu:
 
 def connect(peer: PeerOptions, contexts: Any, tls_context: ssl.SSLContext | None) -> LeanScu | _Refusal:
     """Open the TCP (and TLS) connection and negotiate; the refusal says whether to retry."""
-    from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+    from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
     proposal = requestor.associate_request(peer.calling_aet, peer.called_aet, list(contexts), max_pdu=peer.max_pdu,
-                                           implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
-                                           implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION)
+                                           implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                                           implementation_version_name=IMPLEMENTATION_VERSION_NAME)
     try:
         raw = socket.create_connection((peer.host, peer.port), timeout=peer.network_timeout or None)
     except OSError as exc:

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from node import identify
 from node.tools.send_plan import FileEntry, Task
 from node.tools.tls_options import ClientTls, client_context
 
@@ -121,7 +122,7 @@ def _ae_class() -> type:
 
 def make_ae(peer: PeerOptions, contexts: Sequence[tuple[str, str]]) -> Any:
     """An AE proposing one context per (SOP class, transfer syntax) pair, nothing else."""
-    ae = _ae_class()(ae_title=peer.calling_aet)
+    ae = identify(_ae_class()(ae_title=peer.calling_aet))
     ae.acse_timeout = peer.acse_timeout
     ae.dimse_timeout = peer.dimse_timeout
     ae.network_timeout = peer.network_timeout

@@ -52,6 +52,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from node import identify
 from node.tools import dcmtk_args as da
 from node.tools import dcmtk_tls as tls
 from node.tools.dcmtk_args import App, CommandLine, Group, Option, Param, ToolExit
@@ -563,7 +564,7 @@ class Session:
         from actors import commitment_io
 
         s = self.s
-        ae = AE(ae_title=s.aet)
+        ae = identify(AE(ae_title=s.aet))
         ae.acse_timeout = s.acse_timeout
         ae.dimse_timeout = s.dimse_timeout
         ae.network_timeout = None

@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from node import identify
+
 __version__ = "0.3.0"  # the version pynetdicom 3.0.4's storescu reports
 
 DEFAULT_MAX_PDU = 16382  # pynetdicom._globals.DEFAULT_MAX_LENGTH
@@ -324,7 +326,7 @@ def run(args: argparse.Namespace, logger: logging.Logger) -> int:
     for bad in bad_paths:
         logger.error(f"Cannot access path: {bad}")
 
-    ae = AE(ae_title=args.calling_aet)
+    ae = identify(AE(ae_title=args.calling_aet))
     ae.acse_timeout = args.acse_timeout
     ae.dimse_timeout = args.dimse_timeout
     ae.network_timeout = args.network_timeout
