@@ -206,6 +206,15 @@ class TransactionStore:
                 )
         return uids
 
+    def unfinished(self) -> int:
+        """Transactions still waiting for their report, plus reports kept for a transaction
+        not seen yet: what a later run could still need this database for."""
+        waiting = self.conn.execute(
+            "SELECT COUNT(*) FROM commit_transactions WHERE state IN (?, ?)", (State.PENDING.value, State.REQUESTED.value),
+        ).fetchone()[0]
+        kept = self.conn.execute("SELECT COUNT(*) FROM commit_orphans").fetchone()[0]
+        return int(waiting) + int(kept)
+
     def _require(self, uid: str) -> Transaction:
         txn = self.get(uid)
         if txn is None:

@@ -14,7 +14,8 @@ Every transaction goes through a commitment tracker, so all modes share one code
 either the tracker of a running node (``--node CONFIG``, a nodectl extension: the report may
 then arrive at any listener of that node), or an in-process one (listener, workers and
 tracker as threads, ``inproc://``) whose database is ``<od>/.stcomscu.sqlite`` unless
-``--database`` says otherwise. The transaction is recorded before the N-ACTION goes out; the
+``--database`` says otherwise; a run that created that file removes it when it ends with no
+transaction waiting for a report. The transaction is recorded before the N-ACTION goes out; the
 tracker publishes its end and this process writes the files.
 
 Files (names are a nodectl convention, the manual's schemes are lost):
@@ -383,6 +384,7 @@ class Session:
         self.s = s
         self.od = Path(s.od)
         self.node: Any = None
+        self._database_was_there = True
         self.config: Any = None
         self.ctx: Any = None
         self.sub: Any = None
@@ -486,6 +488,7 @@ class Session:
         accept_tls = s.tls_settings.secure and s.listen_port is not None
         server_tls = tls.server_config(self.log, s.tls_settings, Path(self._tmp) / "tls") if accept_tls else TlsConfig()
         database = s.database or str((self.od / ".stcomscu.sqlite").resolve())
+        self._database_was_there = Path(database).exists()
         syntaxes = {"local": (EXPLICIT_LE, EXPLICIT_BE, IMPLICIT), "little": (EXPLICIT_LE, EXPLICIT_BE, IMPLICIT),
                     "big": (EXPLICIT_BE, EXPLICIT_LE, IMPLICIT), "deflated": (DEFLATED, EXPLICIT_LE, EXPLICIT_BE, IMPLICIT),
                     "implicit": (IMPLICIT,)}[s.prefer]
@@ -501,12 +504,33 @@ class Session:
             self.sub.close(0)
         if self.node is not None:
             self.node.stop()
+            self._remove_idle_database()
         elif self.ctx is not None:
             self.ctx.term()
         if self._tmp:
             import shutil
 
             shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _remove_idle_database(self) -> None:
+        """The default ``<od>/.stcomscu.sqlite`` stays only while a later run may need it (a
+        transaction still waiting for its report); an output directory is the user's. One this
+        run found there is left alone: a server-mode run may share it."""
+        if self.s.database or self._database_was_there or self.node is None or self.node.config.transport != "inproc":
+            return
+        from node.transactions import TransactionStore
+
+        database = Path(self.node.config.database)
+        if not database.exists():
+            return
+        store = TransactionStore(str(database))
+        try:
+            unfinished = store.unfinished()
+        finally:
+            store.close()
+        if unfinished == 0:
+            for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+                path.unlink(missing_ok=True)
 
     # ----- client and combined ------------------------------------------------------------
 
@@ -523,7 +547,11 @@ class Session:
         timeout = (s.wait_s() if s.wait_event else 60.0) + (DEFAULT_WAIT_S if s.mode == "combined" or s.node else 0.0)
         self._ask(RecordTransaction(transaction_uid=uid, refs=sc.refs_to_wire(request.refs), local_aet=s.aet,
                                     peer_aet=s.aec, peer_host=s.peer or "", peer_port=s.port or 0, timeout=timeout))
-        assoc, lost = self._associate()
+        try:
+            assoc, lost = self._associate()
+        except ToolExit:
+            self._ask(MarkRequested(transaction_uid=uid, status=-1))  # never sent: refused, not pending
+            raise
         status = -1
         try:
             self.log.info("Sending Storage Commitment Request (N-ACTION-RQ), Transaction UID %s", uid)

@@ -45,6 +45,7 @@ def test_syntax_input_and_output_errors(tmp_path: Path) -> None:
     make_ct(tmp_path / "a.dcm")
     assert stcomscu("-od", "/does/not/exist", "127.0.0.1", "11112", "a.dcm", cwd=tmp_path).returncode == 45
     assert stcomscu("127.0.0.1", str(free_port()), "a.dcm", cwd=tmp_path).returncode == 61
+    assert not list(tmp_path.glob(".stcomscu.sqlite*")), "a refused association leaves no state behind"
     assert stcomscu("-nwe", "+P", str(free_port()), cwd=tmp_path).returncode == 1
 
 
@@ -116,6 +117,7 @@ def test_client_mode_waits_on_the_same_association_and_writes_the_files(node: tu
     assert [(f.ReferencedSOPInstanceUID, f.FailureReason) for f in response.FailedSOPSequence] == [
         (dcmread(tmp_path / "unknown.dcm").SOPInstanceUID, 0x0112)]
     assert "Failed instances: 1" in (out / f"{uid}.report.txt").read_text()
+    assert not list(out.glob(".stcomscu.sqlite*")), "nothing is pending: the transaction database is removed"
 
 
 def test_server_mode_receives_the_report_on_a_new_association(node: tuple, tmp_path: Path) -> None:
