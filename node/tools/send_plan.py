@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 MAX_CONTEXTS = 128
 
@@ -77,11 +78,13 @@ _REQUIRED_META = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "Tran
 
 
 def scan_file(index: int, path: str) -> FileEntry | Skipped:
-    """Read only the preamble and file meta of ``path`` to decide whether and how to send it.
+    """Read the preamble, the file meta and the dataset's first elements of ``path`` to
+    decide whether and how to send it.
 
-    pynetdicom's chunked sending takes the SOP Class/Instance UIDs and the transfer syntax
-    from the file meta, so a file without those three elements is skipped here rather than
-    failing later.
+    The C-STORE-RQ names the SOP Class and Instance UIDs of the dataset, as DCMTK's storescu
+    does: some files carry other values in their file meta (pydicom's rtplan.dcm and
+    rtdose.dcm), and a receiver checks the command against the dataset. A file without the
+    three file meta elements is skipped here rather than failing later.
     """
     from pydicom.errors import InvalidDicomError
     from pydicom.filereader import _read_file_meta_info, read_preamble
@@ -92,6 +95,7 @@ def scan_file(index: int, path: str) -> FileEntry | Skipped:
             read_preamble(fh, False)
             meta = _read_file_meta_info(fh)
             offset = fh.tell()
+            sop_class, sop_instance = dataset_uids(fh, str(meta.get("TransferSyntaxUID", "")).rstrip("\0 "))
     except InvalidDicomError:
         return Skipped(index=index, path=path, reason="not a DICOM file (no DICM preamble)")
     except OSError as exc:
@@ -106,12 +110,32 @@ def scan_file(index: int, path: str) -> FileEntry | Skipped:
     return FileEntry(
         index=index,
         path=path,
-        sop_class_uid=str(meta.MediaStorageSOPClassUID).rstrip("\0 "),
-        sop_instance_uid=str(meta.MediaStorageSOPInstanceUID).rstrip("\0 "),
+        sop_class_uid=sop_class or str(meta.MediaStorageSOPClassUID).rstrip("\0 "),
+        sop_instance_uid=sop_instance or str(meta.MediaStorageSOPInstanceUID).rstrip("\0 "),
         transfer_syntax_uid=str(meta.TransferSyntaxUID).rstrip("\0 "),
         offset=offset,
         size=size - offset,
     )
+
+
+def dataset_uids(fh: BinaryIO, transfer_syntax: str) -> tuple[str, str]:
+    """SOP Class UID and SOP Instance UID of the dataset at ``fh`` ("" where absent or unreadable).
+
+    Parsing stops after (0008,0018), so only the first few elements are read whatever the
+    file's size. A deflated dataset is left to the file meta (it would have to be inflated).
+    """
+    from pydicom.filereader import read_dataset
+    from pydicom.uid import UID
+
+    syntax = UID(transfer_syntax)
+    if syntax.is_deflated or not syntax.is_transfer_syntax:
+        return "", ""
+    try:
+        ds = read_dataset(fh, syntax.is_implicit_VR, syntax.is_little_endian,
+                          stop_when=lambda tag, _vr, _length: tag > 0x00080018)
+        return str(ds.get("SOPClassUID", "") or "").rstrip("\0 "), str(ds.get("SOPInstanceUID", "") or "").rstrip("\0 ")
+    except Exception:  # noqa: BLE001 - pydicom raises many kinds on garbage; the file meta decides then
+        return "", ""
 
 
 def scan(paths: Sequence[str]) -> Scan:

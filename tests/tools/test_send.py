@@ -380,3 +380,33 @@ def test_tls_send_into_our_tls_node(tmp_path: Path, tls_certs: Any, tls_node: An
     assert anonymous.returncode == 3, anonymous.stderr
     missing = send("--tls-ca", tmp_path / "nothing.pem", "127.0.0.1", tls_node.port, tmp_path / "in")
     assert missing.returncode == 2 and "TLS" in missing.stderr, missing.stderr
+
+
+@pytest.mark.skipif(not dcmtk_available(), reason="DCMTK (Debian package dcmtk) is not installed")
+def test_send_and_storescu_name_the_datasets_uids_not_the_file_metas(tmp_path: Path) -> None:
+    """pydicom's rtplan.dcm and rtdose.dcm have a file meta SOP Instance UID that is not the
+    dataset's: like DCMTK's storescu, both tools put the dataset's in the C-STORE-RQ, so a
+    receiver that checks the command against the dataset (our node) stores them."""
+    import shutil
+
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    from tests.nodes import serve
+
+    sources = [Path(get_testdata_file(name)) for name in ("rtplan.dcm", "rtdose.dcm")]
+    for source in sources:
+        assert dcmread(source).file_meta.MediaStorageSOPInstanceUID != dcmread(source).SOPInstanceUID
+    for tool in ("send", "storescu"):  # a node each: the second would only see duplicates
+        folder = tmp_path / tool
+        (folder / "in").mkdir(parents=True)
+        for source in sources:
+            shutil.copy(source, folder / "in" / source.name)
+        node = serve(folder, workers=1)
+        try:
+            result = run_nodectl(tool, "127.0.0.1", str(node.port), *(str(folder / "in" / s.name) for s in sources))
+            assert result.returncode == 0, (tool, result.stderr)
+        finally:
+            node.stop()
+        stored = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (folder / "store").rglob("*") if p.is_file()}
+        assert stored == {str(dcmread(source).SOPInstanceUID) for source in sources}, tool
