@@ -423,7 +423,7 @@ class DcmtkFormatter(logging.Formatter):
     """``L: text`` for every line of a record, L being DCMTK's level letter."""
 
     def format(self, record: logging.LogRecord) -> str:
-        letter = LEVEL_LETTERS.get(record.levelno) or record.levelname[:1]
+        letter = getattr(record, "dcmtk_letter", None) or LEVEL_LETTERS.get(record.levelno) or record.levelname[:1]
         text = record.getMessage()
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
@@ -671,20 +671,27 @@ class CaptureErrors(logging.Handler):
 def log_handler(app: App, setup: LogSetup, *extra_loggers: tuple[str, int]) -> Iterator[logging.Logger]:
     """Attach the ``L: text`` stderr handler to the tool's logger for the duration of a run.
 
-    ``extra_loggers`` are library loggers (name, minimum level) shown through the same handler;
-    their INFO records are dropped because the tool logs its own progress lines (a library's
-    "Requesting Association" would appear twice). Everything is detached afterwards, so
-    ``main`` can be called repeatedly in one process.
+    ``extra_loggers`` are library loggers (name, minimum level) shown through the same handler,
+    every line as ``D:``, as DCMTK shows its library's output: the tool logs its own progress
+    and its errors in DCMTK's words (a library's "Requesting Association" would appear twice,
+    and a script grepping ``E:`` lines must find DCMTK's lines only). Their INFO records are
+    dropped. Everything is detached afterwards, so ``main`` can be called repeatedly in one
+    process.
     """
     handler = logging.StreamHandler(app.stdout if setup.stream == "stdout" else app.stderr)
     handler.setFormatter(DcmtkFormatter())
     libraries = tuple(name for name, _ in extra_loggers)
 
-    def not_library_info(record: logging.LogRecord) -> bool:
-        return not (record.levelno == logging.INFO and record.name.startswith(libraries))
+    def library_as_debug(record: logging.LogRecord) -> bool:
+        if not record.name.startswith(libraries):
+            return True
+        if record.levelno == logging.INFO:
+            return False
+        record.dcmtk_letter = "D"  # the level stays: other handlers (CaptureErrors) still see it
+        return True
 
     if libraries:
-        handler.addFilter(not_library_info)
+        handler.addFilter(library_as_debug)
     attached: list[tuple[logging.Logger, int, bool]] = []
     for name, minimum in ((app.logger.name, setup.level), *extra_loggers):
         logger = logging.getLogger(name)

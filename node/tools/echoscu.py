@@ -268,17 +268,67 @@ def build_contexts(n_contexts: int, n_syntaxes: int) -> list[Any]:
     return contexts
 
 
+# DCMTK's dictionary names for the UIDs an echo negotiates (its dumps print "=Name").
+DCMTK_NAMES = {
+    VERIFICATION: "VerificationSOPClass",
+    "1.2.840.10008.1.2": "LittleEndianImplicit",
+    "1.2.840.10008.1.2.1": "LittleEndianExplicit",
+    "1.2.840.10008.1.2.2": "BigEndianExplicit",
+    "1.2.840.10008.1.2.1.99": "DeflatedLittleEndianExplicit",
+}
+CONTEXT_RESULTS = {0: "Accepted", 1: "User Rejection", 2: "Provider Rejection",
+                   3: "Abstract Syntax Not Supported", 4: "Transfer Syntaxes Not Supported"}
+_NEGOTIATION_NONE = ["Requested Extended Negotiation: none", "Accepted Extended Negotiation:  none",
+                     "Requested User Identity Negotiation: none", "User Identity Negotiation Response:  none"]
+
+
+def _named(uid: str) -> str:
+    name = DCMTK_NAMES.get(str(uid))
+    return f"={name}" if name else str(uid)
+
+
 def dump_request(s: Settings, contexts: list[Any]) -> str:
-    """``Request Parameters:`` in the layout of DCMTK's A-ASSOCIATE-RQ dump (UIDs numeric)."""
+    """``Request Parameters:`` as DCMTK's ``ASC_dumpParameters`` lays out an A-ASSOCIATE-RQ."""
+    from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
     lines = ["Request Parameters:", "====================== BEGIN A-ASSOCIATE-RQ =====================",
+             f"Our Implementation Class UID:      {IMPLEMENTATION_CLASS_UID}",
+             f"Our Implementation Version Name:   {IMPLEMENTATION_VERSION_NAME}",
+             "Their Implementation Class UID:    ", "Their Implementation Version Name: ",
              "Application Context Name:    1.2.840.10008.3.1.1.1",
              f"Calling Application Name:    {s.aet}", f"Called Application Name:     {s.aec}",
-             f"Our Max PDU Receive Size:    {s.max_pdu}", "Presentation Contexts:"]
+             f"Responding Application Name: {s.aec}",
+             f"Our Max PDU Receive Size:    {s.max_pdu}", "Their Max PDU Receive Size:  0", "Presentation Contexts:"]
     for i, cx in enumerate(contexts):
-        lines += [f"  Context ID:        {2 * i + 1} (Proposed)", f"    Abstract Syntax: {VERIFICATION}",
+        lines += [f"  Context ID:        {2 * i + 1} (Proposed)", f"    Abstract Syntax: {_named(VERIFICATION)}",
                   "    Proposed SCP/SCU Role: Default", "    Proposed Transfer Syntax(es):"]
-        lines += [f"      {uid}" for uid in cx.transfer_syntax]
-    lines.append("======================= END A-ASSOCIATE-RQ ======================")
+        lines += [f"      {_named(uid)}" for uid in cx.transfer_syntax]
+    lines += [*_NEGOTIATION_NONE, "======================= END A-ASSOCIATE-RQ ======================"]
+    return "\n".join(lines)
+
+
+def dump_accepted(s: Settings, assoc: Any) -> str:
+    """``Association Parameters Negotiated:`` as DCMTK dumps the A-ASSOCIATE-AC."""
+    from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+    them = assoc.acceptor
+    lines = ["Association Parameters Negotiated:", "====================== BEGIN A-ASSOCIATE-AC =====================",
+             f"Our Implementation Class UID:      {IMPLEMENTATION_CLASS_UID}",
+             f"Our Implementation Version Name:   {IMPLEMENTATION_VERSION_NAME}",
+             f"Their Implementation Class UID:    {them.implementation_class_uid or ''}",
+             f"Their Implementation Version Name: {them.implementation_version_name or ''}",
+             "Application Context Name:    1.2.840.10008.3.1.1.1",
+             f"Calling Application Name:    {s.aet}", f"Called Application Name:     {s.aec}",
+             f"Responding Application Name: {str(them.ae_title or s.aec).strip()}",
+             f"Our Max PDU Receive Size:    {s.max_pdu}", f"Their Max PDU Receive Size:  {them.maximum_length or 0}",
+             "Presentation Contexts:"]
+    for cx in sorted(assoc.accepted_contexts + assoc.rejected_contexts, key=lambda c: c.context_id):
+        lines += [f"  Context ID:        {cx.context_id} ({CONTEXT_RESULTS.get(cx.result, cx.result)})",
+                  f"    Abstract Syntax: {_named(cx.abstract_syntax)}",
+                  "    Proposed SCP/SCU Role: Default", "    Accepted SCP/SCU Role: Default"]
+        if cx.result == 0:
+            lines.append(f"    Accepted Transfer Syntax: {_named(cx.transfer_syntax[0])}")
+    lines += [*_NEGOTIATION_NONE, "======================= END A-ASSOCIATE-AC ======================"]
     return "\n".join(lines)
 
 
@@ -309,7 +359,7 @@ def echo_peer(log: logging.Logger, s: Settings, tls_context: Any, sni: str | Non
     log.info("Requesting Association")
     acse = _Acse()
     assoc = _request(log, s, addr, contexts, tls_context, sni, acse)
-    log.debug("Association Parameters Negotiated:\n" + _dump_accepted(assoc))
+    log.debug(dump_accepted(s, assoc))
     peer_max = int(assoc.acceptor.maximum_length or 0)
     log.info(f"Association Accepted (Max Send PDV: {peer_max - 12 if peer_max else ASC_MAXIMUMPDUSIZE - 12})")
     outcome = _echo_loop(log, assoc, s.repeat, acse, s.dimse_timeout)
@@ -319,8 +369,10 @@ def echo_peer(log: logging.Logger, s: Settings, tls_context: Any, sni: str | Non
 def _request(log: logging.Logger, s: Settings, addr: str, contexts: list[Any], tls_context: Any,
              sni: str | None, acse: _Acse) -> Any:
     """``ASC_requestAssociation`` with pynetdicom; every failure logs DCMTK's text and exits 1."""
-    from pynetdicom import AE
+    from pynetdicom import AE, _config
 
+    # Our dumps follow DCMTK's; pynetdicom's own PDU dumps would print each PDU twice.
+    _config.LOG_HANDLER_LEVEL = "none"
     ae = identify(AE(ae_title=s.aet[:16]))
     ae.acse_timeout = s.acse_timeout
     ae.dimse_timeout = s.dimse_timeout
@@ -368,15 +420,6 @@ def _log_request_failure(log: logging.Logger, assoc: Any, messages: list[str], a
         log.critical("Association Request Failed: " + COND_PEER_ABORTED)
 
 
-def _dump_accepted(assoc: Any) -> str:
-    """The negotiated contexts, one line each: ID, result, transfer syntax."""
-    lines = []
-    for cx in assoc.accepted_contexts + assoc.rejected_contexts:
-        state = "Accepted" if cx.result == 0 else f"Refused ({cx.result})"
-        lines.append(f"  Context ID:        {cx.context_id} ({state}) {cx.transfer_syntax[0] if cx.result == 0 else ''}")
-    return "\n".join(lines)
-
-
 def _status_text(status: int) -> str:
     """``DU_cechoStatusString``."""
     return "Success" if status == 0 else f"Unknown Status: 0x{status:x}"
@@ -405,6 +448,7 @@ def _why_no_response(log: logging.Logger, assoc: Any, acse: _Acse, dimse_timeout
         assoc.join(timeout=0.05)
     peer_abort = any(name in ("A_ABORT", "A_P_ABORT") for name in acse.received)
     if peer_abort and "A_ABORT" not in acse.sent:
+        log.error(f"Echo Failed: {COND_PEER_ABORTED}")  # DCMTK prints it at every log level
         return "peer-aborted"
     cond = COND_DIMSE_TIMEOUT if dimse_timeout else "no response received"
     log.error(f"Echo Failed: {cond}")

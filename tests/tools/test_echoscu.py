@@ -9,6 +9,8 @@ numbers refer to ``spec/echoscu.md``.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from pathlib import Path
@@ -135,10 +137,13 @@ def test_peer_abort_after_request_exits_0() -> None:
         return 0
 
     with scp(echo=abort) as (port, _):
+        quiet = both("127.0.0.1", str(port))
         ours, theirs = both("-v", "127.0.0.1", str(port))
     assert ours.returncode == 0
     assert "I: Peer Aborted Association" in ours.stderr.splitlines()
-    assert "I: Peer Aborted Association" in theirs.stderr.splitlines()
+    assert ours.stderr == theirs.stderr
+    # DCMTK prints the E: line at its default level: a script grepping for it finds ours too.
+    assert quiet[0].stderr == quiet[1].stderr == "E: Echo Failed: " + echoscu.COND_PEER_ABORTED + "\n"
 
 
 def test_dimse_timeout_aborts_and_exits_70() -> None:
@@ -308,3 +313,37 @@ def test_unsupported_log_config_exits_with_message(tmp_path: Path) -> None:
     done = run_ours("-lc", str(cfg), "127.0.0.1", "104")
     assert done.returncode == 1
     assert "not supported by nodectl" in done.stderr
+
+
+def _not_debug(text: str) -> list[str]:
+    return [line for line in text.splitlines() if not line.startswith("D: ")]
+
+
+@pytest.mark.parametrize("case", ["refused", "rejected", "status", "abort", "silent"])
+def test_every_failure_path_prints_dcmtks_lines_and_one_dump_per_pdu(case: str) -> None:
+    """With -d: the I:/E:/F: lines are DCMTK's, and each PDU is dumped once, in DCMTK's
+    layout (BEGIN A-ASSOCIATE-RQ, BEGIN A-ASSOCIATE-AC), not pynetdicom's as well."""
+
+    def abort(event: Any) -> int:
+        event.assoc.abort()
+        return 0
+
+    with contextlib.ExitStack() as stack:
+        if case == "refused":
+            args = ["127.0.0.1", str(free_port())]
+        elif case == "silent":  # accepts the connection, never answers: the ACSE timeout
+            silent = stack.enter_context(socket.create_server(("127.0.0.1", 0)))
+            args = ["-ta", "2", "127.0.0.1", str(silent.getsockname()[1])]
+        else:
+            options = {"rejected": {"ae_title": "ONLY", "require_called": True}, "status": {"echo": lambda e: 0x0110},
+                       "abort": {"echo": abort}}[case]
+            port, _ = stack.enter_context(scp(**options))
+            args = ["127.0.0.1", str(port)]
+        if case == "silent":
+            assert both("-v", *args)[0].stderr == both("-v", *args)[1].stderr
+        ours, theirs = both("-d", *args)
+    assert _not_debug(ours.stdout + ours.stderr) == _not_debug(theirs.stdout + theirs.stderr)
+    text = ours.stdout + ours.stderr
+    assert text.count("BEGIN A-ASSOCIATE-RQ") == 1
+    assert text.count("BEGIN A-ASSOCIATE-AC") == (1 if case in ("status", "abort") else 0)
+    assert "OUTGOING A-ASSOCIATE-RQ PDU" not in text and "INCOMING" not in text
