@@ -23,7 +23,9 @@ from tests.support import NODECTL, free_port, make_ct, start_process, stop_proce
 CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 
 
-def stcomscu(*args: str, cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def stcomscu(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run the tool; the bound is far above its own waits (-te up to 20 s, ACSE 30 s) plus a
+    loaded machine's start-up, so only a hang fails here, never a slow start."""
     return subprocess.run([*NODECTL, "stcomscu", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
