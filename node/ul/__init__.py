@@ -30,6 +30,7 @@ from node.ul._dimse import (
     OtherCommand,
     decode_command,
     encode_command,
+    is_request,
 )
 from node.ul._engine import NEED_DATA, AcceptedContext, Association, NeedData, Role
 from node.ul._errors import (

@@ -17,7 +17,7 @@ from node.ul._errors import REASON_INVALID_PARAMETER, ProtocolViolation
 
 VERIFICATION = "1.2.840.10008.1.1"
 NO_DATASET = 0x0101
-DATASET_PRESENT = 0x0000  # what DCMTK and pynetdicom send; any value but 0x0101 means present
+DATASET_PRESENT = 0x0001  # what pynetdicom sends; any value but 0x0101 means present (PS3.7 E.1)
 
 _ELEMENT = struct.Struct("<HHI")
 _U16 = struct.Struct("<H")

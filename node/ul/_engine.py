@@ -204,8 +204,8 @@ class Association:
             return False
         body = bytes(buf[6 : 6 + length])
         del buf[: 6 + length]
-        action, _ = TRANSITIONS[(event, self.state)]
-        if action in ("AA-1", "AA-8"):
+        action, _ = self._entry(event)
+        if action in ("AA-1", "AA-7", "AA-8"):
             self._violation(event, ProtocolViolation(f"{event.value} in {self.state.name}", REASON_UNEXPECTED_PDU))
         if action == "AA-6":
             return True
@@ -215,6 +215,11 @@ class Association:
             self._violation(Evt.EVT19, exc)
         self._transition(event, decoded)
         return True
+
+    def _entry(self, event: Evt) -> tuple[str, State | None]:
+        """The table's entry for a received PDU; in Sta4, where PS3.8 has none (the peer spoke
+        before our A-ASSOCIATE-RQ), the same AA-8 as in Sta5."""
+        return TRANSITIONS.get((event, self.state), ("AA-8", State.STA13))
 
     def _transport_closed(self) -> None:
         if self.state not in (State.STA2, State.STA13):
@@ -228,7 +233,7 @@ class Association:
         AA-1/AA-8 answer with an A-ABORT and wait in Sta13; AA-7 (garbage in Sta13) also
         answers; AA-6 ignores. Only a peer that keeps sending after our abort hears twice.
         """
-        action, next_state = TRANSITIONS[(event, self.state)]
+        action, next_state = self._entry(event)
         if action == "AA-6":
             return
         self._reset_dimse()
