@@ -105,6 +105,7 @@ class Association:
         self._receive_limit = pdu_limit
         self._buffer = bytearray()
         self._eof = False
+        self._unframed = False  # after a PDU we could not frame, later bytes mean nothing
         self._pending: deque[Event] = deque()
         self._window = _DEFAULT_WINDOW
         self._invoked: set[int] = set()     # our requests awaiting the peer's response
@@ -149,11 +150,10 @@ class Association:
 
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes read from the connection; b"" means the peer closed it (Evt17)."""
-        if data:
-            if not self._eof:
-                self._buffer += data
-        else:
+        if not data:
             self._eof = True
+        elif not self._eof and not self._unframed:
+            self._buffer += data
 
     def events(self) -> Iterator[Event]:
         """Every event the buffered bytes make, stopping when more bytes are needed."""
@@ -196,8 +196,8 @@ class Association:
         limit = self._receive_limit if pdu_type == _pdu.P_DATA_TF else self._pdu_limit
         if event is Evt.EVT19 or length > limit:
             reason = "unrecognized PDU type" if event is Evt.EVT19 else f"PDU of {length} bytes is over the {limit}-byte limit"
-            self._buffer = bytearray()  # the stream can no longer be parsed
-            self._eof = True
+            self._buffer = bytearray()  # PDU boundaries are lost: nothing later can be read
+            self._unframed = True
             code = _pdu.REASON_UNRECOGNIZED_PDU if event is Evt.EVT19 else REASON_INVALID_PARAMETER
             self._violation(Evt.EVT19, ProtocolViolation(f"{reason} 0x{pdu_type:02X}", code))
         if len(buf) < 6 + length:

@@ -30,9 +30,10 @@ POLICY = ul.AcceptorPolicy(contexts={ul.VERIFICATION: (IMPLICIT,), CT: (ul.ANY,)
 
 
 def feed(engine: ul.Association, data: bytes, chunk: int | None = None) -> list[ul.Event]:
-    """Give ``data`` to ``engine`` (all at once, or ``chunk`` bytes a read) and collect events."""
     out: list[ul.Event] = []
-    pieces: Iterable[bytes] = [data] if chunk is None else (data[i : i + chunk] for i in range(0, len(data), chunk))
+    """Give ``data`` to ``engine`` (all at once, or ``chunk`` bytes a read; b"" is the peer
+    closing) and collect the events."""
+    pieces: Iterable[bytes] = [data] if chunk is None or not data else (data[i : i + chunk] for i in range(0, len(data), chunk))
     for piece in pieces:
         engine.receive_data(piece)
         out.extend(engine.events())
