@@ -149,7 +149,10 @@ class Association:
     # ----- receiving ------------------------------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """Buffer bytes read from the connection; b"" means the peer closed it (Evt17)."""
+        """Buffer bytes read from the connection; b"" means the peer closed it (Evt17).
+        Bytes after the end (Sta1), or after a PDU that could not be framed, are dropped."""
+        if self.state is State.STA1:
+            return
         if not data:
             self._eof = True
         elif not self._eof and not self._unframed:
