@@ -92,10 +92,13 @@ class Association:
     A-ASSOCIATE-RQ or -AC the caller sends (that event's ``max_pdu`` wins once sent); 0
     means unlimited, bounded by ``pdu_limit``. Any other PDU may be up to ``pdu_limit``
     bytes: a length past the limit is refused from the header, before its body is buffered.
+    ``send_cap``: send P-DATA no larger than this even when the peer takes more (0: the
+    peer's maximum alone; dcm4che's and DCMTK's send-PDU options).
     """
 
-    def __init__(self, role: Role, *, pdu_limit: int = 1 << 22) -> None:
+    def __init__(self, role: Role, *, pdu_limit: int = 1 << 22, send_cap: int = 0) -> None:
         self.role = role
+        self._send_cap = send_cap
         self.state = State.STA2 if role is Role.ACCEPTOR else State.STA4
         self.request: AssociateRequest | None = None
         self.accept: AssociateAccept | None = None
@@ -428,13 +431,19 @@ class Association:
                 raise LocalProtocolError("a dataset fragment without a command announcing one on its context")
             if event.last:
                 self._tx_dataset_context = None
-            return b"".join(_pdu.fragment(event.context_id, False, event.data, self.peer_max_pdu, event.last))
+            return b"".join(_pdu.fragment(event.context_id, False, event.data, self._send_limit(), event.last))
         if self._tx_dataset_context is not None:
             raise LocalProtocolError("the previous command's dataset is not finished")
         self._count_sent(event.message)
         if event.message.has_dataset:
             self._tx_dataset_context = event.context_id
-        return b"".join(_pdu.fragment(event.context_id, True, encode_command(event.message), self.peer_max_pdu))
+        return b"".join(_pdu.fragment(event.context_id, True, encode_command(event.message), self._send_limit()))
+
+    def _send_limit(self) -> int:
+        """The P-DATA size we send: the peer's maximum, lowered to our cap (0: no limit)."""
+        if not self._send_cap:
+            return self.peer_max_pdu
+        return min(self.peer_max_pdu, self._send_cap) if self.peer_max_pdu else self._send_cap
 
     def _count_sent(self, message: Message) -> None:
         ident = request_id(message)

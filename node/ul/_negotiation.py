@@ -50,7 +50,9 @@ class AcceptorPolicy:
     ``identify``: the server response for a User Identity proposal (b"" when none is due),
     or None to reject the association; without ``identify`` the proposal is ignored, which
     PS3.7 D.3.3.7 allows. ``async_window``: the most we perform and invoke; None answers no
-    window, which leaves the default of one operation each way.
+    window, which leaves the default of one operation each way. ``requestor_order``:
+    abstract syntaxes whose explicit list is walked in the requestor's order, not ours (the
+    node's rule for "any known syntax", which it expands to a list).
     """
 
     contexts: Mapping[str, tuple[str, ...]]
@@ -58,6 +60,7 @@ class AcceptorPolicy:
     extended: Callable[[ExtendedNegotiation], bytes | None] | None = None
     identify: Callable[[UserIdentity], bytes | None] | None = None
     async_window: AsyncWindow | None = None
+    requestor_order: frozenset[str] = frozenset()
     max_pdu: int = 16382
     implementation_class_uid: str = "1.2.826.0.1.3680043.9.3811.0"
     implementation_version_name: str = ""
@@ -68,9 +71,11 @@ def _min_window(a: int, b: int) -> int:
     return max(a, b) if 0 in (a, b) else min(a, b)
 
 
-def _transfer_syntax(proposed: ProposedContext, allowed: tuple[str, ...]) -> str | None:
+def _transfer_syntax(proposed: ProposedContext, allowed: tuple[str, ...], requestor_order: bool) -> str | None:
     if ANY in allowed:
         return proposed.transfer_syntaxes[0]
+    if requestor_order:
+        return next((ts for ts in proposed.transfer_syntaxes if ts in allowed), None)
     return next((ts for ts in allowed if ts in proposed.transfer_syntaxes), None)
 
 
@@ -89,7 +94,7 @@ def _context_result(proposed: ProposedContext, policy: AcceptorPolicy, roles: di
     fallback = proposed.transfer_syntaxes[0]  # not significant when not accepted (PS3.8 9.3.3.2)
     if allowed is None:
         return ContextResult(context_id=proposed.context_id, result=ABSTRACT_SYNTAX_NOT_SUPPORTED, transfer_syntax=fallback)
-    chosen = _transfer_syntax(proposed, allowed)
+    chosen = _transfer_syntax(proposed, allowed, proposed.abstract_syntax in policy.requestor_order)
     if chosen is None:
         return ContextResult(context_id=proposed.context_id, result=TRANSFER_SYNTAXES_NOT_SUPPORTED, transfer_syntax=fallback)
     role = roles.get(proposed.abstract_syntax)

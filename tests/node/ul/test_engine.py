@@ -87,6 +87,19 @@ def test_commands_are_fragmented_and_reassembled_too() -> None:
     assert feed(scu, reply) == [ul.Command(context_id=1, message=ul.CEchoRSP(message_id_being_responded_to=9, status=0))]
 
 
+@pytest.mark.parametrize(("peer_max", "cap", "largest"), [(1000, 200, 200), (0, 300, 300), (200, 1000, 200), (0, 0, 50_000 + 6)])
+def test_our_send_cap_lowers_the_peers_maximum(peer_max: int, cap: int, largest: int) -> None:
+    scu = ul.Association(ul.Role.REQUESTOR)
+    scp = ul.Association(ul.Role.ACCEPTOR, send_cap=cap)
+    (rq,) = feed(scp, scu.send(request(max_pdu=peer_max)))
+    feed(scu, scp.send(ul.negotiate(rq, POLICY)))  # type: ignore[arg-type]
+    feed(scp, scu.send_message(3, store_rq(1), b"x"))
+    scp.send_message(3, store_rsp(1))
+    report = ul.NEventReportRQ(message_id=1, affected_sop_class_uid=CT, affected_sop_instance_uid=UID, event_type_id=1)
+    pdus = _split(scp.send_message(3, report, bytes(50_000)))
+    assert max(len(pdu) - 6 for pdu in pdus) == largest
+
+
 def _split(wire: bytes) -> list[bytes]:
     pdus, pos = [], 0
     while pos < len(wire):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,21 @@ def files(tmp_path: Path, n: int, **kw: object) -> list[Path]:
 
 def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=PEER_TIMEOUT_S, check=False)
+
+
+def start_peer(cmd: Callable[[int], list[str]], log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """A listening peer on a free port; another port if it lost that one to a parallel run."""
+    for _ in range(3):
+        port = free_port()
+        proc = start_process(cmd(port), log=log)
+        try:
+            wait_for_port(port)
+        except TimeoutError:
+            stop_process(proc)
+            raise
+        if proc.poll() is None:
+            return proc, port
+    raise RuntimeError(f"{cmd(0)[0]} could not bind a port: {log.read_text()}")
 
 
 def assert_stored(served: dict[str, bytes], paths: list[Path]) -> None:
@@ -60,12 +76,11 @@ def test_dcmtk_storescu_into_the_engine(tmp_path: Path) -> None:
 
 @needs_dcmtk
 def test_the_engine_into_dcmtk_storescp(tmp_path: Path) -> None:
-    port, out = free_port(), tmp_path / "out"
+    out = tmp_path / "out"
     out.mkdir()
     paths = files(tmp_path, 3, pixels=128)
-    proc = start_process(["storescp", "-od", str(out), "-pm", "+xa", str(port)], log=tmp_path / "storescp.log")
+    proc, port = start_peer(lambda port: ["storescp", "-od", str(out), "-pm", "+xa", str(port)], tmp_path / "storescp.log")
     try:
-        wait_for_port(port)
         contexts = (ul.ProposedContext(context_id=1, abstract_syntax=ul.VERIFICATION, transfer_syntaxes=(IMPLICIT,)),
                     ul.ProposedContext(context_id=3, abstract_syntax=CT, transfer_syntaxes=(EXPLICIT,)))
         scu = Requestor(port, ul.AssociateRequest(called_ae="STORESCP", calling_ae="ENGINE", contexts=contexts, max_pdu=16384))
@@ -98,12 +113,11 @@ def test_pynetdicom_echoscu_and_storescu_into_the_engine(tmp_path: Path) -> None
 
 
 def test_the_engine_into_pynetdicom_storescp(tmp_path: Path) -> None:
-    port, out = free_port(), tmp_path / "out"
+    out = tmp_path / "out"
     paths = files(tmp_path, 2)
-    proc = start_process([sys.executable, "-m", "pynetdicom", "storescp", "-od", str(out), str(port)],
-                         log=tmp_path / "storescp.log")
+    proc, port = start_peer(lambda port: [sys.executable, "-m", "pynetdicom", "storescp", "-od", str(out), str(port)],
+                            tmp_path / "storescp.log")
     try:
-        wait_for_port(port)
         contexts = (ul.ProposedContext(context_id=1, abstract_syntax=CT, transfer_syntaxes=(EXPLICIT, IMPLICIT)),)
         scu = Requestor(port, ul.AssociateRequest(called_ae="ANY-SCP", calling_ae="ENGINE", contexts=contexts))
         for path in paths:

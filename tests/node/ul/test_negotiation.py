@@ -24,6 +24,12 @@ def test_any_takes_the_requestors_order_an_explicit_list_the_acceptors() -> None
     assert results(ul.negotiate(request(contexts=contexts), policy)) == {1: (0, EXPLICIT), 3: (0, IMPLICIT)}
 
 
+def test_requestor_order_within_an_explicit_list() -> None:
+    contexts = (ul.ProposedContext(context_id=1, abstract_syntax=CT, transfer_syntaxes=("1.2.3.99", EXPLICIT, IMPLICIT)),)
+    policy = ul.AcceptorPolicy(contexts={CT: (IMPLICIT, EXPLICIT)}, requestor_order=frozenset({CT}))
+    assert results(ul.negotiate(request(contexts=contexts), policy)) == {1: (0, EXPLICIT)}
+
+
 def test_unsupported_abstract_and_transfer_syntaxes() -> None:
     contexts = (ul.ProposedContext(context_id=1, abstract_syntax="1.2.3.4", transfer_syntaxes=(IMPLICIT,)),
                 ul.ProposedContext(context_id=3, abstract_syntax=ul.VERIFICATION, transfer_syntaxes=(BIG_ENDIAN,)))
