@@ -71,6 +71,7 @@ from node.ul._events import (
     UserIdentity,
 )
 from node.ul._negotiation import ANY, AcceptorPolicy, negotiate
+from node.ul._pdu import abort_pdu
 from node.ul._state import State
 
 __all__ = [name for name in dir() if not name.startswith("_")]

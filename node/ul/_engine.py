@@ -92,13 +92,15 @@ class Association:
     A-ASSOCIATE-RQ or -AC the caller sends (that event's ``max_pdu`` wins once sent); 0
     means unlimited, bounded by ``pdu_limit``. Any other PDU may be up to ``pdu_limit``
     bytes: a length past the limit is refused from the header, before its body is buffered.
-    ``send_cap``: send P-DATA no larger than this even when the peer takes more (0: the
-    peer's maximum alone; dcm4che's and DCMTK's send-PDU options).
+    ``data_limit`` replaces that announced bound for P-DATA with a fixed one (a receiver
+    lenient with peers that overshoot). ``send_cap``: send P-DATA no larger than this even
+    when the peer takes more (0: the peer's maximum alone; dcm4che's and DCMTK's options).
     """
 
-    def __init__(self, role: Role, *, pdu_limit: int = 1 << 22, send_cap: int = 0) -> None:
+    def __init__(self, role: Role, *, pdu_limit: int = 1 << 22, data_limit: int | None = None, send_cap: int = 0) -> None:
         self.role = role
         self._send_cap = send_cap
+        self._fixed_data_limit = data_limit
         self.state = State.STA2 if role is Role.ACCEPTOR else State.STA4
         self.request: AssociateRequest | None = None
         self.accept: AssociateAccept | None = None
@@ -300,6 +302,8 @@ class Association:
     def _data_limit(self, announced: int) -> int:
         """The longest P-DATA-TF body taken: what we announced (PS3.8 D.1 bounds the variable
         field), plus the 6 bytes of a PDV header some senders leave out of their count."""
+        if self._fixed_data_limit is not None:
+            return self._fixed_data_limit
         return announced + 6 if announced else self._pdu_limit
 
     def _on_pdvs(self, pdvs: list[_pdu.PDV]) -> None:

@@ -145,6 +145,12 @@ def encode_abort(event: Abort) -> bytes:
     return _pdu(ABORT, bytes((0, 0, event.source, event.reason)))
 
 
+def abort_pdu(reason: int = 0, source: int = 2) -> bytes:
+    """An A-ABORT, for a shell that must abort outside the engine's turn (e.g. at shutdown,
+    from another thread): service provider by default, reason per PS3.8 9.3.8."""
+    return encode_abort(Abort(source=source, reason=reason))
+
+
 def encode_p_data(context_id: int, is_command: bool, data: bytes | memoryview, is_last: bool) -> bytes:
     """One P-DATA-TF holding one PDV."""
     control = (0x01 if is_command else 0x00) | (0x02 if is_last else 0x00)

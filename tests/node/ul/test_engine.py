@@ -235,6 +235,16 @@ def test_an_overlong_pdu_is_refused_from_its_header() -> None:
     assert caught.value.reason == ul.REASON_INVALID_PARAMETER
 
 
+def test_a_fixed_data_limit_replaces_the_announced_one() -> None:
+    scu, scp = ul.Association(ul.Role.REQUESTOR), ul.Association(ul.Role.ACCEPTOR, data_limit=4000)
+    (rq,) = feed(scp, scu.send(request()))
+    feed(scu, scp.send(ul.negotiate(rq, ul.AcceptorPolicy(contexts=POLICY.contexts, max_pdu=1000))))  # type: ignore[arg-type]
+    assert len(feed(scp, _pdu.encode_p_data(3, True, ul.encode_command(store_rq(1)), True)
+                    + _pdu.encode_p_data(3, False, bytes(3990), True))) == 2
+    with pytest.raises(ul.ProtocolViolation):
+        feed(scp, struct.pack(">BxI", 4, 4001))
+
+
 def test_an_overlong_associate_request_is_refused_from_its_header() -> None:
     scp = ul.Association(ul.Role.ACCEPTOR, pdu_limit=65536)
     with pytest.raises(ul.ProtocolViolation):
