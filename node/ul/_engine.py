@@ -245,6 +245,7 @@ class Association:
         if action == "AA-6":
             return
         self._reset_dimse()
+        self._pending.clear()  # what the offending PDU's earlier PDVs made is not reported
         self.state = next_state  # type: ignore[assignment]
         exc.abort_pdu = _pdu.encode_abort(Abort(source=exc.source, reason=exc.reason))
         raise exc

@@ -228,6 +228,20 @@ def test_events_before_a_violation_are_delivered() -> None:
     assert scp.next_event() is ul.NEED_DATA and scp.state is S.STA13
 
 
+def test_a_pdu_that_breaks_the_rules_reports_nothing() -> None:
+    """Two PDVs in one P-DATA-TF, the second on a context never accepted: the first is not
+    reported either, so nothing of the offending PDU reaches the shell after the error."""
+    _, scp = established()
+    command = ul.encode_command(ul.CEchoRQ(message_id=1))
+    bad = _pdu.HEADER.pack(4, 2 * 6 + len(command) + 2) + _pdu.PDV_HEADER.pack(len(command) + 2, 1, 3) + command \
+        + _pdu.PDV_HEADER.pack(4, 7, 3) + b"\x00\x00"
+    scp.receive_data(bad[:-2])
+    scp.receive_data(bad[-2:])
+    with pytest.raises(ul.ProtocolViolation, match="context 7"):
+        scp.next_event()
+    assert scp.next_event() is ul.NEED_DATA
+
+
 def test_an_overlong_pdu_is_refused_from_its_header() -> None:
     scu, scp = established(policy=ul.AcceptorPolicy(contexts=POLICY.contexts, max_pdu=1000))
     with pytest.raises(ul.ProtocolViolation) as caught:
