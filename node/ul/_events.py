@@ -128,6 +128,7 @@ class AssociateRequest:
     common_extended: tuple[CommonExtendedNegotiation, ...] = ()
     user_identity: UserIdentity | None = None
     application_context: str = APPLICATION_CONTEXT
+    protocol_version: int = 1  # a bit field; bit 0 is version 1, the only one there is
 
     def __post_init__(self) -> None:
         _check_ae(self.called_ae, "called AE title")

@@ -35,7 +35,8 @@ ANY = "*"
 
 # A-ASSOCIATE-RJ fields (PS3.8 9.3.4)
 REJECTED_PERMANENT, REJECTED_TRANSIENT = 1, 2
-SOURCE_USER = 1
+SOURCE_USER, SOURCE_PROVIDER_ACSE = 1, 2
+REASON_PROTOCOL_VERSION = 2  # with SOURCE_PROVIDER_ACSE
 REASON_NO_REASON, REASON_APPLICATION_CONTEXT, REASON_CALLING_AE, REASON_CALLED_AE = 1, 2, 3, 7
 
 
@@ -104,7 +105,14 @@ def _context_result(proposed: ProposedContext, policy: AcceptorPolicy, roles: di
 
 
 def negotiate(request: AssociateRequest, policy: AcceptorPolicy) -> AssociateAccept | AssociateReject:
-    """The A-ASSOCIATE-AC (or -RJ) answering ``request`` under ``policy``."""
+    """The A-ASSOCIATE-AC (or -RJ) answering ``request`` under ``policy``.
+
+    PS3.8's AE-6 has the provider reject a request it cannot take (a protocol version other
+    than 1) before the user sees it; the engine leaves that to this function, so a shell
+    that builds its own answer decides it too.
+    """
+    if not request.protocol_version & 0x0001:
+        return AssociateReject(result=REJECTED_PERMANENT, source=SOURCE_PROVIDER_ACSE, reason=REASON_PROTOCOL_VERSION)
     if request.application_context != APPLICATION_CONTEXT:
         return AssociateReject(result=REJECTED_PERMANENT, source=SOURCE_USER, reason=REASON_APPLICATION_CONTEXT)
     identity_response = None

@@ -83,8 +83,8 @@ def _ae(title: str) -> bytes:
     return title.encode("ascii").ljust(16)
 
 
-def _fixed(called: str, calling: str) -> bytes:
-    return _U16.pack(_PROTOCOL_VERSION) + b"\x00\x00" + _ae(called) + _ae(calling) + bytes(32)
+def _fixed(called: str, calling: str, version: int = _PROTOCOL_VERSION) -> bytes:
+    return _U16.pack(version) + b"\x00\x00" + _ae(called) + _ae(calling) + bytes(32)
 
 
 def _user_information(event: AssociateRequest | AssociateAccept) -> bytes:
@@ -117,7 +117,7 @@ def encode_associate_rq(event: AssociateRequest) -> bytes:
         _item(0x20, bytes((cx.context_id, 0, 0, 0)) + _uid_item(0x30, cx.abstract_syntax)
               + b"".join(_uid_item(0x40, ts) for ts in cx.transfer_syntaxes))
         for cx in event.contexts)
-    body = _fixed(event.called_ae, event.calling_ae) + _uid_item(0x10, event.application_context) + contexts
+    body = _fixed(event.called_ae, event.calling_ae, event.protocol_version) + _uid_item(0x10, event.application_context) + contexts
     return _pdu(ASSOCIATE_RQ, body + _user_information(event))
 
 
@@ -285,11 +285,6 @@ def _association_parts(body: bytes) -> tuple[str, str, str, list[tuple[int, byte
     return called, calling, app_context, contexts, user
 
 
-def protocol_version_supported(body: bytes) -> bool:
-    """Bit 0 of the protocol version is version 1, the only one there is (PS3.8 9.3.2)."""
-    return len(body) >= 2 and bool(body[1] & 0x01)
-
-
 def decode_associate_rq(body: bytes) -> AssociateRequest:
     called, calling, app_context, items, user = _association_parts(body)
     contexts = []
@@ -308,7 +303,7 @@ def decode_associate_rq(body: bytes) -> AssociateRequest:
         max_pdu=user.max_pdu, implementation_class_uid=user.implementation_class_uid,
         implementation_version_name=user.implementation_version_name, async_window=user.async_window,
         roles=user.roles, extended=user.extended, common_extended=user.common_extended,
-        user_identity=user.user_identity)
+        user_identity=user.user_identity, protocol_version=_U16.unpack_from(body, 0)[0])
 
 
 def decode_associate_ac(body: bytes) -> AssociateAccept:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from node import ul
-from tests.node.ul.helpers import COMMITMENT, CT, EXPLICIT, IMPLICIT, POLICY, established, request
+from tests.node.ul.helpers import COMMITMENT, CT, EXPLICIT, IMPLICIT, POLICY, established, feed, request
 
 BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
@@ -103,6 +103,19 @@ def test_async_window(proposed: tuple[int, int] | None, ours: tuple[int, int] | 
     got = ul.negotiate(request(window=window), policy)
     assert isinstance(got, ul.AssociateAccept)
     assert got.async_window == (ul.AsyncWindow(max_invoked=answer[0], max_performed=answer[1]) if answer else None)
+
+
+def test_another_protocol_version_is_rejected_by_the_provider() -> None:
+    """AE-6: bit 0 (version 1) unset is refused with source 2 (ACSE), reason 2, through the wire."""
+    from node.ul import _pdu
+
+    scu, scp = ul.Association(ul.Role.REQUESTOR), ul.Association(ul.Role.ACCEPTOR)
+    (rq,) = feed(scp, scu.send(request(protocol_version=2)))
+    assert isinstance(rq, ul.AssociateRequest) and rq.protocol_version == 2
+    answer = ul.negotiate(rq, POLICY)
+    assert answer == ul.AssociateReject(result=1, source=2, reason=2)
+    assert feed(scu, scp.send(answer)) == [answer, ul.ConnectionClosed()]
+    assert _pdu.encode_associate_rq(request())[6:8] == b"\x00\x01"
 
 
 def test_foreign_application_context_is_rejected() -> None:
