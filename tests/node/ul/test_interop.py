@@ -4,8 +4,10 @@ Commitment (N-ACTION in, N-EVENT-REPORT back on the same association)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from pydicom import dcmread
 from node import ul
 from tests.node.ul.blocking import Acceptor, AcceptEverything, Requestor
 from tests.node.ul.helpers import COMMITMENT, COMMITMENT_INSTANCE, CT, EXPLICIT, IMPLICIT
-from tests.support import dataset_bytes, free_port, have, make_ct, start_process, stop_process, wait_for_port, wait_until
+from tests.support import dataset_bytes, free_port, have, make_ct, start_process, stop_process, wait_until
 
 ACCEPT_ALL = ul.AcceptorPolicy(contexts=AcceptEverything())
 PEER_TIMEOUT_S = 30
@@ -34,17 +36,21 @@ def run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 def start_peer(cmd: Callable[[int], list[str]], log: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """A listening peer on a free port; another port if it lost that one to a parallel run."""
+    """A listening peer on a free port; another port when the peer exits at once, having lost
+    that one to a parallel run (free_port can only say it was free a moment ago)."""
     for _ in range(3):
         port = free_port()
         proc = start_process(cmd(port), log=log)
-        try:
-            wait_for_port(port)
-        except TimeoutError:
-            stop_process(proc)
-            raise
+        deadline = time.monotonic() + PEER_TIMEOUT_S
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return proc, port
+            except OSError:
+                time.sleep(0.05)
         if proc.poll() is None:
-            return proc, port
+            stop_process(proc)
+            raise TimeoutError(f"{cmd(0)[0]} not listening after {PEER_TIMEOUT_S} s: {log.read_text()}")
     raise RuntimeError(f"{cmd(0)[0]} could not bind a port: {log.read_text()}")
 
 
