@@ -35,13 +35,14 @@ import zmq
 from node import identify
 from actors import _bus, _pdu, commitment_io
 from actors import metrics, reload
+from actors._ul_association import EngineAssociation
 from node.config import ListenerConfig, NodeConfig
 from node.errors import NodeError, STATUS_OUT_OF_RESOURCES, MessageError
 from node.access import AssociateRequest, Refusal, allowed, within_caps
-from node.acceptor import ResponseEncoder
 from node.messages import AdmitAnswer, AdmitAssociation, AssociationEnded, ErrorReply, HandOff, InstanceWritten, NodeLoad, WorkerReady, unpack
 from node.paths import FilePathPattern
-from node.receive import ANY, STORAGE_COMMITMENT, FileMetaCache, Received, check_dataset, context_rules, delay_ms, plan_write, read_in_memory, read_spooled
+from node.receive import (ANY, STORAGE_COMMITMENT, FileMetaCache, Received, acceptor_policy, check_dataset, context_rules, delay_ms,
+                          plan_write, read_in_memory, read_spooled)
 
 log = logging.getLogger("actors.worker")
 
@@ -57,7 +58,7 @@ class _Live:
     thread-safe) and closed by the main thread once that thread has ended.
     """
 
-    assoc: Any  # a LeanAssociation, or pynetdicom's Association (receive_path = "pynetdicom")
+    assoc: Any  # an EngineAssociation (actors/_ul_association.py), or pynetdicom's (receive_path = "pynetdicom")
     handoff: HandOff
     stores: int = 0
     dealer: zmq.Socket | None = None
@@ -98,6 +99,7 @@ class Worker:
         self.spool_dir = config.spool_dir / "spool" / self.name
         self._aes: dict[str, Any] = {}
         self._contexts: dict[str, list[Any]] = {}
+        self._policies: dict[str, Any] = {}  # node.ul.AcceptorPolicy per listener
         # What the other workers run, as the listeners last told us (node-wide caps).
         self.load = NodeLoad(associations=0, aets={})
         self._admit_lock = threading.Lock()
@@ -107,11 +109,10 @@ class Worker:
         self.tls_context: Any = None
         self.handshaking = 0
         self.handshaken: queue.SimpleQueue[tuple[Any, HandOff]] = queue.SimpleQueue()
-        # The lean path serves associations proposing only these (no Storage Commitment).
+        # The engine shell serves associations proposing only these (no Storage Commitment yet).
         self.lean_syntaxes = frozenset(rule.abstract_syntax for rule in self.rules if rule.abstract_syntax != STORAGE_COMMITMENT)
         self.max_pdu_read = pdu_read_limit(config.network.max_pdu_receive)
         self.meta_cache = FileMetaCache()
-        self.responses = ResponseEncoder()
 
     # ----- set-up -------------------------------------------------------------------------
 
@@ -165,13 +166,11 @@ class Worker:
     # ----- associations -------------------------------------------------------------------
 
     def start_association(self, conn: socket.socket, handoff: HandOff) -> None:
-        """Serve an accepted socket: the lean association, or pynetdicom's (``network.receive_path``)."""
+        """Serve an accepted socket: the engine shell (node/ul), or pynetdicom's association (``network.receive_path``)."""
         self.ae_for(self._listener(handoff.listener))  # built here, in the main thread, once
         live = _Live(assoc=None, handoff=handoff)
         if self.config.network.receive_path == "lean":
-            from actors._lean import LeanAssociation
-
-            live.assoc = LeanAssociation(self, conn, handoff, live)
+            live.assoc = EngineAssociation(self, conn, handoff, live)
         else:
             live.assoc = self._pynetdicom_association(conn, live)
         self.live[handoff.assoc_id] = live
@@ -179,7 +178,7 @@ class Worker:
         live.assoc.start()
 
     def fall_back(self, live: _Live, conn: socket.socket, prefix: bytes) -> Any:
-        """From a lean association's thread: pynetdicom serves this request (already read: ``prefix``)."""
+        """From an engine association's thread: pynetdicom serves this request (already read: ``prefix``)."""
         assoc = self._pynetdicom_association(conn, live, prefix)
         assoc.start()
         return assoc
@@ -266,7 +265,7 @@ class Worker:
             event.assoc.acse.send_reject(refusal.result, refusal.source, refusal.reason)
 
     def admit_request(self, live: _Live, called: str, calling: str) -> Refusal | None:
-        """The lean path's admission: ``_admit``, then the listener's AE title checks as
+        """The engine shell's admission: ``_admit``, then the listener's AE title checks as
         pynetdicom makes them (called AE reason 7 wins over calling AE reason 3), logged."""
         refusal = self._admit(live, called, calling)
         if refusal is not None:
@@ -346,20 +345,20 @@ class Worker:
         """The node's AE title on this listener (pynetdicom's ``acceptor.ae_title``)."""
         return str(self.ae_for(self._listener(live.handoff.listener)).ae_title).strip()
 
-    def accept(self, live: _Live, request: Any) -> Any:
-        """The lean path's A-ASSOCIATE-AC: pynetdicom's negotiation over this listener's contexts."""
-        from pynetdicom import acse
-
-        from node import acceptor
-
-        ae = self.ae_for(self._listener(live.handoff.listener))
-        return acceptor.accept(request, self._contexts[live.handoff.listener], acse.negotiate_as_acceptor,
-                               max_pdu=self.config.network.max_pdu_receive,
-                               implementation_class_uid=str(ae.implementation_class_uid),
-                               implementation_version_name=str(ae.implementation_version_name or ""))
+    def acceptor_policy(self, live: _Live) -> Any:
+        """The engine's negotiation policy on this association's listener (built once per listener)."""
+        key = live.handoff.listener
+        policy = self._policies.get(key)
+        if policy is None:
+            ae = self.ae_for(self._listener(key))
+            policy = self._policies[key] = acceptor_policy(
+                self.rules, max_pdu=self.config.network.max_pdu_receive,
+                implementation_class_uid=str(ae.implementation_class_uid),
+                implementation_version_name=str(ae.implementation_version_name or ""))
+        return policy
 
     def store_instance(self, live: _Live, incoming: Any) -> int:
-        """A lean association's complete dataset: make it durable, return the status."""
+        """An engine association's complete dataset: make it durable, return the status."""
         return self._store(incoming, live)
 
     def _on_store(self, event: Any, live: _Live) -> int:
@@ -400,7 +399,7 @@ class Worker:
     def _store(self, job: Any, live: _Live) -> int:
         """Check the dataset, plan its path, and wait for the writer; return the DIMSE status.
 
-        ``job`` is a lean ``_Incoming`` (dataset in ``buffer``, or spooled with our file meta)
+        ``job`` is an engine association's ``_Incoming`` (dataset in ``buffer``, or spooled with our file meta)
         or a ``_SpooledJob`` (pynetdicom's spool file).
         """
         received = job.received

@@ -1,4 +1,4 @@
-"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``memory``."""
+"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``memory`` | ``engine``."""
 
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
                         help="measure `nodectl send` of N 5 KiB files into DCMTK storescp --fork instead (issue: 10000)")
     memory.add_argument("--jobs", type=int, default=4, help="with --send-files: nodectl send -j (default 4)")
     memory.add_argument("--runs", type=int, default=1, help="repetitions (default 1)")
+    engine = sub.add_parser("engine", help="CPU per small C-STORE in the upper layer alone: node/ul against the lean codec")
+    engine.add_argument("--instances", type=int, default=20000, help="C-STOREs decoded and answered (default 20000)")
+    engine.add_argument("--size", type=int, default=5120, help="dataset bytes (default 5120)")
     prof = sub.add_parser("profile", help="py-spy on nodectl serve's worker and writer during a 5 KiB run")
     prof.add_argument("--files", type=int, default=500, help="5 KiB files per round (default 500)")
     prof.add_argument("--duration", type=int, default=20, help="seconds of recording (default 20)")
@@ -79,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         if opts.send_files:
             return memory.send_main(opts.send_files, opts.jobs, opts.runs)
         return memory.main(opts.size_mib, opts.runs)
+    if opts.command == "engine":
+        from bench import engine as engine_bench
+
+        return engine_bench.main(opts.instances, opts.size)
     if opts.command == "profile":
         from bench import profile
 

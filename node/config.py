@@ -110,9 +110,9 @@ class NetworkConfig:
     write_timeout: float = 30.0
     max_associations_per_aet: int = 0  # node-wide cap per calling AE title (0 = none)
     max_pending: int = 256  # per worker: connected peers that have not sent their A-ASSOCIATE-RQ yet
-    # "lean": workers serve C-STORE/C-ECHO associations with their own blocking loop
-    # (actors/_lean.py) and hand anything else to pynetdicom; "pynetdicom": every association
-    # runs pynetdicom's machinery (the comparison, and a way back if the lean path misbehaves).
+    # "lean": workers serve C-STORE/C-ECHO associations on the sans-IO engine (node/ul, shell
+    # actors/_ul_association.py) and hand anything else to pynetdicom; "pynetdicom": every
+    # association runs pynetdicom's machinery (the comparison, and a way back).
     receive_path: str = "lean"
 
 

@@ -24,6 +24,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import write_file_meta_info
 from pydicom import uid as uids
 
+from node import ul
 from node.config import NodeConfig
 from node.dataset_walk import check_complete
 from node.errors import ConfigError, DatasetError, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
@@ -297,3 +298,23 @@ def _text(ds: Dataset, keyword: str) -> str:
     except Exception:  # broken values must not stop storing; the index just lacks them
         return ""
     return str(value or "")[:256]
+
+
+def acceptor_policy(rules: Sequence[ContextRule], *, max_pdu: int, implementation_class_uid: str,
+                    implementation_version_name: str) -> ul.AcceptorPolicy:
+    """The engine's acceptor policy for these rules (node/ul negotiates with it).
+
+    A rule accepting any syntax becomes the list of syntaxes pydicom knows, walked in the
+    requestor's order (dcm4che's rule: files stored as sent); an explicit list keeps the
+    acceptor's order (pynetdicom's rule, which echoscp's preference options rely on).
+    """
+    contexts: dict[str, tuple[str, ...]] = {}
+    for rule in rules:
+        contexts.setdefault(rule.abstract_syntax, rule.expanded())
+    return ul.AcceptorPolicy(
+        contexts=contexts,
+        requestor_order=frozenset(rule.abstract_syntax for rule in rules if rule.transfer_syntaxes == ANY),
+        roles={rule.abstract_syntax: (bool(rule.scu_role), bool(rule.scp_role)) for rule in rules
+               if rule.scu_role is not None or rule.scp_role is not None},
+        max_pdu=max_pdu, implementation_class_uid=implementation_class_uid,
+        implementation_version_name=implementation_version_name)

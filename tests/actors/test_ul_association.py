@@ -1,7 +1,9 @@
-"""The worker's lean association (actors/_lean.py) against real peers and raw protocol abuse.
+"""The worker's association on the engine (actors/_ul_association.py on node/ul) against
+real peers and raw protocol abuse.
 
-Both receive paths store byte-identical files; requests the lean path does not serve go to
-pynetdicom's association; protocol violations end in A-ABORT and leave the node answering.
+Both receive paths store byte-identical files; requests the engine shell does not serve yet
+go to pynetdicom's association; protocol violations end in A-ABORT, one WARNING line naming
+the peer and no traceback, and leave the node answering.
 """
 
 from __future__ import annotations
@@ -110,8 +112,10 @@ def abort_reason(sock: socket.socket) -> int:
     (b"\x04\x00\x7f\xff\xff\xff", acceptor.ABORT_INVALID_PARAMETER),  # a 2 GiB P-DATA claim
     ("dataset first", acceptor.ABORT_UNEXPECTED_PDU),  # a dataset with no C-STORE-RQ before it
 ])
-def test_protocol_violations_are_aborted_and_the_node_goes_on(lean_node: tuple[InprocNode, int], bad: object, reason: int) -> None:
+def test_protocol_violations_are_aborted_and_the_node_goes_on(lean_node: tuple[InprocNode, int], bad: object, reason: int,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
     node, port = lean_node
+    caplog.set_level(logging.INFO)
     sock, context_id = raw_association(port)
     with sock:
         if bad == "unaccepted context":
@@ -122,6 +126,9 @@ def test_protocol_violations_are_aborted_and_the_node_goes_on(lean_node: tuple[I
             assert isinstance(bad, bytes)
             sock.sendall(bad)
         assert abort_reason(sock) == reason
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "peer=127.0.0.1:" in warnings[0].getMessage() and "aborted" in warnings[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)
     again, _ = raw_association(port)  # the worker still serves associations
     with again:
         again.sendall(requestor.release_rq_pdu())
