@@ -217,7 +217,7 @@ def _echo_pdus() -> tuple[bytes, bytes]:
     from pynetdicom.dimse_messages import C_ECHO_RQ
     from pynetdicom.dimse_primitives import C_ECHO
     from pynetdicom.pdu import A_ASSOCIATE_RQ, P_DATA_TF
-    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
     from pynetdicom.presentation import build_context
 
     primitive = A_ASSOCIATE()
@@ -228,7 +228,9 @@ def _echo_pdus() -> tuple[bytes, bytes]:
     primitive.presentation_context_definition_list = [context]
     max_length = MaximumLengthNotification()
     max_length.maximum_length_received = 16384
-    primitive.user_information = [max_length]
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = "1.2.826.0.1.3680043.9.3811.3.0.4"  # mandatory (PS3.7 D.3.3.2)
+    primitive.user_information = [max_length, implementation]
     rq = A_ASSOCIATE_RQ()
     rq.from_primitive(primitive)
     echo = C_ECHO()
