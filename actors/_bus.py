@@ -118,6 +118,32 @@ def stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+_wakeup: list[int] = []
+
+
+def signal_wakeup_fd() -> int | None:
+    """A descriptor that becomes readable when a signal arrives (main thread only; else None).
+
+    A loop that polls with a timeout registers it, so a stop asked by SIGTERM is seen at once
+    instead of at the end of the timeout (``drain_wakeup`` empties it).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if not _wakeup:
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        _wakeup.append(read_end)
+    return _wakeup[0]
+
+
+def drain_wakeup(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
 _FIELDS = re.compile(r"\b(assoc|sop|calling|called|peer|status)=([^\s,]+?):?(?=[\s,]|$)")
 
 
