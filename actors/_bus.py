@@ -191,8 +191,15 @@ def setup_logging(actor: str, level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pynetdicom logs every PDU at INFO/DEBUG; keep it quieter than our own lines.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    if fmt == "letter":
+        # The face of an app (nodectl echoscp): its log is pynetdicom's association log, at the
+        # level asked for, as the app prints it; our actors' own lines only with debug.
+        logging.getLogger("pynetdicom").setLevel(root.level)
+        for name in ("actors", "node"):
+            logging.getLogger(name).setLevel(max(logging.WARNING, root.level) if root.level > logging.DEBUG else root.level)
+    else:
+        # pynetdicom logs every PDU at INFO/DEBUG; keep it quieter than our own lines.
+        logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
     if root.level > logging.DEBUG:
         logging.getLogger("pynetdicom").addFilter(_without_traceback)
 

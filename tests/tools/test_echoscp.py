@@ -14,7 +14,7 @@ import pytest
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from tests.nodes import RunningNode
-from tests.support import NODECTL, free_port, have
+from tests.support import NODECTL, free_port, have, wait_until
 
 pytestmark = pytest.mark.skipif(not have("/usr/bin/echoscu"), reason="DCMTK (Debian package dcmtk) is not installed")
 
@@ -166,6 +166,58 @@ def test_sigint_stops_cleanly_with_0_and_frees_the_port(tmp_path: Path) -> None:
     assert node.stop(signal.SIGINT) == 0
     assert node.leftover == []
     assert time.monotonic() - started < 15
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", node.port))
+
+
+def _echo_with_pynetdicom(port: int) -> None:
+    from pynetdicom import AE
+
+    ae = AE()
+    ae.add_requested_context(VERIFICATION, ImplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+
+
+def test_sigterm_kills_it_by_the_signal_as_the_app_dies(tmp_path: Path) -> None:
+    node = echoscp(tmp_path, "-ba", "127.0.0.1")
+    assert node.stop(signal.SIGTERM) == -signal.SIGTERM
+    assert node.leftover == []
+
+
+def test_verbose_logs_the_apps_association_lines_not_the_actors(tmp_path: Path) -> None:
+    node = echoscp(tmp_path, "-v")
+    try:
+        _echo_with_pynetdicom(node.port)
+        wait_until(lambda: "Association Released" in node.log(), timeout=10, what="the release in the log")
+    finally:
+        node.stop(signal.SIGINT)
+    lines = node.log().splitlines()
+    assert [line for line in lines if line.startswith("I: ")] == [
+        "I: Accepting Association", "I: Received Echo Request (MsgID 1)", "I: Association Released"], lines
+
+
+def test_debug_logs_pynetdicoms_pdu_dumps(tmp_path: Path) -> None:
+    node = echoscp(tmp_path, "-d")
+    try:
+        _echo_with_pynetdicom(node.port)
+        wait_until(lambda: "Association Released" in node.log(), timeout=10, what="the release in the log")
+    finally:
+        node.stop(signal.SIGINT)
+    assert "Accept Parameters" in node.log()
+    assert "pydicom.read_dataset()" in node.log()
+
+
+def test_sigkill_of_nodectl_takes_the_whole_node_down_and_frees_the_port(tmp_path: Path) -> None:
+    node = echoscp(tmp_path, "-ba", "127.0.0.1")
+    _echo_with_pynetdicom(node.port)
+    pids = node.tree_pids()
+    assert len(pids) >= 5  # nodectl, supervisord, writer, tracker, worker, listener
+    assert node.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert node.leftover == [], "processes outlived a SIGKILLed nodectl"
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", node.port))
