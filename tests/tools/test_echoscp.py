@@ -188,27 +188,26 @@ def test_sigterm_kills_it_by_the_signal_as_the_app_dies(tmp_path: Path) -> None:
     assert node.leftover == []
 
 
-def test_verbose_logs_the_apps_association_lines_not_the_actors(tmp_path: Path) -> None:
-    node = echoscp(tmp_path, "-v")
+def _log_of_one_echo(tmp_path: Path, option: str) -> str:
+    node = echoscp(tmp_path, option)
     try:
         _echo_with_pynetdicom(node.port)
         wait_until(lambda: "Association Released" in node.log(), timeout=10, what="the release in the log")
     finally:
         node.stop(signal.SIGINT)
-    lines = node.log().splitlines()
+    return node.log()
+
+
+def test_verbose_logs_the_apps_association_lines_not_the_actors(tmp_path: Path) -> None:
+    lines = _log_of_one_echo(tmp_path, "-v").splitlines()
     assert [line for line in lines if line.startswith("I: ")] == [
         "I: Accepting Association", "I: Received Echo Request (MsgID 1)", "I: Association Released"], lines
 
 
 def test_debug_logs_pynetdicoms_pdu_dumps(tmp_path: Path) -> None:
-    node = echoscp(tmp_path, "-d")
-    try:
-        _echo_with_pynetdicom(node.port)
-        wait_until(lambda: "Association Released" in node.log(), timeout=10, what="the release in the log")
-    finally:
-        node.stop(signal.SIGINT)
-    assert "Accept Parameters" in node.log()
-    assert "pydicom.read_dataset()" in node.log()
+    log = _log_of_one_echo(tmp_path, "-d")
+    assert "Accept Parameters" in log
+    assert "pydicom.read_dataset()" in log
 
 
 def test_sigkill_of_nodectl_takes_the_whole_node_down_and_frees_the_port(tmp_path: Path) -> None:
