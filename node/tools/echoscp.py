@@ -62,7 +62,8 @@ def parser() -> argparse.ArgumentParser:
     ts.add_argument("-xe", "--prefer-little", action="store_true", help="prefer explicit VR little endian TS")
     ts.add_argument("-xb", "--prefer-big", action="store_true", help="prefer explicit VR big endian TS")
     ts.add_argument("-xi", "--implicit", action="store_true", help="accept implicit VR little endian TS only")
-    p.add_argument("--workers", type=int, help="nodectl: association worker processes (default: CPU count)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="nodectl: association worker processes (default 1: each takes the 10 associations; more only start slower)")
     return p
 
 
@@ -98,7 +99,7 @@ def build_config(opts: argparse.Namespace, run_root: Path) -> NodeConfig:
         aet=opts.ae_title[:16] or "ECHOSCP",
         directory=run_root / "store",
         database=str(run_root / "index.sqlite"),
-        workers=opts.workers or NodeConfig().workers,
+        workers=opts.workers or 1,
         log_level=log_level(opts),
         log_format="letter",
         listeners=(ListenerConfig(port=opts.port, host=opts.bind_address, aet=""),),
