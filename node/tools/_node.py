@@ -4,7 +4,8 @@
 several front doors. The steps, each of which can fail with a clear message before any
 process is started:
 
-1. check the configuration (pattern, SOP class list) and that every port can be bound;
+1. bind every port (kept, and handed to the listeners later), then check the configuration
+   (pattern, SOP class list);
 2. write the effective configuration and supervisord.conf into the run directory;
 3. start supervisord and wait, under a deadline, until every listener has written its ready
    file;
@@ -67,7 +68,7 @@ def resolve(config: NodeConfig, *, temporary_run_dir: bool = False) -> NodeConfi
 def bind_listeners(config: NodeConfig, into: ListeningSockets) -> None:
     """Bind every listener's port, listening; the listeners get them from ``into``."""
     for lc in config.listeners:
-        into.add(lc.key, (lc.host, lc.port), _check_bind(lc, keep=True))
+        into.add(lc.key, (lc.host, lc.port), _bind(lc))
 
 
 def preflight(config: NodeConfig) -> None:
@@ -89,24 +90,22 @@ def preflight(config: NodeConfig) -> None:
         raise ConfigError(f"cannot create {exc.filename}: {exc.strerror}") from None
 
 
-def _check_bind(lc: ListenerConfig, *, keep: bool = False) -> socket.socket:
-    """Bind ``lc``'s address as the listener does; ConfigError if it cannot be. With ``keep``,
-    the socket is returned listening; else it is closed (a check only)."""
+def _check_bind(lc: ListenerConfig) -> None:
+    """ConfigError unless ``lc``'s address can be bound (a check only)."""
+    _bind(lc).close()
+
+
+def _bind(lc: ListenerConfig) -> socket.socket:
+    """``lc``'s address bound and listening, as the listener would bind it; else ConfigError."""
     family = socket.AF_INET6 if ":" in lc.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((lc.host, lc.port))
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {lc.host or '*'}:{lc.port}: {exc.strerror}") from None
-        if keep:
-            sock.listen(128)
-            return sock
-    except BaseException:
+        sock.bind((lc.host, lc.port))
+        sock.listen(128)
+    except OSError as exc:
         sock.close()
-        raise
-    sock.close()
+        raise ConfigError(f"cannot listen on {lc.host or '*'}:{lc.port}: {exc.strerror}") from None
     return sock
 
 
