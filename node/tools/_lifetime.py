@@ -10,8 +10,8 @@ for with SIGTERM/SIGINT still goes through supervisord's ordered stop.)
 The listening sockets are bound by ``nodectl`` itself, first thing, so a peer that connects
 while the actors are still importing waits in the kernel's backlog instead of being refused.
 ``nodectl`` hands them to the listener over a Unix socket (``ListeningSockets``) whose path
-is in ``$NODECTL_LISTEN_FROM`` (``actors/listener.py`` fetches them): supervisord closes every inherited descriptor of its
-children, so they cannot simply be inherited. A restarted listener gets the same socket, and
+is in ``$NODECTL_LISTEN_FROM`` (``actors/listener.py`` fetches them): supervisord closes
+every descriptor its children would inherit. A restarted listener gets the same socket, and
 the connections waiting on it, again.
 """
 
@@ -30,11 +30,11 @@ PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Get ``sig`` when the parent dies; exit now if it already has (it died before we asked)."""
+    """Get ``sig`` when the parent dies; get it now if the parent died while we asked."""
     parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-        return  # not Linux-like: nothing to do
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    if prctl is None or prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
+        return  # not Linux: nothing to ask for
     if os.getppid() != parent:
         os.kill(os.getpid(), sig)
 
@@ -67,13 +67,12 @@ class ListeningSockets:
         os.chmod(path, 0o600)
         server.listen(16)
         self.server = server
-        threading.Thread(target=self._loop, name="listening-sockets", daemon=True).start()
+        threading.Thread(target=self._loop, args=(server,), name="listening-sockets", daemon=True).start()
 
-    def _loop(self) -> None:
-        assert self.server is not None
+    def _loop(self, server: socket.socket) -> None:
         while True:
             try:
-                conn, _ = self.server.accept()
+                conn, _ = server.accept()
             except OSError:
                 return  # closed
             with conn:
@@ -103,9 +102,15 @@ class ListeningSockets:
 
     def close(self) -> None:
         if self.server is not None:
+            try:
+                self.server.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in accept()
+            except OSError:
+                pass
             self.server.close()
             self.server = None
         if self.path is not None:
             self.path.unlink(missing_ok=True)
-        for sock in self.sockets.values():
-            sock.close()
+        with self._lock:
+            for sock in self.sockets.values():
+                sock.close()
+            self.sockets.clear()
