@@ -59,7 +59,7 @@ class ListeningSockets:
         self.addresses[key] = address
 
     def serve(self, path: Path) -> None:
-        """Start answering on ``path`` in a daemon thread."""
+        """Listen on ``path``; listeners that connect wait until ``start``."""
         self.path = path
         path.unlink(missing_ok=True)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -67,7 +67,12 @@ class ListeningSockets:
         os.chmod(path, 0o600)
         server.listen(16)
         self.server = server
-        threading.Thread(target=self._loop, args=(server,), name="listening-sockets", daemon=True).start()
+
+    def start(self) -> None:
+        """Answer in a daemon thread. Call it after forking supervisord: a fork (and its
+        ``preexec_fn``) in a process with no other thread cannot inherit a lock held by one."""
+        assert self.server is not None
+        threading.Thread(target=self._loop, args=(self.server,), name="listening-sockets", daemon=True).start()
 
     def _loop(self, server: socket.socket) -> None:
         while True:

@@ -177,6 +177,7 @@ def _supervise(
         env=env,
     )
     running.append(proc)
+    listening.start()
     if stopping["signal"]:  # it came while supervisord was being started
         proc.terminate()
     previous = {}

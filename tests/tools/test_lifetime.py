@@ -21,6 +21,7 @@ def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201
     listening = ListeningSockets()
     listening.add("main", ("127.0.0.1", 0), sock)
     listening.serve(tmp_path / "listening.sock")
+    listening.start()
     monkeypatch.setenv(LISTEN_FROM_ENV, str(tmp_path / "listening.sock"))
     try:
         yield listening, sock.getsockname()[1]
