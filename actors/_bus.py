@@ -118,6 +118,32 @@ def stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+_wakeup: list[int] = []
+
+
+def signal_wakeup_fd() -> int | None:
+    """A descriptor that becomes readable when a signal arrives (main thread only; else None).
+
+    A loop that polls with a timeout registers it, so a stop asked by SIGTERM is seen at once
+    instead of at the end of the timeout (``drain_wakeup`` empties it).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if not _wakeup:
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        _wakeup.append(read_end)
+    return _wakeup[0]
+
+
+def drain_wakeup(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
+
+
 _FIELDS = re.compile(r"\b(assoc|sop|calling|called|peer|status)=([^\s,]+?):?(?=[\s,]|$)")
 
 
@@ -165,8 +191,15 @@ def setup_logging(actor: str, level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pynetdicom logs every PDU at INFO/DEBUG; keep it quieter than our own lines.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    if fmt == "letter":
+        # The face of an app (nodectl echoscp): its log is pynetdicom's association log, at the
+        # level asked for, as the app prints it; our actors' own lines only with debug.
+        logging.getLogger("pynetdicom").setLevel(root.level)
+        for name in ("actors", "node"):
+            logging.getLogger(name).setLevel(max(logging.WARNING, root.level) if root.level > logging.DEBUG else root.level)
+    else:
+        # pynetdicom logs every PDU at INFO/DEBUG; keep it quieter than our own lines.
+        logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
     if root.level > logging.DEBUG:
         logging.getLogger("pynetdicom").addFilter(_without_traceback)
 

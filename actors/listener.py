@@ -35,7 +35,7 @@ import zmq
 from actors import _bus
 from actors import metrics, reload
 from node.access import AssociateRequest, within_caps
-from node.config import ListenerConfig, NodeConfig
+from node.config import LISTEN_FROM_ENV, ListenerConfig, NodeConfig
 from node.errors import ConfigError
 from node.messages import (
     AdmitAnswer, AdmitAssociation, AssociationEnded, HandOff, ListenerStatus, NodeLoad, Ping, Pong, StatusRequest,
@@ -335,7 +335,11 @@ class Listener:
 
 
 def bind(config: NodeConfig, lc: ListenerConfig) -> socket.socket:
-    """The listening socket, with the TCP options the config asks for on accepted sockets."""
+    """The listening socket: the one ``nodectl`` bound for this listener, else our own."""
+    sock = fetch_listening_socket(lc.key)
+    if sock is not None:
+        sock.setblocking(False)
+        return sock
     family = socket.AF_INET6 if ":" in lc.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -347,6 +351,32 @@ def bind(config: NodeConfig, lc: ListenerConfig) -> socket.socket:
     sock.listen(128)
     sock.setblocking(False)
     return sock
+
+
+def fetch_listening_socket(key: str, timeout: float = 5.0) -> socket.socket | None:
+    """The socket ``nodectl`` bound for listener ``key`` before starting the node, or None.
+
+    ``nodectl`` binds its ports first thing, so peers wait in the backlog while the actors
+    start, and serves them on the Unix socket named by ``$NODECTL_LISTEN_FROM``: send the key
+    and a newline, get ``b"1"`` with the descriptor, or ``b"0"`` (node/tools/_lifetime.py).
+    """
+    path = os.environ.get(LISTEN_FROM_ENV)
+    if not path:
+        return None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        try:
+            conn.connect(path)
+            conn.sendall(key.encode() + b"\n")
+            data, fds, _flags, _addr = socket.recv_fds(conn, 1, 1)
+        except OSError as exc:
+            log.warning("no listening socket from %s (%s): binding our own", path, exc)
+            return None
+    if data != b"1" or not fds:
+        for fd in fds:
+            os.close(fd)
+        return None
+    return socket.socket(fileno=fds[0])
 
 
 def _tune(conn: socket.socket, config: NodeConfig) -> None:
@@ -382,6 +412,9 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
     tcp_registered = False
     handoff_conns: dict[int, WorkerSlot] = {}
     hup = reload.on_sighup()
+    wakeup = _bus.signal_wakeup_fd()  # SIGTERM ends the poll below at once, not after 200 ms
+    if wakeup is not None:
+        poller.register(wakeup, zmq.POLLIN)
     try:
         while not stop.is_set():
             if hup.is_set():  # SIGHUP: [network] limits apply to the next connection
@@ -398,6 +431,8 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
                     _accept(tcp, state, config)
                 elif sock in handoff_conns:
                     state.take_acks(handoff_conns[sock])
+                elif sock == wakeup:
+                    _bus.drain_wakeup(wakeup)
             state.expire()
             state.serve_waiting()
             if not announced and state.workers:

@@ -366,11 +366,19 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
         ready.set()
     next_tick = next_watch = 0.0
     hup = reload.on_sighup()
+    poller = zmq.Poller()
+    poller.register(router, zmq.POLLIN)
+    wakeup = _bus.signal_wakeup_fd()  # SIGTERM ends the poll below at once
+    if wakeup is not None:
+        poller.register(wakeup, zmq.POLLIN)
     try:
         while not stop.is_set():
             if hup.is_set():  # SIGHUP: peers and [commitment] apply from the next request on
                 tracker.config = sender.config = config = reload.reread(config, hup)
-            if router.poll(int(TICK_S * 1000 / 2), zmq.POLLIN):
+            events = dict(poller.poll(int(TICK_S * 1000 / 2)))
+            if wakeup in events:
+                _bus.drain_wakeup(wakeup)
+            if router in events:
                 _serve(router, tracker)
             for entry, ok, error in sender.drain():
                 _guard(tracker.attempted, entry, ok, error)

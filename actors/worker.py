@@ -771,13 +771,18 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
     last_received = 0
     log.info("%s ready: handoff=%s", worker.name, handoff_path)
     hup = reload.on_sighup()
+    wakeup = _bus.signal_wakeup_fd()  # SIGTERM ends the select below at once
+    woken = [wakeup] if wakeup is not None else []
     try:
         while not stop.is_set():
             if hup.is_set():  # SIGHUP: serve listeners a reload added (actors/reload.py)
                 listeners.update(reload.new_listeners(worker, listeners, hup, lambda key: _bus.dealer(ctx, config.endpoint(f"listener-{key}"), identity=worker.name)))
-            readable, _, _ = select.select([server, *conns, *worker.pending], [], [], 0.1)
+            readable, _, _ = select.select([server, *conns, *worker.pending, *woken], [], [], 0.1)
             ended: list[HandOff] = []
             for sock in readable:
+                if sock is wakeup:
+                    _bus.drain_wakeup(wakeup)
+                    continue
                 if sock in worker.pending:
                     gone = worker.wake(sock)
                     if gone is not None:

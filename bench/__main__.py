@@ -1,4 +1,4 @@
-"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``memory`` | ``engine``."""
+"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``memory`` | ``engine`` | ``startstop``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,10 @@ def parser() -> argparse.ArgumentParser:
     prof.add_argument("--duration", type=int, default=20, help="seconds of recording (default 20)")
     prof.add_argument("--top", type=int, default=15, help="entries to print (default 15)")
     prof.add_argument("--node-source", metavar="DIR", help="run node/ and actors/ from DIR (default: this work tree)")
+    startstop = sub.add_parser("startstop", help="exec to first C-ECHO answered, and SIGINT to nothing left running")
+    startstop.add_argument("--runs", type=int, default=10, help="runs of each command (default 10)")
+    startstop.add_argument("--only", action="append", choices=["echoscp", "storescp", "serve"], help="only this command (repeatable)")
+    startstop.add_argument("--json", metavar="FILE", help="write every sample as JSON")
     return p
 
 
@@ -90,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import profile
 
         return profile.main(opts)
+    if opts.command == "startstop":
+        from bench import startstop
+
+        return startstop.main(opts)
     return 2
 
 

@@ -51,6 +51,8 @@ from node.errors import ConfigError
 
 DEFAULT_PORT = 11112
 DEFAULT_AET = "NODE"
+# A Unix socket where `nodectl` hands its listeners the ports it bound (node/tools/_lifetime.py).
+LISTEN_FROM_ENV = "NODECTL_LISTEN_FROM"
 # ipc:// endpoints are Unix socket paths, limited to 107 bytes by the kernel.
 _MAX_IPC_PATH = 100
 

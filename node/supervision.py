@@ -1,7 +1,7 @@
 """The supervisord configuration of a node, generated from its NodeConfig (pure text).
 
 Programs and their priorities: the writer starts first and stops last (100), then the
-commitment tracker (150), then the workers (200), then one listener per port (300); the
+commitment tracker (150) (neither on a node that only answers C-ECHO), then the workers (200), then one listener per port (300); the
 metrics endpoint (``[metrics] enabled``) starts first (50) and every program counts into
 ``<run_dir>/metrics`` (``PROMETHEUS_MULTIPROC_DIR``, actors/metrics.py). supervisord stops in reverse priority
 order, so on shutdown the listeners stop accepting first, the workers finish or abort their
@@ -72,8 +72,10 @@ def render(config: NodeConfig, config_path: Path, *, python: str | None = None, 
                 "",
             ]
         ),
-        program("writer", f"{base} writer {conf}", 100, log_to=log_to),
-        program("tracker", f"{base} tracker {conf}", 150, log_to=log_to),
+        *([] if verification_only(config) else [
+            program("writer", f"{base} writer {conf}", 100, log_to=log_to),
+            program("tracker", f"{base} tracker {conf}", 150, log_to=log_to),
+        ]),
         program("worker", f"{base} worker {conf} --worker-id %(process_num)d", 200, numprocs=config.workers, log_to=log_to),
     ]
     for lc in config.listeners:
@@ -81,6 +83,13 @@ def render(config: NodeConfig, config_path: Path, *, python: str | None = None, 
     if config.metrics.enabled:
         sections.append(program("metrics", f"{base} metrics {conf}", 50, log_to=log_to))
     return "\n".join(sections)
+
+
+def verification_only(config: NodeConfig) -> bool:
+    """A node that only answers C-ECHO (``nodectl echoscp``) has nothing to write or track: it
+    runs without the writer and the tracker (two fewer interpreters to start, issue 14)."""
+    services = config.services
+    return not (services.storage or services.commitment_only or services.sop_classes or services.accept_unknown)
 
 
 def metrics_dir(config: NodeConfig) -> Path:

@@ -2,8 +2,9 @@
 
 ``RunningNode`` starts the command in its own process group with its output in a log file
 (opened in append mode, because every supervised actor appends to the same file), waits
-under a deadline until the node accepts connections, and on ``stop()`` sends SIGTERM to the
-``nodectl`` PID, waits, and checks that every process it started is gone.
+under a deadline until the node is ready (``$NODECTL_READY_FILE``; the port alone is bound
+before the actors start), and on ``stop()`` sends SIGTERM to the ``nodectl`` PID, waits, and
+checks that every process it started is gone.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.support import NODECTL, die_with_parent, free_port, wait_for_port
+from tests.support import NODECTL, die_with_parent, free_port, wait_for_port, wait_until
 
 
 class RunningNode:
@@ -27,11 +28,14 @@ class RunningNode:
         self.cwd = cwd
         self.port = port
         self.log_path = cwd / f"nodectl-{port}.log"
+        # nodectl binds its ports before the actors start: an open port is not a ready node.
+        self.ready_path = cwd / f"nodectl-{port}.ready"
+        self.ready_path.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [*NODECTL, *args],
                 cwd=cwd,
-                env={**os.environ, **(env or {})},
+                env={**os.environ, "NODECTL_READY_FILE": str(self.ready_path), **(env or {})},
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
@@ -41,8 +45,11 @@ class RunningNode:
         self.pids: set[int] = set()
 
     def wait_ready(self, timeout: float = 30.0) -> "RunningNode":
-        """Wait until the port accepts connections and remember every PID of the tree."""
+        """Wait until nodectl says every listener accepts, and remember every PID of the tree."""
         try:
+            wait_until(lambda: self.ready_path.exists() or self.proc.poll() is not None, timeout=timeout, what="the node's ready file")
+            if self.proc.poll() is not None:
+                raise TimeoutError(f"nodectl exited with {self.proc.returncode}")
             wait_for_port(self.port, timeout=timeout)
         except TimeoutError:
             self.stop()

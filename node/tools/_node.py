@@ -4,17 +4,23 @@
 several front doors. The steps, each of which can fail with a clear message before any
 process is started:
 
-1. check the configuration (pattern, SOP class list) and that every port can be bound;
+1. bind every port (kept, and handed to the listeners later), then check the configuration
+   (pattern, SOP class list);
 2. write the effective configuration and supervisord.conf into the run directory;
-3. start supervisord (it dies with us: PR_SET_PDEATHSIG) and wait, under a deadline, until
-   every listener has written its ready file;
+3. start supervisord and wait, under a deadline, until every listener has written its ready
+   file;
 4. forward SIGTERM/SIGINT to supervisord, which stops listeners, then workers, then the
    writer; return once it has exited.
+
+The ports are bound in step 1 and kept: the listeners get them from us
+(``_lifetime.ListeningSockets``), so a peer connecting while the actors start waits in the
+backlog instead of being refused. supervisord runs with a loop woken by signals
+(``_supervisord``), and every process dies with its parent (``_lifetime.die_with_parent``):
+a SIGKILL of ``nodectl`` takes the whole node down at once.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import signal
@@ -28,11 +34,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from node import config as configuration
-from node.config import ListenerConfig, NodeConfig
+from node.config import LISTEN_FROM_ENV, ListenerConfig, NodeConfig
 from node.errors import ConfigError
 from node.supervision import metrics_dir, render
+from node.tools._lifetime import ListeningSockets, die_with_parent
 
 READY_TIMEOUT_S = 60.0
+READY_FILE_ENV = "NODECTL_READY_FILE"
+
+
+class Terminated(Exception):
+    """The node was stopped by SIGTERM and the caller asked to die by it (``nodectl echoscp``,
+    as pynetdicom's app does); raised once the node is down and cleaned up."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +65,12 @@ def resolve(config: NodeConfig, *, temporary_run_dir: bool = False) -> NodeConfi
     return replace(config, directory=config.directory.resolve(), database=database, run_dir=run_dir)
 
 
+def bind_listeners(config: NodeConfig, into: ListeningSockets) -> None:
+    """Bind every listener's port, listening; the listeners get them from ``into``."""
+    for lc in config.listeners:
+        into.add(lc.key, (lc.host, lc.port), _bind(lc))
+
+
 def preflight(config: NodeConfig) -> None:
     """Fail early, with the reason, on what would make an actor exit at start-up."""
     from node.paths import FilePathPattern
@@ -64,8 +83,6 @@ def preflight(config: NodeConfig) -> None:
         from actors.tls import server_context
 
         server_context(config.tls)
-    for lc in config.listeners:
-        _check_bind(lc)
     try:
         config.directory.mkdir(parents=True, exist_ok=True)
         config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -74,19 +91,22 @@ def preflight(config: NodeConfig) -> None:
 
 
 def _check_bind(lc: ListenerConfig) -> None:
+    """ConfigError unless ``lc``'s address can be bound (a check only)."""
+    _bind(lc).close()
+
+
+def _bind(lc: ListenerConfig) -> socket.socket:
+    """``lc``'s address bound and listening, as the listener would bind it; else ConfigError."""
     family = socket.AF_INET6 if ":" in lc.host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((lc.host, lc.port))
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {lc.host or '*'}:{lc.port}: {exc.strerror}") from None
-
-
-def _die_with_parent() -> None:
-    """In the child: get SIGTERM when nodectl dies, so supervisord never outlives it."""
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        sock.bind((lc.host, lc.port))
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {lc.host or '*'}:{lc.port}: {exc.strerror}") from None
+    return sock
 
 
 def run_node(
@@ -95,10 +115,28 @@ def run_node(
     on_ready: Callable[[Started], None] | None = None,
     temporary_run_dir: bool = False,
     reload: Callable[[], NodeConfig] | None = None,
+    die_by_sigterm: bool = False,
 ) -> int:
-    """Run the node until a signal stops it; return the exit status."""
+    """Run the node until a signal stops it; return the exit status (``Terminated`` on
+    SIGTERM with ``die_by_sigterm``)."""
     config = resolve(config, temporary_run_dir=temporary_run_dir)
+    listening = ListeningSockets()
+    # From the start: the port is bound at once, so a peer (or a test) may think the node up
+    # and signal it before supervisord runs; that stop must be as clean as a later one.
+    stopping = {"signal": 0}
+    running: list[subprocess.Popen[bytes]] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping["signal"] = signum
+        for proc in running:
+            try:
+                os.kill(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        bind_listeners(config, listening)  # first: a peer may connect from now on
         preflight(config)
         config_path = config.run_dir / "node.toml"
         configuration.dump(config, config_path)
@@ -107,30 +145,42 @@ def run_node(
         shutil.rmtree(metrics_dir(config), ignore_errors=True)  # counters start at zero with the node
         for lc in config.listeners:
             config.ready_path(lc).unlink(missing_ok=True)
-        return _supervise(config, conf, on_ready, reload)
+        listening.serve(config.run_dir / "listening.sock")
+        if stopping["signal"]:
+            status = 0
+        else:
+            status = _supervise(config, conf, on_ready, reload, listening, stopping, running)
+        if die_by_sigterm and stopping["signal"] == signal.SIGTERM:
+            raise Terminated()
+        return status
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        listening.close()
         if temporary_run_dir:
             shutil.rmtree(config.run_dir, ignore_errors=True)
 
 
 def _supervise(
-    config: NodeConfig, conf: Path, on_ready: Callable[[Started], None] | None, reload: Callable[[], NodeConfig] | None = None
+    config: NodeConfig, conf: Path, on_ready: Callable[[Started], None] | None, reload: Callable[[], NodeConfig] | None,
+    listening: ListeningSockets, stopping: dict[str, int], running: list[subprocess.Popen[bytes]],
 ) -> int:
+    """Run supervisord until it exits; return the exit status. ``stopping`` is set by the
+    signal handlers of ``run_node``, which signal what is in ``running``."""
+    env = dict(os.environ)
+    if listening.path is not None:
+        env[LISTEN_FROM_ENV] = str(listening.path)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "supervisor.supervisord", "-n", "-c", str(conf)],
-        preexec_fn=_die_with_parent,
+        [sys.executable, "-m", "node.tools._supervisord", "-n", "-c", str(conf)],
+        preexec_fn=die_with_parent,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
-    stopping = {"signal": 0}
-
-    def forward(signum: int, _frame: object) -> None:
-        stopping["signal"] = signum
-        try:
-            os.kill(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    running.append(proc)
+    listening.start()
+    if stopping["signal"]:  # it came while supervisord was being started
+        proc.terminate()
+    previous = {}
     hup = {"pending": False}
     if reload is not None:  # SIGHUP: re-read the configuration (node/tools/reload.py), keep serving
         previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda _s, _f: hup.update(pending=True))
@@ -138,12 +188,15 @@ def _supervise(
         ports = _await_ready(config, proc, stopping)
         if ports is not None and on_ready is not None:
             on_ready(Started(config, ports))
+        if ports is not None:
+            _announce_ready(ports)
         while proc.poll() is None:
             if hup["pending"] and reload is not None and not stopping["signal"]:
                 from node.tools import reload as reloading
 
                 hup["pending"] = False
                 config = reloading.reload(config, reload)
+                listening.retain(config)  # a listener that moved binds its new address itself
             try:
                 proc.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
@@ -158,10 +211,25 @@ def _supervise(
                 proc.wait()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if os.environ.get(READY_FILE_ENV):
+            Path(os.environ[READY_FILE_ENV]).unlink(missing_ok=True)
     if stopping["signal"]:
         return 0
     print(f"nodectl: supervisord exited with status {proc.returncode}", file=sys.stderr)
     return proc.returncode or 1
+
+
+def _announce_ready(ports: dict[str, tuple[str, int]]) -> None:
+    """With ``$NODECTL_READY_FILE``: write there, atomically, one ``key host port`` line per
+    listener once every listener accepts (the port itself is bound from the start, so a
+    connection succeeding says nothing); removed when the node stops. For scripts and tests."""
+    path = os.environ.get(READY_FILE_ENV)
+    if not path:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        fh.writelines(f"{key} {host} {port}\n" for key, (host, port) in ports.items())
+    os.replace(tmp, path)
 
 
 def _await_ready(config: NodeConfig, proc: subprocess.Popen[bytes], stopping: dict[str, int]) -> dict[str, tuple[str, int]] | None:

@@ -2,20 +2,24 @@
 
 Same options, defaults and exit codes as the original (``../shared/spec/echoscp.md``):
 argparse errors exit 2, ``--version PORT`` prints ``echoscp.py v0.7.0``, a port that cannot
-be bound exits 1, SIGINT stops cleanly with 0. Silent at the default level; log lines keep
-the ``I: ...`` level-letter prefix. Only the Verification SOP class is accepted, with the
+be bound exits 1, SIGINT stops cleanly with 0, SIGTERM stops the node and then kills us by
+the signal (status -15/143, as the app dies by it). Silent at the default level; with -v/-d
+the log is pynetdicom's association log (associations run on pynetdicom's machinery here),
+level-letter prefix ``I: ...``; the actors' own lines show only with -d. Only the Verification SOP class is accepted, with the
 transfer syntax preference the -x options select; AE titles are not enforced.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
 
 from node.config import ListenerConfig, NetworkConfig, NodeConfig, ServicesConfig, validate
 from node.errors import ConfigError
-from node.tools._node import run_node
+from node.tools._node import Terminated, run_node
 
 VERSION = "echoscp.py v0.7.0"
 IMPLICIT, EXPLICIT_LE, EXPLICIT_BE = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"
@@ -58,7 +62,8 @@ def parser() -> argparse.ArgumentParser:
     ts.add_argument("-xe", "--prefer-little", action="store_true", help="prefer explicit VR little endian TS")
     ts.add_argument("-xb", "--prefer-big", action="store_true", help="prefer explicit VR big endian TS")
     ts.add_argument("-xi", "--implicit", action="store_true", help="accept implicit VR little endian TS only")
-    p.add_argument("--workers", type=int, help="nodectl: association worker processes (default: CPU count)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="nodectl: association worker processes (default 1: each takes the 10 associations; more only start slower)")
     return p
 
 
@@ -94,11 +99,14 @@ def build_config(opts: argparse.Namespace, run_root: Path) -> NodeConfig:
         aet=opts.ae_title[:16] or "ECHOSCP",
         directory=run_root / "store",
         database=str(run_root / "index.sqlite"),
-        workers=opts.workers or NodeConfig().workers,
+        workers=opts.workers or 1,
         log_level=log_level(opts),
         log_format="letter",
         listeners=(ListenerConfig(port=opts.port, host=opts.bind_address, aet=""),),
         network=NetworkConfig(
+            # pynetdicom's own association, so -v/-d log what the app logs ("Accepting
+            # Association", "Received Echo Request", PDU dumps).
+            receive_path="pynetdicom",
             max_pdu_receive=opts.max_pdu,
             max_associations=10,
             acse_timeout=opts.acse_timeout,
@@ -116,10 +124,15 @@ def main(argv: list[str]) -> int:
         return 0
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="nodectl-echoscp-") as root:
-        try:
-            config = build_config(opts, Path(root))
-            return run_node(config, temporary_run_dir=True)
-        except ConfigError as exc:
-            print(f"E: {exc}", file=sys.stderr)
-            return 1
+    try:
+        with tempfile.TemporaryDirectory(prefix="nodectl-echoscp-") as root:
+            try:
+                config = build_config(opts, Path(root))
+                return run_node(config, temporary_run_dir=True, die_by_sigterm=True)
+            except ConfigError as exc:
+                print(f"E: {exc}", file=sys.stderr)
+                return 1
+    except Terminated:  # the node is down and cleaned up; now die as the app does
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return 128 + signal.SIGTERM

@@ -1,7 +1,8 @@
 """``nodectl run <actor> [--config FILE] [actor options]``: one actor in the foreground.
 
 supervisor starts every process of a node this way; the Procfile does too. The actor
-modules are imported only here, so the rest of ``node`` never depends on them.
+modules are imported only here, so the rest of ``node`` never depends on them. The actor
+gets SIGKILL when its parent dies (``_lifetime.die_with_parent``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ from pathlib import Path
 
 from node import config as configuration
 from node.errors import ConfigError, NodeError
+from node.tools._lifetime import die_with_parent
 
 ACTORS = ("listener", "worker", "writer", "tracker", "metrics")
 
 
 def main(argv: list[str]) -> int:
+    # First, before the imports: an actor never outlives the process that started it
+    # (supervisord, honcho, a test), so a killed node leaves nothing holding its port.
+    die_with_parent()
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: nodectl run {{{','.join(ACTORS)}}} [--config FILE] [actor options]")
         return 0 if argv else 2

@@ -14,7 +14,7 @@ import pytest
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from tests.nodes import RunningNode
-from tests.support import NODECTL, free_port, have
+from tests.support import NODECTL, free_port, have, wait_until
 
 pytestmark = pytest.mark.skipif(not have("/usr/bin/echoscu"), reason="DCMTK (Debian package dcmtk) is not installed")
 
@@ -166,6 +166,57 @@ def test_sigint_stops_cleanly_with_0_and_frees_the_port(tmp_path: Path) -> None:
     assert node.stop(signal.SIGINT) == 0
     assert node.leftover == []
     assert time.monotonic() - started < 15
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", node.port))
+
+
+def _echo_with_pynetdicom(port: int) -> None:
+    from pynetdicom import AE
+
+    ae = AE()
+    ae.add_requested_context(VERIFICATION, ImplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port)
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+
+
+def test_sigterm_kills_it_by_the_signal_as_the_app_dies(tmp_path: Path) -> None:
+    node = echoscp(tmp_path, "-ba", "127.0.0.1")
+    assert node.stop(signal.SIGTERM) == -signal.SIGTERM
+    assert node.leftover == []
+
+
+def _log_of_one_echo(tmp_path: Path, option: str) -> str:
+    node = echoscp(tmp_path, option)
+    try:
+        _echo_with_pynetdicom(node.port)
+        wait_until(lambda: "Association Released" in node.log(), timeout=10, what="the release in the log")
+    finally:
+        node.stop(signal.SIGINT)
+    return node.log()
+
+
+def test_verbose_logs_the_apps_association_lines_not_the_actors(tmp_path: Path) -> None:
+    lines = _log_of_one_echo(tmp_path, "-v").splitlines()
+    assert [line for line in lines if line.startswith("I: ")] == [
+        "I: Accepting Association", "I: Received Echo Request (MsgID 1)", "I: Association Released"], lines
+
+
+def test_debug_logs_pynetdicoms_pdu_dumps(tmp_path: Path) -> None:
+    log = _log_of_one_echo(tmp_path, "-d")
+    assert "Accept Parameters" in log
+    assert "pydicom.read_dataset()" in log
+
+
+def test_sigkill_of_nodectl_takes_the_whole_node_down_and_frees_the_port(tmp_path: Path) -> None:
+    node = echoscp(tmp_path, "-ba", "127.0.0.1")
+    _echo_with_pynetdicom(node.port)
+    pids = node.tree_pids()
+    assert len(pids) >= 4  # nodectl, supervisord, a worker, the listener (nothing to write or track)
+    assert node.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert node.leftover == [], "processes outlived a SIGKILLed nodectl"
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", node.port))
