@@ -49,7 +49,7 @@ def command(name: str, port: int, root: Path) -> list[str]:
 def _echo_rq() -> bytes:
     """An A-ASSOCIATE-RQ proposing Verification, and the C-ECHO-RQ to send once accepted."""
     from pynetdicom.pdu import A_ASSOCIATE_RQ
-    from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+    from pynetdicom.pdu_primitives import A_ASSOCIATE, ImplementationClassUIDNotification, MaximumLengthNotification
     from pynetdicom.presentation import build_context
 
     primitive = A_ASSOCIATE()
@@ -61,7 +61,9 @@ def _echo_rq() -> bytes:
     primitive.presentation_context_definition_list = [context]
     limit = MaximumLengthNotification()
     limit.maximum_length_received = 16382
-    primitive.user_information = [limit]
+    implementation = ImplementationClassUIDNotification()
+    implementation.implementation_class_uid = "1.2.826.0.1.3680043.9.3811.3.0.4"  # mandatory (PS3.7 D.3.3.2)
+    primitive.user_information = [limit, implementation]
     pdu = A_ASSOCIATE_RQ()
     pdu.from_primitive(primitive)
     return pdu.encode()
