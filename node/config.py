@@ -87,6 +87,10 @@ class StoreConfig:
     rename_retry_jitter: int = 50
     inline_threshold: int = 256 * 1024
     duplicates: str = "overwrite"
+    # Issue 12: a success waits for one journal flush shared by the group; files reach their
+    # final paths in background batches at most every materialise_interval seconds.
+    journal: bool = True
+    materialise_interval: float = 0.05
 
 
 @dataclass(frozen=True)
