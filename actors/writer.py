@@ -45,7 +45,8 @@ log = logging.getLogger("actors.writer")
 BATCH = 64
 NAME = "writer"
 STATUS_DUPLICATE_REJECTED = 0x0111
-JOURNAL_MAX_RECORD = 32 << 20  # larger instances take the direct path
+JOURNAL_MAX_RECORD = 4 << 20  # larger instances take the direct path
+GROUP_BYTES = 16 << 20  # a group's bytes are in memory until its append: more makes another group
 LAP_BYTES = 16 << 20  # past this, start a new lap as soon as everything is materialised
 JOURNAL_MAX_BYTES = 256 << 20  # past this, wait for the materialiser, then start a new lap
 MATERIALISE_BATCH = 512
@@ -84,10 +85,12 @@ class Writer:
         self.index = Index(config.database)
         self.journal = Journal(journaling.path_for(self.store.directory)) if journaling.enabled(config) else None
         self.interval = config.store.materialise_interval
+        self.idle = config.store.materialise_idle
         self.cond = threading.Condition()
         self.queue: list[Record] = []  # journaled, not yet checkpointed (in order)
         self.pending: dict[str, _Pending] = {}
         self.appended_seq = 0
+        self.last_append = 0.0
         self.materialised_seq = 0
         self.urgent = False  # a SyncStore or a direct write waits: do not pace
         self.stopping = False
@@ -147,8 +150,16 @@ class Writer:
             return replies + self._write(to_write)
         small = [r for r in to_write if _size(r) <= JOURNAL_MAX_RECORD]
         large = [r for r in to_write if _size(r) > JOURNAL_MAX_RECORD]
-        if small:
-            replies.extend(self._journal(small))
+        group: list[_Request] = []
+        group_bytes = 0
+        for r in small:
+            if group and group_bytes + _size(r) > GROUP_BYTES:
+                replies.extend(self._journal(group))
+                group, group_bytes = [], 0
+            group.append(r)
+            group_bytes += _size(r)
+        if group:
+            replies.extend(self._journal(group))
         if large:
             self._barrier()
             replies.extend(self._write(large))
@@ -213,6 +224,7 @@ class Writer:
                     self.pending[record.body["uid"]] = _Pending(record.body["path"], record.data_length, record.seq)
                 self.queue.extend(records)
                 self.appended_seq = records[-1].seq
+                self.last_append = time.monotonic()
                 self.cond.notify_all()
             for (slot, r, final), record, old in zip(accepted, records, olds):
                 msg = r.message
@@ -314,9 +326,11 @@ class Writer:
                         self.cond.wait()
                     if not self.queue:
                         return
-                    # Pacing: a batch at most every ``interval`` s, so that a batch's flushes are
-                    # shared by many instances; a waiting SyncStore or shutdown does not wait.
-                    wait = last + self.interval - time.monotonic()
+                    # Pacing: while instances keep coming, a batch at most every ``interval`` s,
+                    # so that a batch's flushes are shared by many instances; once they stop
+                    # (``idle`` s without an append), a waiting SyncStore or shutdown: at once.
+                    now = time.monotonic()
+                    wait = min(last + self.interval - now, self.last_append + self.idle - now)
                     if wait > 0 and not (self.urgent or self.stopping):
                         self.cond.wait(wait)
                         continue
@@ -369,7 +383,8 @@ class Writer:
 
         Only the last record of an instance in the batch is materialised (an overwrite
         replaces the earlier one anyway); a file made obsolete by an overwrite at another path
-        is removed after the transaction.
+        is removed before the second syncfs: until the transaction its row names a missing
+        file, which a crash leaves only until the replay (which runs before the writer serves).
         """
         assert self.journal is not None
         last: dict[str, Record] = {}
@@ -377,8 +392,9 @@ class Writer:
             last[record.body["uid"]] = record
         records = list(last.values())
         previous = {uid: index.get(uid) for uid in last}
+        obsolete = [Path(old.path) for uid, old in previous.items() if old is not None and old.path != last[uid].body["path"]]
         errors = self.store.materialise(
-            self.journal.fd, [(Path(r.body["path"]), r.data_offset, r.data_length) for r in records]
+            self.journal.fd, [(Path(r.body["path"]), r.data_offset, r.data_length) for r in records], obsolete=obsolete
         )
         failed = [(r, e) for r, e in zip(records, errors) if e is not None]
         if failed:
@@ -390,10 +406,6 @@ class Writer:
         except StorageError as exc:
             log.error("index write failed for %d journaled instance(s) (will retry): %s", len(records), exc)
             return False
-        for record in records:
-            old = previous.get(record.body["uid"])
-            if old is not None and old.path != record.body["path"]:
-                self.store.remove(Path(old.path))
         return True
 
 

@@ -177,6 +177,7 @@ def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: 
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         sampler = procs.TreeSampler({"receiver": receiver.pid})
         with sampler:
+            wall_start = time.time()
             start = time.perf_counter()
             for i, cmd in enumerate(commands):
                 proc = procs.start(cmd, log=workdir / f"sender-{i}.log", cwd=workdir, env=env)
@@ -190,7 +191,11 @@ def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: 
                 except subprocess.TimeoutExpired:
                     codes.append(None)
             elapsed = time.perf_counter() - start
+            # nodectl acknowledges from its journal: its files and index rows follow within
+            # ~50 ms; the CPU and flushes of that work belong to the sample.
+            receiver.settle(files.count)
         cpu1 = procs.tree_cpu(receiver.pid)
+        flushes = receiver.flushes_since(wall_start)
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         stored = receiver.stored()
         total = files.total_bytes
@@ -208,6 +213,8 @@ def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: 
             sender_exit=codes,
             stored=stored,
         )
+        if flushes is not None:
+            result.update(flushes=flushes, flushes_per_instance=flushes / files.count)
         problems = []
         if any(code != 0 for code in codes):
             problems.append(f"sender exit {codes}")
@@ -236,8 +243,10 @@ def summarize(samples: list[dict]) -> dict:
     if not good:
         out["errors"] = sorted({s.get("error", "") for s in samples})
         return out
-    for key in ("seconds", "images_s", "mb_s", "receiver_cpu_s_per_1000", "sender_cpu_s"):
-        values = [s[key] for s in good]
+    for key in ("seconds", "images_s", "mb_s", "receiver_cpu_s_per_1000", "sender_cpu_s", "flushes_per_instance"):
+        values = [s[key] for s in good if key in s]
+        if not values:
+            continue
         out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
     rss: dict[str, dict[str, float]] = {}
     for s in good:
@@ -325,8 +334,9 @@ def main(opts) -> int:
                 sample["run"] = run + 1
                 samples[combo.key].append(sample)
                 if sample["ok"]:
+                    flushes = f" flushes/instance {sample['flushes_per_instance']:.2f}" if "flushes_per_instance" in sample else ""
                     log(f"run {run + 1}/{profile.runs} {combo.key}: {sample['images_s']:.0f} img/s {sample['mb_s']:.1f} MB/s "
-                        f"rx cpu {sample['receiver_cpu_s_per_1000']:.2f} s/1000")
+                        f"rx cpu {sample['receiver_cpu_s_per_1000']:.2f} s/1000{flushes}")
                 else:
                     log(f"run {run + 1}/{profile.runs} {combo.key}: FAILED {sample['error']}")
         if skipped:

@@ -88,9 +88,11 @@ class StoreConfig:
     inline_threshold: int = 256 * 1024
     duplicates: str = "overwrite"
     # Issue 12: a success waits for one journal flush shared by the group; files reach their
-    # final paths in background batches at most every materialise_interval seconds.
+    # final paths in background batches: at most every materialise_interval seconds while
+    # instances keep coming, at once when none came for materialise_idle seconds.
     journal: bool = True
     materialise_interval: float = 0.05
+    materialise_idle: float = 0.005
 
 
 @dataclass(frozen=True)

@@ -199,13 +199,16 @@ class Store:
             probe = os.path.dirname(probe)
         return final
 
-    def materialise(self, source_fd: int, items: Sequence[tuple[Path, int, int]]) -> list[StorageError | None]:
+    def materialise(
+        self, source_fd: int, items: Sequence[tuple[Path, int, int]], *, obsolete: Sequence[Path] = ()
+    ) -> list[StorageError | None]:
         """Copy journaled files to their final paths with two flushes for the whole batch.
 
         ``items`` are (final path, offset, length) of file bytes in ``source_fd``. Every temp
         file is filled (``copy_file_range``), then one ``syncfs`` makes all their data durable,
-        then each is renamed over its final path, then a second ``syncfs`` makes the renames
-        (and the parent directories created) durable. A final path thus only ever names a file
+        then each is renamed over its final path and the ``obsolete`` files (replaced by an
+        overwrite at another path) are removed, then a second ``syncfs`` makes the renames,
+        removals and the parent directories created durable. A final path thus only ever names a file
         whose bytes were on disk before the name was. One error (or None) per item.
         """
         errors: list[StorageError | None] = []
@@ -243,6 +246,8 @@ class Store:
                 self._rename(*pair)
             except StorageError as exc:
                 errors[n] = exc
+        for path in obsolete:
+            path.unlink(missing_ok=True)
         try:
             sync_filesystem(self.tmp_dir)
         except OSError as exc:

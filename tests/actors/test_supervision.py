@@ -72,6 +72,7 @@ def test_serve_stores_and_indexes_with_embedded_defaults(node: RunningNode, tmp_
         make_ct(path)
     result = subprocess.run(["/usr/bin/storescu", "-aec", "NODE", "127.0.0.1", str(node.port), *map(str, files)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    node.materialised()
     import sqlite3
 
     with sqlite3.connect(tmp_path / "node.sqlite") as db:
@@ -130,6 +131,7 @@ def test_writer_and_listener_killed_are_restarted_and_storing_resumes(node: Runn
         time.sleep(0.2)
     result = subprocess.run(["/usr/bin/storescu", "-aec", "NODE", "127.0.0.1", str(node.port), str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    node.materialised()
     stored = tmp_path / "store" / dcmread(path).SOPInstanceUID
     assert stored.is_file() and dataset_bytes(stored) == dataset_bytes(path)
 
@@ -207,6 +209,7 @@ def test_writer_and_tracker_on_tcp_endpoints(tmp_path: Path) -> None:
         path = tmp_path / "tcp.dcm"
         make_ct(path)
         assert store_ok(running.port, path)
+        running.materialised()
         assert dataset_bytes(tmp_path / "store" / dcmread(path).SOPInstanceUID) == dataset_bytes(path)
     finally:
         running.stop()
