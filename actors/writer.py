@@ -148,16 +148,18 @@ class Writer:
             return replies
         if self.journal is None:
             return replies + self._write(to_write)
-        small = [r for r in to_write if _size(r) <= JOURNAL_MAX_RECORD]
-        large = [r for r in to_write if _size(r) > JOURNAL_MAX_RECORD]
+        sizes = [_size(r) for r in to_write]
+        large = [r for r, size in zip(to_write, sizes) if size > JOURNAL_MAX_RECORD]
         group: list[_Request] = []
         group_bytes = 0
-        for r in small:
-            if group and group_bytes + _size(r) > GROUP_BYTES:
+        for r, size in zip(to_write, sizes):
+            if size > JOURNAL_MAX_RECORD:
+                continue
+            if group and group_bytes + size > GROUP_BYTES:
                 replies.extend(self._journal(group))
                 group, group_bytes = [], 0
             group.append(r)
-            group_bytes += _size(r)
+            group_bytes += size
         if group:
             replies.extend(self._journal(group))
         if large:

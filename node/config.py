@@ -91,8 +91,8 @@ class StoreConfig:
     # final paths in background batches: at most every materialise_interval seconds while
     # instances keep coming, at once when none came for materialise_idle seconds.
     journal: bool = True
-    materialise_interval: float = 0.05
-    materialise_idle: float = 0.005
+    materialise_interval: float = 0.1
+    materialise_idle: float = 0.02
 
 
 @dataclass(frozen=True)
