@@ -146,7 +146,7 @@ def test_a_killed_writer_materialises_the_journal_when_it_restarts(tmp_path: Pat
 
 # ----- ordering, from the system calls -------------------------------------------------------------
 
-_SYSCALL = re.compile(r"^(\d+) (\d+\.\d+) (?:<\.\.\. (\w+) resumed>|(\w+)\()(.*)$")
+_SYSCALL = re.compile(r"^(\d+)\s+(\d+\.\d+) (?:<\.\.\. (\w+) resumed>|(\w+)\()(.*)$")
 _FLUSHES = ("fsync", "fdatasync", "syncfs")
 
 
