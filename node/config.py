@@ -481,6 +481,8 @@ def validate(config: NodeConfig) -> NodeConfig:
     check_aet(config.aet)
     if config.store.duplicates not in ("overwrite", "keep", "reject"):
         raise ConfigError(f"store.duplicates must be overwrite, keep or reject, not {config.store.duplicates!r}")
+    if config.store.materialise_interval < 0 or config.store.materialise_idle < 0:
+        raise ConfigError("store.materialise_interval and store.materialise_idle must not be negative")
     if not 0 <= config.store.status <= 0xFFFF:
         raise ConfigError(f"store.status {config.store.status} is not a 16-bit status")
     _validate_security(config)
