@@ -10,7 +10,8 @@ their final paths and records them in the index in batches (``Store.materialise`
 materialises whatever a crash left past the checkpoint before the writer takes requests, and
 on SIGTERM it materialises everything before the writer exits.
 
-Instances larger than ``JOURNAL_MAX_RECORD``, and every instance when the journal is off
+Spooled instances (larger than ``store.inline_threshold``: the journal would write their
+bytes twice, once synchronously), and every instance when the journal is off
 (``store.journal = false``, or a PostgreSQL index shared by a cluster, where another node's
 tracker could not see this node's journal), take the direct path as before issue 12: temp
 file, fdatasync, rename, directory fsync, index transaction, then the answer.
@@ -45,8 +46,6 @@ log = logging.getLogger("actors.writer")
 BATCH = 64
 NAME = "writer"
 STATUS_DUPLICATE_REJECTED = 0x0111
-JOURNAL_MAX_RECORD = 4 << 20  # larger instances take the direct path
-GROUP_BYTES = 16 << 20  # a group's bytes are in memory until its append: more makes another group
 LAP_BYTES = 16 << 20  # past this, start a new lap as soon as everything is materialised
 JOURNAL_MAX_BYTES = 256 << 20  # past this, wait for the materialiser, then start a new lap
 MATERIALISE_BATCH = 512
@@ -148,23 +147,13 @@ class Writer:
             return replies
         if self.journal is None:
             return replies + self._write(to_write)
-        sizes = [_size(r) for r in to_write]
-        large = [r for r, size in zip(to_write, sizes) if size > JOURNAL_MAX_RECORD]
-        group: list[_Request] = []
-        group_bytes = 0
-        for r, size in zip(to_write, sizes):
-            if size > JOURNAL_MAX_RECORD:
-                continue
-            if group and group_bytes + size > GROUP_BYTES:
-                replies.extend(self._journal(group))
-                group, group_bytes = [], 0
-            group.append(r)
-            group_bytes += size
-        if group:
-            replies.extend(self._journal(group))
-        if large:
+        inline = [r for r in to_write if not r.message.spool]
+        spooled = [r for r in to_write if r.message.spool]
+        if inline:
+            replies.extend(self._journal(inline))
+        if spooled:
             self._barrier()
-            replies.extend(self._write(large))
+            replies.extend(self._write(spooled))
         return replies
 
     def _known(self, uid: str) -> _Pending | InstanceRow | None:
@@ -202,8 +191,6 @@ class Writer:
             try:
                 final = str(self.store.check_target(msg.relpath))
                 parts = [PREAMBLE, *r.envelope.data]
-                if msg.spool:
-                    parts.append(_read_spool(msg.spool, msg.spool_offset))
             except (PathError, StorageError) as exc:
                 log.error("assoc=%s sop=%s not stored: %s", msg.assoc_id, msg.sop_instance_uid, exc)
                 replies.append((r.identity, ErrorReply(status=exc.status, reason=str(exc)), r.envelope.id))
@@ -216,7 +203,12 @@ class Writer:
             try:
                 records = self.journal.append(entries)
             except StorageError as exc:
+                # Part of the group may be on disk; appending again at the same place could
+                # leave a record of this failed group after a shorter new one. So the writer
+                # answers the failure and exits (the loop sees ``failure``): the restart scans
+                # the journal and starts a new lap far above every number used.
                 log.error("journal append failed for %d instance(s): %s", len(entries), exc)
+                self.failure = exc
                 for slot, r, _final in accepted:
                     replies[slot] = (r.identity, ErrorReply(status=exc.status, reason=str(exc)), r.envelope.id)
                 return [x for x in replies if x is not None]
@@ -451,27 +443,6 @@ def _body(msg: WriteInstance, path: str, now: float) -> dict:
     }
 
 
-def _size(req: _Request) -> int:
-    """The stored file's size (preamble, meta, dataset); spooled datasets by their spool file."""
-    msg = req.message
-    size = len(PREAMBLE) + sum(len(d) for d in req.envelope.data)
-    if msg.spool:
-        try:
-            size += os.stat(msg.spool).st_size - msg.spool_offset
-        except OSError:
-            pass  # _read_spool reports it
-    return size
-
-
-def _read_spool(spool: str, offset: int) -> bytes:
-    try:
-        with open(spool, "rb") as fh:
-            fh.seek(offset)
-            return fh.read()
-    except OSError as exc:
-        raise StorageError(f"cannot read spooled dataset: {exc.strerror}") from None
-
-
 def _drain(sock: zmq.Socket, deadline_s: float) -> tuple[list[_Request], list[tuple[list[bytes], object, str]], list[tuple[list[bytes], str]]]:
     """Take every queued request (up to BATCH); answer pings, bad and expired messages at once;
     collect ``SyncStore`` requests (answered when the journal is materialised up to now).
@@ -518,7 +489,7 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
     try:
         while not stop.is_set():
             if writer.failure is not None:
-                log.error("exiting: the materialiser failed (%s); the journal is replayed at restart", writer.failure)
+                log.error("exiting: %s; the journal is replayed at restart", writer.failure)
                 code = 1
                 break
             if syncs:
