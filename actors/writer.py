@@ -1,7 +1,9 @@
 """The storage writer: the only process that writes the store and the instance index.
 
 Loop: wait for ``WriteInstance`` requests on a ROUTER, take every request already queued
-(up to ``BATCH``, from every worker) as one group, and make the group durable with one flush:
+(up to ``BATCH``, from every worker; with two or more associations storing, waiting up to
+``store.commit_delay`` for more, as PostgreSQL's commit_delay) as one group, and make the
+group durable with one flush:
 each instance (its whole file and its index row) is appended to the journal
 (``node.journal``), the journal is fdatasynced once, then every request of the group is
 answered ``InstanceWritten``. A background thread (the materialiser) copies journaled files to
@@ -50,6 +52,8 @@ LAP_BYTES = 16 << 20  # past this, start a new lap as soon as everything is mate
 JOURNAL_MAX_BYTES = 256 << 20  # past this, wait for the materialiser, then start a new lap
 MATERIALISE_BATCH = 512
 MATERIALISE_RETRY_S = 1.0
+COMMIT_SIBLINGS = 2  # requesters active within SIBLING_WINDOW_S before a group waits for more
+SIBLING_WINDOW_S = 0.1
 
 
 @dataclass
@@ -485,6 +489,7 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
     log.info("writer ready: store=%s index=%s journal=%s", writer.store.directory, config.database,
              "on" if writer.journal is not None else "off")
     syncs: list[tuple[list[bytes], str, int]] = []  # SyncStore requests waiting: identity, corr, seq
+    siblings = _Siblings()
     code = 0
     try:
         while not stop.is_set():
@@ -497,6 +502,8 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
             if not sock.poll(5 if syncs else 200, zmq.POLLIN):
                 continue
             batch, replies, new_syncs = _drain(sock, config.network.write_timeout)
+            if batch and writer.journal is not None and siblings.active(batch) >= COMMIT_SIBLINGS:
+                _wait_for_siblings(sock, config, batch, replies, new_syncs)
             for identity, corr in new_syncs:
                 syncs.append((identity, corr, writer.appended_seq))
             try:
@@ -514,6 +521,35 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
             log.info("stopping: materialising %d journaled instance(s)", backlog)
         writer.close()
     return code
+
+
+class _Siblings:
+    """Which requesters (one DEALER per association) sent writes in the last SIBLING_WINDOW_S."""
+
+    def __init__(self) -> None:
+        self.seen: dict[bytes, float] = {}
+
+    def active(self, batch: list[_Request]) -> int:
+        now = time.monotonic()
+        for r in batch:
+            self.seen[r.identity[0]] = now
+        if len(self.seen) > 4 * BATCH:
+            self.seen = {k: t for k, t in self.seen.items() if t > now - SIBLING_WINDOW_S}
+        return sum(1 for t in self.seen.values() if t > now - SIBLING_WINDOW_S)
+
+
+def _wait_for_siblings(sock: zmq.Socket, config: NodeConfig, batch: list[_Request], replies: list, syncs: list) -> None:
+    """PostgreSQL's commit_delay: with other associations storing, wait up to
+    ``store.commit_delay`` for their requests so that one flush covers them too."""
+    deadline = time.monotonic() + config.store.commit_delay
+    while len(batch) < BATCH:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not sock.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
+            return
+        more, more_replies, more_syncs = _drain(sock, config.network.write_timeout)
+        batch.extend(more)
+        replies.extend(more_replies)
+        syncs.extend(more_syncs)
 
 
 def _answer_syncs(sock: zmq.Socket, writer: Writer, syncs: list[tuple[list[bytes], str, int]]) -> list[tuple[list[bytes], str, int]]:
