@@ -1,7 +1,9 @@
 """Making received instances durable: temp file, fsync, atomic rename, directory fsync.
 
 Only the storage writer calls this module, so there is exactly one writer of the store.
-A C-STORE success is sent only after ``Store.commit`` returned for its instance:
+Two ways in: ``Store.materialise`` copies instances the writer's journal already made durable
+(``node.journal``) to their final paths in batches, two ``syncfs`` per batch; ``Store.commit``
+is the direct path (spooled instances, or no journal), after which the success is sent:
 
 1. the file is written in full to ``<directory>/.incoming/tmp/`` (same filesystem);
 2. the file is fdatasynced, so its bytes are on disk (fdatasync flushes the data and the
@@ -208,8 +210,8 @@ class Store:
         file is filled (``copy_file_range``), then one ``syncfs`` makes all their data durable,
         then each is renamed over its final path and the ``obsolete`` files (replaced by an
         overwrite at another path) are removed, then a second ``syncfs`` makes the renames,
-        removals and the parent directories created durable. A final path thus only ever names a file
-        whose bytes were on disk before the name was. One error (or None) per item.
+        removals and the parent directories created durable. A final path thus only ever
+        names a file whose bytes were on disk before the name was. One error (or None) per item.
         """
         errors: list[StorageError | None] = []
         temps: list[tuple[Path, Path] | None] = []

@@ -9,6 +9,11 @@ at their final paths, while the test checks what must still hold:
 
 The materialiser's first batch is not held back (nothing came before it), so each test first
 stores one instance of its own to use it up.
+
+Also here: the order of flush and success seen in the system calls (strace), and, in one
+process without sockets, the journal going back to its head lap after lap and a writer
+killed with instances still unmaterialised (the later copy of an instance sent twice must win
+the replay).
 """
 
 from __future__ import annotations
@@ -228,3 +233,83 @@ def test_every_success_leaves_after_the_flush_that_covers_it(tmp_path: Path) -> 
     for uid, path in sent.items():
         stored = _indexed(tmp_path, uid)
         assert stored is not None and dataset_bytes(Path(stored)) == dataset_bytes(path)
+
+
+# ----- the journal's laps and the replay, in one process (no sockets) ----------------------------
+
+
+def _requests(tmp_path: Path, count: int, start: int = 0, uid: str | None = None) -> list:
+    """WriteInstance requests as the writer's loop receives them (header, body, meta, dataset)."""
+    from actors.writer import _Request
+    from node.messages import WriteInstance, pack, unpack
+
+    out = []
+    for n in range(start, start + count):
+        path = tmp_path / "in" / f"j{n}.dcm"
+        ds = make_ct(path, pixels=32 if uid is None else 16, sop_instance_uid=uid)
+        blob = path.read_bytes()
+        meta_len = len(blob) - 128 - len(dataset_bytes(path))
+        msg = WriteInstance(assoc_id="t", relpath=f"lap/{ds.SOPInstanceUID}", sop_class_uid=ds.SOPClassUID,
+                            sop_instance_uid=ds.SOPInstanceUID, transfer_syntax=ds.file_meta.TransferSyntaxUID,
+                            calling_aet="T", called_aet="NODE")
+        frames = pack(msg, sender="test", data=[blob[132:128 + meta_len], blob[128 + meta_len:]])  # after "DICM"
+        out.append((_Request([b"t"], unpack([bytes(f) for f in frames])), path))
+    return out
+
+
+def _journal_then_die(tmp_path: Path, lap_bytes: int) -> None:
+    """In a child: a writer with small laps journals instances, the last ones held back, then
+    the process ends without closing anything (as after SIGKILL)."""
+    from actors import writer
+    from node.config import NodeConfig, StoreConfig
+
+    writer.LAP_BYTES = lap_bytes
+    config = NodeConfig(directory=tmp_path / "store", database=str(tmp_path / "index.sqlite"), run_dir=tmp_path / "run",
+                        store=StoreConfig(materialise_interval=0.0, materialise_idle=0.0))
+    w = writer.Writer(config)
+    w.prepare()
+    laps, offset = 0, 0
+    for req, _path in _requests(tmp_path, 30):
+        assert [m.kind for _i, m, _c in w.handle([req])] == ["instance.written"]
+        laps += w.journal.offset < offset  # the record went to the journal's head again
+        offset = w.journal.offset
+        w._barrier()  # everything materialised, so that the next append may start a new lap
+    (tmp_path / "laps").write_text(str(laps))
+    w.interval = w.idle = 3600.0  # from here on nothing is materialised before the "crash"
+    held = _requests(tmp_path, 5, start=30)
+    again = dcmread(held[0][1]).SOPInstanceUID  # sent again with other pixels: the later copy must win
+    for req, _path in held + _requests(tmp_path, 1, start=35, uid=again):
+        assert [m.kind for _i, m, _c in w.handle([req])] == ["instance.written"]
+    assert w.backlog >= 5
+    os._exit(0)
+
+
+def test_laps_restart_and_a_killed_writer_replays_what_it_acknowledged(tmp_path: Path) -> None:
+    import multiprocessing
+
+    from actors import writer
+    from node.config import NodeConfig
+
+    child = multiprocessing.get_context("fork").Process(target=_journal_then_die, args=(tmp_path, 8 * 1024))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert int((tmp_path / "laps").read_text()) >= 5  # the journal went back to its head again and again
+    config = NodeConfig(directory=tmp_path / "store", database=str(tmp_path / "index.sqlite"), run_dir=tmp_path / "run")
+    w = writer.Writer(config)
+    w.prepare()  # the replay
+    try:
+        with sqlite3.connect(tmp_path / "index.sqlite") as db:
+            rows = dict(db.execute("SELECT sop_instance_uid, path FROM instances").fetchall())
+        last: dict[str, Path] = {}  # the copy acknowledged last, per SOP Instance UID
+        for n in range(36):
+            path = tmp_path / "in" / f"j{n}.dcm"
+            last[dcmread(path).SOPInstanceUID] = path
+        assert len(last) == 35
+        for uid, path in last.items():
+            assert uid in rows, f"{path.name} acknowledged, not indexed after the replay"
+            assert dataset_bytes(Path(rows[uid])) == dataset_bytes(path), path.name
+        assert not list((tmp_path / "store" / ".incoming" / "tmp").iterdir())
+        assert w.journal.next_seq > 1 << 32  # the new lap starts far above the old numbers
+    finally:
+        w.close()
