@@ -94,6 +94,10 @@ def test_serve_stops_cleanly_with_nothing_left_running(tmp_path: Path) -> None:
 
 
 def test_worker_killed_mid_association_is_restarted_while_the_listener_keeps_accepting(node: RunningNode, tmp_path: Path) -> None:
+    # The listener accepts as soon as one worker joined; "the other worker" must have joined
+    # too before one is killed (a C-STORE now answered from the journal makes the test faster
+    # than the second worker's start-up).
+    wait_until(lambda: len(set(re.findall(r"(worker-\d+) joined", node.log()))) >= 2, 30, "both workers joined the listener")
     listener_pid = actor_pid(node, "run listener")
     assoc = associate(node.port)
     assert assoc.is_established
@@ -114,6 +118,7 @@ def test_worker_killed_mid_association_is_restarted_while_the_listener_keeps_acc
     assert store_ok(node.port, after)
     wait_until(lambda: restarted(node, f"--worker-id {worker_name.split('-')[1]}", victim), 15, "supervisor to restart the worker")
     assert actor_pid(node, "run listener") == listener_pid
+    node.materialised()
     assert (tmp_path / "store" / dcmread(after).SOPInstanceUID).is_file()
 
 

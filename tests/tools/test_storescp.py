@@ -158,6 +158,7 @@ def test_pynetdicom_storescu_files_arrive_intact(pattern_node: tuple[RunningNode
     result = subprocess.run([sys.executable, "-m", "pynetdicom", "storescu", "-aec", "STORESCP", "127.0.0.1", str(node.port), *map(str, paths)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    node.materialised()
     for path, ds in zip(paths, sent):
         target = store / "P-PYNET" / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
         assert target.is_file()
@@ -174,6 +175,7 @@ def test_missing_patient_id_collapses_the_empty_component(pattern_node: tuple[Ru
     raw.save_as(ds_file, enforce_file_format=True)
     report = raw_store(node.port, ds_file, aec="STORESCP")
     assert report["results"][0]["status"] == 0
+    node.materialised()
     assert (store / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm").is_file()
 
 
