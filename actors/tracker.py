@@ -31,6 +31,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,13 +40,14 @@ import zmq
 from node import identify
 from actors import _bus, reload
 from node import commitment as sc
+from node import journal as journaling
 from node.commitment import CommitmentError, Ref, Report, State
 from node.config import NodeConfig
 from node.db import redact
 from node.errors import MessageError, NodeError, STATUS_PROCESSING_FAILURE
 from node.messages import (
     Ack, CommitmentAnswer, Envelope, ErrorReply, ForwardReport, MarkRequested, Ping, Pong, QueryTransaction,
-    RecordTransaction, ReportAnswer, ReportDelivered, RequestCommitment, TransactionState, pack,
+    RecordTransaction, ReportAnswer, ReportDelivered, RequestCommitment, SyncStore, TransactionState, pack,
 )
 from node.transactions import OutboxEntry, Transaction, TransactionStore, request_hash, to_facts
 
@@ -88,9 +90,12 @@ def readable(path: str) -> bool:
 class Tracker:
     """Request handling and periodic duties; no sockets (the loop in ``run`` owns them)."""
 
-    def __init__(self, config: NodeConfig, store: TransactionStore) -> None:
+    def __init__(self, config: NodeConfig, store: TransactionStore, sync_store: Callable[[], None] | None = None) -> None:
         self.config = config
         self.store = store
+        # Issue 12: the writer acknowledges instances before they reach their final paths and
+        # the index; before checking instances, wait until it has materialised them.
+        self.sync_store = sync_store
         self.published: list[TransactionState] = []
         self.watched_since = time.time()
         self.announced: dict[str, float] = {}  # UID -> when published (watch must not repeat it)
@@ -187,6 +192,8 @@ class Tracker:
         existing = self.store.outbox_get(uid)
         if existing is not None:
             return self._repeated_request(existing, fingerprint, msg)
+        if self.sync_store is not None:
+            self.sync_store()
         report = sc.evaluate(request, self._facts(request.refs))
         now = time.time()
         first = now + (cfg.same_association_grace if cfg.same_association else 0.0)
@@ -353,7 +360,8 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
     # The lease owner names the node, not the process: a restarted tracker takes back at once
     # the reports its predecessor had claimed; only another node waits for the lease to end.
     store = TransactionStore(config.database, owner=f"{os.uname().nodename}:{config.run_dir}")
-    tracker = Tracker(config, store)
+    writer_sock = _bus.dealer(ctx, config.endpoint("writer")) if journaling.enabled(config) else None
+    tracker = Tracker(config, store, sync_store=(lambda: sync_store(writer_sock, config)) if writer_sock is not None else None)
     sender = Sender(config)
     router = _bus.router(ctx, config.endpoint(NAME))
     pub = ctx.socket(zmq.PUB)
@@ -395,10 +403,21 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
             _publish(pub, tracker)
     finally:
         sender.close()
+        if writer_sock is not None:
+            writer_sock.close(0)
         router.close(0)
         pub.close(0)
         store.close()
     return 0
+
+
+def sync_store(sock: zmq.Socket, config: NodeConfig) -> None:
+    """Wait until the writer has materialised every instance it acknowledged so far; a writer
+    that does not answer within half the worker's patience is a processing failure (0x0110)."""
+    try:
+        _bus.request(sock, SyncStore(), sender=NAME, timeout=config.commitment.request_timeout / 2)
+    except TimeoutError:
+        raise NodeError("the storage writer did not confirm its journal is materialised", status=STATUS_PROCESSING_FAILURE) from None
 
 
 def _guard(func: Any, *args: Any) -> Any:

@@ -1,10 +1,25 @@
 """The storage writer: the only process that writes the store and the instance index.
 
 Loop: wait for ``WriteInstance`` requests on a ROUTER, take every request already queued
-(up to ``BATCH``) as one group, make them durable together (``node.storage.Store.commit``:
-per-file fsync, shared directory fsyncs), record them in the index in one transaction, then
-answer each worker with ``InstanceWritten`` or ``ErrorReply``. Nothing is answered before
-the file and its index row are on disk.
+(up to ``BATCH``, from every worker; with two or more associations storing, waiting up to
+``store.commit_delay`` for more, as PostgreSQL's commit_delay) as one group, and make the
+group durable with one flush:
+each instance (its whole file and its index row) is appended to the journal
+(``node.journal``), the journal is fdatasynced once, then every request of the group is
+answered ``InstanceWritten``. A background thread (the materialiser) copies journaled files to
+their final paths and records them in the index in batches (``Store.materialise``: two
+``syncfs``, then one index transaction that also moves the journal checkpoint); on start it
+materialises whatever a crash left past the checkpoint before the writer takes requests, and
+on SIGTERM it materialises everything before the writer exits.
+
+Spooled instances (larger than ``store.inline_threshold``: the journal would write their
+bytes twice, once synchronously), and every instance when the journal is off
+(``store.journal = false``, or a PostgreSQL index shared by a cluster, where another node's
+tracker could not see this node's journal), take the direct path as before issue 12: temp
+file, fdatasync, rename, directory fsync, index transaction, then the answer.
+
+``SyncStore`` (the commitment tracker, before it checks instances) is answered once every
+instance acknowledged before it arrived is materialised.
 """
 
 from __future__ import annotations
@@ -21,16 +36,24 @@ import zmq
 from actors import _bus
 from actors import metrics
 from node.config import NodeConfig
-from node.errors import MessageError, NodeError, StorageError
+from node.errors import MessageError, NodeError, PathError, StorageError
 from node.index import Index, InstanceRow
-from node.messages import Envelope, ErrorReply, InstanceWritten, Ping, Pong, WriteInstance
-from node.storage import PendingWrite, Store
+from node import journal as journaling
+from node.journal import Entry, Journal, Record
+from node.messages import Envelope, ErrorReply, InstanceWritten, Ping, Pong, StoreSynced, SyncStore, WriteInstance
+from node.storage import PREAMBLE, PendingWrite, Store
 
 log = logging.getLogger("actors.writer")
 
 BATCH = 64
 NAME = "writer"
 STATUS_DUPLICATE_REJECTED = 0x0111
+LAP_BYTES = 16 << 20  # past this, start a new lap as soon as everything is materialised
+JOURNAL_MAX_BYTES = 256 << 20  # past this, wait for the materialiser, then start a new lap
+MATERIALISE_BATCH = 512
+MATERIALISE_RETRY_S = 1.0
+COMMIT_SIBLINGS = 2  # requesters active within SIBLING_WINDOW_S before a group waits for more
+SIBLING_WINDOW_S = 0.1
 
 
 @dataclass
@@ -43,8 +66,17 @@ class _Request:
         return self.envelope.message
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """An acknowledged instance not yet materialised (duplicate checks must see it)."""
+
+    path: str
+    size: int
+    seq: int
+
+
 class Writer:
-    """Group-commits write requests into the store and the index."""
+    """Group-commits write requests into the journal; materialises them in the background."""
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
@@ -54,11 +86,53 @@ class Writer:
             rename_retry_jitter_ms=config.store.rename_retry_jitter,
         )
         self.index = Index(config.database)
+        self.journal = Journal(journaling.path_for(self.store.directory)) if journaling.enabled(config) else None
+        self.interval = config.store.materialise_interval
+        self.idle = config.store.materialise_idle
+        self.cond = threading.Condition()
+        self.queue: list[Record] = []  # journaled, not yet checkpointed (in order)
+        self.pending: dict[str, _Pending] = {}
+        self.appended_seq = 0
+        self.last_append = 0.0
+        self.materialised_seq = 0
+        self.urgent = False  # a SyncStore or a direct write waits: do not pace
+        self.stopping = False
+        self.failure: BaseException | None = None
+        self.ready = threading.Event()
+        self.thread: threading.Thread | None = None
 
     def prepare(self) -> None:
+        """Remove temp files a crash left; with a journal, start the materialiser and let it
+        materialise what the journal holds past the checkpoint (returns when it has)."""
         removed = self.store.prepare()
         if removed:
             log.warning("removed %d temp file(s) left by an earlier crash", removed)
+        if self.journal is None:
+            return
+        self.journal.open()
+        self.thread = threading.Thread(target=self._materialiser, name="materialiser", daemon=True)
+        self.thread.start()
+        while not self.ready.wait(0.2):
+            if self.failure is not None or not self.thread.is_alive():
+                raise StorageError(f"journal recovery failed: {self.failure}")
+
+    def close(self) -> None:
+        """Materialise everything journaled, then stop the materialiser (SIGTERM path)."""
+        if self.thread is not None:
+            with self.cond:
+                self.stopping = True
+                self.cond.notify_all()
+            self.thread.join()
+        if self.journal is not None:
+            self.journal.close()
+        self.index.close()
+
+    @property
+    def backlog(self) -> int:
+        with self.cond:
+            return len(self.queue)
+
+    # ----- requests (main thread) ---------------------------------------------------------------
 
     def handle(self, batch: list[_Request]) -> list[tuple[list[bytes], object, str]]:
         """Process one batch; return ``(identity, reply, corr)`` for each request."""
@@ -73,16 +147,35 @@ class Writer:
             else:
                 seen.add(msg.sop_instance_uid)
                 to_write.append(req)
-        if to_write:
-            replies.extend(self._write(to_write))
+        if not to_write:
+            return replies
+        if self.journal is None:
+            return replies + self._write(to_write)
+        inline = [r for r in to_write if not r.message.spool]
+        spooled = [r for r in to_write if r.message.spool]
+        if inline:
+            replies.extend(self._journal(inline))
+        if spooled:
+            self._barrier()
+            replies.extend(self._write(spooled))
         return replies
 
+    def _known(self, uid: str) -> _Pending | InstanceRow | None:
+        with self.cond:
+            pending = self.pending.get(uid)
+        if pending is not None:
+            return pending
+        return self.index.get(uid)
+
     def _early_answer(self, msg: WriteInstance, seen: set[str]) -> object | None:
-        """Answer duplicates under the ``keep`` and ``reject`` policies without writing."""
+        """Answer duplicates under the ``keep`` and ``reject`` policies without writing.
+
+        An instance acknowledged but not yet materialised counts as stored (``self.pending``).
+        """
         policy = self.config.store.duplicates
         if policy == "overwrite":
             return None
-        existing = self.index.get(msg.sop_instance_uid)
+        existing = self._known(msg.sop_instance_uid)
         if existing is None and msg.sop_instance_uid not in seen:
             return None
         if policy == "keep" and existing is not None:
@@ -90,7 +183,92 @@ class Writer:
         return ErrorReply(status=STATUS_DUPLICATE_REJECTED, reason=f"duplicate SOP instance {msg.sop_instance_uid}")
 
     @metrics.durable_writes
+    def _journal(self, requests: list[_Request]) -> list[tuple[list[bytes], object, str]]:
+        """Append the group to the journal with one fdatasync; then the replies."""
+        assert self.journal is not None
+        replies: list[tuple[list[bytes], object, str] | None] = []
+        entries: list[Entry] = []
+        accepted: list[tuple[int, _Request, str]] = []
+        now = time.time()
+        for r in requests:
+            msg = r.message
+            try:
+                final = str(self.store.check_target(msg.relpath))
+                parts = [PREAMBLE, *r.envelope.data]
+            except (PathError, StorageError) as exc:
+                log.error("assoc=%s sop=%s not stored: %s", msg.assoc_id, msg.sop_instance_uid, exc)
+                replies.append((r.identity, ErrorReply(status=exc.status, reason=str(exc)), r.envelope.id))
+                continue
+            accepted.append((len(replies), r, final))
+            replies.append(None)
+            entries.append(Entry(body=_body(msg, final, now), parts=parts))
+        if entries:
+            self._make_room()
+            try:
+                records = self.journal.append(entries)
+            except StorageError as exc:
+                # Part of the group may be on disk; appending again at the same place could
+                # leave a record of this failed group after a shorter new one. So the writer
+                # answers the failure and exits (the loop sees ``failure``): the restart scans
+                # the journal and starts a new lap far above every number used.
+                log.error("journal append failed for %d instance(s): %s", len(entries), exc)
+                self.failure = exc
+                for slot, r, _final in accepted:
+                    replies[slot] = (r.identity, ErrorReply(status=exc.status, reason=str(exc)), r.envelope.id)
+                return [x for x in replies if x is not None]
+            with self.cond:
+                olds = [self.pending.get(r.message.sop_instance_uid) for _slot, r, _f in accepted]
+                for record in records:
+                    self.pending[record.body["uid"]] = _Pending(record.body["path"], record.data_length, record.seq)
+                self.queue.extend(records)
+                self.appended_seq = records[-1].seq
+                self.last_append = time.monotonic()
+                self.cond.notify_all()
+            for (slot, r, final), record, old in zip(accepted, records, olds):
+                msg = r.message
+                replaced = old is not None or (self.config.store.duplicates == "overwrite" and self.index.get(msg.sop_instance_uid) is not None)
+                replies[slot] = (r.identity, InstanceWritten(sop_instance_uid=msg.sop_instance_uid, path=final,
+                                                             size=record.data_length, replaced=replaced), r.envelope.id)
+                log.debug("assoc=%s sop=%s journaled seq=%d for %s", msg.assoc_id, msg.sop_instance_uid, record.seq, final)
+        return [x for x in replies if x is not None]
+
+    def _make_room(self) -> None:
+        """Start a new lap when everything is materialised; wait for that past JOURNAL_MAX_BYTES."""
+        assert self.journal is not None
+        with self.cond:
+            if self.journal.offset > JOURNAL_MAX_BYTES and self.queue:
+                log.warning("journal full (%d bytes): waiting for the materialiser", self.journal.offset)
+                self._wait_drained()
+            if not self.queue and self.journal.offset > LAP_BYTES:
+                self.journal.restart_lap()
+
+    def _wait_drained(self) -> None:
+        """With ``self.cond`` held: until the queue is empty (the materialiser not paced)."""
+        self.urgent = True
+        self.cond.notify_all()
+        while self.queue:
+            if self.failure is not None or (self.thread is not None and not self.thread.is_alive()):
+                raise StorageError(f"materialiser stopped: {self.failure}")
+            self.cond.wait(1.0)
+        self.urgent = False
+
+    def _barrier(self) -> None:
+        """Everything journaled is materialised (before a direct write of the same store)."""
+        with self.cond:
+            self._wait_drained()
+
+    def synced(self, target: int) -> bool:
+        """True when every record up to ``target`` is materialised; else hurry the materialiser."""
+        with self.cond:
+            if self.materialised_seq >= target or not self.queue:
+                return True
+            self.urgent = True
+            self.cond.notify_all()
+            return False
+
+    @metrics.durable_writes
     def _write(self, requests: list[_Request]) -> list[tuple[list[bytes], object, str]]:
+        """The direct path: temp file, fdatasync, rename, directory fsync, index, replies."""
         writes = [
             PendingWrite(
                 relpath=r.message.relpath,
@@ -132,6 +310,102 @@ class Writer:
             log.debug("assoc=%s sop=%s stored at %s", msg.assoc_id, msg.sop_instance_uid, outcome.path)
         return replies
 
+    # ----- the materialiser (background thread) -------------------------------------------------
+
+    def _materialiser(self) -> None:
+        index = Index(self.config.database)  # its own connection: SQLite's belong to one thread
+        try:
+            self._recover(index)
+            self.ready.set()
+            last = 0.0
+            while True:
+                with self.cond:
+                    while not self.queue and not self.stopping:
+                        self.cond.wait()
+                    if not self.queue:
+                        return
+                    # Pacing: while instances keep coming, a batch at most every ``interval`` s,
+                    # so that a batch's flushes are shared by many instances; once they stop
+                    # (``idle`` s without an append), a waiting SyncStore or shutdown: at once.
+                    now = time.monotonic()
+                    wait = min(last + self.interval - now, self.last_append + self.idle - now)
+                    if wait > 0 and not (self.urgent or self.stopping):
+                        self.cond.wait(wait)
+                        continue
+                    batch = self.queue[:MATERIALISE_BATCH]
+                last = time.monotonic()
+                if not self._materialise(index, batch):
+                    with self.cond:
+                        self.cond.wait(MATERIALISE_RETRY_S)
+                    continue
+                with self.cond:
+                    del self.queue[: len(batch)]
+                    self.materialised_seq = batch[-1].seq
+                    for record in batch:
+                        uid = record.body["uid"]
+                        pending = self.pending.get(uid)
+                        if pending is not None and pending.seq == record.seq:
+                            del self.pending[uid]
+                    if not self.queue:
+                        self.urgent = False
+                    self.cond.notify_all()
+        except BaseException as exc:  # the main loop sees it and exits: supervisord restarts us
+            self.failure = exc
+            log.exception("materialiser failed")
+            with self.cond:
+                self.cond.notify_all()
+        finally:
+            index.close()
+
+    def _recover(self, index: Index) -> None:
+        """Materialise every journal record past the checkpoint; start a new lap."""
+        assert self.journal is not None
+        checkpoint = index.checkpoint(self.journal.journal_id)
+        last = checkpoint
+        todo: list[Record] = []
+        for record in self.journal.records():
+            last = max(last, record.seq)
+            if record.seq > checkpoint:
+                todo.append(record)
+        for start in range(0, len(todo), MATERIALISE_BATCH):
+            batch = todo[start:start + MATERIALISE_BATCH]
+            if not self._materialise(index, batch):
+                raise StorageError(f"cannot materialise journal records {batch[0].seq}..{batch[-1].seq}")
+        if todo:
+            log.warning("journal: materialised %d acknowledged instance(s) a stop left (seq %d..%d)", len(todo), todo[0].seq, todo[-1].seq)
+        self.journal.start_after_recovery(last)
+        self.materialised_seq = self.appended_seq = self.journal.next_seq - 1
+
+    def _materialise(self, index: Index, batch: list[Record]) -> bool:
+        """Files to final paths (two syncfs), rows and checkpoint in one transaction; False on failure.
+
+        Only the last record of an instance in the batch is materialised (an overwrite
+        replaces the earlier one anyway); a file made obsolete by an overwrite at another path
+        is removed before the second syncfs: until the transaction its row names a missing
+        file, which a crash leaves only until the replay (which runs before the writer serves).
+        """
+        assert self.journal is not None
+        last: dict[str, Record] = {}
+        for record in batch:
+            last[record.body["uid"]] = record
+        records = list(last.values())
+        previous = {uid: index.get(uid) for uid in last}
+        obsolete = [Path(old.path) for uid, old in previous.items() if old is not None and old.path != last[uid].body["path"]]
+        errors = self.store.materialise(
+            self.journal.fd, [(Path(r.body["path"]), r.data_offset, r.data_length) for r in records], obsolete=obsolete
+        )
+        failed = [(r, e) for r, e in zip(records, errors) if e is not None]
+        if failed:
+            for record, error in failed[:5]:
+                log.error("journal seq=%d sop=%s not materialised (will retry): %s", record.seq, record.body["uid"], error)
+            return False
+        try:
+            index.record([_row_from_body(r.body, r.data_length) for r in records], checkpoint=(self.journal.journal_id, batch[-1].seq))
+        except StorageError as exc:
+            log.error("index write failed for %d journaled instance(s) (will retry): %s", len(records), exc)
+            return False
+        return True
+
 
 def _row(msg: WriteInstance, path: Path | None, size: int) -> InstanceRow:
     return InstanceRow(
@@ -148,14 +422,41 @@ def _row(msg: WriteInstance, path: Path | None, size: int) -> InstanceRow:
     )
 
 
-def _drain(sock: zmq.Socket, deadline_s: float) -> tuple[list[_Request], list[tuple[list[bytes], object, str]]]:
-    """Take every queued request (up to BATCH); answer pings, bad and expired messages at once.
+def _row_from_body(body: dict, size: int) -> InstanceRow:
+    return InstanceRow(
+        sop_instance_uid=body["uid"],
+        sop_class_uid=body["sop_class_uid"],
+        transfer_syntax=body["transfer_syntax"],
+        path=body["path"],
+        size=size,
+        study_uid=body["study_uid"],
+        series_uid=body["series_uid"],
+        patient_id=body["patient_id"],
+        calling_aet=body["calling_aet"],
+        called_aet=body["called_aet"],
+        received_at=body["received_at"],
+    )
+
+
+def _body(msg: WriteInstance, path: str, now: float) -> dict:
+    """A journal record's body: where the file goes and its index row."""
+    return {
+        "uid": msg.sop_instance_uid, "path": path, "relpath": msg.relpath, "sop_class_uid": msg.sop_class_uid,
+        "transfer_syntax": msg.transfer_syntax, "study_uid": msg.study_uid, "series_uid": msg.series_uid,
+        "patient_id": msg.patient_id, "calling_aet": msg.calling_aet, "called_aet": msg.called_aet, "received_at": now,
+    }
+
+
+def _drain(sock: zmq.Socket, deadline_s: float) -> tuple[list[_Request], list[tuple[list[bytes], object, str]], list[tuple[list[bytes], str]]]:
+    """Take every queued request (up to BATCH); answer pings, bad and expired messages at once;
+    collect ``SyncStore`` requests (answered when the journal is materialised up to now).
 
     A request older than the requester's deadline is not written: its worker has already
     answered the peer with a failure, and storing it now would keep what was refused.
     """
     batch: list[_Request] = []
     immediate: list[tuple[list[bytes], object, str]] = []
+    syncs: list[tuple[list[bytes], str]] = []
     while len(batch) < BATCH and sock.poll(0, zmq.POLLIN):
         identity, envelope = _bus.receive(sock)
         if isinstance(envelope, MessageError):
@@ -165,26 +466,46 @@ def _drain(sock: zmq.Socket, deadline_s: float) -> tuple[list[_Request], list[tu
             immediate.append((identity, ErrorReply(status=0xA700, reason="request expired"), envelope.id))
         elif isinstance(envelope.message, WriteInstance):
             batch.append(_Request(identity, envelope))
+        elif isinstance(envelope.message, SyncStore):
+            syncs.append((identity, envelope.id))
         elif isinstance(envelope.message, Ping):
             immediate.append((identity, Pong(pid=os.getpid()), envelope.id))
         else:
             reason = f"the writer does not take {envelope.message.kind}"
             immediate.append((identity, ErrorReply(status=0x0110, reason=reason), envelope.id))
-    return batch, immediate
+    return batch, immediate, syncs
 
 
 def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = None) -> int:
-    """Serve write requests until ``stop`` is set; finish the batch in hand first."""
+    """Serve write requests until ``stop`` is set; then materialise everything journaled."""
     ctx = ctx or zmq.Context.instance()
     writer = Writer(config)
-    writer.prepare()
+    try:
+        writer.prepare()
+    except BaseException:
+        writer.close()
+        raise
     sock = _bus.router(ctx, config.endpoint(NAME))
-    log.info("writer ready: store=%s index=%s", writer.store.directory, config.database)
+    log.info("writer ready: store=%s index=%s journal=%s", writer.store.directory, config.database,
+             "on" if writer.journal is not None else "off")
+    syncs: list[tuple[list[bytes], str, int]] = []  # SyncStore requests waiting: identity, corr, seq
+    siblings = _Siblings()
+    code = 0
     try:
         while not stop.is_set():
-            if not sock.poll(200, zmq.POLLIN):
+            if writer.failure is not None:
+                log.error("exiting: %s; the journal is replayed at restart", writer.failure)
+                code = 1
+                break
+            if syncs:
+                syncs = _answer_syncs(sock, writer, syncs)
+            if not sock.poll(5 if syncs else 200, zmq.POLLIN):
                 continue
-            batch, replies = _drain(sock, config.network.write_timeout)
+            batch, replies, new_syncs = _drain(sock, config.network.write_timeout)
+            if batch and writer.journal is not None and siblings.active(batch) >= COMMIT_SIBLINGS:
+                _wait_for_siblings(sock, config, batch, replies, new_syncs)
+            for identity, corr in new_syncs:
+                syncs.append((identity, corr, writer.appended_seq))
             try:
                 replies += writer.handle(batch)
             except NodeError as exc:
@@ -195,8 +516,50 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
                     log.warning("requester gone before its reply (%s)", getattr(message, "kind", "?"))
     finally:
         sock.close(0)
-        writer.index.close()
-    return 0
+        backlog = writer.backlog
+        if backlog and writer.failure is None:
+            log.info("stopping: materialising %d journaled instance(s)", backlog)
+        writer.close()
+    return code
+
+
+class _Siblings:
+    """Which requesters (one DEALER per association) sent writes in the last SIBLING_WINDOW_S."""
+
+    def __init__(self) -> None:
+        self.seen: dict[bytes, float] = {}
+
+    def active(self, batch: list[_Request]) -> int:
+        now = time.monotonic()
+        for r in batch:
+            self.seen[r.identity[0]] = now
+        if len(self.seen) > 4 * BATCH:
+            self.seen = {k: t for k, t in self.seen.items() if t > now - SIBLING_WINDOW_S}
+        return sum(1 for t in self.seen.values() if t > now - SIBLING_WINDOW_S)
+
+
+def _wait_for_siblings(sock: zmq.Socket, config: NodeConfig, batch: list[_Request], replies: list, syncs: list) -> None:
+    """PostgreSQL's commit_delay: with other associations storing, wait up to
+    ``store.commit_delay`` for their requests so that one flush covers them too."""
+    deadline = time.monotonic() + config.store.commit_delay
+    while len(batch) < BATCH:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not sock.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
+            return
+        more, more_replies, more_syncs = _drain(sock, config.network.write_timeout)
+        batch.extend(more)
+        replies.extend(more_replies)
+        syncs.extend(more_syncs)
+
+
+def _answer_syncs(sock: zmq.Socket, writer: Writer, syncs: list[tuple[list[bytes], str, int]]) -> list[tuple[list[bytes], str, int]]:
+    waiting = []
+    for identity, corr, target in syncs:
+        if writer.synced(target):
+            _bus.reply(sock, identity, StoreSynced(seq=target), sender=NAME, corr=corr)
+        else:
+            waiting.append((identity, corr, target))
+    return waiting
 
 
 def main(config: NodeConfig, args: list[str]) -> int:

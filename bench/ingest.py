@@ -9,7 +9,13 @@ every instance, and stops everything by PID in ``finally``.
 
 A sample's time runs from starting the sender process(es) to the exit of the last one: it
 includes process start and association set-up, which weighs on the fastest, shortest runs
-(DCMTK into DCMTK) and makes their figures lower bounds.
+(DCMTK into DCMTK) and makes their figures lower bounds. nodectl's CPU is taken once it has
+materialised every acknowledged instance (its writer's journal, issue 12).
+
+Flushes per acknowledged instance (issue 12): after the timed runs, one more sample of every
+nodectl combination runs the node under ``strace -f --seccomp-bpf`` tracing fsync, fdatasync
+and syncfs only, and counts the calls from the sender's start until everything is
+materialised; that sample's time and CPU are not used (tracing slows the node).
 """
 
 from __future__ import annotations
@@ -161,10 +167,14 @@ def export_ref(ref: str, into: Path) -> Path:
     return into
 
 
-def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: Path, log: Callable[[str], None]) -> dict:
-    """One timed transfer; everything started here is stopped here."""
+def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: Path, log: Callable[[str], None],
+               *, trace_flushes: bool = False) -> dict:
+    """One timed transfer; everything started here is stopped here. ``trace_flushes``: the
+    receiver (nodectl) runs under strace to count its flushes (time and CPU then distorted)."""
     env = peers.base_env(combo.mode == "nodelay", node_source)
     receiver = peers.RECEIVERS[combo.receiver]()
+    if trace_flushes:
+        receiver.trace = True  # type: ignore[attr-defined]
     workdir = Path(tempfile.mkdtemp(prefix="s-", dir=scratch))
     senders: list[subprocess.Popen] = []
     # Other work on the machine (load average at the start) is recorded: it explains outliers.
@@ -177,6 +187,7 @@ def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: 
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         sampler = procs.TreeSampler({"receiver": receiver.pid})
         with sampler:
+            wall_start = time.time()
             start = time.perf_counter()
             for i, cmd in enumerate(commands):
                 proc = procs.start(cmd, log=workdir / f"sender-{i}.log", cwd=workdir, env=env)
@@ -190,7 +201,11 @@ def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: 
                 except subprocess.TimeoutExpired:
                     codes.append(None)
             elapsed = time.perf_counter() - start
+            # nodectl acknowledges from its journal: its files and index rows follow within
+            # ~50 ms; the CPU and flushes of that work belong to the sample.
+            receiver.settle(files.count)
         cpu1 = procs.tree_cpu(receiver.pid)
+        flushes = receiver.flushes_since(wall_start)
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         stored = receiver.stored()
         total = files.total_bytes
@@ -208,6 +223,8 @@ def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: 
             sender_exit=codes,
             stored=stored,
         )
+        if flushes is not None:
+            result.update(flushes=flushes, flushes_per_instance=flushes / files.count)
         problems = []
         if any(code != 0 for code in codes):
             problems.append(f"sender exit {codes}")
@@ -332,7 +349,25 @@ def main(opts) -> int:
         if skipped:
             log(f"time limit {profile.time_limit_s:.0f} s reached: {skipped} sample(s) not run")
 
+        # Flushes (issue 12): one more sample of every nodectl combination under strace,
+        # counted apart, since tracing distorts the time and CPU of the sample it watches.
+        traced: dict[str, list[dict]] = {}
+        if shutil.which("strace"):
+            for combo in combos:
+                if combo.receiver != "nodectl" or time.monotonic() - t0 > profile.time_limit_s:
+                    continue
+                sample = run_sample(combo, sets[combo.fileset], scratch, node_source, log, trace_flushes=True)
+                traced.setdefault(combo.key, []).append(sample)
+                if sample.get("ok") and "flushes_per_instance" in sample:
+                    log(f"flush count {combo.key}: {sample['flushes']} flushes, {sample['flushes_per_instance']:.2f} per instance")
+                else:
+                    log(f"flush count {combo.key}: FAILED {sample.get('error')}")
+
         summaries = {key: summarize(s) for key, s in samples.items()}
+        for key, runs in traced.items():
+            values = [s["flushes_per_instance"] for s in runs if s.get("ok") and "flushes_per_instance" in s]
+            if values and key in summaries:
+                summaries[key]["flushes_per_instance"] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
         finished = dt.datetime.now(dt.timezone.utc)
         results = {
             "schema": 1,
@@ -348,6 +383,7 @@ def main(opts) -> int:
             "targets": evaluate(summaries),
             "skipped_samples": skipped,
             "samples": samples,
+            "flush_samples": traced,
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"

@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from bench import procs
 
 DCMTK_STORESCP = "/usr/bin/storescp"
@@ -78,6 +80,13 @@ class Receiver:
     def stored(self) -> int:
         raise NotImplementedError
 
+    def settle(self, expected: int) -> None:
+        """Return once the receiver holds what it acknowledged (nodectl: materialised)."""
+
+    def flushes_since(self, start: float) -> int | None:
+        """fsync/fdatasync/syncfs calls of the receiver since ``start`` (wall clock); None: not counted."""
+        return None
+
     def stop(self) -> None:
         if self.proc is not None:
             procs.stop(self.proc)
@@ -98,12 +107,23 @@ def _count_files(root: Path, skip: str = "") -> int:
     return n
 
 
+FLUSH_SYSCALLS = ("fsync", "fdatasync", "syncfs")
+
+
 @dataclass
 class NodectlServe(Receiver):
-    """``nodectl serve`` with default workers (CPU count), on 127.0.0.1, port 0 read back."""
+    """``nodectl serve`` with default workers (CPU count), on 127.0.0.1, port 0 read back.
+
+    With ``trace`` the node runs under ``strace -f --seccomp-bpf`` tracing only the flush
+    calls, and ``flushes_since`` counts them from the trace's timestamps. Even filtered, the
+    tracing costs the node CPU (a worker's CPU per small instance went from ~1.0 to ~1.6 ms
+    here), so traced samples count flushes only: their time and CPU are not reported.
+    """
 
     aet: str = "NODE"
     workers: int | None = None
+    node_proc: psutil.Process | None = None
+    trace: bool = False
 
     def command(self, directory: Path) -> list[str]:
         cmd = [sys.executable, "-m", "node.cli", "serve", "--host", procs.LOOPBACK, "--port", "0", "--aet", self.aet,
@@ -117,7 +137,21 @@ class NodectlServe(Receiver):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         log = directory / "receiver.log"
-        self.proc = procs.start(self.command(directory), log=log, cwd=directory, env=env)
+        command = self.command(directory)
+        if self.trace:
+            command = ["strace", "-f", "-qq", "--seccomp-bpf", "-ttt", "-e", "trace=" + ",".join(FLUSH_SYSCALLS),
+                       "-o", str(directory / "flushes.trace"), *command]
+        self.proc = procs.start(command, log=log, cwd=directory, env=env)
+        if command[0] == "strace":
+            deadline = time.monotonic() + 10
+            while self.node_proc is None and time.monotonic() < deadline and self.proc.poll() is None:
+                for child in psutil.Process(self.proc.pid).children():
+                    try:
+                        if "node.cli" in child.cmdline():  # after strace's exec of the command
+                            self.node_proc = child
+                    except psutil.NoSuchProcess:
+                        pass
+                time.sleep(0.01)
         deadline = time.monotonic() + START_TIMEOUT
         marker = "listening on "
         while time.monotonic() < deadline:
@@ -132,9 +166,43 @@ class NodectlServe(Receiver):
             time.sleep(0.05)
         raise TimeoutError(f"nodectl serve not ready after {START_TIMEOUT:.0f} s:\n{self.log_tail()}")
 
+    @property
+    def pid(self) -> int:
+        """nodectl's PID (not strace's): CPU is counted over nodectl's tree."""
+        assert self.proc is not None
+        return self.node_proc.pid if self.node_proc is not None else self.proc.pid
+
     def stored(self) -> int:
         assert self.directory is not None
         return _count_files(self.directory / "store", skip=".incoming")
+
+    def settle(self, expected: int) -> None:
+        """Acknowledged instances reach their final paths shortly after (the writer's journal)."""
+        deadline = time.monotonic() + 60
+        while self.stored() < expected and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def flushes_since(self, start: float) -> int | None:
+        assert self.directory is not None
+        try:
+            text = (self.directory / "flushes.trace").read_text(errors="replace")
+        except OSError:
+            return None
+        count = 0
+        for line in text.splitlines():
+            fields = line.split(None, 2)
+            if len(fields) == 3 and fields[2].startswith(FLUSH_SYSCALLS) and float(fields[1]) >= start:
+                count += 1
+        return count
+
+    def stop(self) -> None:
+        """SIGTERM nodectl itself (strace would detach from it), then wait for strace."""
+        if self.node_proc is not None:
+            try:
+                self.node_proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        super().stop()
 
 
 @dataclass

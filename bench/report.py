@@ -188,14 +188,15 @@ def render(results: dict, path: Path) -> str:
         lines += [
             f"### {title}: {corpus.get('files', '?')} files, {corpus.get('bytes', 0) / 1e6:.1f} MB",
             "",
-            "| sender | receiver | images/s | MB/s | ratios (nodectl ÷ this, " + ("MB/s" if metric == "mb_s" else "images/s") + ") | receiver CPU s / 1000 images | peak RSS receiver | peak RSS sender | good runs |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| sender | receiver | images/s | MB/s | ratios (nodectl ÷ this, " + ("MB/s" if metric == "mb_s" else "images/s") + ") | receiver CPU s / 1000 images | flushes / instance | peak RSS receiver | peak RSS sender | good runs |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for c in group:
             s = summaries.get(c["key"], {})
             lines.append(
                 f"| {SENDER_NAMES[c['sender']]} | {RECEIVER_NAMES[c['receiver']]} | {_spread(s, 'images_s')} | {_spread(s, 'mb_s')} | "
-                f"{_ratios(c, summaries, metric)} | {_spread(s, 'receiver_cpu_s_per_1000')} | {_rss(s, 'receiver')} | {_rss(s, 'sender')} | "
+                f"{_ratios(c, summaries, metric)} | {_spread(s, 'receiver_cpu_s_per_1000')} | {_spread(s, 'flushes_per_instance') if 'flushes_per_instance' in s else '–'} | "
+                f"{_rss(s, 'receiver')} | {_rss(s, 'sender')} | "
                 f"{s.get('ok', 0)}/{s.get('runs', 0)} |"
             )
         lines.append("")

@@ -89,6 +89,16 @@ class StoreConfig:
     rename_retry_jitter: int = 50
     inline_threshold: int = 256 * 1024
     duplicates: str = "overwrite"
+    # Issue 12: a success waits for one journal flush shared by the group; files reach their
+    # final paths in background batches: at most every materialise_interval seconds while
+    # instances keep coming, at once when none came for materialise_idle seconds (a batch
+    # costs ~4 flushes: fewer batches, fewer flushes per instance).
+    journal: bool = True
+    materialise_interval: float = 0.2
+    materialise_idle: float = 0.2
+    # With two or more associations storing, a group waits this long for more requests
+    # before its flush (PostgreSQL's commit_delay); 0 turns it off.
+    commit_delay: float = 0.003
 
 
 @dataclass(frozen=True)
@@ -477,6 +487,8 @@ def validate(config: NodeConfig) -> NodeConfig:
     check_aet(config.aet)
     if config.store.duplicates not in ("overwrite", "keep", "reject"):
         raise ConfigError(f"store.duplicates must be overwrite, keep or reject, not {config.store.duplicates!r}")
+    if min(config.store.materialise_interval, config.store.materialise_idle, config.store.commit_delay) < 0:
+        raise ConfigError("store.materialise_interval, materialise_idle and commit_delay must not be negative")
     if not 0 <= config.store.status <= 0xFFFF:
         raise ConfigError(f"store.status {config.store.status} is not a 16-bit status")
     _validate_security(config)

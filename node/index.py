@@ -104,6 +104,17 @@ MIGRATIONS: Sequence[tuple[int, Sequence[str]]] = (
             "CREATE INDEX commit_transactions_updated ON commit_transactions (updated_at)",
         ),
     ),
+    (
+        4,
+        (
+            # The writer's journal (issue 12): every record up to ``seq`` of journal ``journal_id``
+            # is at its final path and in ``instances``; updated in the same transaction as the rows.
+            """CREATE TABLE journal_checkpoints (
+                journal_id TEXT PRIMARY KEY,
+                seq BIGINT NOT NULL
+            )""",
+        ),
+    ),
 )
 
 
@@ -136,6 +147,12 @@ _UPSERT = (
 )
 
 
+_CHECKPOINT = (
+    "INSERT INTO journal_checkpoints (journal_id, seq) VALUES (?,?) "
+    "ON CONFLICT (journal_id) DO UPDATE SET seq = excluded.seq"
+)
+
+
 class Index:
     """The index of stored instances (SQLite file or PostgreSQL URL, see ``node.db``)."""
 
@@ -165,8 +182,9 @@ class Index:
                 current = version
         return current
 
-    def record(self, rows: Iterable[InstanceRow]) -> None:
-        """Insert or replace rows in one durable transaction."""
+    def record(self, rows: Iterable[InstanceRow], *, checkpoint: tuple[str, int] | None = None) -> None:
+        """Insert or replace rows in one durable transaction; with ``checkpoint``
+        (journal id, seq), record in the same transaction that the journal is materialised up to seq."""
         values = [
             (
                 r.sop_instance_uid, r.sop_class_uid, r.study_uid, r.series_uid, r.patient_id,
@@ -174,10 +192,21 @@ class Index:
             )
             for r in rows
         ]
-        if not values:
+        if not values and checkpoint is None:
             return
         with self.db.transaction("index write") as conn:
-            conn.executemany(_UPSERT, values)
+            if values:
+                conn.executemany(_UPSERT, values)
+            if checkpoint is not None:
+                conn.execute(_CHECKPOINT, checkpoint)
+
+    def checkpoint(self, journal_id: str) -> int:
+        """The seq up to which journal ``journal_id`` is materialised (0: nothing yet)."""
+        try:
+            row = self.db.execute("SELECT seq FROM journal_checkpoints WHERE journal_id = ?", (journal_id,)).fetchone()
+        except self.db.errors as exc:
+            raise StorageError(f"index read failed: {exc}") from None
+        return int(row[0]) if row else 0
 
     def get(self, sop_instance_uid: str) -> InstanceRow | None:
         """The row of one instance, or None."""

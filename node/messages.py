@@ -141,7 +141,8 @@ class WriteInstance:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class InstanceWritten:
-    """The writer's reply: the file is on disk (fsync, rename, directory fsync) and indexed."""
+    """The writer's reply: the instance is durable, in the journal (its file reaches ``path``
+    and the index shortly after) or, on the direct path, at ``path`` and indexed."""
 
     kind: ClassVar[str] = "instance.written"
     sop_instance_uid: str
@@ -149,6 +150,22 @@ class InstanceWritten:
     size: int
     replaced: bool = False
     kept: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SyncStore:
+    """Ask the writer to answer once every instance it acknowledged before is materialised
+    (at its final path and in the index); the commitment tracker sends it before it checks."""
+
+    kind: ClassVar[str] = "store.sync"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoreSynced:
+    """The writer's answer to ``SyncStore``: journal records up to ``seq`` are materialised."""
+
+    kind: ClassVar[str] = "store.synced"
+    seq: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -344,7 +361,8 @@ Message = WorkerReady | HandOff | AssociationEnded | WriteInstance | InstanceWri
 KINDS: dict[str, type] = {
     cls.kind: cls
     for cls in (
-        WorkerReady, NodeLoad, HandOff, AssociationEnded, AdmitAssociation, AdmitAnswer, WriteInstance, InstanceWritten, ErrorReply, Ping, Pong,
+        WorkerReady, NodeLoad, HandOff, AssociationEnded, AdmitAssociation, AdmitAnswer, WriteInstance, InstanceWritten,
+        SyncStore, StoreSynced, ErrorReply, Ping, Pong,
         StatusRequest, ListenerStatus, *COMMITMENT_MESSAGES,
     )
 }

@@ -1,7 +1,9 @@
 """Making received instances durable: temp file, fsync, atomic rename, directory fsync.
 
 Only the storage writer calls this module, so there is exactly one writer of the store.
-A C-STORE success is sent only after ``Store.commit`` returned for its instance:
+Two ways in: ``Store.materialise`` copies instances the writer's journal already made durable
+(``node.journal``) to their final paths in batches, two ``syncfs`` per batch; ``Store.commit``
+is the direct path (spooled instances, or no journal), after which the success is sent:
 
 1. the file is written in full to ``<directory>/.incoming/tmp/`` (same filesystem);
 2. the file is fdatasynced, so its bytes are on disk (fdatasync flushes the data and the
@@ -17,6 +19,7 @@ temp files left by a crash are removed when the writer starts (``Store.prepare``
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import random
@@ -184,6 +187,75 @@ class Store:
                     raise StorageError(f"rename to {final} failed: {exc.strerror}", status=0x0110) from None
                 time.sleep(random.uniform(0, self.rename_retry_jitter_ms / 1000))
 
+    def check_target(self, relpath: str) -> Path:
+        """The final path of ``relpath`` if a write there can succeed later (the journal's
+        instances are materialised after their success was sent): inside the store, not a
+        directory, and every existing ancestor a directory."""
+        final = self.final_path(relpath)
+        if os.path.isdir(final):
+            raise PathError(f"{final} is a directory")
+        probe = os.path.dirname(final)
+        while not os.path.isdir(probe):
+            if os.path.lexists(probe):
+                raise PathError(f"{probe} is not a directory")
+            probe = os.path.dirname(probe)
+        return final
+
+    def materialise(
+        self, source_fd: int, items: Sequence[tuple[Path, int, int]], *, obsolete: Sequence[Path] = ()
+    ) -> list[StorageError | None]:
+        """Copy journaled files to their final paths with two flushes for the whole batch.
+
+        ``items`` are (final path, offset, length) of file bytes in ``source_fd``. Every temp
+        file is filled (``copy_file_range``), then one ``syncfs`` makes all their data durable,
+        then each is renamed over its final path and the ``obsolete`` files (replaced by an
+        overwrite at another path) are removed, then a second ``syncfs`` makes the renames,
+        removals and the parent directories created durable. A final path thus only ever
+        names a file whose bytes were on disk before the name was. One error (or None) per item.
+        """
+        errors: list[StorageError | None] = []
+        temps: list[tuple[Path, Path] | None] = []
+        for final, offset, length in items:
+            try:
+                self._make_parents(final.parent)
+                fd, tmp = self._open_temp(final.name)
+            except StorageError as exc:
+                errors.append(exc)
+                temps.append(None)
+                continue
+            try:
+                _copy_range(source_fd, offset, length, fd)
+            except OSError as exc:
+                os.close(fd)
+                os.unlink(tmp)
+                errors.append(StorageError(f"writing {final.name} failed: {exc.strerror}"))
+                temps.append(None)
+                continue
+            os.close(fd)
+            errors.append(None)
+            temps.append((tmp, final))
+        try:
+            sync_filesystem(self.tmp_dir)
+        except OSError as exc:
+            for pair in temps:
+                if pair is not None:
+                    pair[0].unlink(missing_ok=True)
+            return [StorageError(f"syncfs failed: {exc.strerror}")] * len(items)
+        for n, pair in enumerate(temps):
+            if pair is None:
+                continue
+            try:
+                self._rename(*pair)
+            except StorageError as exc:
+                errors[n] = exc
+        for path in obsolete:
+            path.unlink(missing_ok=True)
+        try:
+            sync_filesystem(self.tmp_dir)
+        except OSError as exc:
+            return [StorageError(f"syncfs failed: {exc.strerror}")] * len(items)
+        return errors
+
     def remove(self, path: Path) -> None:
         """Remove a file that an overwrite made obsolete (its directory is fsynced)."""
         try:
@@ -210,6 +282,31 @@ def _copy_spool(spool: str, offset: int, fd: int) -> int:
     except OSError as exc:
         raise StorageError(f"cannot read spooled dataset: {exc.strerror}") from None
     return copied
+
+
+def _copy_range(source_fd: int, offset: int, length: int, fd: int) -> None:
+    """Copy ``length`` bytes at ``offset`` of ``source_fd`` to the end of ``fd``, in the kernel."""
+    while length > 0:
+        n = os.copy_file_range(source_fd, fd, min(length, _COPY_CHUNK), offset)
+        if n == 0:
+            raise OSError(errno.EIO, "journal shorter than its record")
+        offset += n
+        length -= n
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def sync_filesystem(directory: Path) -> None:
+    """syncfs(2) on the filesystem holding ``directory``: every dirty page and pending journal
+    transaction of that filesystem reaches the disk (one flush for many files)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    finally:
+        os.close(fd)
 
 
 def fsync_directory(directory: Path) -> None:

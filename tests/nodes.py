@@ -27,6 +27,7 @@ class RunningNode:
     def __init__(self, args: Sequence[str], *, cwd: Path, port: int, env: dict[str, str] | None = None) -> None:
         self.cwd = cwd
         self.port = port
+        self.args = list(args)
         self.log_path = cwd / f"nodectl-{port}.log"
         # nodectl binds its ports before the actors start: an open port is not a ready node.
         self.ready_path = cwd / f"nodectl-{port}.ready"
@@ -76,6 +77,16 @@ class RunningNode:
                 continue
         return out
 
+    def materialised(self, timeout: float = 30.0) -> "RunningNode":
+        """Wait until every instance the node acknowledged is at its final path and indexed.
+
+        The writer answers C-STORE from its journal and materialises shortly after (issue 12);
+        a test that reads the store or the index right after a sender exits asks the writer,
+        as the commitment tracker does (``SyncStore``), instead of guessing a delay.
+        """
+        materialised(self.children("run writer"), timeout)
+        return self
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
@@ -99,6 +110,24 @@ class RunningNode:
             except ProcessLookupError:
                 pass
         return self.proc.returncode
+
+
+def materialised(writers: Sequence[psutil.Process], timeout: float = 30.0) -> None:
+    """``SyncStore`` to the writer whose process is in ``writers`` (its --config names the endpoint)."""
+    import zmq
+
+    from actors import _bus
+    from node import config as configuration
+    from node.messages import SyncStore
+
+    assert len(writers) == 1, f"expected one writer process, found {len(writers)}"
+    cmdline = writers[0].cmdline()
+    config = configuration.load_file(Path(cmdline[cmdline.index("--config") + 1]))
+    sock = _bus.dealer(zmq.Context.instance(), config.endpoint("writer"))
+    try:
+        _bus.request(sock, SyncStore(), sender="test", timeout=timeout)
+    finally:
+        sock.close(0)
 
 
 def _alive(pid: int) -> bool:

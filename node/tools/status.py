@@ -8,7 +8,9 @@ It finds the node by its run directory (``--run-dir``, or the one ``--config`` n
   counts from its rotation);
 * each listener (``StatusRequest`` on its ROUTER): associations in progress, per worker;
 * the index database (read-only): instances stored, commitment transactions by state, the
-  report outbox by state.
+  report outbox by state;
+* the writer's journal (read-only, with the index's checkpoint): instances acknowledged but
+  not yet at their final paths and in the index (the backlog, issue 12).
 
 Exit status: 0 every process running; 1 the node is not running or a process is not
 RUNNING; 2 usage or configuration error.
@@ -155,7 +157,36 @@ def collect(run_dir: Path) -> dict[str, Any]:
         "processes": procs,
         "listeners": listeners(config),
         "database": database(config),
+        "journal": journal_backlog(config),
     }
+
+
+def journal_backlog(config: NodeConfig) -> dict[str, Any]:
+    """Acknowledged instances the writer has not materialised yet (from the journal file)."""
+    from node import db, journal
+    from node.errors import StorageError
+
+    if not journal.enabled(config):
+        return {"enabled": False}
+    path = journal.path_for(config.directory)
+    jid = journal.journal_id(path)
+    checkpoint = 0
+    if jid:
+        try:
+            conn = db.connect(config.database, readonly=True)
+        except StorageError as exc:
+            return {"enabled": True, "error": str(exc)}
+        try:
+            row = conn.execute("SELECT seq FROM journal_checkpoints WHERE journal_id = ?", (jid,)).fetchone()
+            checkpoint = int(row[0]) if row else 0
+        except conn.errors:
+            checkpoint = 0
+        finally:
+            conn.close()
+    try:
+        return {"enabled": True, **journal.backlog(path, checkpoint)}
+    except OSError as exc:
+        return {"enabled": True, "error": str(exc)}
 
 
 def render(status: dict[str, Any]) -> str:
@@ -180,6 +211,11 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"instances stored: {db['instances']}")
         lines.append(f"commitment transactions: {_states(db['transactions'])}")
         lines.append(f"report outbox: {_states(db['outbox'])}")
+    jr = status.get("journal", {})
+    if "error" in jr:
+        lines.append(f"journal: {jr['error']}")
+    elif jr.get("enabled"):
+        lines.append(f"journal backlog (acknowledged, not yet at their final paths): {jr['instances']} instances, {jr['bytes']} bytes")
     return "\n".join(lines)
 
 

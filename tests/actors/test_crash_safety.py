@@ -2,16 +2,21 @@
 
 Several ``tests.crash_sender`` subprocesses (pynetdicom SCUs) store new CT images, each
 recording every status it was answered with. Meanwhile the test kills, with SIGKILL and by PID,
-a randomly chosen worker, the writer or the listener, waits for supervisord to restart it, and
-goes on. Afterwards, for each ``store.duplicates`` policy:
+a randomly chosen worker, the writer (with several associations storing, most often in the
+middle of a journal group or a materialising batch), the listener, or the whole process tree
+(nodectl, supervisord, every actor: what a power cut does to the processes), waits for
+supervisord to restart the actor (or starts the node again on the same port and
+directories), and goes on. At the end the whole tree is killed once more and the node started
+again, so the check below sees what the writer's journal replay restored, not what a SIGTERM
+materialised. Afterwards, for each ``store.duplicates`` policy:
 
 * every SOP Instance UID answered 0x0000 is in the index and its file holds, byte for byte,
   the dataset that was sent;
 * no temp or partial file is visible outside ``<store>/.incoming/``;
 * an instance sent more than once (re-sent after a drop, or on purpose) is one file.
 
-The short variant (3 rounds: one kill of each kind) runs in the default suite; the slow one
-(``-m slow``, at least 20 rounds) is bounded by its round count and a wall-clock budget.
+The short variant (4 rounds: one kill of each kind) runs in the default suite; the slow one
+(``-m slow``, at least 20 rounds per policy) is bounded by its round count and a wall-clock budget.
 Commitment: transactions whose N-ACTION was answered with success get their report though
 the tracker is killed between them (``test_commitment_reports_survive_tracker_kills``).
 """
@@ -37,7 +42,7 @@ from tests.support import NODECTL, dataset_bytes, free_port, have, start_process
 
 REPO = Path(__file__).parents[2]
 DUPLICATE_REJECTED = 0x0111
-KINDS = ("run worker", "run writer", "run listener")
+KINDS = ("run worker", "run writer", "run listener", "tree")
 
 
 @dataclass
@@ -91,8 +96,30 @@ def _kill_one(node: RunningNode, rng: random.Random, kind: str) -> str:
     return f"{kind}:{victim.pid}"
 
 
+def _kill_tree(node: RunningNode) -> RunningNode:
+    """SIGKILL every process of the node by PID (nodectl first, so nothing restarts them), wait
+    until all are gone, then start the node again on the same port, store and index."""
+    pids = node.tree_pids()
+    for pid in [node.proc.pid, *sorted(pids - {node.proc.pid})]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    node.proc.wait(timeout=10)
+    wait_until(lambda: not any(_alive(pid) for pid in pids), 20, "every process of the node gone after SIGKILL")
+    return RunningNode(node.args, cwd=node.cwd, port=node.port).wait_ready(timeout=60)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def run_rounds(tmp_path: Path, *, policy: str, rounds: int, senders: int, per_sender: int, budget: float, seed: int) -> tuple[RunningNode, Outcome]:
-    """Start a node and senders, kill ``rounds`` actors while they send, stop the senders."""
+    """Start a node and senders, kill ``rounds`` times while they send, stop the senders, then
+    kill the whole tree and start the node again (the journal's replay is what gets checked)."""
     rng = random.Random(seed)
     node = serve(tmp_path, "--config", str(_config(tmp_path, policy)), workers=2)
     started = time.monotonic()
@@ -100,16 +127,22 @@ def run_rounds(tmp_path: Path, *, policy: str, rounds: int, senders: int, per_se
     kills: list[str] = []
     try:
         wait_until(lambda: all(_answered(tmp_path / f"acks{n}.jsonl") >= 3 for n in range(senders)), 60, "every sender answered")
-        order = [KINDS[r % 3] for r in range(rounds)]
+        order = [KINDS[r % len(KINDS)] for r in range(rounds)]
         rng.shuffle(order)
         for kind in order:
             if time.monotonic() - started > budget:
                 break
             time.sleep(rng.uniform(0.5, 1.5))  # let traffic flow between kills
-            kills.append(_kill_one(node, rng, kind))
+            if kind == "tree":
+                node = _kill_tree(node)
+                kills.append("tree")
+            else:
+                kills.append(_kill_one(node, rng, kind))
         (tmp_path / "stop").touch()
         for proc in procs:
             proc.wait(timeout=max(10.0, budget - (time.monotonic() - started)) + 30)
+        node = _kill_tree(node)
+        node.materialised()
     except BaseException:
         node.stop()
         raise
@@ -157,18 +190,18 @@ def check_nothing_acknowledged_lost(tmp_path: Path, outcome: Outcome, policy: st
 @pytest.mark.skipif(not have("/usr/bin/storescu"), reason="DCMTK not installed (tests.nodes serve)")
 @pytest.mark.parametrize("policy", ["keep", pytest.param("overwrite", marks=pytest.mark.slow), pytest.param("reject", marks=pytest.mark.slow)])
 def test_short_kill_rounds_lose_nothing_acknowledged(tmp_path: Path, policy: str) -> None:
-    node, outcome = run_rounds(tmp_path, policy=policy, rounds=3, senders=3, per_sender=400, budget=40.0, seed=7)
+    node, outcome = run_rounds(tmp_path, policy=policy, rounds=4, senders=3, per_sender=400, budget=40.0, seed=7)
     try:
         counts = check_nothing_acknowledged_lost(tmp_path, outcome, policy)
         print(f"{policy}: {counts}, {outcome.seconds:.1f} s, kills {outcome.kills}")
-        assert counts["kills"] == 3
+        assert counts["kills"] == 4
     finally:
         node.stop()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["overwrite", "keep", "reject"])
-def test_twenty_four_kill_rounds_lose_nothing_acknowledged(tmp_path: Path, policy: str) -> None:
+def test_twenty_four_kill_rounds_lose_nothing_acknowledged(tmp_path: Path, policy: str) -> None:  # 6 of each kind
     seed = int(os.environ.get("CRASH_SEED", "20240"))
     node, outcome = run_rounds(tmp_path, policy=policy, rounds=24, senders=4, per_sender=5000, budget=240.0, seed=seed)
     try:

@@ -75,6 +75,7 @@ port = {metrics_port}
             make_ct(tmp_path / "in" / f"{n}.dcm")
         subprocess.run([*NODECTL, "storescu", "127.0.0.1", str(port), str(tmp_path / "in"), "-aec", "NODE", "--recurse"],
                        capture_output=True, timeout=60, check=True)
+        node.materialised()  # nodectl_instances counts the index, which follows the journal
         url = f"http://127.0.0.1:{metrics_port}/metrics"
 
         def scrape() -> str:

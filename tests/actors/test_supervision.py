@@ -72,6 +72,7 @@ def test_serve_stores_and_indexes_with_embedded_defaults(node: RunningNode, tmp_
         make_ct(path)
     result = subprocess.run(["/usr/bin/storescu", "-aec", "NODE", "127.0.0.1", str(node.port), *map(str, files)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    node.materialised()
     import sqlite3
 
     with sqlite3.connect(tmp_path / "node.sqlite") as db:
@@ -93,6 +94,10 @@ def test_serve_stops_cleanly_with_nothing_left_running(tmp_path: Path) -> None:
 
 
 def test_worker_killed_mid_association_is_restarted_while_the_listener_keeps_accepting(node: RunningNode, tmp_path: Path) -> None:
+    # The listener accepts as soon as one worker joined; "the other worker" must have joined
+    # too before one is killed (a C-STORE now answered from the journal makes the test faster
+    # than the second worker's start-up).
+    wait_until(lambda: len(set(re.findall(r"(worker-\d+) joined", node.log()))) >= 2, 30, "both workers joined the listener")
     listener_pid = actor_pid(node, "run listener")
     assoc = associate(node.port)
     assert assoc.is_established
@@ -113,6 +118,7 @@ def test_worker_killed_mid_association_is_restarted_while_the_listener_keeps_acc
     assert store_ok(node.port, after)
     wait_until(lambda: restarted(node, f"--worker-id {worker_name.split('-')[1]}", victim), 15, "supervisor to restart the worker")
     assert actor_pid(node, "run listener") == listener_pid
+    node.materialised()
     assert (tmp_path / "store" / dcmread(after).SOPInstanceUID).is_file()
 
 
@@ -130,6 +136,7 @@ def test_writer_and_listener_killed_are_restarted_and_storing_resumes(node: Runn
         time.sleep(0.2)
     result = subprocess.run(["/usr/bin/storescu", "-aec", "NODE", "127.0.0.1", str(node.port), str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    node.materialised()
     stored = tmp_path / "store" / dcmread(path).SOPInstanceUID
     assert stored.is_file() and dataset_bytes(stored) == dataset_bytes(path)
 
@@ -207,6 +214,7 @@ def test_writer_and_tracker_on_tcp_endpoints(tmp_path: Path) -> None:
         path = tmp_path / "tcp.dcm"
         make_ct(path)
         assert store_ok(running.port, path)
+        running.materialised()
         assert dataset_bytes(tmp_path / "store" / dcmread(path).SOPInstanceUID) == dataset_bytes(path)
     finally:
         running.stop()

@@ -63,6 +63,7 @@ def test_dcmtk_echoscu_and_storescu_over_tls_with_a_client_certificate(tls_node:
     store = subprocess.run(["/usr/bin/storescu", "-v", *tls, "-aec", "NODE", "127.0.0.1", str(tls_node.port), str(path)],
                            capture_output=True, text=True, timeout=60)
     assert "Received Store Response (Success)" in store.stdout + store.stderr, store.stdout + store.stderr
+    tls_node.materialised()
     stored = tls_node.cwd / "store" / dcmread(path).SOPInstanceUID
     assert dataset_bytes(stored) == dataset_bytes(path)
     assert "TLS TLSv1." in tls_node.log()

@@ -24,7 +24,7 @@ from actors._pdu import read_pdu
 from actors.inproc import InprocNode
 from node import acceptor, requestor
 from node.config import ListenerConfig, NetworkConfig, NodeConfig
-from tests.support import dataset_bytes, have, make_ct
+from tests.support import dataset_bytes, have, make_ct, wait_until
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -84,7 +84,8 @@ def test_a_commitment_request_falls_back_to_pynetdicom(lean_node: tuple[InprocNo
     assert assoc.send_c_store(dcmread(path)).Status == 0
     assoc.release()
     assert any("pynetdicom's association serves it" in r.getMessage() for r in caplog.records)
-    assert (tmp_path / "store" / dcmread(path).SOPInstanceUID).exists()
+    stored = tmp_path / "store" / dcmread(path).SOPInstanceUID  # the writer materialises it just after the success
+    wait_until(stored.exists, 10, f"{stored.name} materialised")
 
 
 def raw_association(port: int) -> tuple[socket.socket, int]:

@@ -57,3 +57,12 @@ def test_missing_or_extra_fields_are_refused() -> None:
 def test_garbage_frames_are_a_message_error(frames: list[bytes]) -> None:
     with pytest.raises(MessageError):
         unpack(frames)
+
+
+def test_store_sync_and_its_answer_round_trip() -> None:
+    from node.messages import StoreSynced, SyncStore
+
+    request = unpack(pack(SyncStore(), sender="tracker", msg_id="abc"))
+    assert isinstance(request.message, SyncStore) and request.id == "abc"
+    answer = unpack(pack(StoreSynced(seq=(1 << 32) + 5), sender="writer", corr="abc"))
+    assert answer.message == StoreSynced(seq=(1 << 32) + 5) and answer.corr == "abc"

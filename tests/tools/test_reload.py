@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 
 from node import config as configuration
@@ -94,6 +95,10 @@ def test_sighup_reloads_the_access_table_in_the_workers(tmp_path: Path) -> None:
     write(["MODALITY"])
     node = RunningNode(["serve", "--config", str(conf)], cwd=tmp_path, port=port).wait_ready()
     try:
+        # nodectl signals only programs supervisord reports RUNNING (startsecs=1): a SIGHUP in
+        # the first second after the port opens would reach nobody ("signalled -").
+        wait_until(lambda: all(time.time() - p.create_time() > 1.5 for p in node.children(" run ")), 20,
+                   "every actor past supervisord's startsecs")
         workers = {p.pid for p in node.children("run worker")}
         ae = AE(ae_title="LATECOMER")
         ae.add_requested_context(VERIFICATION)

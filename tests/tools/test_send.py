@@ -374,6 +374,7 @@ def test_tls_send_into_our_tls_node(tmp_path: Path, tls_certs: Any, tls_node: An
     sent = make_files(tmp_path / "in", 2)
     result = send("-j", 2, "-aec", "NODE", *tls_client(tls_certs), "127.0.0.1", tls_node.port, tmp_path / "in")
     assert result.returncode == 0, result.stderr
+    tls_node.materialised()
     for uid, path in sent.items():
         assert dataset_bytes(tls_node.cwd / "store" / uid) == dataset_bytes(path)
     anonymous = send("-aec", "NODE", "--tls-ca", tls_certs.ca, "127.0.0.1", tls_node.port, tmp_path / "in" / "0000.dcm")

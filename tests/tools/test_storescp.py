@@ -137,6 +137,7 @@ def test_dcmtk_storescu_files_land_at_the_pattern_paths_intact(pattern_node: tup
     result = subprocess.run([DCMTK_STORESCU, "-aec", "STORESCP", "-aet", "MODALITY", "127.0.0.1", str(node.port), *map(str, files)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    node.materialised()
     for path in files:
         ds = dcmread(path)
         target = store / "P-DCMTK" / study / series / f"{ds.SOPInstanceUID}.dcm"
@@ -157,6 +158,7 @@ def test_pynetdicom_storescu_files_arrive_intact(pattern_node: tuple[RunningNode
     result = subprocess.run([sys.executable, "-m", "pynetdicom", "storescu", "-aec", "STORESCP", "127.0.0.1", str(node.port), *map(str, paths)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+    node.materialised()
     for path, ds in zip(paths, sent):
         target = store / "P-PYNET" / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
         assert target.is_file()
@@ -173,6 +175,7 @@ def test_missing_patient_id_collapses_the_empty_component(pattern_node: tuple[Ru
     raw.save_as(ds_file, enforce_file_format=True)
     report = raw_store(node.port, ds_file, aec="STORESCP")
     assert report["results"][0]["status"] == 0
+    node.materialised()
     assert (store / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm").is_file()
 
 
@@ -183,6 +186,7 @@ def test_hostile_attribute_values_never_leave_the_directory(pattern_node: tuple[
     ds = make_ct(path, patient_id=hostile)
     report = raw_store(node.port, path, aec="STORESCP")
     status = report["results"][0]["status"]
+    node.materialised()
     outside = [p for p in node.cwd.rglob("*") if p.is_file() and ds.SOPInstanceUID in p.name and store not in p.parents]
     assert outside == []
     if status == 0:  # a value that collapses harmlessly ("/" -> empty component) may be stored inside
@@ -226,6 +230,7 @@ def test_sending_the_same_instance_twice_keeps_one_file(pattern_node: tuple[Runn
     first = raw_store(node.port, path, aec="STORESCP")
     second = raw_store(node.port, path, aec="STORESCP")
     assert first["results"][0]["status"] == second["results"][0]["status"] == 0
+    node.materialised()
     assert len(list((store / "P-TWICE").rglob("*.dcm"))) == 1
 
 
@@ -296,6 +301,7 @@ def test_accept_unknown_stores_a_private_sop_class_and_status_is_configured(poli
     raw.save_as(path, enforce_file_format=True)
     report = raw_store(node.port, path, aet="MODALITY1")
     assert report["results"][0]["status"] == 0x0110  # --status 0110H on every response
+    node.materialised()
     stored = store / ds.SOPInstanceUID  # no --filepath: named after the SOP Instance UID
     assert stored.is_file()
     assert dataset_bytes(stored) == dataset_bytes(path)

@@ -1,0 +1,315 @@
+"""The writer's journal seen from outside (issue 12): a node whose materialiser is held back
+(``store.materialise_interval`` and ``materialise_idle`` 60 s), so acknowledged instances stay in the journal, not yet
+at their final paths, while the test checks what must still hold:
+
+* a Storage Commitment request finds them (the tracker waits for the writer's ``SyncStore``);
+* duplicate policies see them (``reject`` answers 0x0111, ``keep`` 0x0000 with one file);
+* ``nodectl status`` shows the backlog; SIGTERM materialises it before the node stops;
+* SIGKILL of the writer: the restarted writer materialises them from the journal.
+
+The materialiser's first batch is not held back (nothing came before it), so each test first
+stores one instance of its own to use it up.
+
+Also here: the order of flush and success seen in the system calls (strace), and, in one
+process without sockets, the journal going back to its head lap after lap and a writer
+killed with instances still unmaterialised (the later copy of an instance sent twice must win
+the replay).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import psutil
+import pytest
+from pydicom import dcmread
+
+from tests.nodes import RunningNode, serve
+from tests.support import NODECTL, dataset_bytes, free_port, have, make_ct, start_process, stop_process, wait_for_port, wait_until
+
+pytestmark = pytest.mark.skipif(not have("/usr/bin/storescu"), reason="DCMTK not installed")
+DUPLICATE_REJECTED = 0x0111
+
+
+def _node(tmp_path: Path, policy: str = "overwrite") -> RunningNode:
+    (tmp_path / "node.toml").write_text(f'[store]\nduplicates = "{policy}"\nmaterialise_interval = 60.0\nmaterialise_idle = 60.0\n')
+    node = serve(tmp_path, "--config", str(tmp_path / "node.toml"), workers=1)
+    first = make_ct(tmp_path / "in" / "first.dcm")
+    assert _store(node, tmp_path / "in" / "first.dcm") == 0
+    wait_until(lambda: _indexed(tmp_path, first.SOPInstanceUID), 20, "the first instance materialised")
+    return node
+
+
+def _store(node: RunningNode, path: Path) -> int | None:
+    """C-STORE one file with pynetdicom; the status, or None without one."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(CTImageStorage, dcmread(path).file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", node.port, ae_title="NODE")
+    assert assoc.is_established
+    try:
+        status = assoc.send_c_store(path)
+        return int(status.Status) if status and "Status" in status else None
+    finally:
+        assoc.release()
+
+
+def _indexed(tmp_path: Path, uid: str) -> str | None:
+    with sqlite3.connect(tmp_path / "node.sqlite") as db:
+        row = db.execute("SELECT path FROM instances WHERE sop_instance_uid = ?", (uid,)).fetchone()
+    return row[0] if row else None
+
+
+def _files(tmp_path: Path) -> list[Path]:
+    store = tmp_path / "store"
+    return [p for p in store.rglob("*") if p.is_file() and ".incoming" not in p.relative_to(store).parts]
+
+
+def _status(tmp_path: Path) -> dict:
+    result = subprocess.run([*NODECTL, "status", "--json", "--config", str(tmp_path / "node.toml")],
+                            capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    return json.loads(result.stdout)
+
+
+def test_commitment_finds_instances_acknowledged_but_not_yet_materialised(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    try:
+        ds = make_ct(tmp_path / "in" / "held.dcm")
+        assert _store(node, tmp_path / "in" / "held.dcm") == 0
+        assert _indexed(tmp_path, ds.SOPInstanceUID) is None, "materialised at once: the test holds nothing back"
+        out = tmp_path / "out"
+        out.mkdir()
+        result = subprocess.run([*NODECTL, "stcomscu", "-aec", "NODE", "-od", str(out), "+tuf", str(out / "tx.txt"), "-te", "20",
+                                 "127.0.0.1", str(node.port), str(tmp_path / "in" / "held.dcm")],
+                                capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        uid = (out / "tx.txt").read_text().strip()
+        report = dcmread(out / f"{uid}.rsp.OK.dcm")
+        assert [r.ReferencedSOPInstanceUID for r in report.ReferencedSOPSequence] == [ds.SOPInstanceUID]
+        assert "FailedSOPSequence" not in report
+        path = _indexed(tmp_path, ds.SOPInstanceUID)
+        assert path is not None and dataset_bytes(Path(path)) == dataset_bytes(tmp_path / "in" / "held.dcm")
+    finally:
+        node.stop()
+
+
+@pytest.mark.parametrize("policy", ["reject", "keep"])
+def test_duplicate_policies_see_instances_still_in_the_journal(tmp_path: Path, policy: str) -> None:
+    node = _node(tmp_path, policy)
+    try:
+        ds = make_ct(tmp_path / "in" / "dup.dcm")
+        assert _store(node, tmp_path / "in" / "dup.dcm") == 0
+        assert _indexed(tmp_path, ds.SOPInstanceUID) is None
+        again = _store(node, tmp_path / "in" / "dup.dcm")
+        assert again == (DUPLICATE_REJECTED if policy == "reject" else 0)
+    finally:
+        assert node.stop() == 0
+    assert _indexed(tmp_path, ds.SOPInstanceUID) is not None
+    assert len(_files(tmp_path)) == 2  # the first instance and this one, once
+
+
+def test_status_shows_the_backlog_and_sigterm_materialises_it(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    sent = []
+    try:
+        for n in range(3):
+            make_ct(tmp_path / "in" / f"b{n}.dcm")
+            assert _store(node, tmp_path / "in" / f"b{n}.dcm") == 0
+            sent.append(tmp_path / "in" / f"b{n}.dcm")
+        status = _status(tmp_path)
+        assert status["journal"]["enabled"] is True
+        assert status["journal"]["instances"] == 3, status["journal"]
+    finally:
+        assert node.stop() == 0
+    for path in sent:
+        stored = _indexed(tmp_path, dcmread(path).SOPInstanceUID)
+        assert stored is not None and dataset_bytes(Path(stored)) == dataset_bytes(path)
+
+
+def test_a_killed_writer_materialises_the_journal_when_it_restarts(tmp_path: Path) -> None:
+    node = _node(tmp_path)
+    try:
+        ds = make_ct(tmp_path / "in" / "k.dcm")
+        assert _store(node, tmp_path / "in" / "k.dcm") == 0
+        assert _indexed(tmp_path, ds.SOPInstanceUID) is None
+        (writer,) = node.children("run writer")
+        os.kill(writer.pid, signal.SIGKILL)
+        wait_until(lambda: _indexed(tmp_path, ds.SOPInstanceUID) is not None, 30, "the restarted writer replayed the journal")
+        assert dataset_bytes(Path(_indexed(tmp_path, ds.SOPInstanceUID))) == dataset_bytes(tmp_path / "in" / "k.dcm")
+        assert "materialised 1 acknowledged instance(s)" in node.log()
+    finally:
+        node.stop()
+
+
+# ----- ordering, from the system calls -------------------------------------------------------------
+
+_SYSCALL = re.compile(r"^(\d+)\s+(\d+\.\d+) (?:<\.\.\. (\w+) resumed>|(\w+)\()(.*)$")
+_FLUSHES = ("fsync", "fdatasync", "syncfs")
+
+
+def _parse_trace(text: str) -> list[tuple[int, str, float, float, str]]:
+    """(pid, syscall, entry time, return time, arguments text) from ``strace -f -ttt -T``."""
+    calls = []
+    unfinished: dict[int, tuple[str, float, str]] = {}
+    for line in text.splitlines():
+        m = _SYSCALL.match(line)
+        if not m:
+            continue
+        pid, ts, resumed, name, rest = int(m[1]), float(m[2]), m[3], m[4], m[5]
+        if rest.endswith(" <unfinished ...>"):
+            unfinished[pid] = (name, ts, rest[: -len(" <unfinished ...>")])
+            continue
+        duration = re.search(r"<(\d+\.\d+)>$", rest)
+        if resumed:
+            if pid not in unfinished:
+                continue
+            name, ts, head = unfinished.pop(pid)
+            rest = head + rest
+        calls.append((pid, name, ts, ts + (float(duration[1]) if duration else 0.0), rest))
+    return calls
+
+
+@pytest.mark.skipif(not have("strace"), reason="strace not installed (bash .ci/run installs it)")
+def test_every_success_leaves_after_the_flush_that_covers_it(tmp_path: Path) -> None:
+    """strace the whole node while two DCMTK storescu store 40 instances each: for every
+    instance, the journal write that holds it, the first flush of that journal after it, and
+    the worker's C-STORE-RSP; the flush returned before the response was sent. Also counts the
+    node's flushes (fsync, fdatasync, syncfs) per acknowledged instance."""
+    sent: dict[str, Path] = {}
+    for sender in range(2):
+        for n in range(40):
+            path = tmp_path / f"in{sender}" / f"{n}.dcm"
+            sent[make_ct(path, pixels=32).SOPInstanceUID] = path
+    port = free_port()
+    trace = tmp_path / "trace"
+    cmd = ["strace", "-f", "-qq", "--seccomp-bpf", "-ttt", "-T", "-s", "256", "-o", str(trace),
+           "-e", "trace=pwritev,pwritev2,fsync,fdatasync,syncfs,sendto,sendmsg,write",
+           *NODECTL, "serve", "--port", str(port), "--aet", "NODE", "--workers", "2"]
+    strace = start_process(cmd, cwd=tmp_path, log=tmp_path / "node.log")
+    try:
+        wait_for_port(port, timeout=60)
+        senders = [start_process(["/usr/bin/storescu", "-aec", "NODE", "127.0.0.1", str(port), *map(str, sorted((tmp_path / f"in{s}").iterdir()))],
+                                 cwd=tmp_path, env={**os.environ, "TCP_NODELAY": "1"}, log=tmp_path / f"storescu{s}.log") for s in range(2)]
+        assert [p.wait(timeout=120) for p in senders] == [0, 0]
+    finally:
+        nodectl = psutil.Process(strace.pid).children()
+        for child in nodectl:  # SIGTERM nodectl itself (strace would only detach), then strace ends
+            os.kill(child.pid, signal.SIGTERM)
+        assert stop_process(strace, grace=60) == 0
+    calls = _parse_trace(trace.read_text(errors="replace"))
+    journal_fd: dict[int, str] = {}  # writer thread -> journal fd
+    written: dict[str, tuple[int, str, float]] = {}  # uid -> (thread, fd, entry of its journal write)
+    responses: dict[str, float] = {}
+    flushes = [(pid, rest, entry, ret) for pid, name, entry, ret, rest in calls if name in _FLUSHES]
+    for pid, name, entry, _ret, rest in calls:
+        if name.startswith("pwritev") and "NJR1" in rest:
+            fd = rest.split(",", 1)[0]
+            journal_fd[pid] = fd
+            for uid in sent:
+                if uid in rest:
+                    written[uid] = (pid, fd, entry)
+        elif name == "sendto" and re.match(r'\d+, "\\4\\0', rest):  # a P-DATA-TF PDU on the peer's socket
+            for uid in sent:
+                if uid in rest:
+                    responses.setdefault(uid, entry)
+    assert set(written) == set(sent), f"{len(sent) - len(written)} instance(s) not seen in a journal write"
+    assert set(responses) == set(sent), f"{len(sent) - len(responses)} C-STORE-RSP(s) not seen"
+    for uid, (pid, fd, wrote) in written.items():
+        covering = [ret for fpid, rest, entry, ret in flushes if fpid == pid and rest.startswith(fd + ")") and entry > wrote]
+        assert covering, f"{uid}: no flush of the journal after its write"
+        assert min(covering) < responses[uid], f"{uid}: C-STORE-RSP sent before the flush covering it returned"
+    start = min(entry for _pid, _fd, entry in written.values())
+    per_instance = len([f for f in flushes if f[2] >= start]) / len(sent)
+    print(f"flushes per acknowledged instance (2 associations, 80 instances, until the node stopped): {per_instance:.2f}")
+    assert per_instance <= 1.5
+    for uid, path in sent.items():
+        stored = _indexed(tmp_path, uid)
+        assert stored is not None and dataset_bytes(Path(stored)) == dataset_bytes(path)
+
+
+# ----- the journal's laps and the replay, in one process (no sockets) ----------------------------
+
+
+def _requests(tmp_path: Path, count: int, start: int = 0, uid: str | None = None) -> list:
+    """WriteInstance requests as the writer's loop receives them (header, body, meta, dataset)."""
+    from actors.writer import _Request
+    from node.messages import WriteInstance, pack, unpack
+
+    out = []
+    for n in range(start, start + count):
+        path = tmp_path / "in" / f"j{n}.dcm"
+        ds = make_ct(path, pixels=32 if uid is None else 16, sop_instance_uid=uid)
+        blob = path.read_bytes()
+        meta_len = len(blob) - 128 - len(dataset_bytes(path))
+        msg = WriteInstance(assoc_id="t", relpath=f"lap/{ds.SOPInstanceUID}", sop_class_uid=ds.SOPClassUID,
+                            sop_instance_uid=ds.SOPInstanceUID, transfer_syntax=ds.file_meta.TransferSyntaxUID,
+                            calling_aet="T", called_aet="NODE")
+        frames = pack(msg, sender="test", data=[blob[132:128 + meta_len], blob[128 + meta_len:]])  # after "DICM"
+        out.append((_Request([b"t"], unpack([bytes(f) for f in frames])), path))
+    return out
+
+
+def _journal_then_die(tmp_path: Path, lap_bytes: int) -> None:
+    """In a child: a writer with small laps journals instances, the last ones held back, then
+    the process ends without closing anything (as after SIGKILL)."""
+    from actors import writer
+    from node.config import NodeConfig, StoreConfig
+
+    writer.LAP_BYTES = lap_bytes
+    config = NodeConfig(directory=tmp_path / "store", database=str(tmp_path / "index.sqlite"), run_dir=tmp_path / "run",
+                        store=StoreConfig(materialise_interval=0.0, materialise_idle=0.0))
+    w = writer.Writer(config)
+    w.prepare()
+    laps, offset = 0, 0
+    for req, _path in _requests(tmp_path, 30):
+        assert [m.kind for _i, m, _c in w.handle([req])] == ["instance.written"]
+        laps += w.journal.offset < offset  # the record went to the journal's head again
+        offset = w.journal.offset
+        w._barrier()  # everything materialised, so that the next append may start a new lap
+    (tmp_path / "laps").write_text(str(laps))
+    w.interval = w.idle = 3600.0  # from here on nothing is materialised before the "crash"
+    held = _requests(tmp_path, 5, start=30)
+    again = dcmread(held[0][1]).SOPInstanceUID  # sent again with other pixels: the later copy must win
+    for req, _path in held + _requests(tmp_path, 1, start=35, uid=again):
+        assert [m.kind for _i, m, _c in w.handle([req])] == ["instance.written"]
+    assert w.backlog >= 5
+    os._exit(0)
+
+
+def test_laps_restart_and_a_killed_writer_replays_what_it_acknowledged(tmp_path: Path) -> None:
+    import multiprocessing
+
+    from actors import writer
+    from node.config import NodeConfig
+
+    child = multiprocessing.get_context("fork").Process(target=_journal_then_die, args=(tmp_path, 8 * 1024))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert int((tmp_path / "laps").read_text()) >= 5  # the journal went back to its head again and again
+    config = NodeConfig(directory=tmp_path / "store", database=str(tmp_path / "index.sqlite"), run_dir=tmp_path / "run")
+    w = writer.Writer(config)
+    w.prepare()  # the replay
+    try:
+        with sqlite3.connect(tmp_path / "index.sqlite") as db:
+            rows = dict(db.execute("SELECT sop_instance_uid, path FROM instances").fetchall())
+        last: dict[str, Path] = {}  # the copy acknowledged last, per SOP Instance UID
+        for n in range(36):
+            path = tmp_path / "in" / f"j{n}.dcm"
+            last[dcmread(path).SOPInstanceUID] = path
+        assert len(last) == 35
+        for uid, path in last.items():
+            assert uid in rows, f"{path.name} acknowledged, not indexed after the replay"
+            assert dataset_bytes(Path(rows[uid])) == dataset_bytes(path), path.name
+        assert not list((tmp_path / "store" / ".incoming" / "tmp").iterdir())
+        assert w.journal.next_seq > 1 << 32  # the new lap starts far above the old numbers
+    finally:
+        w.close()

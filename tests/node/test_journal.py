@@ -1,0 +1,129 @@
+"""The writer's journal (node/journal.py): what a scan after a crash takes as acknowledged.
+
+No sockets, no node: a journal file in a temp directory, damaged the ways a crash can damage
+it (a group cut short, a torn record, a new lap shorter than the old one).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from node import journal
+from node.journal import HEADER_SIZE, RECORD, Entry, Journal
+from node.storage import Store
+
+
+def _entry(n: int, size: int = 100) -> Entry:
+    return Entry(body={"uid": f"1.2.{n}", "path": f"/x/{n}"}, parts=[bytes([n % 256]) * size, b"tail"])
+
+
+def _open(tmp_path: Path) -> Journal:
+    j = Journal(tmp_path / "journal")
+    j.open()
+    return j
+
+
+def test_records_come_back_in_order_with_their_bytes(tmp_path: Path) -> None:
+    j = _open(tmp_path)
+    written = j.append([_entry(1), _entry(2)]) + j.append([_entry(3, 5000)])
+    scanned = list(j.records())
+    assert [r.seq for r in scanned] == [1, 2, 3] == [r.seq for r in written]
+    assert [r.body["uid"] for r in scanned] == ["1.2.1", "1.2.2", "1.2.3"]
+    third = scanned[2]
+    assert os.pread(j.fd, third.data_length, third.data_offset) == bytes([3]) * 5000 + b"tail"
+    j.close()
+
+
+def test_reopening_keeps_the_id(tmp_path: Path) -> None:
+    j = _open(tmp_path)
+    first = j.journal_id
+    j.close()
+    again = _open(tmp_path)
+    assert again.journal_id == first == journal.journal_id(tmp_path / "journal")
+    assert len(first) == 32
+    again.close()
+
+
+def test_a_group_cut_short_ends_the_scan_at_the_last_whole_record(tmp_path: Path) -> None:
+    j = _open(tmp_path)
+    j.append([_entry(1)])
+    second = j.append([_entry(2), _entry(3)])
+    # a crash before the group's fdatasync: the first record of the group is torn, the second whole
+    os.pwrite(j.fd, b"\xff" * 10, second[0].data_offset + 5)
+    assert [r.seq for r in j.records()] == [1]
+    j.close()
+
+
+def test_a_truncated_file_ends_the_scan(tmp_path: Path) -> None:
+    j = _open(tmp_path)
+    records = j.append([_entry(1), _entry(2)])
+    os.ftruncate(j.fd, records[1].data_offset + 3)
+    assert [r.seq for r in j.records()] == [1]
+    j.close()
+
+
+def test_a_new_lap_never_continues_into_the_old_one(tmp_path: Path) -> None:
+    j = _open(tmp_path)
+    j.append([_entry(n, 1000) for n in range(1, 6)])  # seq 1..5
+    j.restart_lap()
+    j.append([_entry(n, 1000) for n in range(6, 8)])  # seq 6, 7 over the old 1, 2 (same sizes)
+    assert [r.seq for r in j.records()] == [6, 7]  # old 3 follows 7 in the file: not 8, so the chain ends
+    j.close()
+
+
+def test_after_recovery_a_left_over_record_cannot_join_the_new_lap(tmp_path: Path) -> None:
+    j = _open(tmp_path)
+    old = j.append([_entry(1), _entry(2), _entry(3)])
+    # the crash tore record 2 of that group; record 3 (never acknowledged) is whole
+    os.pwrite(j.fd, b"\x00" * 4, old[1].offset)
+    assert [r.seq for r in j.records()] == [1]
+    j.start_after_recovery(1)
+    j.append([_entry(4)])  # the same size as record 1: record 2's slot follows, then 3
+    os.pwrite(j.fd, os.pread(j.fd, RECORD.size, old[2].offset), old[1].offset)  # worst case: a whole old record right behind
+    scanned = list(j.records())
+    assert [r.body["uid"] for r in scanned] == ["1.2.4"]
+    j.close()
+
+
+def test_backlog_counts_records_past_the_checkpoint(tmp_path: Path) -> None:
+    j = _open(tmp_path)
+    j.append([_entry(1), _entry(2), _entry(3, 400)])
+    info = journal.backlog(tmp_path / "journal", checkpoint=1)
+    assert info == {"instances": 2, "bytes": (100 + 4) + (400 + 4)}
+    assert journal.backlog(tmp_path / "nothing", 0) == {"instances": 0, "bytes": 0}
+    j.close()
+
+
+def test_materialise_puts_exact_bytes_at_final_paths(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    store.prepare()
+    j = Journal(tmp_path / "store" / ".incoming" / "journal")
+    j.open()
+    records = j.append([_entry(1, 3000), _entry(2, 70000)])
+    finals = [store.check_target("a/b/one.dcm"), store.check_target("c/two.dcm")]
+    errors = store.materialise(j.fd, [(f, r.data_offset, r.data_length) for f, r in zip(finals, records)])
+    assert errors == [None, None]
+    assert finals[0].read_bytes() == bytes([1]) * 3000 + b"tail"
+    assert finals[1].read_bytes() == bytes([2]) * 70000 + b"tail"
+    assert list(store.tmp_dir.iterdir()) == []
+    assert records[0].offset == HEADER_SIZE
+    j.close()
+
+
+def test_check_target_refuses_what_a_later_rename_could_not_do(tmp_path: Path) -> None:
+    import pytest
+
+    from node.errors import PathError
+
+    store = Store(tmp_path / "store")
+    store.prepare()
+    (tmp_path / "store" / "dir.dcm").mkdir()
+    (tmp_path / "store" / "file").write_bytes(b"x")
+    with pytest.raises(PathError):
+        store.check_target("dir.dcm")
+    with pytest.raises(PathError):
+        store.check_target("file/below/x.dcm")
+    with pytest.raises(PathError):
+        store.check_target("../outside.dcm")
+    assert store.check_target("new/dir/x.dcm") == (tmp_path / "store" / "new" / "dir" / "x.dcm").resolve()
