@@ -183,3 +183,9 @@ def dataset_bytes(path: Path) -> bytes:
         read_preamble(fh, False)
         _read_file_meta_info(fh)
         return fh.read()
+
+
+def stored_files(store: Path) -> list[Path]:
+    """The instance files of a node's store: everything but its reserved ``.incoming``
+    directory (the writer's journal, temp files, spools)."""
+    return sorted(p for p in store.rglob("*") if p.is_file() and ".incoming" not in p.relative_to(store).parts)

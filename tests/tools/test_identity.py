@@ -11,7 +11,7 @@ import pytest
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from tests.nodes import serve
-from tests.support import make_ct
+from tests.support import make_ct, stored_files
 from tests.tools.storepeers import dcmtk_available, dcmtk_storescp, run_nodectl
 
 pytestmark = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK (Debian package dcmtk) is not installed")
@@ -63,6 +63,6 @@ def test_the_node_answers_with_its_identity_and_stores_the_senders(tmp_path: Pat
         node.stop()
     from pydicom import dcmread
 
-    [stored] = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    [stored] = stored_files(tmp_path / "store")
     meta = dcmread(stored, stop_before_pixels=True).file_meta
     assert meta.ImplementationClassUID.startswith("1.2.276.0.7230010.3")  # DCMTK's, as dcm4che's storescp keeps it

@@ -18,7 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.tools.send_plan import MAX_CONTEXTS, FileEntry, context_groups, plan, scan
 from tests.peers.orthanc import Orthanc, orthanc_available
-from tests.support import dataset_bytes, free_port, make_ct
+from tests.support import dataset_bytes, free_port, make_ct, stored_files
 from tests.tools.storepeers import dcmtk_available, dcmtk_storescp, pynetdicom_scp, run_nodectl
 
 needs_dcmtk = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK storescp not installed")
@@ -409,5 +409,5 @@ def test_send_and_storescu_name_the_datasets_uids_not_the_file_metas(tmp_path: P
             assert result.returncode == 0, (tool, result.stderr)
         finally:
             node.stop()
-        stored = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in (folder / "store").rglob("*") if p.is_file()}
+        stored = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in stored_files(folder / "store")}
         assert stored == {str(dcmread(source).SOPInstanceUID) for source in sources}, tool
