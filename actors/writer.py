@@ -502,7 +502,10 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
             if not sock.poll(5 if syncs else 200, zmq.POLLIN):
                 continue
             batch, replies, new_syncs = _drain(sock, config.network.write_timeout)
-            if batch and writer.journal is not None and siblings.active(batch) >= COMMIT_SIBLINGS:
+            # Only a group the journal takes gains from waiting: spooled instances go the
+            # direct path, one flush each, and a wait only delays them.
+            journaled = any(not r.message.spool for r in batch)
+            if journaled and writer.journal is not None and siblings.active(batch) >= COMMIT_SIBLINGS:
                 _wait_for_siblings(sock, config, batch, replies, new_syncs)
             for identity, corr in new_syncs:
                 syncs.append((identity, corr, writer.appended_seq))
