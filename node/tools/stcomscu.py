@@ -385,6 +385,7 @@ class Session:
         self.od = Path(s.od)
         self.node: Any = None
         self._database_was_there = True
+        self._started_at = time.time()
         self.config: Any = None
         self.ctx: Any = None
         self.sub: Any = None
@@ -682,19 +683,39 @@ class Session:
 
         from node.messages import TransactionState, unpack
 
+        from node.transactions import TransactionStore
+
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         host, port = self.node.address() if self.node is not None else ("", 0)
         self.log.info("listening for N-EVENT-REPORTs on port %d", port)
         stop = threading.Event()
         _stop_on_signals(stop)
-        while not stop.is_set():
-            if not self.sub.poll(int(POLL_S * 1000), zmq.POLLIN):
-                continue
-            state = unpack(self.sub.recv_multipart()[1:]).message
-            if isinstance(state, TransactionState) and state.state == "completed":
-                code = self._write_outcome(state.transaction_uid, None)
-                if code:
-                    self.log.error("could not write the files of transaction %s (exit code %d)", state.transaction_uid, code)
+        # The listener takes reports from the moment it is up, before this subscription is in
+        # place: a report completed in between publishes to nobody. So the database is asked
+        # too, now and then, for transactions completed since we started, and each
+        # transaction's files are written once, whichever way it is seen first.
+        store = TransactionStore(self.config.database)
+        written: set[str] = set()
+        since, next_query = self._started_at, 0.0
+        try:
+            while not stop.is_set():
+                completed: list[str] = []
+                if self.sub.poll(int(POLL_S * 1000), zmq.POLLIN):
+                    state = unpack(self.sub.recv_multipart()[1:]).message
+                    if isinstance(state, TransactionState) and state.state == "completed":
+                        completed.append(state.transaction_uid)
+                elif time.monotonic() >= next_query:
+                    now = time.time()
+                    completed += [t.transaction_uid for t in store.ended_since(since) if t.state.value == "completed"]
+                    since, next_query = now - QUERY_EVERY_S, time.monotonic() + QUERY_EVERY_S
+                for uid in completed:
+                    if uid not in written:
+                        written.add(uid)
+                        code = self._write_outcome(uid, None)
+                        if code:
+                            self.log.error("could not write the files of transaction %s (exit code %d)", uid, code)
+        finally:
+            store.close()
         return 0
 
     # ----- files --------------------------------------------------------------------------
