@@ -25,7 +25,8 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
@@ -358,6 +359,25 @@ def echo_peer(log: logging.Logger, s: Settings, tls_context: Any, sni: str | Non
     log.debug(dump_request(s, contexts))
     log.info("Requesting Association")
     acse = _Acse()
+    with _without_pynetdicom_dumps():
+        return _associate_and_echo(log, s, addr, contexts, tls_context, sni, acse)
+
+
+@contextmanager
+def _without_pynetdicom_dumps() -> Iterator[None]:
+    """Our dumps follow DCMTK's; pynetdicom's (its ``_handlers`` logger) would print each PDU
+    twice. Only our logging tree changes, for the run, not pynetdicom's settings."""
+    logger = logging.getLogger("pynetdicom._handlers")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _associate_and_echo(log: logging.Logger, s: Settings, addr: str, contexts: list[Any], tls_context: Any,
+                        sni: str | None, acse: _Acse) -> int:
     assoc = _request(log, s, addr, contexts, tls_context, sni, acse)
     log.debug(dump_accepted(s, assoc))
     peer_max = int(assoc.acceptor.maximum_length or 0)
@@ -369,10 +389,8 @@ def echo_peer(log: logging.Logger, s: Settings, tls_context: Any, sni: str | Non
 def _request(log: logging.Logger, s: Settings, addr: str, contexts: list[Any], tls_context: Any,
              sni: str | None, acse: _Acse) -> Any:
     """``ASC_requestAssociation`` with pynetdicom; every failure logs DCMTK's text and exits 1."""
-    from pynetdicom import AE, _config
+    from pynetdicom import AE
 
-    # Our dumps follow DCMTK's; pynetdicom's own PDU dumps would print each PDU twice.
-    _config.LOG_HANDLER_LEVEL = "none"
     ae = identify(AE(ae_title=s.aet[:16]))
     ae.acse_timeout = s.acse_timeout
     ae.dimse_timeout = s.dimse_timeout
