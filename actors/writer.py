@@ -36,7 +36,7 @@ import zmq
 from actors import _bus
 from actors import metrics
 from node.config import NodeConfig
-from node.errors import MessageError, NodeError, PathError, StorageError
+from node.errors import STATUS_OUT_OF_RESOURCES, MessageError, NodeError, PathError, StorageError
 from node.index import Index, InstanceRow
 from node import journal as journaling
 from node.journal import Entry, Journal, Record
@@ -52,6 +52,8 @@ LAP_BYTES = 16 << 20  # past this, start a new lap as soon as everything is mate
 JOURNAL_MAX_BYTES = 256 << 20  # past this, wait for the materialiser, then start a new lap
 MATERIALISE_BATCH = 512
 MATERIALISE_RETRY_S = 1.0
+MATERIALISE_LOG_EVERY_S = 60.0  # a full disk fails every retry: one ERROR line a minute, not one a second
+STOP_ATTEMPTS = 3  # on SIGTERM, give up materialising after this many failures in a row (the journal keeps them)
 COMMIT_SIBLINGS = 2  # requesters active within SIBLING_WINDOW_S before a group waits for more
 SIBLING_WINDOW_S = 0.1
 
@@ -98,12 +100,19 @@ class Writer:
         self.urgent = False  # a SyncStore or a direct write waits: do not pace
         self.stopping = False
         self.failure: BaseException | None = None
+        # Not writable (a journal append failed, or the replay at start could not finish, e.g.
+        # a full disk): writes are answered 0xA700 at once until the materialiser has caught up.
+        self.blocked: str | None = None
+        self.recovering = False  # the replay at start has not finished yet
+        self.resume_after_seq = 0  # the highest number a failed append may have written
+        self.materialise_error: str | None = None  # the last batch failed (cleared by a success)
         self.ready = threading.Event()
         self.thread: threading.Thread | None = None
 
     def prepare(self) -> None:
         """Remove temp files a crash left; with a journal, start the materialiser and let it
-        materialise what the journal holds past the checkpoint (returns when it has)."""
+        materialise what the journal holds past the checkpoint. Returns when it has, or when
+        its first attempt failed: then the writer serves, refusing writes, while it retries."""
         removed = self.store.prepare()
         if removed:
             log.warning("removed %d temp file(s) left by an earlier crash", removed)
@@ -117,7 +126,8 @@ class Writer:
                 raise StorageError(f"journal recovery failed: {self.failure}")
 
     def close(self) -> None:
-        """Materialise everything journaled, then stop the materialiser (SIGTERM path)."""
+        """Materialise everything journaled, then stop the materialiser (SIGTERM path; on a
+        store that keeps failing, what is left stays in the journal for the next start)."""
         if self.thread is not None:
             with self.cond:
                 self.stopping = True
@@ -151,6 +161,9 @@ class Writer:
             return replies
         if self.journal is None:
             return replies + self._write(to_write)
+        if not self._writable():
+            reason = f"store not writable: {self.blocked}"
+            return replies + [(r.identity, ErrorReply(status=STATUS_OUT_OF_RESOURCES, reason=reason), r.envelope.id) for r in to_write]
         inline = [r for r in to_write if not r.message.spool]
         spooled = [r for r in to_write if r.message.spool]
         if inline:
@@ -159,6 +172,22 @@ class Writer:
             self._barrier()
             replies.extend(self._write(spooled))
         return replies
+
+    def _writable(self) -> bool:
+        """False while blocked; a failed append unblocks once everything before it is
+        materialised, with a new lap numbered far above it (as a restart would do), so that
+        no record of the failed group can ever join the new chain."""
+        assert self.journal is not None
+        with self.cond:
+            if self.blocked is None:
+                return True
+            if self.recovering or self.queue:
+                return False
+            self.journal.start_after_recovery(self.resume_after_seq)
+            self.appended_seq = self.materialised_seq = self.journal.next_seq - 1
+            log.warning("journal writable again (was: %s); new lap from seq %d", self.blocked, self.journal.next_seq)
+            self.blocked = None
+            return True
 
     def _known(self, uid: str) -> _Pending | InstanceRow | None:
         with self.cond:
@@ -203,16 +232,11 @@ class Writer:
             replies.append(None)
             entries.append(Entry(body=_body(msg, final, now), parts=parts))
         if entries:
-            self._make_room()
             try:
+                self._make_room()
                 records = self.journal.append(entries)
             except StorageError as exc:
-                # Part of the group may be on disk; appending again at the same place could
-                # leave a record of this failed group after a shorter new one. So the writer
-                # answers the failure and exits (the loop sees ``failure``): the restart scans
-                # the journal and starts a new lap far above every number used.
-                log.error("journal append failed for %d instance(s): %s", len(entries), exc)
-                self.failure = exc
+                self._append_failed(exc, len(entries))
                 for slot, r, _final in accepted:
                     replies[slot] = (r.identity, ErrorReply(status=exc.status, reason=str(exc)), r.envelope.id)
                 return [x for x in replies if x is not None]
@@ -232,6 +256,19 @@ class Writer:
                 log.debug("assoc=%s sop=%s journaled seq=%d for %s", msg.assoc_id, msg.sop_instance_uid, record.seq, final)
         return [x for x in replies if x is not None]
 
+    def _append_failed(self, exc: StorageError, count: int) -> None:
+        """Part of the group may be on disk, and appending again at the same place could leave
+        a record of this failed group after a shorter new one: block writes until everything
+        acknowledged is materialised, then start a new lap above every number this group may
+        have used (``_writable``). A crash meanwhile replays the journal as always."""
+        log.error("journal append failed for %d instance(s): %s; refusing writes until the journal is materialised", count, exc)
+        assert self.journal is not None
+        with self.cond:
+            self.blocked = str(exc)
+            self.resume_after_seq = max(self.resume_after_seq, self.journal.next_seq + count)
+            self.urgent = True
+            self.cond.notify_all()
+
     def _make_room(self) -> None:
         """Start a new lap when everything is materialised; wait for that past JOURNAL_MAX_BYTES."""
         assert self.journal is not None
@@ -249,6 +286,8 @@ class Writer:
         while self.queue:
             if self.failure is not None or (self.thread is not None and not self.thread.is_alive()):
                 raise StorageError(f"materialiser stopped: {self.failure}")
+            if self.materialise_error is not None:
+                raise StorageError(f"store not writable: {self.materialise_error}")
             self.cond.wait(1.0)
         self.urgent = False
 
@@ -260,6 +299,8 @@ class Writer:
     def synced(self, target: int) -> bool:
         """True when every record up to ``target`` is materialised; else hurry the materialiser."""
         with self.cond:
+            if self.recovering:
+                return False
             if self.materialised_seq >= target or not self.queue:
                 return True
             self.urgent = True
@@ -315,9 +356,10 @@ class Writer:
     def _materialiser(self) -> None:
         index = Index(self.config.database)  # its own connection: SQLite's belong to one thread
         try:
-            self._recover(index)
-            self.ready.set()
+            if not self._recover_until_done(index):
+                return
             last = 0.0
+            failures = 0
             while True:
                 with self.cond:
                     while not self.queue and not self.stopping:
@@ -334,11 +376,21 @@ class Writer:
                         continue
                     batch = self.queue[:MATERIALISE_BATCH]
                 last = time.monotonic()
-                if not self._materialise(index, batch):
-                    with self.cond:
-                        self.cond.wait(MATERIALISE_RETRY_S)
-                    continue
+                error = self._materialise(index, batch)
                 with self.cond:
+                    self.materialise_error = error
+                    if error is not None:
+                        failures += 1
+                        self._log_failure(failures, f"{len(self.queue)} acknowledged instance(s) not materialised (will retry): {error}")
+                        if self.stopping and failures >= STOP_ATTEMPTS:
+                            log.warning("stopping with %d acknowledged instance(s) still in the journal (%s): "
+                                        "they are materialised at the next start", len(self.queue), error)
+                            return
+                        self.cond.wait(MATERIALISE_RETRY_S)
+                        continue
+                    if failures:
+                        log.warning("materialising again after %d failed attempt(s)", failures)
+                    failures = 0
                     del self.queue[: len(batch)]
                     self.materialised_seq = batch[-1].seq
                     for record in batch:
@@ -357,6 +409,38 @@ class Writer:
         finally:
             index.close()
 
+    def _recover_until_done(self, index: Index) -> bool:
+        """The replay at start; while it fails (a full disk), the writer serves, refusing writes
+        (``blocked``), and the replay is retried; False if the writer stops meanwhile."""
+        failures = 0
+        while True:
+            try:
+                self._recover(index)
+            except StorageError as exc:
+                failures += 1
+                with self.cond:
+                    self.recovering = True
+                    self.blocked = f"journal replay pending: {exc}"
+                    self._log_failure(failures, f"journal replay failed (will retry): {exc}")
+                    self.ready.set()
+                    if self.stopping:
+                        return False
+                    self.cond.wait(MATERIALISE_RETRY_S)
+                continue
+            with self.cond:
+                if self.recovering:
+                    log.warning("journal replay done after %d failed attempt(s); writes accepted again", failures)
+                self.recovering = False
+                self.blocked = None
+            self.ready.set()
+            return True
+
+    @staticmethod
+    def _log_failure(failures: int, message: str) -> None:
+        """The first failure of a run, then one a minute."""
+        if failures == 1 or failures % max(1, int(MATERIALISE_LOG_EVERY_S / MATERIALISE_RETRY_S)) == 0:
+            log.error("%s", message)
+
     def _recover(self, index: Index) -> None:
         """Materialise every journal record past the checkpoint; start a new lap."""
         assert self.journal is not None
@@ -369,15 +453,16 @@ class Writer:
                 todo.append(record)
         for start in range(0, len(todo), MATERIALISE_BATCH):
             batch = todo[start:start + MATERIALISE_BATCH]
-            if not self._materialise(index, batch):
-                raise StorageError(f"cannot materialise journal records {batch[0].seq}..{batch[-1].seq}")
+            error = self._materialise(index, batch)
+            if error is not None:
+                raise StorageError(f"cannot materialise journal records {batch[0].seq}..{batch[-1].seq}: {error}")
         if todo:
             log.warning("journal: materialised %d acknowledged instance(s) a stop left (seq %d..%d)", len(todo), todo[0].seq, todo[-1].seq)
         self.journal.start_after_recovery(last)
         self.materialised_seq = self.appended_seq = self.journal.next_seq - 1
 
-    def _materialise(self, index: Index, batch: list[Record]) -> bool:
-        """Files to final paths (two syncfs), rows and checkpoint in one transaction; False on failure.
+    def _materialise(self, index: Index, batch: list[Record]) -> str | None:
+        """Files to final paths (two syncfs), rows and checkpoint in one transaction; why not, on failure.
 
         Only the last record of an instance in the batch is materialised (an overwrite
         replaces the earlier one anyway); a file made obsolete by an overwrite at another path
@@ -396,15 +481,13 @@ class Writer:
         )
         failed = [(r, e) for r, e in zip(records, errors) if e is not None]
         if failed:
-            for record, error in failed[:5]:
-                log.error("journal seq=%d sop=%s not materialised (will retry): %s", record.seq, record.body["uid"], error)
-            return False
+            record, error = failed[0]
+            return f"{len(failed)} file(s) not written, first seq={record.seq} sop={record.body['uid']}: {error}"
         try:
             index.record([_row_from_body(r.body, r.data_length) for r in records], checkpoint=(self.journal.journal_id, batch[-1].seq))
         except StorageError as exc:
-            log.error("index write failed for %d journaled instance(s) (will retry): %s", len(records), exc)
-            return False
-        return True
+            return f"index write failed for {len(records)} journaled instance(s): {exc}"
+        return None
 
 
 def _row(msg: WriteInstance, path: Path | None, size: int) -> InstanceRow:
