@@ -45,9 +45,11 @@ from node.commitment import CommitmentError, Ref, Report, State
 from node.config import NodeConfig
 from node.db import redact
 from node.errors import MessageError, NodeError, STATUS_PROCESSING_FAILURE
+from node import verify
 from node.messages import (
-    Ack, CommitmentAnswer, Envelope, ErrorReply, ForwardReport, MarkRequested, Ping, Pong, QueryTransaction,
-    RecordTransaction, ReportAnswer, ReportDelivered, RequestCommitment, SyncStore, TransactionState, pack,
+    Ack, CommitmentAnswer, Envelope, ErrorReply, ForwardReport, InstancesVerified, MarkRequested, Ping, Pong,
+    QueryTransaction, RecordTransaction, ReportAnswer, ReportDelivered, RequestCommitment, SyncStore, TransactionState,
+    VerifyInstances, new_id, pack, unpack,
 )
 from node.transactions import OutboxEntry, Transaction, TransactionStore, request_hash, to_facts
 
@@ -75,16 +77,6 @@ def state_of(txn: Transaction | None, uid: str) -> TransactionState:
         failed=len(report.failed) if report else 0,
         report_ts=txn.report_ts,
     )
-
-
-def readable(path: str) -> bool:
-    """True when the stored file is still there and can be read (one byte is enough)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.read(1)
-        return True
-    except OSError:
-        return False
 
 
 class Tracker:
@@ -224,8 +216,28 @@ class Tracker:
         )
 
     def _facts(self, refs: tuple[Ref, ...]) -> dict[str, sc.Fact]:
+        """What the index says, checked as far as ``[commitment] verify`` asks (issue 16):
+        the row alone, or the file, here or by the node that holds it."""
+        cfg = self.config.commitment
         found = self.store.facts(refs)
-        return to_facts(found, {uid: readable(path) for uid, (_cls, path) in found.items()})
+        endpoints = self._endpoints() if cfg.verify == "file" and any(r.node_id for r in found.values()) else {}
+        todo = verify.plan(found, mode=cfg.verify, here=self.config.node_id, endpoints=endpoints)
+        intact = {uid: True for uid in todo.trusted}
+        for uid in todo.local:
+            row = found[uid]
+            why = verify.problem(row.path, row.size, row.checksum)
+            if why:
+                log.warning("sop=%s not committed: %s at %s", uid, why, row.path)
+            intact[uid] = not why
+        if todo.remote:
+            asked = {endpoint: {uid: [found[uid].path, found[uid].size, found[uid].checksum] for uid in uids}
+                     for endpoint, uids in todo.remote.items()}
+            intact.update(ask_owners(asked, timeout=cfg.verify_timeout))
+        return to_facts(found, intact)
+
+    def _endpoints(self) -> dict[str, str]:
+        """{node id: verifier endpoint} from the shared database (read per request: nodes come and go)."""
+        return self.store.index.endpoints()
 
     def _delivered(self, msg: ReportDelivered) -> None:
         entry = self.store.outbox_get(msg.transaction_uid)
@@ -279,6 +291,64 @@ class Tracker:
         else:
             log.warning("txn=%s report to %s not delivered (attempt %d): %s; next in %.1f s",
                         entry.transaction_uid, entry.requester_aet, after.attempts, error, retry_at - time.time())
+
+
+# --------------------------------------------------------------------------- other nodes' writers
+
+
+def ask_owners(asked: dict[str, dict[str, list[Any]]], *, timeout: float) -> dict[str, bool]:
+    """Ask each owner's writer (``VerifyInstances`` on its tcp:// endpoint) at once; wait at
+    most ``timeout`` in all. {UID: intact}: an owner that does not answer in time leaves its
+    instances False (reported failed, 0x0110: the requester may ask again later), never True.
+    """
+    ctx = zmq.Context.instance()
+    intact = {uid: False for uids in asked.values() for uid in uids}
+    pending: dict[zmq.Socket, tuple[str, str]] = {}  # socket -> (endpoint, request id)
+    sockets: list[zmq.Socket] = []
+    poller = zmq.Poller()
+    try:
+        for endpoint, instances in asked.items():
+            sock = _bus.dealer(ctx, endpoint)
+            sockets.append(sock)
+            msg_id = new_id()
+            sock.send_multipart(pack(VerifyInstances(instances=instances), sender=NAME, msg_id=msg_id), copy=False)
+            pending[sock] = (endpoint, msg_id)
+            poller.register(sock, zmq.POLLIN)
+        deadline = time.monotonic() + timeout
+        while pending and (remaining := deadline - time.monotonic()) > 0:
+            for sock, _ in poller.poll(int(remaining * 1000) + 1):
+                answer = _owner_answer(sock, pending[sock][1])
+                if answer is None:
+                    continue
+                for uid in answer.present:
+                    if uid in asked[pending[sock][0]]:
+                        intact[uid] = True
+                for uid, why in answer.problems.items():
+                    log.warning("sop=%s not committed: %s on node %s", uid, why, answer.node_id)
+                poller.unregister(sock)
+                del pending[sock]
+        for endpoint, _ in pending.values():
+            log.warning("node at %s did not answer within %.1f s: %d instance(s) reported failed",
+                        endpoint, timeout, len(asked[endpoint]))
+    finally:
+        for sock in sockets:
+            sock.close(0)
+    return intact
+
+
+def _owner_answer(sock: zmq.Socket, msg_id: str) -> InstancesVerified | None:
+    """The owner's answer to request ``msg_id``; None for anything else (skipped)."""
+    try:
+        envelope = unpack(sock.recv_multipart(copy=False))
+    except MessageError as exc:
+        log.warning("unreadable answer from an owner node: %s", exc)
+        return None
+    if envelope.corr != msg_id:
+        return None
+    if isinstance(envelope.message, ErrorReply):
+        log.warning("owner node refused verification: %s", envelope.message.reason)
+        return InstancesVerified(node_id="?", present=[])
+    return envelope.message if isinstance(envelope.message, InstancesVerified) else None
 
 
 # --------------------------------------------------------------------------- outbox sender

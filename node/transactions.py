@@ -28,6 +28,7 @@ from node import commitment as sc
 from node.commitment import Delivery, Fact, Ref, Report, State
 from node.errors import StorageError
 from node.index import Index
+from node.verify import Indexed
 
 _CHUNK = 500  # SQLite's default limit on host parameters is 999
 
@@ -364,17 +365,19 @@ class TransactionStore:
 
     # ----- the instance index, read for evaluation ----------------------------------------
 
-    def facts(self, refs: Iterable[Ref]) -> dict[str, tuple[str, str]]:
-        """{SOP Instance UID: (SOP Class UID, path)} for the referenced instances the index has."""
+    def facts(self, refs: Iterable[Ref]) -> dict[str, Indexed]:
+        """{SOP Instance UID: its index row} for the referenced instances the index has
+        (on a cluster's database: stored by any node, ``node_id`` says which)."""
         uids = [r.sop_instance_uid for r in refs]
-        out: dict[str, tuple[str, str]] = {}
+        out: dict[str, Indexed] = {}
         for start in range(0, len(uids), _CHUNK):
             chunk = uids[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            for uid, cls, path in self.conn.execute(
-                f"SELECT sop_instance_uid, sop_class_uid, path FROM instances WHERE sop_instance_uid IN ({marks})", chunk
+            for uid, cls, path, size, checksum, node_id in self.conn.execute(
+                "SELECT sop_instance_uid, sop_class_uid, path, size, checksum, node_id FROM instances"
+                f" WHERE sop_instance_uid IN ({marks})", chunk
             ):
-                out[uid] = (cls, path)
+                out[uid] = Indexed(cls, path, int(size), checksum, node_id)
         return out
 
 
@@ -386,6 +389,6 @@ def _entry(row: Sequence[object]) -> OutboxEntry:
     )
 
 
-def to_facts(found: dict[str, tuple[str, str]], readable: dict[str, bool]) -> dict[str, Fact]:
+def to_facts(found: dict[str, Indexed], readable: dict[str, bool]) -> dict[str, Fact]:
     """Combine index rows with the file checks into the facts ``commitment.evaluate`` takes."""
-    return {uid: Fact(cls, readable.get(uid, False)) for uid, (cls, _path) in found.items()}
+    return {uid: Fact(row.sop_class_uid, readable.get(uid, False)) for uid, row in found.items()}
