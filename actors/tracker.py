@@ -18,10 +18,13 @@ Results come back through a queue and are recorded by the loop thread, which alo
 the database.
 
 Clusters (several nodes on one PostgreSQL database, docs/operations.md): due reports are
-leased (``TransactionStore.outbox_claim``), so two trackers never send one report; and once
-a second each tracker looks for transactions that ended since its last look
-(``Tracker.watch``) and publishes those it did not end itself, so a client waiting on this
-node's tracker wakes even when the N-EVENT-REPORT reached another node.
+leased (``TransactionStore.outbox_claim``), so two trackers never send one report. A
+transaction that ends anywhere is announced by PostgreSQL ``NOTIFY`` (issue 16); each
+tracker LISTENs on a connection of its own, polled with the bus sockets, and publishes what
+it did not end itself (``Tracker.ended``), so a client waiting on this node's tracker wakes
+within milliseconds of the N-EVENT-REPORT reaching another node. While that connection is
+down (a restart or failover of the database), the tracker looks for ended transactions once a
+second instead (``Tracker.watch``), and once more when it is back, for what it missed.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from node import commitment as sc
 from node import journal as journaling
 from node.commitment import CommitmentError, Ref, Report, State
 from node.config import NodeConfig
-from node.db import redact
+from node.db import Listener, redact
 from node.errors import MessageError, NodeError, STATUS_PROCESSING_FAILURE
 from node import verify
 from node.messages import (
@@ -51,7 +54,7 @@ from node.messages import (
     QueryTransaction, RecordTransaction, ReportAnswer, ReportDelivered, RequestCommitment, SyncStore, TransactionState,
     VerifyInstances, new_id, pack, unpack,
 )
-from node.transactions import OutboxEntry, Transaction, TransactionStore, request_hash, to_facts
+from node.transactions import ENDED_CHANNEL, OutboxEntry, Transaction, TransactionStore, request_hash, to_facts
 
 log = logging.getLogger("actors.tracker")
 
@@ -59,7 +62,7 @@ NAME = "tracker"
 TICK_S = 0.25
 SENDERS = 4
 MAX_PER_LOOP = 256
-WATCH_S = 1.0  # how often to look for transactions other nodes' trackers ended
+WATCH_S = 1.0  # without a LISTEN connection: how often to look for transactions other nodes' trackers ended
 WATCH_OVERLAP_S = 5.0  # clocks of cluster hosts and commit order may disagree this much
 
 
@@ -257,6 +260,20 @@ class Tracker:
         """How long an outbox claim lasts: longer than one delivery attempt can take."""
         return 4 * self.config.commitment.association_timeout + 10.0
 
+    def ended(self, uids: list[str]) -> int:
+        """Publish transactions another tracker announced as ended (NOTIFY); return how many."""
+        found = 0
+        for uid in dict.fromkeys(uids):
+            if uid in self.announced:
+                continue  # ended here (already published) or announced twice
+            txn = self.store.get(uid)
+            if txn is None or txn.state not in (State.COMPLETED, State.REFUSED, State.EXPIRED):
+                continue
+            self.announced[uid] = time.time()
+            self.published.append(state_of(txn, uid))
+            found += 1
+        return found
+
     def watch(self, now: float | None = None) -> int:
         """Publish transactions that ended elsewhere (another node's tracker); return how many."""
         now = now or time.time()
@@ -449,6 +466,7 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
     wakeup = _bus.signal_wakeup_fd()  # SIGTERM ends the poll below at once
     if wakeup is not None:
         poller.register(wakeup, zmq.POLLIN)
+    notices = Notices(config.database, poller) if store.shared else None
     try:
         while not stop.is_set():
             if hup.is_set():  # SIGHUP: peers and [commitment] apply from the next request on
@@ -466,12 +484,22 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
                 _guard(tracker.expire)
                 for entry in _guard(store.outbox_claim, tracker.lease()) or []:
                     sender.submit(entry)
-            if store.shared and now >= next_watch:
+            if notices is not None:
+                uids = notices.take(events)
+                if uids and _guard(tracker.ended, uids):
+                    log.info("woke waiters for transactions completed by another node (notified)")
+                if notices.caught_up:
+                    tracker.watched_since = time.time()  # up to now, NOTIFY told us everything
+            if store.shared and now >= next_watch and (notices is None or not notices.listening(now)):
                 next_watch = now + WATCH_S
                 if _guard(tracker.watch):
                     log.info("woke waiters for transactions completed by another node")
+                if notices is not None:
+                    notices.watched()
             _publish(pub, tracker)
     finally:
+        if notices is not None:
+            notices.close()
         sender.close()
         if writer_sock is not None:
             writer_sock.close(0)
@@ -479,6 +507,63 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
         pub.close(0)
         store.close()
     return 0
+
+
+class Notices:
+    """The tracker's LISTEN connection (``node.db.Listener``) inside its zmq poller.
+
+    ``take`` returns the UIDs notified since the last call ([] when none), or None while the
+    connection is down. ``listening`` is False while it is down (a reconnection is tried every
+    ``RETRY_S``) and after each (re)connection until the loop has polled the tables once
+    (``watched``): that poll covers what ended before the LISTEN was in place again.
+    """
+
+    RETRY_S = 1.0
+
+    def __init__(self, database: str, poller: zmq.Poller) -> None:
+        self.listener = Listener(database, ENDED_CHANNEL)
+        self.poller = poller
+        self.fd: int | None = None
+        self.retry_at = 0.0
+        self.caught_up = False
+        self._connect(time.monotonic())
+
+    def _connect(self, now: float) -> None:
+        self.retry_at = now + self.RETRY_S
+        if self.listener.connect():
+            self.fd = self.listener.fileno()
+            self.poller.register(self.fd, zmq.POLLIN)
+            log.info("listening for transactions ended on other nodes (PostgreSQL NOTIFY)")
+
+    def listening(self, now: float) -> bool:
+        if self.fd is None and now >= self.retry_at:
+            self._connect(now)
+        return self.fd is not None and self.caught_up
+
+    def watched(self) -> None:
+        """The loop polled the tables: from now on NOTIFY alone tells what ends."""
+        self.caught_up = self.fd is not None
+
+    def take(self, events: dict[Any, int]) -> list[str] | None:
+        if self.fd is None:
+            return None
+        if self.fd not in events:
+            return []
+        uids = self.listener.drain()
+        if uids is None:
+            log.warning("LISTEN connection lost: looking for ended transactions every %.0f s until it is back", WATCH_S)
+            self._drop()
+        return uids
+
+    def _drop(self) -> None:
+        if self.fd is not None:
+            self.poller.unregister(self.fd)
+            self.fd = None
+        self.caught_up = False
+        self.listener.close()
+
+    def close(self) -> None:
+        self._drop()
 
 
 def sync_store(sock: zmq.Socket, config: NodeConfig) -> None:

@@ -9,8 +9,9 @@ a peer right after: "persist before acknowledging". State changes follow
 
 In a cluster (several nodes on one PostgreSQL database, ``node.db``) several trackers share
 these tables: ``outbox_claim`` leases due reports to one tracker (``FOR UPDATE SKIP LOCKED``)
-so none is sent twice, and ``ended_since`` lets a tracker wake its own waiters for
-transactions another node's tracker completed.
+so none is sent twice; a transaction that ends is announced with ``NOTIFY`` on
+``ENDED_CHANNEL`` in the transaction that ends it, so every tracker wakes its own waiters at
+once, and ``ended_since`` finds what a tracker missed while its LISTEN connection was down.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from node.index import Index
 from node.verify import Indexed
 
 _CHUNK = 500  # SQLite's default limit on host parameters is 999
+# PostgreSQL NOTIFY channel: a transaction reached a final state (payload: its UID). Every
+# node's tracker LISTENs and wakes its waiters at once (issue 16; node.db.Listener).
+ENDED_CHANNEL = "nodectl_txn_ended"
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,8 @@ class TransactionStore:
                 "UPDATE commit_transactions SET state = ?, action_status = ?, updated_at = ? WHERE transaction_uid = ?",
                 (new.value, status, now or time.time(), uid),
             )
+            if new == State.REFUSED:
+                conn.notify(ENDED_CHANNEL, uid)
         return self._require(uid)
 
     def complete(self, uid: str, report: Report, data: bytes | None, ts: str, sender: str, now: float | None = None) -> tuple[Transaction, bool]:
@@ -189,6 +195,7 @@ class TransactionStore:
                 " report_from = ?, updated_at = ? WHERE transaction_uid = ?",
                 (new.value, report.event_type, report_to_json(report), data, ts, sender, now or time.time(), uid),
             )
+            conn.notify(ENDED_CHANNEL, uid)
         return self._require(uid), True
 
     def expire_due(self, now: float | None = None) -> list[str]:
@@ -205,6 +212,8 @@ class TransactionStore:
                     "UPDATE commit_transactions SET state = ?, updated_at = ? WHERE transaction_uid = ?",
                     [(State.EXPIRED.value, now, uid) for uid in uids],
                 )
+                for uid in uids:
+                    conn.notify(ENDED_CHANNEL, uid)
         return uids
 
     def unfinished(self) -> int:
