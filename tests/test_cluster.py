@@ -82,6 +82,7 @@ class Nodes:
 @dataclass
 class Cluster(Nodes):
     sample: Path
+    database: str = ""
 
     def node_toml(self, name: str) -> Path:
         return configuration.short_run_dir(self.base / name / "run") / "node.toml"
@@ -160,7 +161,7 @@ association_timeout = 5.0
         check = subprocess.run([HAPROXY, "-c", "-f", str(base / "haproxy.cfg")], capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, check.stdout + check.stderr
         haproxy = start_process([HAPROXY, "-db", "-f", str(base / "haproxy.cfg")], cwd=base, log=base / "haproxy.log")
-        state = Cluster(base, ports, {}, base / "admin.sock", base / "sample.dcm")
+        state = Cluster(base, ports, {}, base / "admin.sock", base / "sample.dcm", database)
         try:
             for name in ("node-a", "node-b", "archive"):
                 state.start(name)
@@ -227,6 +228,25 @@ def test_report_through_haproxy_to_node_b_completes_a_transaction_waited_for_on_
     host, port = (configuration.short_run_dir(cluster.base / "node-b" / "run") / "metrics.ready").read_text().split()
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as rsp:
         assert 'nodectl_commitment_transactions{state="completed"} 3.0' in rsp.read().decode()
+
+
+def test_a_tracker_that_loses_its_listen_connection_still_wakes_its_client_and_listens_again(cluster: Cluster, tmp_path: Path) -> None:
+    """Issue 16: the trackers' LISTEN connections are cut by the server; a client waiting on A
+    for a report that reaches B still completes (A polls the table until it listens again)."""
+    import psycopg
+
+    assert cluster.haproxy("disable server nodes/node-a").strip() == ""
+    log_a = cluster.nodes["node-a"].log
+    listening = log_a().count("listening for transactions ended on other nodes")
+    with psycopg.connect(cluster.database, autocommit=True) as admin:
+        cut = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'nodectl-listen'").fetchall()
+    assert len(cut) == 2  # one per node
+    wait_until(lambda: "LISTEN connection lost" in log_a(), 10, "node A noticing its LISTEN connection is gone")
+    result, uid = commit_through_a(cluster, tmp_path / "after-cut", wait=True)
+    assert result.returncode == 0, result.stderr
+    assert completed_by(cluster, uid) == ["node-b"]
+    assert cluster.query("node-a", uid) == ("completed", 1, 1, 0)
+    wait_until(lambda: log_a().count("listening for transactions ended on other nodes") > listening, 10, "node A listening again")
 
 
 # --------------------------------------------------------------------------- three nodes, issue 16
