@@ -531,8 +531,9 @@ def _validate_cluster(config: NodeConfig) -> None:
     """[commitment] verify is index or file; [cluster] endpoint is tcp:// (other hosts dial it)."""
     if config.commitment.verify not in ("index", "file"):
         raise ConfigError(f"commitment.verify must be index or file, not {config.commitment.verify!r}")
-    if config.commitment.verify_timeout <= 0:
-        raise ConfigError("commitment.verify_timeout must be positive")
+    if not 0 < config.commitment.verify_timeout < config.commitment.request_timeout:
+        # the worker waits request_timeout for the tracker, which waits verify_timeout for owners
+        raise ConfigError("commitment.verify_timeout must be positive and below commitment.request_timeout")
     if config.cluster.endpoint and not config.cluster.endpoint.startswith("tcp://"):
         raise ConfigError(f"cluster.endpoint must be a tcp:// address, not {config.cluster.endpoint!r}")
 
