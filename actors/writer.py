@@ -20,6 +20,11 @@ file, fdatasync, rename, directory fsync, index transaction, then the answer.
 
 ``SyncStore`` (the commitment tracker, before it checks instances) is answered once every
 instance acknowledged before it arrived is materialised.
+
+Clusters (issue 16): every row names this node (``[cluster] node_id``) and, on a shared
+PostgreSQL index, the file's checksum. With ``[cluster] endpoint`` (tcp://) a verifier
+thread answers ``VerifyInstances`` from other nodes' trackers there (file present, size and
+checksum as recorded) and registers the endpoint in the shared database.
 """
 
 from __future__ import annotations
@@ -40,7 +45,10 @@ from node.errors import STATUS_OUT_OF_RESOURCES, MessageError, NodeError, PathEr
 from node.index import Index, InstanceRow
 from node import journal as journaling
 from node.journal import Entry, Journal, Record
-from node.messages import Envelope, ErrorReply, InstanceWritten, Ping, Pong, StoreSynced, SyncStore, WriteInstance
+from node import verify
+from node.messages import (
+    Envelope, ErrorReply, InstancesVerified, InstanceWritten, Ping, Pong, StoreSynced, SyncStore, VerifyInstances, WriteInstance,
+)
 from node.storage import PREAMBLE, PendingWrite, Store
 
 log = logging.getLogger("actors.writer")
@@ -87,7 +95,7 @@ class Writer:
             rename_retries=config.store.rename_retries,
             rename_retry_jitter_ms=config.store.rename_retry_jitter,
         )
-        self.index = Index(config.database)
+        self.index = Index(config.database, node_id=config.node_id)
         self.journal = Journal(journaling.path_for(self.store.directory)) if journaling.enabled(config) else None
         self.interval = config.store.materialise_interval
         self.idle = config.store.materialise_idle
@@ -322,7 +330,7 @@ class Writer:
         outcomes = self.store.commit(writes)
         previous = {r.message.sop_instance_uid: self.index.get(r.message.sop_instance_uid) for r in requests}
         rows = [
-            _row(r.message, outcome.path, outcome.size)
+            _row(r.message, outcome.path, outcome.size, self._checksum(r, outcome.path))
             for r, outcome in zip(requests, outcomes)
             if outcome.error is None and outcome.path is not None
         ]
@@ -351,10 +359,21 @@ class Writer:
             log.debug("assoc=%s sop=%s stored at %s", msg.assoc_id, msg.sop_instance_uid, outcome.path)
         return replies
 
+    def _checksum(self, request: _Request, path: Path) -> str:
+        """The file's checksum for a cluster's index (another node may ask us to verify it);
+        a single node's SQLite index goes without (its tracker compares sizes)."""
+        if not self.index.db.shared:
+            return ""
+        try:
+            return verify.digest_file(str(path)) if request.message.spool else verify.digest_parts(request.envelope.data)
+        except OSError as exc:
+            log.warning("sop=%s no checksum taken: %s", request.message.sop_instance_uid, exc.strerror)
+            return ""
+
     # ----- the materialiser (background thread) -------------------------------------------------
 
     def _materialiser(self) -> None:
-        index = Index(self.config.database)  # its own connection: SQLite's belong to one thread
+        index = Index(self.config.database, node_id=self.config.node_id)  # its own connection: SQLite's belong to one thread
         try:
             if not self._recover_until_done(index):
                 return
@@ -490,7 +509,7 @@ class Writer:
         return None
 
 
-def _row(msg: WriteInstance, path: Path | None, size: int) -> InstanceRow:
+def _row(msg: WriteInstance, path: Path | None, size: int, checksum: str = "") -> InstanceRow:
     return InstanceRow(
         sop_instance_uid=msg.sop_instance_uid,
         sop_class_uid=msg.sop_class_uid,
@@ -502,6 +521,7 @@ def _row(msg: WriteInstance, path: Path | None, size: int) -> InstanceRow:
         patient_id=msg.patient_id,
         calling_aet=msg.calling_aet,
         called_aet=msg.called_aet,
+        checksum=checksum,
     )
 
 
@@ -559,13 +579,71 @@ def _drain(sock: zmq.Socket, deadline_s: float) -> tuple[list[_Request], list[tu
     return batch, immediate, syncs
 
 
+class Verifier:
+    """Answers ``VerifyInstances`` from other nodes on ``[cluster] endpoint`` in its own thread
+    (file reads and checksums must not hold up the group commits of the write loop)."""
+
+    POLL_MS = 200
+
+    def __init__(self, config: NodeConfig, ctx: zmq.Context, stop: threading.Event) -> None:
+        self.config = config
+        self.stop = stop
+        self.sock = _bus.router(ctx, config.cluster.endpoint)  # bound here: a busy port fails the start
+        self.thread = threading.Thread(target=self._serve, name="verifier", daemon=True)
+
+    def start(self, index: Index) -> None:
+        index.register_node(self.config.node_id, self.config.cluster.endpoint)
+        self.thread.start()
+        log.info("verifier ready: node=%s endpoint=%s", self.config.node_id, self.config.cluster.endpoint)
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.thread.join(timeout=2 * self.POLL_MS / 1000 + 1)
+        self.sock.close(0)
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            if not self.sock.poll(self.POLL_MS, zmq.POLLIN):
+                continue
+            identity, envelope = _bus.receive(self.sock)
+            if isinstance(envelope, MessageError):
+                _bus.reply(self.sock, identity, ErrorReply(status=envelope.status, reason=str(envelope)), sender=NAME, corr="")
+            elif isinstance(envelope.message, VerifyInstances):
+                _bus.reply(self.sock, identity, self.check(envelope.message), sender=NAME, corr=envelope.id)
+            elif isinstance(envelope.message, Ping):
+                _bus.reply(self.sock, identity, Pong(pid=os.getpid()), sender=NAME, corr=envelope.id)
+            else:
+                reason = f"the verifier does not take {envelope.message.kind}"
+                _bus.reply(self.sock, identity, ErrorReply(status=0x0110, reason=reason), sender=NAME, corr=envelope.id)
+
+    def check(self, msg: VerifyInstances) -> InstancesVerified:
+        """Each instance: the file at the recorded path, with the recorded size and checksum."""
+        present: list[str] = []
+        problems: dict[str, str] = {}
+        for uid, (path, size, checksum) in msg.instances.items():
+            why = verify.problem(str(path), int(size), str(checksum))
+            if why:
+                problems[uid] = why
+            else:
+                present.append(uid)
+        if problems:
+            log.warning("verify: %d of %d instance(s) not intact, e.g. %s", len(problems), len(msg.instances), next(iter(problems.items())))
+        return InstancesVerified(node_id=self.config.node_id, present=present, problems=problems)
+
+
 def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = None) -> int:
     """Serve write requests until ``stop`` is set; then materialise everything journaled."""
     ctx = ctx or zmq.Context.instance()
     writer = Writer(config)
+    verifier: Verifier | None = None
     try:
         writer.prepare()
+        if config.cluster.endpoint:
+            verifier = Verifier(config, ctx, stop)
+            verifier.start(writer.index)
     except BaseException:
+        if verifier is not None:
+            verifier.sock.close(0)
         writer.close()
         raise
     sock = _bus.router(ctx, config.endpoint(NAME))
@@ -602,6 +680,8 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
                     log.warning("requester gone before its reply (%s)", getattr(message, "kind", "?"))
     finally:
         sock.close(0)
+        if verifier is not None:
+            verifier.close()
         backlog = writer.backlog
         if backlog and writer.failure is None:
             log.info("stopping: materialising %d journaled instance(s)", backlog)

@@ -29,6 +29,7 @@ File layout (every key optional; the embedded defaults run a node on port 11112)
               key_password, crl_check, dh_params
     [access]  allowed = { CALLED = ["CALLING", ...] }: calling AE titles per called AE title
     [metrics] enabled, host, port: the node's Prometheus endpoint (docs/operations.md)
+    [cluster] node_id, endpoint (tcp://): this node among those sharing one PostgreSQL index
 
 Environment: ``NODECTL_CONFIG`` names the file; ``NODECTL_AET``, ``NODECTL_PORT``,
 ``NODECTL_DIRECTORY``, ``NODECTL_DATABASE``, ``NODECTL_WORKERS``, ``NODECTL_RUN_DIR``,
@@ -205,6 +206,26 @@ class CommitmentConfig:
     role_reject: bool = False  # refuse report associations without SCP role selection
     association_timeout: float = 30.0  # outbox sender: ACSE/DIMSE timeouts
     accept_unknown: bool = False  # answer 0x0000 to reports of transactions never recorded (stcomscu server)
+    # SCP side, issue 16: how far a node checks before it reports an instance committed.
+    # "file": the file is present with its size and checksum (on this node, or the owning
+    # node's writer is asked over the bus); "index": the row in the (shared) index is proof.
+    verify: str = "file"
+    verify_timeout: float = 2.0  # an owning node that does not answer in this long: failed (0x0110)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Issue 16: who this node is among the nodes sharing one PostgreSQL index (``[cluster]``).
+
+    ``node_id`` is written into every index row this node stores (default: host name and
+    store directory, so two nodes on one host differ). ``endpoint`` is a ``tcp://`` address
+    the writer binds for ``VerifyInstances`` from other nodes' trackers and registers in the
+    shared database; without it other nodes cannot ask this one (verify="file" then fails
+    instances held here unless the store is a shared filesystem).
+    """
+
+    node_id: str = ""
+    endpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -238,6 +259,15 @@ class NodeConfig:
     metrics: MetricsConfig = MetricsConfig()
     tls: TlsConfig = TlsConfig()
     access: AccessConfig = AccessConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    @property
+    def node_id(self) -> str:
+        """This node's name in the shared index (``[cluster] node_id``, else host and store)."""
+        if self.cluster.node_id:
+            return self.cluster.node_id
+        digest = hashlib.sha256(str(self.directory.absolute()).encode()).hexdigest()[:8]
+        return f"{os.uname().nodename}-{digest}"
 
     def peer(self, aet: str) -> PeerConfig | None:
         """The ``[[peers]]`` entry of an AE title (last one wins), or None."""
@@ -282,6 +312,7 @@ SECTIONS: dict[str, type] = {
     "metrics": MetricsConfig,
     "tls": TlsConfig,
     "access": AccessConfig,
+    "cluster": ClusterConfig,
 }
 _NODE_KEYS = {"aet", "directory", "database", "workers", "run_dir", "transport", "log_level", "log_format"}
 
@@ -492,7 +523,19 @@ def validate(config: NodeConfig) -> NodeConfig:
     if not 0 <= config.store.status <= 0xFFFF:
         raise ConfigError(f"store.status {config.store.status} is not a 16-bit status")
     _validate_security(config)
+    _validate_cluster(config)
     return config
+
+
+def _validate_cluster(config: NodeConfig) -> None:
+    """[commitment] verify is index or file; [cluster] endpoint is tcp:// (other hosts dial it)."""
+    if config.commitment.verify not in ("index", "file"):
+        raise ConfigError(f"commitment.verify must be index or file, not {config.commitment.verify!r}")
+    if not 0 < config.commitment.verify_timeout < config.commitment.request_timeout:
+        # the worker waits request_timeout for the tracker, which waits verify_timeout for owners
+        raise ConfigError("commitment.verify_timeout must be positive and below commitment.request_timeout")
+    if config.cluster.endpoint and not config.cluster.endpoint.startswith("tcp://"):
+        raise ConfigError(f"cluster.endpoint must be a tcp:// address, not {config.cluster.endpoint!r}")
 
 
 def _validate_security(config: NodeConfig) -> None:
