@@ -104,10 +104,11 @@ def open_socket(host: str, port: int, *, timeout: float | None, family: int = so
             sock.close()
             raise AssociationError("tls", f"TLS handshake with {host}:{port} failed: {exc}", cause=exc) from None
     assert last is not None
-    raise AssociationError("connect", f"connection to {host}:{port} failed: {_os_text(last)}", cause=last)
+    raise AssociationError("connect", f"connection to {host}:{port} failed: {os_text(last)}", cause=last)
 
 
-def _os_text(exc: OSError) -> str:
+def os_text(exc: OSError) -> str:
+    """The OS's wording of a socket error (DCMTK prints it), without Python's [Errno n]."""
     if isinstance(exc, TimeoutError) or str(exc) == "timed out":
         return "Connection timed out"
     return exc.strerror or str(exc)
@@ -183,7 +184,7 @@ class Requestor:
             raise AssociationError("dimse-timeout", "timed out sending to the peer", cause=exc) from None
         except OSError as exc:
             self.close()
-            raise AssociationError("closed", f"the connection failed: {_os_text(exc)}", cause=exc) from None
+            raise AssociationError("closed", f"the connection failed: {os_text(exc)}", cause=exc) from None
 
     # ----- receiving ------------------------------------------------------------------------
 
@@ -222,7 +223,7 @@ class Requestor:
             data = b""
         except OSError as exc:
             self.close()
-            raise AssociationError("closed", f"the connection failed: {_os_text(exc)}", cause=exc) from None
+            raise AssociationError("closed", f"the connection failed: {os_text(exc)}", cause=exc) from None
         self.engine.receive_data(data)
         try:
             for event in self.engine.events():
@@ -330,7 +331,7 @@ def associate(host: str, port: int, rq: ul.AssociateRequest, *, timeouts: Timeou
         sock.sendall(engine.send(rq))
     except OSError as exc:
         requestor.close()
-        raise AssociationError("closed", f"the connection failed: {_os_text(exc)}", cause=exc) from None
+        raise AssociationError("closed", f"the connection failed: {os_text(exc)}", cause=exc) from None
     while requestor.accept is None:
         requestor._read_once(timeouts.acse, "acse-timeout")
     return requestor
