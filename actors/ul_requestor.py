@@ -78,6 +78,17 @@ def request(called_ae: str, calling_ae: str, contexts: Iterable[ul.ProposedConte
         roles=tuple(roles), user_identity=user_identity, async_window=async_window)
 
 
+def client_context(ca: str, certificate: str = "", key: str = "", password: str = "") -> ssl.SSLContext:
+    """A TLS client context that verifies the peer against ``ca`` (certificate and host name)
+    and presents ``certificate`` (``key``: its key file, empty when in the same PEM) when given.
+    OSError/ssl.SSLError say which file is wrong."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if certificate:
+        context.load_cert_chain(certificate, key or None, password=password or None)
+    return context
+
+
 def open_socket(host: str, port: int, *, timeout: float | None, family: int = socket.AF_UNSPEC,
                 tls: ssl.SSLContext | None = None, server_hostname: str | None = None) -> socket.socket:
     """Connect (IPv4 or IPv6, as ``family`` and the name allow) and shake hands when ``tls``."""
