@@ -213,6 +213,28 @@ class Requestor:
             self._read_once(limit, "dimse-timeout")
         return self._requests.popleft()
 
+    def poll_request(self, timeout: float) -> Received | None:
+        """A request the peer sent, reading for at most ``timeout`` seconds; None when none
+        came (the association goes on: a partial PDU stays in the engine's buffer)."""
+        if not self._requests:
+            try:
+                self._read_once(timeout, "dimse-timeout")
+            except AssociationError as exc:
+                if exc.kind != "dimse-timeout":
+                    raise
+        return self._requests.popleft() if self._requests else None
+
+    def fileno(self) -> int:
+        """The socket's descriptor, for a caller that polls it with other sources."""
+        return self.sock.fileno()
+
+    @property
+    def buffered(self) -> bool:
+        """Bytes already read past the socket (a TLS record, a queued request) wait here:
+        polling the descriptor alone would miss them."""
+        pending = getattr(self.sock, "pending", None)
+        return bool(self._requests) or bool(pending and pending())
+
     def respond(self, context_id: int, message: ul.Message, dataset: bytes | None = None) -> None:
         self.send(context_id, message, dataset)
 

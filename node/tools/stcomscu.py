@@ -53,7 +53,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from node import identify
+from actors import ul_requestor as rq
+from actors.ul_requestor import Requestor
+from node import ul
 from node.tools import dcmtk_args as da
 from node.tools import dcmtk_tls as tls
 from node.tools.dcmtk_args import App, CommandLine, Group, Option, Param, ToolExit
@@ -549,18 +551,11 @@ class Session:
         self._ask(RecordTransaction(transaction_uid=uid, refs=sc.refs_to_wire(request.refs), local_aet=s.aet,
                                     peer_aet=s.aec, peer_host=s.peer or "", peer_port=s.port or 0, timeout=timeout))
         try:
-            assoc, lost = self._associate()
+            assoc = self._associate()
         except ToolExit:
             self._ask(MarkRequested(transaction_uid=uid, status=-1))  # never sent: refused, not pending
             raise
-        status = -1
-        try:
-            self.log.info("Sending Storage Commitment Request (N-ACTION-RQ), Transaction UID %s", uid)
-            rsp, _reply = assoc.send_n_action(sc.request_dataset(request), sc.ACTION_REQUEST_COMMITMENT, SOP_CLASS, SOP_INSTANCE)
-            if rsp is not None and "Status" in rsp:
-                status = int(rsp.Status)
-        except (RuntimeError, ValueError) as exc:
-            self.log.error("cannot send N-ACTION request: %s", exc)
+        status = self._n_action(assoc, request)
         ok = status == sc.STATUS_SUCCESS
         if ok and not s.wait_event:
             self._end(assoc)  # release at once: an SCP may try the report on this association
@@ -575,7 +570,7 @@ class Session:
         if not s.wait_event:
             self._end(assoc)
             return 0
-        state = self._wait(uid, s.wait_s(), assoc=assoc, lost=lost)
+        state = self._wait(uid, s.wait_s(), assoc=assoc)
         if state is None and (s.mode == "combined" or s.node):
             self.log.info("no N-EVENT-REPORT within %.0f s on the N-ACTION association: waiting for one on a new association", s.wait_s())
             self._end(assoc)
@@ -586,62 +581,92 @@ class Session:
             return EXIT_CANNOT_WAIT_FOR_RESPONSE
         return self._write_outcome(uid, request)
 
-    def _associate(self) -> tuple[Any, threading.Event]:
-        """The N-ACTION association; its N-EVENT-REPORTs go to the tracker like a worker's."""
-        from pynetdicom import AE, evt
-
-        from actors import commitment_io
-
+    def _associate(self) -> Requestor:
+        """The N-ACTION association, on the node's engine; its N-EVENT-REPORTs are answered
+        while ``_wait`` waits (``_answer_report``)."""
         s = self.s
-        ae = identify(AE(ae_title=s.aet))
-        ae.acse_timeout = s.acse_timeout
-        ae.dimse_timeout = s.dimse_timeout
-        ae.network_timeout = None
-        ae.connection_timeout = s.connect_timeout
-        ae.maximum_pdu_size = s.max_pdu
-        for syntaxes in proposed_contexts(s.propose):
-            ae.add_requested_context(SOP_CLASS, list(syntaxes))
-        lost = threading.Event()
-        handlers = [
-            (evt.EVT_N_EVENT_REPORT, lambda event: commitment_io.on_n_event_report(event, self.client, "stcomscu")),
-            (evt.EVT_ABORTED, lambda event: lost.set()),
-        ]
+        contexts = [ul.ProposedContext(context_id=2 * i + 1, abstract_syntax=SOP_CLASS, transfer_syntaxes=syntaxes)
+                    for i, syntaxes in enumerate(proposed_contexts(s.propose))]
         self.log.info("Requesting Association")
-        tls_args = (self.tls_context, s.tls_settings.sni) if self.tls_context is not None else None
-        transport = da.CaptureErrors()
-        logging.getLogger("pynetdicom").addHandler(transport)
+        timeouts = rq.Timeouts(connect=s.connect_timeout, acse=s.acse_timeout, dimse=s.dimse_timeout)
         try:
-            assoc = ae.associate(s.peer, s.port, ae_title=s.aec, evt_handlers=handlers, tls_args=tls_args)
-        except (OSError, ValueError) as exc:
+            request = rq.request(s.aec, s.aet, contexts, max_pdu=s.max_pdu)
+            assoc = rq.associate(s.peer or "", s.port or 0, request, timeouts=timeouts, tls=self.tls_context,
+                                 server_hostname=s.tls_settings.sni, send_cap=s.max_send_pdu or 0)
+        except (rq.AssociationError, ValueError) as exc:
             self.log.error("Association Request Failed: %s", exc)
             raise ToolExit(EXIT_CANNOT_NEGOTIATE_ASSOCIATION) from None
-        finally:
-            logging.getLogger("pynetdicom").removeHandler(transport)
-        if not assoc.is_established or not any(str(cx.abstract_syntax) == SOP_CLASS for cx in assoc.accepted_contexts):
-            why = "no acceptable presentation context" if assoc.is_established else "rejected or aborted"
-            tcp = [m.split(":", 1)[1].strip() for m in transport.messages if m.startswith("TCP Initialisation Error")]
-            self.log.error("Association Request Failed: %s", tcp[0] if tcp else why)
+        if assoc.context_for(SOP_CLASS) is None:
+            self.log.error("Association Request Failed: %s", "no acceptable presentation context")
             self._end(assoc)
             raise ToolExit(EXIT_CANNOT_NEGOTIATE_ASSOCIATION)
-        if s.max_send_pdu:
-            from actors._pdu import cap_send_pdu
+        self.log.info("Association Accepted (Max Send PDV: %s)", assoc.engine.peer_max_pdu)
+        if s.verbose_pc and assoc.accept is not None:
+            proposed = {cx.context_id: cx for cx in contexts}
+            for result in assoc.accept.contexts:
+                cx = proposed[result.context_id]
+                syntaxes = result.transfer_syntax if result.result == ul.ACCEPTANCE else ", ".join(cx.transfer_syntaxes)
+                self.log.info("  Context ID %s (%s): %s, %s", result.context_id, CONTEXT_RESULTS.get(result.result, result.result),
+                              cx.abstract_syntax, syntaxes)
+        return assoc
 
-            cap_send_pdu(assoc.acceptor.user_information, s.max_send_pdu)
-        self.log.info("Association Accepted (Max Send PDV: %s)", assoc.acceptor.maximum_length)
-        if s.verbose_pc:
-            for cx in assoc.accepted_contexts + assoc.rejected_contexts:
-                self.log.info("  Context ID %s (%s): %s, %s", cx.context_id, cx.status,
-                              cx.abstract_syntax, ", ".join(str(ts) for ts in cx.transfer_syntax))
-        return assoc, lost
+    def _n_action(self, assoc: Requestor, request: Any) -> int:
+        """Send the N-ACTION-RQ; its response status, or -1 when there was none."""
+        from node import commitment as sc
 
-    def _end(self, assoc: Any) -> None:
-        if assoc is not None and assoc.is_established:
+        self.log.info("Sending Storage Commitment Request (N-ACTION-RQ), Transaction UID %s", request.transaction_uid)
+        context = assoc.context_for(SOP_CLASS)
+        assert context is not None
+        ident = assoc.next_message_id()
+        try:
+            data = encode_dataset(sc.request_dataset(request), context.transfer_syntax)
+            assoc.send(context.context_id, ul.NActionRQ(message_id=ident, requested_sop_class_uid=SOP_CLASS,
+                                                        requested_sop_instance_uid=SOP_INSTANCE,
+                                                        action_type_id=sc.ACTION_REQUEST_COMMITMENT), data)
+            return int(assoc.wait_response(ident).message.status)  # type: ignore[union-attr]
+        except (rq.AssociationError, ValueError) as exc:
+            self.log.error("cannot send N-ACTION request: %s", exc)
+            return -1
+
+    def _answer_report(self, assoc: Requestor, received: rq.Received) -> None:
+        """An N-EVENT-REPORT on the N-ACTION association: forward it to the tracker as a
+        worker would, answer with the tracker's status (0x0110 when it gives none)."""
+        from node import commitment as sc
+        from node.messages import ErrorReply, ForwardReport, ReportAnswer
+
+        message = received.message
+        if not isinstance(message, ul.NEventReportRQ):  # nothing else is ours to perform here
+            self.log.warning("unexpected %s on the N-ACTION association: aborting", type(message).__name__)
+            assoc.abort()
+            return
+        context = assoc.contexts[received.context_id]
+        status = sc.STATUS_PROCESSING_FAILURE
+        forward = ForwardReport(event_type=message.event_type_id, sop_class_uid=message.affected_sop_class_uid,
+                                sop_instance_uid=message.affected_sop_instance_uid, transfer_syntax=context.transfer_syntax,
+                                calling_aet=self.s.aec, called_aet=self.s.aet, assoc_id="stcomscu")
+        try:
+            answer = self.client.ask(forward, [received.dataset] if received.dataset is not None else [])
+        except TimeoutError as exc:
+            self.log.error("N-EVENT-REPORT: tracker did not answer: %s", exc)
+            answer = None
+        if isinstance(answer, (ReportAnswer, ErrorReply)):
+            status = answer.status
+        self.log.info("Received N-EVENT-REPORT, answered with status 0x%04X", status)
+        assoc.respond(received.context_id, ul.NEventReportRSP(
+            message_id_being_responded_to=message.message_id, status=status, affected_sop_class_uid=message.affected_sop_class_uid,
+            affected_sop_instance_uid=message.affected_sop_instance_uid, event_type_id=message.event_type_id))
+
+    def _end(self, assoc: Requestor | None) -> None:
+        if assoc is not None and assoc.established:
             if self.s.abort:
                 self.log.info("Aborting Association")
                 assoc.abort()
             else:
                 self.log.info("Releasing Association")
-                assoc.release()
+                try:
+                    assoc.release()
+                except rq.AssociationError as exc:
+                    self.log.warning("Association Release Failed: %s", exc)
 
     def _ask(self, message: Any) -> Any:
         try:
@@ -650,16 +675,30 @@ class Session:
             self.log.error("commitment tracker not answering: %s", exc)
             raise ToolExit(EXIT_CANNOT_INITIALIZE_NETWORK) from None
 
-    def _wait(self, uid: str, seconds: float, *, assoc: Any = None, lost: threading.Event | None = None) -> Any:
-        """The transaction's final state, or None after ``seconds`` (or when the association dies)."""
+    def _wait(self, uid: str, seconds: float, *, assoc: Requestor | None = None) -> Any:
+        """The transaction's final state, or None after ``seconds`` (or when the association
+        dies). The tracker's events and the association's reports are waited on together."""
         import zmq
 
         from node.messages import QueryTransaction, TransactionState, unpack
 
         deadline = time.monotonic() + seconds
         next_query = 0.0
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        watching = assoc is not None and assoc.established
+        if watching:
+            poller.register(assoc.fileno(), zmq.POLLIN)  # type: ignore[union-attr]
         while time.monotonic() < deadline:
-            if self.sub.poll(int(POLL_S * 1000), zmq.POLLIN):
+            ready = dict(poller.poll(0 if watching and assoc.buffered else int(POLL_S * 1000)))  # type: ignore[union-attr]
+            if watching and (assoc.buffered or assoc.fileno() in ready):  # type: ignore[union-attr]
+                watching = self._serve_association(assoc)  # type: ignore[arg-type]
+                if not watching:
+                    poller.unregister(assoc.fileno())  # type: ignore[union-attr]
+                    if self.s.mode == "client":
+                        self.log.error("association lost while waiting for the N-EVENT-REPORT")
+                        return self._final_state(uid)
+            if self.sub in ready:
                 frames = self.sub.recv_multipart()
                 state = unpack(frames[1:]).message
                 if isinstance(state, TransactionState) and state.transaction_uid == uid and state.state in ("completed", "expired"):
@@ -671,10 +710,25 @@ class Session:
                     return state
                 if state.state == "expired":
                     return None
-            if assoc is not None and (lost is not None and lost.is_set() or not assoc.is_alive()) and self.s.mode == "client":
-                self.log.error("association lost while waiting for the N-EVENT-REPORT")
-                return None
         return None
+
+    def _serve_association(self, assoc: Requestor) -> bool:
+        """Take what the peer sent on the N-ACTION association; False once it is over."""
+        try:
+            received = assoc.poll_request(POLL_S)
+            if received is not None:
+                self._answer_report(assoc, received)
+        except rq.AssociationError as exc:
+            self.log.info("N-ACTION association ended: %s", exc)
+            return False
+        return assoc.established
+
+    def _final_state(self, uid: str) -> Any:
+        """After the association died: completed if a report got through before it did."""
+        from node.messages import QueryTransaction
+
+        state = self._ask(QueryTransaction(transaction_uid=uid))
+        return state if state.state == "completed" else None
 
     # ----- server mode --------------------------------------------------------------------
 
@@ -799,6 +853,23 @@ class Session:
         except (OSError, ValueError) as exc:
             self.log.error("cannot write %s: %s", path, exc)
             return False
+
+
+CONTEXT_RESULTS = {0: "Accepted", 1: "User Rejected", 2: "Provider Rejected", 3: "Abstract Syntax Not Supported",
+                   4: "Transfer Syntax(es) Not Supported"}
+
+
+def encode_dataset(ds: Any, transfer_syntax: str) -> bytes:
+    """A request dataset in the context's transfer syntax; deflated is explicit little endian
+    through raw deflate (PS3.5 A.5)."""
+    import zlib
+
+    from node import commitment as sc
+
+    if transfer_syntax != DEFLATED:
+        return sc.encode(ds, transfer_syntax)
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(sc.encode(ds, EXPLICIT_LE)) + compressor.flush()
 
 
 def proposed_contexts(propose: str) -> list[tuple[str, ...]]:

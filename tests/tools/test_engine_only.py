@@ -14,7 +14,7 @@ import pytest
 
 FORBIDDEN = ("pynetdicom.ae", "pynetdicom.association", "pynetdicom.dul", "pynetdicom.acse", "pynetdicom.transport",
              "pynetdicom.events", "pynetdicom.fsm")
-MOVED = ("actors.ul_requestor", "node.tools.echoscu", "node.tools.echo")
+MOVED = ("actors.ul_requestor", "node.tools.echoscu", "node.tools.echo", "node.tools.stcomscu", "node.tools.commit")
 
 _PROBE = """
 import sys, importlib
