@@ -365,6 +365,12 @@ def associate(host: str, port: int, rq: ul.AssociateRequest, *, timeouts: Timeou
     except OSError as exc:
         requestor.close()
         raise AssociationError("closed", f"the connection failed: {os_text(exc)}", cause=exc) from None
-    while requestor.accept is None:
-        requestor._read_once(timeouts.acse, "acse-timeout")
+    try:
+        while requestor.accept is None:
+            requestor._read_once(timeouts.acse, "acse-timeout")
+    except AssociationError as exc:
+        if exc.kind == "acse-timeout":  # tell the peer, as pynetdicom and DCMTK do
+            requestor.abort()
+        requestor.close()
+        raise
     return requestor
