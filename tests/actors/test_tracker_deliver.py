@@ -6,12 +6,22 @@ reason in the node's log and is retried, never counted as delivered."""
 
 from __future__ import annotations
 
+import io
+import socket
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
 
+from actors.tracker import deliver
+from node import ul
+from node.commitment import Delivery, Ref, Report
+from node.config import CommitmentConfig, NodeConfig, PeerConfig
+from node.transactions import OutboxEntry
+from tests.node.ul.blocking import AcceptEverything, pump
+from tests.node.ul.helpers import COMMITMENT, CT
 from tests.nodes import RunningNode
 from tests.support import NODECTL, free_port, make_ct, start_process, stop_process, wait_for_port, wait_until
 
@@ -67,3 +77,71 @@ retry_max = 1.0
     assert dcmread(out / f"{uids['TLSPEER']}.rsp.ERR.dcm").TransactionUID == uids["TLSPEER"]  # a.dcm was never stored
     assert not list(out.glob(f"{uids['UNTRUSTED']}.rsp.*"))
     assert "CERTIFICATE_VERIFY_FAILED" in running.log()
+
+
+def _entry(requester: str) -> OutboxEntry:
+    report = Report(transaction_uid="1.2.3.4", committed=(Ref(CT, "1.2.3.4.5"),), failed=())
+    return OutboxEntry(transaction_uid="1.2.3.4", requester_aet=requester, called_aet="NODE", peer_host="127.0.0.1",
+                       request_hash="", report=report, state=Delivery.QUEUED, attempts=0, next_attempt=0.0, expires=0.0)
+
+
+class _ReportTaker:
+    """The requester's side of a report association on the engine, for one association:
+    negotiates under ``policy``, answers each N-EVENT-REPORT-RQ with Success."""
+
+    def __init__(self, policy: ul.AcceptorPolicy) -> None:
+        self.engine = ul.Association(ul.Role.ACCEPTOR)
+        self.policy = policy
+        self.requests: list[ul.AssociateRequest] = []
+        self.reports: list[bytes] = []
+        self._report: ul.NEventReportRQ | None = None
+        self._data = bytearray()
+
+    def __call__(self, event: ul.Event) -> bytes | None:
+        if isinstance(event, ul.AssociateRequest):
+            self.requests.append(event)
+            return self.engine.send(ul.negotiate(event, self.policy))
+        if isinstance(event, ul.ReleaseRequest):
+            return self.engine.send(ul.ReleaseReply())
+        if isinstance(event, ul.Command) and isinstance(event.message, ul.NEventReportRQ):
+            self._report, self._data = event.message, bytearray()
+        elif isinstance(event, ul.DatasetFragment) and self._report is not None:
+            self._data += event.data
+            if event.last:
+                self.reports.append(bytes(self._data))
+                rq = self._report
+                return self.engine.send_message(event.context_id, ul.NEventReportRSP(
+                    message_id_being_responded_to=rq.message_id, status=0, affected_sop_class_uid=rq.affected_sop_class_uid,
+                    affected_sop_instance_uid=rq.affected_sop_instance_uid, event_type_id=rq.event_type_id))
+        return None
+
+
+@pytest.mark.parametrize("grant_scp", [True, False])
+def test_deliver_proposes_the_scp_role_and_needs_it(grant_scp: bool) -> None:
+    """deliver() against the engine in a thread: the report goes only where the peer granted
+    us the SCP role; a refusal is a failed attempt with the reason, not a success."""
+    roles = {COMMITMENT: (False, True)} if grant_scp else {}
+    taker = _ReportTaker(ul.AcceptorPolicy(contexts=AcceptEverything(), roles=roles))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+
+        def serve_one() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                pump(conn, taker.engine, taker)
+
+        thread = threading.Thread(target=serve_one, daemon=True)
+        thread.start()
+        config = NodeConfig(aet="NODE", peers=(PeerConfig(aet="MODALITY", host="127.0.0.1", port=listener.getsockname()[1]),),
+                            commitment=CommitmentConfig(association_timeout=10))
+        ok, error = deliver(_entry("MODALITY"), config)
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    request = taker.requests[0]
+    assert (request.called_ae, request.calling_ae) == ("MODALITY", "NODE")
+    assert request.roles == (ul.RoleSelection(sop_class_uid=COMMITMENT, scu_role=False, scp_role=True),)
+    if grant_scp:
+        assert (ok, error) == (True, "")
+        assert dcmread(io.BytesIO(taker.reports[0]), force=True).TransactionUID == "1.2.3.4"
+    else:
+        assert not ok and "SCP role" in error and not taker.reports

@@ -162,3 +162,31 @@ def test_tls_into_dcmtk_storescp(tmp_path: Path) -> None:
     finally:
         stop_process(proc)
     assert caught.value.kind == "tls"
+
+
+def test_window_user_identity_and_responses_matched_by_message_id() -> None:
+    """Three C-STOREs in flight in a negotiated window of three, their responses taken in
+    reverse order; the user identity proposal reaches the peer and its response comes back."""
+    identity = ul.UserIdentity(identity_type=2, primary=b"user", secondary=b"secret", positive_response_requested=True)
+    policy = ul.AcceptorPolicy(contexts=AcceptEverything(), async_window=ul.AsyncWindow(max_invoked=4, max_performed=4),
+                               identify=lambda proposal: b"ok" if proposal.primary == b"user" else None)
+    with Acceptor(policy) as scp:
+        rq_ = rq.request("NODE", "REQ", contexts(CT), user_identity=identity,
+                         async_window=ul.AsyncWindow(max_invoked=3, max_performed=1))
+        assoc = rq.associate("127.0.0.1", scp.port, rq_, timeouts=TIMEOUTS)
+        assert assoc.accept is not None and assoc.accept.user_identity_response == b"ok"
+        cx = assoc.context_for(CT)
+        assert cx is not None
+        sent = []
+        while assoc.can_invoke:
+            ident = assoc.next_message_id()
+            assoc.send(cx.context_id, ul.CStoreRQ(message_id=ident, affected_sop_class_uid=CT,
+                                                  affected_sop_instance_uid=f"1.2.3.{ident}"), b"\x08\x00\x05\x00\x00\x00\x00\x00")
+            sent.append(ident)
+        assert sent == [1, 2, 3]
+        answers = {ident: assoc.wait_response(ident).message for ident in reversed(sent)}
+        assoc.release()
+        served = scp.join()
+    assert all(message.status == 0 for message in answers.values())  # type: ignore[union-attr]
+    assert sorted(served.stored) == ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
+    assert served.requests[0].user_identity == identity
