@@ -190,3 +190,29 @@ def test_window_user_identity_and_responses_matched_by_message_id() -> None:
     assert all(message.status == 0 for message in answers.values())  # type: ignore[union-attr]
     assert sorted(served.stored) == ["1.2.3.1", "1.2.3.2", "1.2.3.3"]
     assert served.requests[0].user_identity == identity
+
+
+def test_garbage_instead_of_an_answer_is_a_protocol_error_answered_by_an_abort() -> None:
+    """A peer that answers the A-ASSOCIATE-RQ with an unknown PDU type: one AssociationError
+    of kind "protocol", and the peer reads an A-ABORT (PDU type 0x07) before the close."""
+    got: list[bytes] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+
+        def hostile() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(10)
+                conn.recv(65536)
+                conn.sendall(b"\x99\x00\x00\x00\x00\x02\xff\xff")
+                while chunk := conn.recv(65536):
+                    got.append(chunk)
+
+        thread = threading.Thread(target=hostile, daemon=True)
+        thread.start()
+        with pytest.raises(rq.AssociationError) as caught:
+            rq.associate("127.0.0.1", listener.getsockname()[1], rq.request("ANY", "REQ", contexts(ul.VERIFICATION)),
+                         timeouts=TIMEOUTS)
+        thread.join(timeout=10)
+    assert caught.value.kind == "protocol"
+    assert b"".join(got)[:1] == b"\x07"
