@@ -12,8 +12,9 @@ on either association).
 
 Every transaction goes through a commitment tracker, so all modes share one code path:
 either the tracker of a running node (``--node CONFIG``, a nodectl extension: the report may
-then arrive at any listener of that node), or an in-process one (listener, workers and
-tracker as threads, ``inproc://``) whose database is ``<od>/.stcomscu.sqlite`` unless
+then arrive at any listener of that node), or an in-process one (the tracker as a thread,
+``inproc://``; reports on a new association reach ``actors/report_listener.py``, a small
+acceptor shell on the node's engine) whose database is ``<od>/.stcomscu.sqlite`` unless
 ``--database`` says otherwise; a run that created that file removes it when it ends with no
 transaction waiting for a report. The transaction is recorded before the N-ACTION goes out; the
 tracker publishes its end and this process writes the files.
@@ -31,8 +32,8 @@ layer cannot be set up (unreadable key or certificate, a profile or suite OpenSS
 ``--expect-sni``).
 
 TLS (``+tls key cert`` and DCMTK's other TLS options, ``node/tools/dcmtk_tls.py``): the
-N-ACTION association is a TLS client with our certificate; in server and combined mode the
-in-process listener accepts TLS only, with the same key, trust store (``+cf``/``+cd``),
+N-ACTION association (``actors/ul_requestor.py``) is a TLS client with our certificate; in
+server and combined mode the report listener accepts TLS only, with the same key, trust store (``+cf``/``+cd``),
 profile and ``-rc``/``-vc``/``-ic``. With ``--node`` the reports reach the node's listeners,
 whose TLS is the node's ``[tls]``.
 """
@@ -54,8 +55,10 @@ from pathlib import Path
 from typing import Any
 
 from actors import ul_requestor as rq
+from actors.report_listener import ReportListener
+from actors.tls import server_context
 from actors.ul_requestor import Requestor
-from node import ul
+from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
 from node.tools import dcmtk_args as da
 from node.tools import dcmtk_tls as tls
 from node.tools.dcmtk_args import App, CommandLine, Group, Option, Param, ToolExit
@@ -65,6 +68,7 @@ APPLICATIONTITLE = "STCOMSCU"
 PEERAPPLICATIONTITLE = "ANY-SCP"
 SOP_CLASS = "1.2.840.10008.1.20.1"
 SOP_INSTANCE = "1.2.840.10008.1.20.1.1"
+VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT, EXPLICIT_LE, EXPLICIT_BE, DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
 
 EXIT_NO_INPUT_FILES = 21
@@ -393,6 +397,7 @@ class Session:
         self.sub: Any = None
         self.client: Any = None
         self.tls_context: Any = None  # ssl.SSLContext for the N-ACTION association (+tls)
+        self.listener: ReportListener | None = None
         self._tmp: str | None = None
 
     def run(self, values: dict[str, Any]) -> int:
@@ -446,12 +451,10 @@ class Session:
             if s.listen_port is not None and not _can_bind(s.listen_port):
                 self.log.error("cannot listen on port %d", s.listen_port)
                 return EXIT_CANNOT_START_SCP_AND_LISTEN
-            self.config = self._inproc_config()
+            self.config = replace(self._inproc_config(), listeners=())  # reports: our own listener below
             from actors import tracker
             from actors.inproc import InprocNode
 
-            if s.listen_port is None:
-                self.config = replace(self.config, listeners=())
             self.node = InprocNode(self.config, extra={"tracker": tracker.run})
             try:
                 self._start_node()
@@ -461,10 +464,30 @@ class Session:
             self.config = self.node.config
             self.ctx = self.node.ctx
         self.client = commitment_io.TrackerClient(self.config, self.ctx, "stcomscu")
+        if not s.node and s.listen_port is not None:
+            try:
+                self.listener = self._start_listener(s.listen_port)
+            except OSError as exc:
+                self.log.error("cannot start SCP and listen: %s", exc)
+                return EXIT_CANNOT_START_SCP_AND_LISTEN
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.connect(self.config.endpoint("events"))
         return 0
+
+    def _start_listener(self, port: int) -> ReportListener:
+        """Reports on a new association (server and combined mode): the engine's acceptor
+        shell, TLS only with ``+tls`` (same key, trust store and profile as the client)."""
+        s = self.s
+        server_tls = self.config.tls
+        context = server_context(server_tls) if server_tls.certificate else None
+        policy = ul.AcceptorPolicy(
+            contexts={VERIFICATION: tuple(self.config.services.verification_transfer_syntaxes),
+                      SOP_CLASS: tuple(self.config.services.verification_transfer_syntaxes)},
+            roles={SOP_CLASS: (True, True)}, max_pdu=s.max_pdu,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID, implementation_version_name=IMPLEMENTATION_VERSION_NAME)
+        return ReportListener(port, policy, self.client.ask, self.log, sop_class=SOP_CLASS, tls=context,
+                              handshake_timeout=server_tls.handshake_timeout, role_reject=s.role_reject).start()
 
     def _start_node(self) -> None:
         """Start the in-process actors (without a listener in client mode)."""
@@ -503,6 +526,8 @@ class Session:
         )
 
     def _stop(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
         if self.sub is not None:
             self.sub.close(0)
         if self.node is not None:
@@ -740,7 +765,7 @@ class Session:
         from node.transactions import TransactionStore
 
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        host, port = self.node.address() if self.node is not None else ("", 0)
+        port = self.listener.port if self.listener is not None else 0
         self.log.info("listening for N-EVENT-REPORTs on port %d", port)
         stop = threading.Event()
         _stop_on_signals(stop)

@@ -16,11 +16,11 @@ import pytest
 FORBIDDEN = ("pynetdicom.ae", "pynetdicom.association", "pynetdicom.dul", "pynetdicom.acse", "pynetdicom.transport",
              "pynetdicom.events", "pynetdicom.fsm")
 MOVED = ("actors.ul_requestor", "node.tools.echoscu", "node.tools.echo", "node.tools.stcomscu", "node.tools.commit",
-         "node.tools.storescu")
+         "node.tools.storescu", "actors.report_listener")
 # Importing any pynetdicom module runs its package __init__, which loads the AE: the tools that
 # use pynetdicom's tables (storescu: storage SOP classes, status meanings) are checked in the
 # source only.
-NO_PYNETDICOM_AT_ALL = ("actors.ul_requestor", "node.tools.echoscu", "node.tools.echo")
+NO_PYNETDICOM_AT_ALL = ("actors.ul_requestor", "actors.report_listener", "node.tools.echoscu", "node.tools.echo")
 
 _PROBE = """
 import sys, importlib
