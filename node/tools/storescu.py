@@ -53,7 +53,8 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 DEFAULT_SYNTAXES = [EXPLICIT_LE, IMPLICIT_LE, DEFLATED_LE, EXPLICIT_BE]
-UNCOMPRESSED = (EXPLICIT_LE, IMPLICIT_LE, EXPLICIT_BE, DEFLATED_LE)  # what a dataset may be re-encoded into
+# a dataset may be re-encoded into another uncompressed syntax of its byte order (not deflated)
+SAME_BYTE_ORDER = ((EXPLICIT_LE, IMPLICIT_LE, DEFLATED_LE), (EXPLICIT_BE,))
 PRIORITY_LOW = 2  # pynetdicom's send_c_store default
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
@@ -363,11 +364,12 @@ def _converting_context(assoc: Requestor, sop_class: str, file_syntax: str) -> u
     """An accepted context to re-encode an uncompressed dataset into, or pynetdicom's error."""
     from pydicom.uid import UID
 
-    if file_syntax in UNCOMPRESSED:
-        for syntax in UNCOMPRESSED:
-            context = assoc.context_for(sop_class, syntax)
-            if context is not None:
-                return context
+    for group in SAME_BYTE_ORDER:
+        if file_syntax in group:
+            for syntax in group:
+                context = assoc.context_for(sop_class, syntax)
+                if context is not None and syntax != DEFLATED_LE:
+                    return context
     msg = f"No presentation context for '{UID(sop_class).name}' has been accepted by the peer"
     if file_syntax:
         msg += f" with '{UID(file_syntax).name}' transfer syntax"
@@ -375,22 +377,16 @@ def _converting_context(assoc: Requestor, sop_class: str, file_syntax: str) -> u
 
 
 def encode_dataset(ds: Any, transfer_syntax: str) -> bytes:
-    """A whole dataset in an uncompressed transfer syntax (deflated: raw deflate of explicit LE)."""
-    import zlib
-
+    """A whole dataset in an uncompressed, non-deflated transfer syntax."""
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_dataset
     from pydicom.uid import UID
 
-    target = EXPLICIT_LE if transfer_syntax == DEFLATED_LE else transfer_syntax
     fp = DicomBytesIO()
-    fp.is_little_endian = UID(target).is_little_endian
-    fp.is_implicit_VR = UID(target).is_implicit_VR
+    fp.is_little_endian = UID(transfer_syntax).is_little_endian
+    fp.is_implicit_VR = UID(transfer_syntax).is_implicit_VR
     write_dataset(fp, ds)
-    if transfer_syntax != DEFLATED_LE:
-        return fp.getvalue()
-    compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
-    return compressor.compress(fp.getvalue()) + compressor.flush()
+    return fp.getvalue()
 
 
 def _log_sending(logger: logging.Logger, request: ul.CStoreRQ) -> None:
