@@ -28,6 +28,7 @@ READ_SIZE = 1 << 16
 ARTIM_S = 5.0
 IDLE_S = 60.0
 ACCEPT_POLL_S = 0.2
+MAX_ASSOCIATIONS = 32  # at once; a flood of connections cannot take a thread each
 STATUS_PROCESSING_FAILURE = 0x0110
 
 Ask = Callable[[Any, list[bytes]], Any]  # TrackerClient.ask
@@ -87,10 +88,16 @@ class ReportListener:
                 continue
             except OSError:
                 return
+            self._threads = [t for t in self._threads if t.is_alive()]
+            if len(self._threads) > MAX_ASSOCIATIONS:  # the accept thread is one of them
+                self.log.warning("report association from %s:%s refused: %d open already", peer[0], peer[1],
+                                 MAX_ASSOCIATIONS)
+                conn.close()
+                continue
             thread = threading.Thread(target=self._serve, args=(conn, f"{peer[0]}:{peer[1]}"), name="report-association",
                                       daemon=True)
             thread.start()
-            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+            self._threads.append(thread)
 
     def _serve(self, conn: socket.socket, peer: str) -> None:
         try:

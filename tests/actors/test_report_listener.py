@@ -69,3 +69,26 @@ def test_hostile_bytes_cost_one_warning_and_no_traceback(listener: tuple[int, Pa
     still = associate(port, scp_role=False)  # still serving
     assert still.context_for(ul.VERIFICATION) is not None
     still.release()
+
+
+def test_a_flood_of_idle_connections_is_capped(listener: tuple[int, Path]) -> None:
+    """40 connections that never speak: at most 32 are served at once (each until ARTIM ends
+    it), the rest are closed at once with a WARNING; the listener serves on."""
+    port, log = listener
+    flood = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(40)]
+    try:
+        wait_until(lambda: "refused: 32 open already" in log.read_text(), 15, "the cap's WARNING")
+    finally:
+        for sock in flood:
+            sock.close()
+    assert "Traceback" not in log.read_text()
+    wait_until(lambda: _serving(port), 15, "serving again once the flood is gone")
+
+
+def _serving(port: int) -> bool:
+    try:
+        assoc = associate(port, scp_role=False)
+    except rq.AssociationError:
+        return False
+    assoc.release()
+    return True
