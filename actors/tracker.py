@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -39,13 +40,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import zmq
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from node import identify
-from actors import _bus, reload
+from actors import _bus, reload, ul_requestor
+from node import ul
 from node import commitment as sc
 from node import journal as journaling
 from node.commitment import CommitmentError, Ref, Report, State
-from node.config import NodeConfig
+from node.config import NodeConfig, PeerConfig
 from node.db import Listener, redact
 from node.errors import MessageError, NodeError, STATUS_PROCESSING_FAILURE
 from node import verify
@@ -378,35 +380,65 @@ def _owner_answer(sock: zmq.Socket, msg_id: str) -> InstancesVerified | None:
 # --------------------------------------------------------------------------- outbox sender
 
 
+# PS3.4 J.3.3: the SCP opening the association for a report proposes the SCP role for itself.
+_REPORT_ROLE = ul.RoleSelection(sop_class_uid=sc.SOP_CLASS, scu_role=False, scp_role=True)
+_REPORT_CONTEXTS = (ul.ProposedContext(context_id=1, abstract_syntax=sc.SOP_CLASS,
+                                       transfer_syntaxes=(ExplicitVRLittleEndian, ImplicitVRLittleEndian)),)
+
+
 def deliver(entry: OutboxEntry, config: NodeConfig) -> tuple[bool, str]:
     """Send one queued report on a new association to its requester; (delivered, error)."""
     peer = config.peer(entry.requester_aet)
     if peer is None:
         return False, f"no [[peers]] entry for {entry.requester_aet}"
-    from pynetdicom import AE, build_role
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
+    where = f"{entry.requester_aet}@{peer.host}:{peer.port}"
     timeout = config.commitment.association_timeout
-    ae = identify(AE(ae_title=entry.called_aet or config.aet))
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = timeout
-    ae.add_requested_context(sc.SOP_CLASS, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    # PS3.4 J.3.3: the SCP opening the association proposes the SCP role for itself.
-    role = build_role(sc.SOP_CLASS, scu_role=False, scp_role=True)
-    assoc = ae.associate(peer.host, peer.port, ae_title=entry.requester_aet, ext_neg=[role])
-    if not assoc.is_established:
-        return False, f"association to {entry.requester_aet}@{peer.host}:{peer.port} not established"
     try:
-        rsp = assoc.send_n_event_report(sc.report_dataset(entry.report), entry.report.event_type, sc.SOP_CLASS, sc.SOP_INSTANCE)
-        status = getattr(rsp[0], "Status", None) if rsp and rsp[0] is not None else None
-    finally:
-        if assoc.is_established:
-            assoc.release()
+        tls_context = peer_tls_context(peer, config) if peer.tls else None
+    except (OSError, ssl.SSLError) as exc:
+        return False, f"TLS to {where}: {exc}"
+    request = ul_requestor.request(entry.requester_aet, entry.called_aet or config.aet, _REPORT_CONTEXTS, roles=[_REPORT_ROLE])
+    try:
+        with ul_requestor.associate(peer.host, peer.port, request, timeouts=ul_requestor.Timeouts(timeout, timeout, timeout),
+                                    tls=tls_context, server_hostname=peer.server_name or peer.host) as assoc:
+            status = _send_report(assoc, entry)
+            _release_quietly(assoc)
+    except ul_requestor.AssociationError as exc:
+        return False, f"association to {where}: {exc}"
     if status is None:
-        return False, "no N-EVENT-REPORT-RSP"
+        return False, f"{where} accepted no Storage Commitment context with the SCP role for us"
     if status != sc.STATUS_SUCCESS:
-        return False, f"N-EVENT-REPORT-RSP status 0x{int(status):04X}"
+        return False, f"N-EVENT-REPORT-RSP status 0x{status:04X}"
     return True, ""
+
+
+def _send_report(assoc: ul_requestor.Requestor, entry: OutboxEntry) -> int | None:
+    """The N-EVENT-REPORT and its response status; None when no context allows it (the peer
+    refused us the SCP role, or the SOP class)."""
+    context = assoc.context_for(sc.SOP_CLASS)
+    if context is None or not context.requestor_scp:
+        return None
+    ident = assoc.next_message_id()
+    assoc.send(context.context_id, ul.NEventReportRQ(message_id=ident, affected_sop_class_uid=sc.SOP_CLASS,
+                                                     affected_sop_instance_uid=sc.SOP_INSTANCE,
+                                                     event_type_id=entry.report.event_type),
+               sc.encode(sc.report_dataset(entry.report), context.transfer_syntax))
+    return int(assoc.wait_response(ident).message.status)  # type: ignore[union-attr]
+
+
+def _release_quietly(assoc: ul_requestor.Requestor) -> None:
+    """Release; a peer that answered the report but botches the release still got it."""
+    try:
+        assoc.release()
+    except ul_requestor.AssociationError as exc:
+        log.info("report association: release failed after the response: %s", exc)
+
+
+def peer_tls_context(peer: PeerConfig, config: NodeConfig) -> ssl.SSLContext:
+    """The client side for a ``tls = true`` peer: its CA, the node's certificate (the peer's
+    own entry, else ``[tls]``'s)."""
+    certificate, key = (peer.certificate, peer.key) if peer.certificate else (config.tls.certificate, config.tls.key)
+    return ul_requestor.client_context(peer.ca, certificate, key, config.tls.key_password if not peer.certificate else "")
 
 
 class Sender:

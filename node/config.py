@@ -183,11 +183,22 @@ class BusConfig:
 
 @dataclass(frozen=True)
 class PeerConfig:
-    """A remote AE the node may have to call back (Storage Commitment reports): ``[[peers]]``."""
+    """A remote AE the node may have to call back (Storage Commitment reports): ``[[peers]]``.
+
+    ``tls = true``: the association to it is TLS; ``ca`` is the trust store for the peer's
+    certificate (required: a report is never sent to an unverified peer), ``certificate`` and
+    ``key`` the node's client certificate (empty: ``[tls]``'s, and none when that is empty
+    too), ``server_name`` the name the peer's certificate must carry (empty: ``host``).
+    """
 
     aet: str
     host: str
     port: int
+    tls: bool = False
+    ca: str = ""
+    certificate: str = ""
+    key: str = ""
+    server_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -374,7 +385,7 @@ def from_mapping(data: Mapping[str, Any], base_dir: Path = Path(".")) -> NodeCon
     if "listeners" in data:
         kwargs["listeners"] = tuple(_build(ListenerConfig, t, "listeners") for t in data["listeners"])
     if "peers" in data:
-        kwargs["peers"] = tuple(_build_peer(t) for t in data["peers"])
+        kwargs["peers"] = tuple(_build_peer(t, base_dir) for t in data["peers"])
     for section, cls in SECTIONS.items():
         if section in data:
             kwargs[section] = _build(cls, data[section], section)
@@ -392,15 +403,35 @@ def _tls_paths(tls: TlsConfig, base_dir: Path) -> TlsConfig:
     return replace(tls, **updates) if updates else tls
 
 
-def _build_peer(table: Mapping[str, Any]) -> PeerConfig:
-    """A ``[[peers]]`` entry: aet, host and port are all required."""
-    unknown = set(table) - {"aet", "host", "port"}
-    if unknown or not {"aet", "host", "port"} <= set(table):
-        raise ConfigError(f"[[peers]]: needs exactly aet, host and port, got {', '.join(sorted(table))}")
+_PEER_REQUIRED = frozenset({"aet", "host", "port"})
+_PEER_TLS = frozenset({"tls", "ca", "certificate", "key", "server_name"})
+
+
+def _build_peer(table: Mapping[str, Any], base_dir: Path | None = None) -> PeerConfig:
+    """A ``[[peers]]`` entry: aet, host and port are all required; the TLS keys are optional,
+    their paths relative to the config file's directory."""
+    unknown = set(table) - _PEER_REQUIRED - _PEER_TLS
+    if unknown or not _PEER_REQUIRED <= set(table):
+        raise ConfigError(f"[[peers]]: needs aet, host and port (and optionally {', '.join(sorted(_PEER_TLS))}), "
+                          f"got {', '.join(sorted(table))}")
     try:
-        return PeerConfig(aet=check_aet(str(table["aet"])), host=str(table["host"]), port=int(table["port"]))
+        port = int(table["port"])
     except (TypeError, ValueError):
         raise ConfigError(f"[[peers]]: bad port {table.get('port')!r}") from None
+    if not isinstance(table.get("tls", False), bool):
+        raise ConfigError(f"[[peers]] {table['aet']}: tls must be true or false")
+    paths = {name: _relative_to(str(table[name]), base_dir) for name in ("ca", "certificate", "key") if table.get(name)}
+    peer = PeerConfig(aet=check_aet(str(table["aet"])), host=str(table["host"]), port=port, tls=table.get("tls", False),
+                      server_name=str(table.get("server_name", "")), **paths)
+    if peer.tls and not peer.ca:
+        raise ConfigError(f"[[peers]] {peer.aet}: tls = true needs ca (the trust store for the peer's certificate)")
+    if (peer.ca or peer.certificate or peer.key or peer.server_name) and not peer.tls:
+        raise ConfigError(f"[[peers]] {peer.aet}: ca, certificate, key and server_name need tls = true")
+    return peer
+
+
+def _relative_to(path: str, base_dir: Path | None) -> str:
+    return str(base_dir / path) if base_dir is not None and not Path(path).is_absolute() else path
 
 
 def parse_peer(text: str) -> PeerConfig:
