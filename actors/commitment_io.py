@@ -1,8 +1,9 @@
-"""Storage Commitment on a live pynetdicom association: the glue between DIMSE and the tracker.
+"""Storage Commitment on a live association: the glue between DIMSE and the tracker.
 
-Used by the association worker (and by ``nodectl stcomscu`` for the association it opens
-itself), so every process that may receive an N-ACTION or an N-EVENT-REPORT treats it the
-same way:
+Used by the association worker's engine shell (actors/_ul_association.py) and by ``nodectl
+stcomscu``, so every process that may receive an N-ACTION or an N-EVENT-REPORT treats it the
+same way. ``request_commitment``, ``forward_report`` and ``report_delivered`` know no
+association library; the ``on_*`` functions are pynetdicom handlers built on them.
 
 * N-ACTION-RQ -> ``RequestCommitment`` to the tracker -> N-ACTION-RSP with its status. The
   tracker has put the report in its outbox before it answers. When it says ``deliver_here``,
@@ -59,6 +60,61 @@ class TrackerClient:
             sock.close(0)
 
 
+# ----- engine-independent steps: any shell (pynetdicom's handlers, node/ul's) calls these -----
+
+
+def request_commitment(client: TrackerClient, message: RequestCommitment, data: bytes | None) -> tuple[int, CommitmentAnswer | None]:
+    """N-ACTION-RQ -> the tracker: the status for the N-ACTION-RSP, and the tracker's answer
+    when the report is to go out on this association after that RSP (else None)."""
+    try:
+        answer = client.ask(message, [data] if data is not None else [])
+    except TimeoutError as exc:
+        log.error("assoc=%s N-ACTION: tracker did not answer: %s", message.assoc_id, exc)
+        return sc.STATUS_PROCESSING_FAILURE, None
+    if isinstance(answer, ErrorReply):
+        log.error("assoc=%s N-ACTION: tracker failed: %s", message.assoc_id, answer.reason)
+        return answer.status, None
+    if not isinstance(answer, CommitmentAnswer):
+        return sc.STATUS_PROCESSING_FAILURE, None
+    log.info("assoc=%s calling=%s N-ACTION txn=%s status=0x%04X", message.assoc_id, message.calling_aet, answer.transaction_uid, answer.status)
+    return answer.status, answer if answer.status == sc.STATUS_SUCCESS and answer.deliver_here else None
+
+
+def forward_report(client: TrackerClient, message: ForwardReport, data: bytes | None) -> int:
+    """N-EVENT-REPORT-RQ -> the tracker: the status for the RSP; 0x0110 when the tracker
+    cannot be reached, so the SCP keeps the report and retries."""
+    try:
+        answer = client.ask(message, [data] if data is not None else [])
+    except TimeoutError as exc:
+        log.error("assoc=%s N-EVENT-REPORT: tracker did not answer: %s", message.assoc_id, exc)
+        return sc.STATUS_PROCESSING_FAILURE
+    if isinstance(answer, ReportAnswer):
+        log.info("assoc=%s N-EVENT-REPORT txn=%s status=0x%04X %s", message.assoc_id, answer.transaction_uid, answer.status, answer.reason)
+        return answer.status
+    if isinstance(answer, ErrorReply):
+        log.error("assoc=%s N-EVENT-REPORT: tracker failed: %s", message.assoc_id, answer.reason)
+        return answer.status
+    return sc.STATUS_PROCESSING_FAILURE
+
+
+def report_of(answer: CommitmentAnswer) -> sc.Report:
+    """The report a deliver-here answer promised."""
+    return sc.Report(answer.transaction_uid, sc.refs_from_wire(answer.committed), sc.failed_from_wire(answer.failed))
+
+
+def report_delivered(client: TrackerClient, answer: CommitmentAnswer, status: int, assoc_id: str) -> None:
+    """Tell the tracker how the same-association report went (-1: not answered); when it does
+    not take this, its outbox resends the report on a new association."""
+    log.info("assoc=%s txn=%s report on the same association: status=%d", assoc_id, answer.transaction_uid, status)
+    try:
+        client.ask(ReportDelivered(transaction_uid=answer.transaction_uid, status=status, assoc_id=assoc_id))
+    except TimeoutError:
+        log.warning("assoc=%s txn=%s tracker did not take the delivery outcome; the outbox will resend", assoc_id, answer.transaction_uid)
+
+
+# ----- pynetdicom's handlers ---------------------------------------------------------------
+
+
 def _raw(buffer: Any) -> bytes | None:
     """The bytes of a received Action/Event Information (a BytesIO), or None."""
     if buffer is None:
@@ -76,7 +132,6 @@ def on_n_action(event: Any, client: TrackerClient, assoc_id: str, pending: dict[
     """EVT_N_ACTION: ask the tracker; remember a same-association delivery for after the RSP."""
     req = event.request
     assoc = event.assoc
-    data = _raw(req.ActionInformation)
     message = RequestCommitment(
         action_type=int(req.ActionTypeID if req.ActionTypeID is not None else -1),
         sop_class_uid=str(req.RequestedSOPClassUID or ""),
@@ -87,20 +142,10 @@ def on_n_action(event: Any, client: TrackerClient, assoc_id: str, pending: dict[
         peer_host=str(assoc.requestor.address),
         assoc_id=assoc_id,
     )
-    try:
-        answer = client.ask(message, [data] if data is not None else [])
-    except TimeoutError as exc:
-        log.error("assoc=%s N-ACTION: tracker did not answer: %s", assoc_id, exc)
-        return sc.STATUS_PROCESSING_FAILURE, None
-    if isinstance(answer, ErrorReply):
-        log.error("assoc=%s N-ACTION: tracker failed: %s", assoc_id, answer.reason)
-        return answer.status, None
-    if not isinstance(answer, CommitmentAnswer):
-        return sc.STATUS_PROCESSING_FAILURE, None
-    if answer.status == sc.STATUS_SUCCESS and answer.deliver_here:
-        pending[int(req.MessageID)] = answer
-    log.info("assoc=%s calling=%s N-ACTION txn=%s status=0x%04X", assoc_id, assoc.requestor.ae_title, answer.transaction_uid, answer.status)
-    return answer.status, None
+    status, here = request_commitment(client, message, _raw(req.ActionInformation))
+    if here is not None:
+        pending[int(req.MessageID)] = here
+    return status, None
 
 
 def on_dimse_sent(event: Any, client: TrackerClient, assoc_id: str, pending: dict[int, CommitmentAnswer]) -> None:
@@ -142,7 +187,7 @@ def deliver_here(assoc: Any, answer: CommitmentAnswer, client: TrackerClient, as
         time.sleep(0.005)
     status = -1
     if assoc.is_established and not releasing(assoc):
-        report = sc.Report(answer.transaction_uid, sc.refs_from_wire(answer.committed), sc.failed_from_wire(answer.failed))
+        report = report_of(answer)
         try:
             assoc.dimse_timeout = min(assoc.dimse_timeout or SAME_ASSOCIATION_DIMSE_S, SAME_ASSOCIATION_DIMSE_S)
             rsp, _reply = assoc.send_n_event_report(sc.report_dataset(report), report.event_type, sc.SOP_CLASS, sc.SOP_INSTANCE)
@@ -150,18 +195,13 @@ def deliver_here(assoc: Any, answer: CommitmentAnswer, client: TrackerClient, as
                 status = int(rsp.Status)
         except (RuntimeError, ValueError) as exc:  # the association ended under us
             log.info("assoc=%s report on the same association failed: %s", assoc_id, exc)
-    log.info("assoc=%s txn=%s report on the same association: status=%d", assoc_id, answer.transaction_uid, status)
-    try:
-        client.ask(ReportDelivered(transaction_uid=answer.transaction_uid, status=status, assoc_id=assoc_id))
-    except TimeoutError:
-        log.warning("assoc=%s txn=%s tracker did not take the delivery outcome; the outbox will resend", assoc_id, answer.transaction_uid)
+    report_delivered(client, answer, status, assoc_id)
 
 
 def on_n_event_report(event: Any, client: TrackerClient, assoc_id: str) -> tuple[int, None]:
     """EVT_N_EVENT_REPORT: forward to the tracker, answer with its status (0x0110 if none)."""
     req = event.request
     assoc = event.assoc
-    data = _raw(req.EventInformation)
     message = ForwardReport(
         event_type=int(req.EventTypeID if req.EventTypeID is not None else -1),
         sop_class_uid=str(req.AffectedSOPClassUID or ""),
@@ -171,18 +211,7 @@ def on_n_event_report(event: Any, client: TrackerClient, assoc_id: str) -> tuple
         called_aet=assoc.acceptor.ae_title if assoc.is_acceptor else assoc.requestor.ae_title,
         assoc_id=assoc_id,
     )
-    try:
-        answer = client.ask(message, [data] if data is not None else [])
-    except TimeoutError as exc:
-        log.error("assoc=%s N-EVENT-REPORT: tracker did not answer: %s", assoc_id, exc)
-        return sc.STATUS_PROCESSING_FAILURE, None
-    if isinstance(answer, ReportAnswer):
-        log.info("assoc=%s N-EVENT-REPORT txn=%s status=0x%04X %s", assoc_id, answer.transaction_uid, answer.status, answer.reason)
-        return answer.status, None
-    if isinstance(answer, ErrorReply):
-        log.error("assoc=%s N-EVENT-REPORT: tracker failed: %s", assoc_id, answer.reason)
-        return answer.status, None
-    return sc.STATUS_PROCESSING_FAILURE, None
+    return forward_report(client, message, _raw(req.EventInformation)), None
 
 
 def apply_roles(ae: Any, rules: Any) -> None:
