@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
-from actors import commitment_io
+from actors import _app_log, commitment_io
 from node import commitment as sc
 from node import ul
 from node.errors import STATUS_OUT_OF_RESOURCES
@@ -242,19 +242,24 @@ class EngineAssociation(threading.Thread):
             if self._incoming is not None:
                 log.warning("assoc=%s released in the middle of a message", aid)
             self._send(self.engine.send(ul.ReleaseReply()))
+            _app_log.released()
         elif isinstance(event, ul.Abort):
             log.info("assoc=%s aborted (source %d, reason %d)", aid, event.source, event.reason)
+            _app_log.aborted()
         elif isinstance(event, ul.ConnectionClosed) and self.engine.request is None:
             log.info("assoc=%s connection closed by the peer before a request", aid)
 
     def _on_request(self, request: ul.AssociateRequest) -> None:
+        _app_log.associate_request(request)
         refusal = self.worker.admit_request(self.live, request.called_ae, request.calling_ae)
+        answer: ul.AssociateAccept | ul.AssociateReject
         if refusal is not None:
-            self._send(self.engine.send(ul.AssociateReject(result=refusal.result, source=refusal.source, reason=refusal.reason)))
-            return
-        answer = ul.negotiate(request, self.worker.acceptor_policy(self.live))
+            answer = ul.AssociateReject(result=refusal.result, source=refusal.source, reason=refusal.reason)
+        else:
+            answer = ul.negotiate(request, self.worker.acceptor_policy(self.live))
         if isinstance(answer, ul.AssociateAccept) and self.worker.config.commitment.role_reject:
             answer = refuse_commitment_without_scp_role(request, answer)
+        _app_log.associate_answer(request, answer)
         self._send(self.engine.send(answer))
         if isinstance(answer, ul.AssociateAccept):
             log.info("assoc=%s calling=%s called=%s accepted %d context(s)", self.handoff.assoc_id, request.calling_ae,
@@ -263,6 +268,7 @@ class EngineAssociation(threading.Thread):
     def _on_command(self, event: ul.Command) -> None:
         """Answer a C-ECHO now; start receiving a C-STORE's dataset or a commitment's information."""
         message, context = event.message, self.engine.contexts[event.context_id]
+        _app_log.command_received(event.context_id, message)
         if isinstance(message, ul.CCancelRQ):
             return  # nothing outstanding to cancel: one operation at a time
         if isinstance(message, ul.CEchoRQ) and context.abstract_syntax == VERIFICATION:
