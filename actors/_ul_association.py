@@ -10,8 +10,12 @@ socket, the clock (ARTIM and the idle timeout as socket timeouts) and the node's
   reports them, so a 1 GiB instance never sits in memory;
 * the C-STORE-RSP goes out only after the writer says the file is durable
   (``Worker.store_instance``);
-* one operation at a time (no asynchronous window is answered), so the peer's own window
-  keeps it from running ahead;
+* one operation at a time, unless the node offers an asynchronous operations window
+  (``network.max_ops_invoked``/``max_ops_performed``, dcm4che's options) and the requestor
+  proposed one: then up to the negotiated number of C-STOREs (at most ``MAX_IN_FLIGHT``)
+  are made durable at once by a small pool of threads while the reader goes on, each
+  answered by its Message ID as soon as it is durable; the engine, shared between them,
+  is used under one lock, and the reader waits for a free slot (TCP backpressure);
 * Storage Commitment (actors/commitment_io.py, the tracker): an N-ACTION-RQ goes to the
   tracker and its status back in the N-ACTION-RSP; when the tracker says ``deliver_here``
   the N-EVENT-REPORT-RQ follows on this association (unless the peer is already releasing)
@@ -29,8 +33,10 @@ import logging
 import os
 import select
 import socket
+import ssl
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
@@ -52,6 +58,9 @@ READ_SIZE = 1 << 16
 # How long to wait for the peer to close after an A-ASSOCIATE-RJ or A-RELEASE-RP (the
 # requestor closes the connection, PS3.8 7.1.4 / 7.2), before closing it ourselves.
 CLOSE_WAIT_S = 1.0
+
+# C-STOREs one association makes durable at once, whatever window was negotiated.
+MAX_IN_FLIGHT = 16
 
 # Action and Event Information is held in memory: a 50,000-instance request is ~10 MB.
 MAX_COMMITMENT_INFO = 64 << 20
@@ -148,6 +157,10 @@ class EngineAssociation(threading.Thread):
         self._tracker: commitment_io.TrackerClient | None = None
         self._spools = 0
         self._closed = False
+        self._lock = threading.Lock()  # the engine and the socket's sending side
+        self._pool: ThreadPoolExecutor | None = None  # with a negotiated window above 1
+        self._slots: threading.BoundedSemaphore | None = None
+        self._in_flight: set[Future[None]] = set()
 
     @property
     def peer(self) -> str:
@@ -180,6 +193,8 @@ class EngineAssociation(threading.Thread):
         finally:
             if self._incoming is not None:
                 self._incoming.discard()
+            if self._pool is not None:  # stores under way finish (bounded by the write timeout)
+                self._pool.shutdown(wait=True)
             self._report_outcome(-1)
             self._close()
 
@@ -196,9 +211,20 @@ class EngineAssociation(threading.Thread):
             self._feed(data)
 
     def _feed(self, data: bytes) -> None:
-        self.engine.receive_data(data)
-        for event in self.engine.events():
+        with self._lock:
+            self.engine.receive_data(data)
+        self._take_events()
+
+    def _take_events(self) -> None:
+        """Act on every event the buffered bytes make (the engine only under the lock)."""
+        while True:
+            with self._lock:
+                event = self.engine.next_event()
+            if isinstance(event, ul.NeedData):
+                return
             self._on_event(event)
+            if isinstance(event, ul.ConnectionClosed):
+                return
 
     def _read(self) -> bytes | None:
         """The next bytes from the peer (b"" when it closed); None when ARTIM expired."""
@@ -241,7 +267,8 @@ class EngineAssociation(threading.Thread):
         elif isinstance(event, ul.ReleaseRequest):
             if self._incoming is not None:
                 log.warning("assoc=%s released in the middle of a message", aid)
-            self._send(self.engine.send(ul.ReleaseReply()))
+            self._wait_for_operations()
+            self._send_event(ul.ReleaseReply())
             _app_log.released()
         elif isinstance(event, ul.Abort):
             log.info("assoc=%s aborted (source %d, reason %d)", aid, event.source, event.reason)
@@ -260,8 +287,9 @@ class EngineAssociation(threading.Thread):
         if isinstance(answer, ul.AssociateAccept) and self.worker.config.commitment.role_reject:
             answer = refuse_commitment_without_scp_role(request, answer)
         _app_log.associate_answer(request, answer)
-        self._send(self.engine.send(answer))
+        self._send_event(answer)
         if isinstance(answer, ul.AssociateAccept):
+            self._open_window()
             log.info("assoc=%s calling=%s called=%s accepted %d context(s)", self.handoff.assoc_id, request.calling_ae,
                      request.called_ae, len(self.engine.contexts))
 
@@ -272,8 +300,8 @@ class EngineAssociation(threading.Thread):
         if isinstance(message, ul.CCancelRQ):
             return  # nothing outstanding to cancel: one operation at a time
         if isinstance(message, ul.CEchoRQ) and context.abstract_syntax == VERIFICATION:
-            self._send(self.engine.send_message(event.context_id, ul.CEchoRSP(
-                message_id_being_responded_to=message.message_id, status=0, affected_sop_class_uid=message.affected_sop_class_uid)))
+            self._send_message(event.context_id, ul.CEchoRSP(
+                message_id_being_responded_to=message.message_id, status=0, affected_sop_class_uid=message.affected_sop_class_uid))
             return
         if context.abstract_syntax == STORAGE_COMMITMENT:
             self._on_commitment_command(event.context_id, message)
@@ -313,24 +341,63 @@ class EngineAssociation(threading.Thread):
         self._incoming = None
         if isinstance(incoming, _Collecting):
             self._commitment(incoming)
-        else:
-            self._store(incoming)
-
-    def _store(self, incoming: _Incoming) -> None:
-        """Make the instance durable (or not, as the store options say), then answer."""
-        incoming.finish()
+            return
         self.live.stores += 1
+        if self._pool is None:
+            self._store(incoming, self.live.stores)
+            return
+        assert self._slots is not None
+        self._slots.acquire()  # the reader pauses while MAX_IN_FLIGHT stores are under way
+        future = self._pool.submit(self._store, incoming, self.live.stores)
+        with self._lock:
+            self._in_flight.add(future)
+        future.add_done_callback(self._operation_done)
+
+    def _open_window(self) -> None:
+        """A negotiated window above one operation: the pool that performs them."""
+        window = self.engine.max_performed
+        if window == 1 or isinstance(self.conn, ssl.SSLSocket):
+            return  # TLS: one SSL object must not be read and written from two threads at once
+        size = min(window or MAX_IN_FLIGHT, MAX_IN_FLIGHT)
+        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"store-{self.handoff.assoc_id}")
+        self._slots = threading.BoundedSemaphore(size)
+        log.info("assoc=%s asynchronous window: %d operation(s) performed at once", self.handoff.assoc_id, size)
+
+    def _operation_done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._in_flight.discard(future)
+        assert self._slots is not None
+        self._slots.release()
+
+    def _wait_for_operations(self) -> None:
+        """Every C-STORE under way answered before the release is (PS3.7: the peer should
+        not release with operations outstanding; if it does, they still end in order)."""
+        with self._lock:
+            pending = list(self._in_flight)
+        for future in pending:
+            future.result()
+
+    def _store(self, incoming: _Incoming, number: int) -> None:
+        """Make the instance durable (or not, as the store options say), then answer by Message ID."""
+        incoming.finish()
         try:
-            status = self.worker.store_with_options(self.live.stores, lambda: self.worker.store_instance(self.live, incoming))
+            status = self.worker.store_with_options(number, lambda: self.worker.store_instance(self.live, incoming))
         except Exception:  # never leave the peer without an answer
             log.exception("assoc=%s sop=%s store failed", self.handoff.assoc_id, incoming.received.sop_instance_uid)
             status = STATUS_OUT_OF_RESOURCES
         finally:
             incoming.discard()
         rq = incoming.command
-        self._send(self.engine.send_message(incoming.context_id, ul.CStoreRSP(
-            message_id_being_responded_to=rq.message_id, status=status, affected_sop_class_uid=rq.affected_sop_class_uid,
-            affected_sop_instance_uid=rq.affected_sop_instance_uid)))
+        rsp = ul.CStoreRSP(message_id_being_responded_to=rq.message_id, status=status, affected_sop_class_uid=rq.affected_sop_class_uid,
+                           affected_sop_instance_uid=rq.affected_sop_instance_uid)
+        if self._pool is None:
+            self._send_message(incoming.context_id, rsp)
+            return
+        try:  # a pool thread: the association may have ended meanwhile
+            self._send_message(incoming.context_id, rsp)
+        except (ul.LocalProtocolError, OSError) as exc:
+            log.info("assoc=%s sop=%s response not sent, the association ended: %s", self.handoff.assoc_id,
+                     rq.affected_sop_instance_uid, exc)
 
     # ----- storage commitment ----------------------------------------------------------------
 
@@ -354,19 +421,19 @@ class EngineAssociation(threading.Thread):
         if isinstance(message, ul.NActionRQ):
             status, here = (sc.STATUS_RESOURCE_LIMITATION, None) if collected.overflow else \
                 commitment_io.request_commitment(self._tracker_client(), self._tracker_message(collected), data)  # type: ignore[arg-type]
-            self._send(self.engine.send_message(collected.context_id, ul.NActionRSP(
+            self._send_message(collected.context_id, ul.NActionRSP(
                 message_id_being_responded_to=message.message_id, status=status,
                 affected_sop_class_uid=message.requested_sop_class_uid,
-                affected_sop_instance_uid=message.requested_sop_instance_uid, action_type_id=message.action_type_id)))
+                affected_sop_instance_uid=message.requested_sop_instance_uid, action_type_id=message.action_type_id))
             if here is not None:
                 self._deliver_here(collected.context_id, here)
             return
         status = sc.STATUS_RESOURCE_LIMITATION if collected.overflow else \
             commitment_io.forward_report(self._tracker_client(), self._tracker_message(collected), data)  # type: ignore[arg-type]
-        self._send(self.engine.send_message(collected.context_id, ul.NEventReportRSP(
+        self._send_message(collected.context_id, ul.NEventReportRSP(
             message_id_being_responded_to=message.message_id, status=status,
             affected_sop_class_uid=message.affected_sop_class_uid,
-            affected_sop_instance_uid=message.affected_sop_instance_uid, event_type_id=message.event_type_id)))
+            affected_sop_instance_uid=message.affected_sop_instance_uid, event_type_id=message.event_type_id))
 
     def _tracker_client(self) -> commitment_io.TrackerClient:
         if self._tracker is None:
@@ -400,9 +467,9 @@ class EngineAssociation(threading.Thread):
         data = sc.encode(sc.report_dataset(report), self.engine.contexts[context_id].transfer_syntax)
         self._next_message_id = self._next_message_id % 0xFFFF + 1
         self._report = _Report(self._next_message_id, answer, time.monotonic() + commitment_io.SAME_ASSOCIATION_DIMSE_S)
-        self._send(self.engine.send_message(context_id, ul.NEventReportRQ(
+        self._send_message(context_id, ul.NEventReportRQ(
             message_id=self._next_message_id, affected_sop_class_uid=sc.SOP_CLASS, affected_sop_instance_uid=sc.SOP_INSTANCE,
-            event_type_id=report.event_type), data))
+            event_type_id=report.event_type), data)
 
     def _settle(self) -> None:
         """Act on what the peer has sent already, or sends within ``SETTLE_S`` (an A-RELEASE-RQ on its way)."""
@@ -434,10 +501,17 @@ class EngineAssociation(threading.Thread):
 
     def _abort_bytes(self, reason: int) -> bytes:
         """Our own abort for a DIMSE request we do not serve: the engine's state follows (AA-1)."""
-        return self.engine.send(ul.Abort(source=ul.SOURCE_SERVICE_PROVIDER, reason=reason))
+        with self._lock:
+            return self.engine.send(ul.Abort(source=ul.SOURCE_SERVICE_PROVIDER, reason=reason))
 
-    def _send(self, data: bytes) -> None:
-        self.conn.sendall(data)
+    def _send_event(self, event: ul.Event) -> None:
+        """The engine's bytes for ``event``, written in the order the engine made them."""
+        with self._lock:
+            self.conn.sendall(self.engine.send(event))
+
+    def _send_message(self, context_id: int, message: ul.Message, dataset: bytes | None = None) -> None:
+        with self._lock:
+            self.conn.sendall(self.engine.send_message(context_id, message, dataset))
 
     def _send_quietly(self, data: bytes) -> None:
         if self._closed or not data:

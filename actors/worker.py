@@ -27,7 +27,7 @@ import shutil
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
 
@@ -52,22 +52,29 @@ ADMIT_TIMEOUT_S = 2.0  # past it, a worker admits on its own view of the node's 
 
 @dataclass
 class _Live:
-    """One running association, where it came from, and its DEALER to the writer.
+    """One running association, where it came from, and its DEALERs to the writer.
 
-    The DEALER is used only by the association's own thread (ZeroMQ sockets are not
-    thread-safe) and closed by the main thread once that thread has ended.
+    A DEALER per thread that stores (the association's own, and with an asynchronous
+    window those storing for it): ZeroMQ sockets are not thread-safe. The main thread closes
+    them once the association's threads have ended.
     """
 
     assoc: Any  # an EngineAssociation (actors/_ul_association.py)
     handoff: HandOff
     stores: int = 0
-    dealer: zmq.Socket | None = None
+    dealers: dict[int, zmq.Socket] = field(default_factory=dict)
     calling: str | None = None  # set once its A-ASSOCIATE-RQ was admitted (node.access)
 
     def close(self) -> None:
-        if self.dealer is not None:
-            self.dealer.close(0)
-            self.dealer = None
+        for dealer in self.dealers.values():
+            dealer.close(0)
+        self.dealers.clear()
+
+    def drop_dealer(self) -> None:
+        """This thread's DEALER: a late reply must not be read as its next request's answer."""
+        dealer = self.dealers.pop(threading.get_ident(), None)
+        if dealer is not None:
+            dealer.close(0)
 
 
 class Worker:
@@ -225,9 +232,11 @@ class Worker:
         key = live.handoff.listener
         policy = self._policies.get(key)
         if policy is None:
+            net = self.config.network
             policy = self._policies[key] = acceptor_policy(
-                self.rules, max_pdu=self.config.network.max_pdu_receive, implementation_class_uid=IMPLEMENTATION_CLASS_UID,
-                implementation_version_name=IMPLEMENTATION_VERSION_NAME, accept_unknown=self.config.services.accept_unknown)
+                self.rules, max_pdu=net.max_pdu_receive, implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME, accept_unknown=self.config.services.accept_unknown,
+                max_ops_invoked=net.max_ops_invoked, max_ops_performed=net.max_ops_performed)
         return policy
 
     def store_instance(self, live: _Live, incoming: Any) -> int:
@@ -281,7 +290,7 @@ class Worker:
             return exc.status
         except TimeoutError as exc:
             log.error("assoc=%s sop=%s writer did not answer: %s", received.assoc_id, received.sop_instance_uid, exc)
-            live.close()  # a late reply must not be read as the next request's answer
+            live.drop_dealer()  # a late reply must not be read as the next request's answer
             return STATUS_OUT_OF_RESOURCES
         message = reply.message
         if isinstance(message, InstanceWritten):
@@ -302,10 +311,12 @@ class Worker:
             return fh.read()
 
     def _dealer(self, live: _Live) -> zmq.Socket:
-        """The association's DEALER to the writer, opened on its first C-STORE."""
-        if live.dealer is None:
-            live.dealer = _bus.dealer(self.ctx, self.config.endpoint("writer"))
-        return live.dealer
+        """This thread's DEALER to the writer for the association, opened on its first C-STORE."""
+        ident = threading.get_ident()
+        dealer = live.dealers.get(ident)
+        if dealer is None:
+            dealer = live.dealers[ident] = _bus.dealer(self.ctx, self.config.endpoint("writer"))
+        return dealer
 
     def hold(self, conn: socket.socket, handoff: HandOff) -> None:
         """Keep a new connection aside until its A-ASSOCIATE-RQ starts arriving."""

@@ -121,6 +121,10 @@ class NetworkConfig:
     write_timeout: float = 30.0
     max_associations_per_aet: int = 0  # node-wide cap per calling AE title (0 = none)
     max_pending: int = 256  # per worker: connected peers that have not sent their A-ASSOCIATE-RQ yet
+    # Asynchronous operations window offered to requestors that propose one (dcm4che's
+    # --max-ops-invoked/--max-ops-performed, 0 = unlimited); 1 and 1: no window, one at a time.
+    max_ops_invoked: int = 1
+    max_ops_performed: int = 1
 
 
 @dataclass(frozen=True)
@@ -505,6 +509,8 @@ def _validate_security(config: NodeConfig) -> None:
             check_aet(aet)
     if config.network.max_associations_per_aet < 0 or config.network.max_pending < 1:
         raise ConfigError("network.max_associations_per_aet must be >= 0 and max_pending >= 1")
+    if config.network.max_ops_invoked < 0 or config.network.max_ops_performed < 0:
+        raise ConfigError("network.max_ops_invoked and max_ops_performed must be >= 0 (0: unlimited)")
 
 
 def check_aet(aet: str, *, allow_empty: bool = False) -> str:

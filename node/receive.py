@@ -333,13 +333,18 @@ def refuse_commitment_without_scp_role(request: ul.AssociateRequest, answer: ul.
 
 
 def acceptor_policy(rules: Sequence[ContextRule], *, max_pdu: int, implementation_class_uid: str,
-                    implementation_version_name: str, accept_unknown: bool = False) -> ul.AcceptorPolicy:
+                    implementation_version_name: str, accept_unknown: bool = False, max_ops_invoked: int = 1,
+                    max_ops_performed: int = 1) -> ul.AcceptorPolicy:
     """The engine's acceptor policy for these rules (node/ul negotiates with it).
 
     A rule accepting any syntax becomes the list of syntaxes pydicom knows, walked in the
     requestor's order (dcm4che's rule: files stored as sent); an explicit list keeps the
-    acceptor's order (pynetdicom's rule, which echoscp's preference options rely on).
+    acceptor's order (pynetdicom's rule, which echoscp's preference options rely on). A
+    window of 1 and 1 (the default of every association) answers no window item.
     """
+    window = None
+    if (max_ops_invoked, max_ops_performed) != (1, 1):
+        window = ul.AsyncWindow(max_invoked=max_ops_invoked, max_performed=max_ops_performed)
     contexts: dict[str, tuple[str, ...]] = _UnknownAsStorage() if accept_unknown else {}
     for rule in rules:
         contexts.setdefault(rule.abstract_syntax, rule.expanded())
@@ -349,4 +354,4 @@ def acceptor_policy(rules: Sequence[ContextRule], *, max_pdu: int, implementatio
         roles={rule.abstract_syntax: (bool(rule.scu_role), bool(rule.scp_role)) for rule in rules
                if rule.scu_role is not None or rule.scp_role is not None},
         max_pdu=max_pdu, implementation_class_uid=implementation_class_uid,
-        implementation_version_name=implementation_version_name)
+        implementation_version_name=implementation_version_name, async_window=window)

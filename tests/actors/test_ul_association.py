@@ -26,7 +26,9 @@ from actors import tracker
 from actors._pdu import read_pdu
 from actors.inproc import InprocNode
 from node import acceptor, requestor
-from node.config import ListenerConfig, NetworkConfig, NodeConfig
+from node import ul
+from node.config import ListenerConfig, NetworkConfig, NodeConfig, StoreConfig
+from tests.node.ul.blocking import Requestor
 from tests.support import dataset_bytes, have, make_ct, wait_until
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -158,4 +160,36 @@ def test_protocol_violations_are_aborted_and_the_node_goes_on(lean_node: tuple[I
     with again:
         again.sendall(requestor.release_rq_pdu())
         assert read_pdu(again, 1 << 20)[0] == requestor.A_RELEASE_RP
+    assert not node.errors
+
+
+def test_an_asynchronous_window_keeps_several_stores_in_flight_answered_by_message_id(tmp_path: Path) -> None:
+    """dcm4che storescp's --max-ops-*: the node answers the proposed window and performs the
+    C-STOREs of one association at once. The first store is held 3 s (--receive-delay 3000,0);
+    the other three, sent right behind it, are answered before it, each by its Message ID."""
+    files = [tmp_path / "in" / f"ct{n}.dcm" for n in range(4)]
+    uids = [make_ct(path).SOPInstanceUID for path in files]
+    config = dataclasses.replace(node_config(tmp_path), network=dataclasses.replace(
+        node_config(tmp_path).network, max_ops_invoked=0, max_ops_performed=0),
+        store=dataclasses.replace(StoreConfig(), receive_delay=(3000, 0, 0, 0)))
+    with InprocNode(config) as node:
+        request = ul.AssociateRequest(called_ae="LEAN", calling_ae="ASYNC", max_pdu=16384,
+                                      contexts=(ul.ProposedContext(context_id=1, abstract_syntax=CT, transfer_syntaxes=(EXPLICIT,)),),
+                                      async_window=ul.AsyncWindow(max_invoked=4, max_performed=1))
+        scu = Requestor(node.address()[1], request)
+        assert isinstance(scu.answer, ul.AssociateAccept)
+        assert scu.answer.async_window == ul.AsyncWindow(max_invoked=4, max_performed=1)
+        for n, (path, uid) in enumerate(zip(files, uids), 1):
+            scu.sock.sendall(scu.engine.send_message(1, ul.CStoreRQ(message_id=n, affected_sop_class_uid=CT,
+                                                                    affected_sop_instance_uid=uid), dataset_bytes(path)))
+        assert scu.engine.outstanding == {1, 2, 3, 4}
+        answered = []
+        while len(answered) < 4:
+            rsp = scu.next_response()
+            answered.append(rsp.message_id_being_responded_to)
+            assert rsp.status == 0 and rsp.affected_sop_instance_uid == uids[rsp.message_id_being_responded_to - 1]
+        scu.release()
+    assert sorted(answered) == [1, 2, 3, 4] and answered[-1] == 1, f"answered in the order {answered}"
+    for path, uid in zip(files, uids):
+        assert dataset_bytes(tmp_path / "store" / uid) == dataset_bytes(path)
     assert not node.errors
