@@ -286,10 +286,10 @@ class Worker:
                 frames = [meta, data]
             reply = _bus.request(self._dealer(live), write, sender=self.name, timeout=self.config.network.write_timeout, data=frames)
         except NodeError as exc:
-            log.warning("assoc=%s sop=%s refused: status=0x%04X %s", received.assoc_id, received.sop_instance_uid, exc.status, exc)
+            log.warning("assoc=%s peer=%s sop=%s refused: status=0x%04X %s", received.assoc_id, _peer(live), received.sop_instance_uid, exc.status, exc)
             return exc.status
         except TimeoutError as exc:
-            log.error("assoc=%s sop=%s writer did not answer: %s", received.assoc_id, received.sop_instance_uid, exc)
+            log.error("assoc=%s peer=%s sop=%s writer did not answer: %s", received.assoc_id, _peer(live), received.sop_instance_uid, exc)
             live.drop_dealer()  # a late reply must not be read as the next request's answer
             return STATUS_OUT_OF_RESOURCES
         message = reply.message
@@ -297,7 +297,8 @@ class Worker:
             log.info("assoc=%s calling=%s sop=%s stored", received.assoc_id, received.calling_aet, received.sop_instance_uid)
             return 0
         if isinstance(message, ErrorReply):
-            log.warning("assoc=%s sop=%s writer failed: 0x%04X %s", received.assoc_id, received.sop_instance_uid, message.status, message.reason)
+            log.warning("assoc=%s peer=%s sop=%s writer failed: 0x%04X %s", received.assoc_id, _peer(live), received.sop_instance_uid, message.status,
+                        message.reason)
             return message.status
         return STATUS_OUT_OF_RESOURCES
 
@@ -436,6 +437,11 @@ class Worker:
                 live.assoc.abort()
             except Exception as exc:  # an association already gone cannot be aborted twice
                 log.debug("abort failed: %s", exc)
+
+
+def _peer(live: _Live) -> str:
+    """host:port of an association's peer, as every WARNING line about it names it."""
+    return f"{live.handoff.peer_host}:{live.handoff.peer_port}"
 
 
 def pdu_read_limit(max_pdu_receive: int) -> int:
