@@ -182,8 +182,8 @@ class EngineAssociation(threading.Thread):
         except ul.ProtocolViolation as exc:
             log.warning("assoc=%s peer=%s aborted: %s", aid, peer, exc)
             self._send_quietly(exc.abort_pdu)
-        except TimeoutError:
-            log.warning("assoc=%s peer=%s timed out waiting for the peer: aborting", aid, peer)
+        except TimeoutError as exc:
+            log.warning("assoc=%s peer=%s %s: aborting", aid, peer, exc)
             self._send_quietly(ul.abort_pdu())
         except OSError as exc:
             log.warning("assoc=%s peer=%s connection failed: %s", aid, peer, exc)
@@ -206,7 +206,8 @@ class EngineAssociation(threading.Thread):
                 if engine.state is ul.State.STA2:
                     log.warning("assoc=%s peer=%s sent no whole A-ASSOCIATE-RQ in %.1f s: closing", self.handoff.assoc_id,
                                 self.peer, self.acse_timeout)
-                engine.artim_expired()
+                with self._lock:
+                    engine.artim_expired()
                 continue
             self._feed(data)
 
@@ -244,10 +245,9 @@ class EngineAssociation(threading.Thread):
             if engine.artim_running:
                 return None
             if self._report is not None:
-                log.warning("assoc=%s peer=%s did not answer the N-EVENT-REPORT in %.0f s: aborting", self.handoff.assoc_id,
-                            self.peer, commitment_io.SAME_ASSOCIATION_DIMSE_S)
                 self._report_outcome(-1)
-            raise
+                raise TimeoutError(f"no N-EVENT-REPORT-RSP in {commitment_io.SAME_ASSOCIATION_DIMSE_S:.0f} s") from None
+            raise TimeoutError("timed out waiting for the peer") from None
         except ConnectionResetError:
             data = b""
         try:  # a Nagle-on peer waits for our ACK of a partial PDU: do not delay it (up to 40 ms)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role, evt
 from pynetdicom.pdu import A_ABORT_RQ
 
@@ -27,7 +27,8 @@ from actors._pdu import read_pdu
 from actors.inproc import InprocNode
 from node import acceptor, requestor
 from node import ul
-from node.config import ListenerConfig, NetworkConfig, NodeConfig, StoreConfig
+from node import commitment as sc
+from node.config import CommitmentConfig, ListenerConfig, NetworkConfig, NodeConfig, StoreConfig
 from tests.node.ul.blocking import Requestor
 from tests.support import dataset_bytes, have, make_ct, wait_until
 
@@ -193,3 +194,27 @@ def test_an_asynchronous_window_keeps_several_stores_in_flight_answered_by_messa
     for path, uid in zip(files, uids):
         assert dataset_bytes(tmp_path / "store" / uid) == dataset_bytes(path)
     assert not node.errors
+
+
+def test_a_report_from_a_peer_gets_0110_when_the_tracker_cannot_be_reached(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An SCP reporting to us (SCP role selected) while no tracker runs: N-EVENT-REPORT-RSP
+    0x0110 Processing failure, so it keeps the report and tries again later."""
+    caplog.set_level(logging.INFO)
+    config = dataclasses.replace(node_config(tmp_path), commitment=dataclasses.replace(CommitmentConfig(), request_timeout=0.5))
+    report = sc.Report(generate_uid(), (), ())
+    with InprocNode(config) as node:  # no tracker
+        request = ul.AssociateRequest(
+            called_ae="LEAN", calling_ae="REPORTER", max_pdu=16384,
+            contexts=(ul.ProposedContext(context_id=1, abstract_syntax=COMMITMENT, transfer_syntaxes=(ImplicitVRLittleEndian,)),),
+            roles=(ul.RoleSelection(sop_class_uid=COMMITMENT, scu_role=False, scp_role=True),))
+        scp = Requestor(node.address()[1], request)
+        assert isinstance(scp.answer, ul.AssociateAccept)
+        assert scp.answer.roles == (ul.RoleSelection(sop_class_uid=COMMITMENT, scu_role=False, scp_role=True),)
+        scp.sock.sendall(scp.engine.send_message(1, ul.NEventReportRQ(
+            message_id=7, affected_sop_class_uid=COMMITMENT, affected_sop_instance_uid=sc.SOP_INSTANCE,
+            event_type_id=report.event_type), sc.encode(sc.report_dataset(report))))
+        rsp = scp.next_response()
+        scp.release()
+    assert isinstance(rsp, ul.NEventReportRSP)
+    assert (rsp.message_id_being_responded_to, rsp.status) == (7, sc.STATUS_PROCESSING_FAILURE)
+    assert any("N-EVENT-REPORT: tracker did not answer" in r.getMessage() for r in caplog.records)
