@@ -266,7 +266,7 @@ class EngineAssociation(threading.Thread):
             self._on_fragment(event)
         elif isinstance(event, ul.ReleaseRequest):
             if self._incoming is not None:
-                log.warning("assoc=%s released in the middle of a message", aid)
+                log.warning("assoc=%s peer=%s released in the middle of a message", aid, self.peer)
             self._wait_for_operations()
             self._send_event(ul.ReleaseReply())
             _app_log.released()
