@@ -32,8 +32,7 @@ File layout (every key optional; the embedded defaults run a node on port 11112)
     [cluster] node_id, endpoint (tcp://): this node among those sharing one PostgreSQL index
 
 Environment: ``NODECTL_CONFIG`` names the file; ``NODECTL_AET``, ``NODECTL_PORT``,
-``NODECTL_DIRECTORY``, ``NODECTL_DATABASE``, ``NODECTL_WORKERS``, ``NODECTL_RUN_DIR``,
-``NODECTL_RECEIVE_PATH``
+``NODECTL_DIRECTORY``, ``NODECTL_DATABASE``, ``NODECTL_WORKERS``, ``NODECTL_RUN_DIR``
 override single values (the Procfile's processes are pointed at a test's ports this way).
 """
 
@@ -123,10 +122,10 @@ class NetworkConfig:
     write_timeout: float = 30.0
     max_associations_per_aet: int = 0  # node-wide cap per calling AE title (0 = none)
     max_pending: int = 256  # per worker: connected peers that have not sent their A-ASSOCIATE-RQ yet
-    # "lean": workers serve C-STORE/C-ECHO associations on the sans-IO engine (node/ul, shell
-    # actors/_ul_association.py) and hand anything else to pynetdicom; "pynetdicom": every
-    # association runs pynetdicom's machinery (the comparison, and a way back).
-    receive_path: str = "lean"
+    # Asynchronous operations window offered to requestors that propose one (dcm4che's
+    # --max-ops-invoked/--max-ops-performed, 0 = unlimited); 1 and 1: no window, one at a time.
+    max_ops_invoked: int = 1
+    max_ops_performed: int = 1
 
 
 @dataclass(frozen=True)
@@ -507,8 +506,6 @@ def apply_environment(config: NodeConfig, environ: Mapping[str, str]) -> NodeCon
         updates["database"] = environ["NODECTL_DATABASE"]
     if "NODECTL_RUN_DIR" in environ:
         updates["run_dir"] = Path(environ["NODECTL_RUN_DIR"])
-    if "NODECTL_RECEIVE_PATH" in environ:
-        updates["network"] = replace(config.network, receive_path=environ["NODECTL_RECEIVE_PATH"])
     try:
         if "NODECTL_WORKERS" in environ:
             updates["workers"] = int(environ["NODECTL_WORKERS"])
@@ -586,8 +583,8 @@ def _validate_security(config: NodeConfig) -> None:
             check_aet(aet)
     if config.network.max_associations_per_aet < 0 or config.network.max_pending < 1:
         raise ConfigError("network.max_associations_per_aet must be >= 0 and max_pending >= 1")
-    if config.network.receive_path not in ("lean", "pynetdicom"):
-        raise ConfigError(f"network.receive_path must be \"lean\" or \"pynetdicom\", not {config.network.receive_path!r}")
+    if config.network.max_ops_invoked < 0 or config.network.max_ops_performed < 0:
+        raise ConfigError("network.max_ops_invoked and max_ops_performed must be >= 0 (0: unlimited)")
 
 
 def check_aet(aet: str, *, allow_empty: bool = False) -> str:

@@ -1,9 +1,9 @@
 """The worker's association on the engine (actors/_ul_association.py on node/ul) against
 real peers and raw protocol abuse.
 
-Both receive paths store byte-identical files; requests the engine shell does not serve yet
-go to pynetdicom's association; protocol violations end in A-ABORT, one WARNING line naming
-the peer and no traceback, and leave the node answering.
+Files are stored byte-identical; Storage Commitment with role selection runs on the engine
+too; protocol violations end in A-ABORT, one WARNING line naming the peer and no traceback,
+and leave the node answering.
 """
 
 from __future__ import annotations
@@ -17,13 +17,19 @@ from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE, build_role
+from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, build_role, evt
 from pynetdicom.pdu import A_ABORT_RQ
 
+from actors import tracker
 from actors._pdu import read_pdu
 from actors.inproc import InprocNode
 from node import acceptor, requestor
-from node.config import ListenerConfig, NetworkConfig, NodeConfig
+from node import ul
+from node import commitment as sc
+from node.config import CommitmentConfig, ListenerConfig, NetworkConfig, NodeConfig, StoreConfig
+from tests.node.ul.blocking import Requestor
 from tests.support import dataset_bytes, have, make_ct, wait_until
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -32,14 +38,14 @@ COMMITMENT = "1.2.840.10008.1.20.1"
 needs_dcmtk = pytest.mark.skipif(not have("/usr/bin/storescu"), reason="DCMTK (Debian package dcmtk) is not installed")
 
 
-def node_config(tmp_path: Path, receive_path: str = "lean") -> NodeConfig:
+def node_config(tmp_path: Path) -> NodeConfig:
     return NodeConfig(
         directory=tmp_path / "store",
         database=str(tmp_path / "index.sqlite"),
         run_dir=tmp_path / "run",
         workers=1,
         listeners=(ListenerConfig(port=0, host="127.0.0.1", aet="LEAN"),),
-        network=dataclasses.replace(NetworkConfig(), receive_path=receive_path, acse_timeout=5.0, network_timeout=5.0),
+        network=dataclasses.replace(NetworkConfig(), acse_timeout=5.0, network_timeout=5.0),
     )
 
 
@@ -50,13 +56,12 @@ def lean_node(tmp_path: Path) -> Iterator[tuple[InprocNode, int]]:
 
 
 @needs_dcmtk
-@pytest.mark.parametrize("receive_path", ["lean", "pynetdicom"])
-def test_both_receive_paths_store_what_dcmtk_sends(tmp_path: Path, receive_path: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_engine_stores_what_dcmtk_sends(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     files = [tmp_path / "in" / f"ct{n}.dcm" for n in range(4)]
     for n, path in enumerate(files):
         make_ct(path, pixels=64 if n else 300)
     caplog.set_level(logging.INFO, logger="actors.worker")
-    with InprocNode(node_config(tmp_path, receive_path)) as node:
+    with InprocNode(node_config(tmp_path)) as node:
         port = str(node.address()[1])
         echo = subprocess.run(["/usr/bin/echoscu", "-aec", "LEAN", "127.0.0.1", port], capture_output=True, timeout=30)
         store = subprocess.run(["/usr/bin/storescu", "-aec", "LEAN", "127.0.0.1", port, *map(str, files)],
@@ -65,27 +70,49 @@ def test_both_receive_paths_store_what_dcmtk_sends(tmp_path: Path, receive_path:
     for path in files:  # the 300x300 image (180 KB) crosses several PDUs
         assert dataset_bytes(tmp_path / "store" / dcmread(path).SOPInstanceUID) == dataset_bytes(path)
     lean_lines = [r for r in caplog.records if "context(s)" in r.getMessage() and "accepted" in r.getMessage()]
-    assert bool(lean_lines) == (receive_path == "lean")
+    assert lean_lines
     assert not node.errors
 
 
-def test_a_commitment_request_falls_back_to_pynetdicom(lean_node: tuple[InprocNode, int], tmp_path: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
-    """Storage Commitment with role selection is beyond the lean path: pynetdicom serves all of it."""
-    node, port = lean_node
-    caplog.set_level(logging.DEBUG, logger="actors.worker")
+def test_role_selection_and_commitment_run_on_the_engine(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Role selection answered by the engine's negotiation; the N-ACTION's report follows on the
+    same association and its status reaches the tracker; nothing is left to pynetdicom."""
+    caplog.set_level(logging.INFO)
+    with InprocNode(node_config(tmp_path), extra={"tracker": tracker.run}) as node:
+        _commit_one_on_the_engine(node.address()[1], tmp_path, caplog)
+    assert not node.errors
+
+
+def _commit_one_on_the_engine(port: int, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "ct.dcm"
     make_ct(path)
+    ds = dcmread(path)
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(CT, EXPLICIT)
     ae.add_requested_context(COMMITMENT)
-    assoc = ae.associate("127.0.0.1", port, ae_title="LEAN", ext_neg=[build_role(COMMITMENT, scu_role=True, scp_role=True)])
+    reports: list[int] = []
+    handlers = [(evt.EVT_N_EVENT_REPORT, lambda event: (reports.append(int(event.request.EventTypeID)), (0, None))[1])]
+    assoc = ae.associate("127.0.0.1", port, ae_title="LEAN", evt_handlers=handlers,
+                         ext_neg=[build_role(COMMITMENT, scu_role=True, scp_role=True)])
     assert assoc.is_established
-    assert assoc.send_c_store(dcmread(path)).Status == 0
-    assoc.release()
-    assert any("pynetdicom's association serves it" in r.getMessage() for r in caplog.records)
-    stored = tmp_path / "store" / dcmread(path).SOPInstanceUID  # the writer materialises it just after the success
+    [role] = [item for item in assoc.acceptor.user_information if type(item).__name__ == "SCP_SCU_RoleSelectionNegotiation"]
+    assert (role.scu_role, role.scp_role) == (True, True)
+    assert assoc.send_c_store(ds).Status == 0
+    stored = tmp_path / "store" / ds.SOPInstanceUID  # the writer materialises it just after the success
     wait_until(stored.exists, 10, f"{stored.name} materialised")
+    info = Dataset()
+    info.TransactionUID = generate_uid()
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    info.ReferencedSOPSequence = [ref]
+    status, _ = assoc.send_n_action(info, 1, COMMITMENT, "1.2.840.10008.1.20.1.1")
+    assert status.Status == 0
+    wait_until(lambda: reports or not assoc.is_established, 10, "the report on the same association")
+    assoc.release()
+    assert reports == [1]  # all committed
+    delivered = [r.getMessage() for r in caplog.records if "report on the same association: status=0" in r.getMessage()]
+    assert delivered, "the RSP's status did not reach the tracker"
+    assert not any("pynetdicom" in r.name for r in caplog.records if r.levelno >= logging.WARNING)
 
 
 def raw_association(port: int) -> tuple[socket.socket, int]:
@@ -135,3 +162,59 @@ def test_protocol_violations_are_aborted_and_the_node_goes_on(lean_node: tuple[I
         again.sendall(requestor.release_rq_pdu())
         assert read_pdu(again, 1 << 20)[0] == requestor.A_RELEASE_RP
     assert not node.errors
+
+
+def test_an_asynchronous_window_keeps_several_stores_in_flight_answered_by_message_id(tmp_path: Path) -> None:
+    """dcm4che storescp's --max-ops-*: the node answers the proposed window and performs the
+    C-STOREs of one association at once. The first store is held 3 s (--receive-delay 3000,0);
+    the other three, sent right behind it, are answered before it, each by its Message ID."""
+    files = [tmp_path / "in" / f"ct{n}.dcm" for n in range(4)]
+    uids = [make_ct(path).SOPInstanceUID for path in files]
+    config = dataclasses.replace(node_config(tmp_path), network=dataclasses.replace(
+        node_config(tmp_path).network, max_ops_invoked=0, max_ops_performed=0),
+        store=dataclasses.replace(StoreConfig(), receive_delay=(3000, 0, 0, 0)))
+    with InprocNode(config) as node:
+        request = ul.AssociateRequest(called_ae="LEAN", calling_ae="ASYNC", max_pdu=16384,
+                                      contexts=(ul.ProposedContext(context_id=1, abstract_syntax=CT, transfer_syntaxes=(EXPLICIT,)),),
+                                      async_window=ul.AsyncWindow(max_invoked=4, max_performed=1))
+        scu = Requestor(node.address()[1], request)
+        assert isinstance(scu.answer, ul.AssociateAccept)
+        assert scu.answer.async_window == ul.AsyncWindow(max_invoked=4, max_performed=1)
+        for n, (path, uid) in enumerate(zip(files, uids), 1):
+            scu.sock.sendall(scu.engine.send_message(1, ul.CStoreRQ(message_id=n, affected_sop_class_uid=CT,
+                                                                    affected_sop_instance_uid=uid), dataset_bytes(path)))
+        assert scu.engine.outstanding == {1, 2, 3, 4}
+        answered = []
+        while len(answered) < 4:
+            rsp = scu.next_response()
+            answered.append(rsp.message_id_being_responded_to)
+            assert rsp.status == 0 and rsp.affected_sop_instance_uid == uids[rsp.message_id_being_responded_to - 1]
+        scu.release()
+    assert sorted(answered) == [1, 2, 3, 4] and answered[-1] == 1, f"answered in the order {answered}"
+    for path, uid in zip(files, uids):
+        assert dataset_bytes(tmp_path / "store" / uid) == dataset_bytes(path)
+    assert not node.errors
+
+
+def test_a_report_from_a_peer_gets_0110_when_the_tracker_cannot_be_reached(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An SCP reporting to us (SCP role selected) while no tracker runs: N-EVENT-REPORT-RSP
+    0x0110 Processing failure, so it keeps the report and tries again later."""
+    caplog.set_level(logging.INFO)
+    config = dataclasses.replace(node_config(tmp_path), commitment=dataclasses.replace(CommitmentConfig(), request_timeout=0.5))
+    report = sc.Report(generate_uid(), (), ())
+    with InprocNode(config) as node:  # no tracker
+        request = ul.AssociateRequest(
+            called_ae="LEAN", calling_ae="REPORTER", max_pdu=16384,
+            contexts=(ul.ProposedContext(context_id=1, abstract_syntax=COMMITMENT, transfer_syntaxes=(ImplicitVRLittleEndian,)),),
+            roles=(ul.RoleSelection(sop_class_uid=COMMITMENT, scu_role=False, scp_role=True),))
+        scp = Requestor(node.address()[1], request)
+        assert isinstance(scp.answer, ul.AssociateAccept)
+        assert scp.answer.roles == (ul.RoleSelection(sop_class_uid=COMMITMENT, scu_role=False, scp_role=True),)
+        scp.sock.sendall(scp.engine.send_message(1, ul.NEventReportRQ(
+            message_id=7, affected_sop_class_uid=COMMITMENT, affected_sop_instance_uid=sc.SOP_INSTANCE,
+            event_type_id=report.event_type), sc.encode(sc.report_dataset(report))))
+        rsp = scp.next_response()
+        scp.release()
+    assert isinstance(rsp, ul.NEventReportRSP)
+    assert (rsp.message_id_being_responded_to, rsp.status) == (7, sc.STATUS_PROCESSING_FAILURE)
+    assert any("N-EVENT-REPORT: tracker did not answer" in r.getMessage() for r in caplog.records)
