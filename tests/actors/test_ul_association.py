@@ -218,3 +218,18 @@ def test_a_report_from_a_peer_gets_0110_when_the_tracker_cannot_be_reached(tmp_p
     assert isinstance(rsp, ul.NEventReportRSP)
     assert (rsp.message_id_being_responded_to, rsp.status) == (7, sc.STATUS_PROCESSING_FAILURE)
     assert any("N-EVENT-REPORT: tracker did not answer" in r.getMessage() for r in caplog.records)
+
+
+def test_a_peers_control_characters_never_split_a_log_line(lean_node: tuple[InprocNode, int], caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the 8-minute mutated-association run: a SOP Instance UID with a newline in it
+    split the WARNING line that named it. AE titles are the peer's words too."""
+    node, port = lean_node
+    caplog.set_level(logging.INFO)
+    request = ul.AssociateRequest(called_ae="LE\nW fake", calling_ae="RAW\r",
+                                  contexts=(ul.ProposedContext(context_id=1, abstract_syntax=CT, transfer_syntaxes=(EXPLICIT,)),))
+    scu = Requestor(port, request)
+    assert isinstance(scu.answer, ul.AssociateReject) and scu.answer.reason == 7
+    wait_until(lambda: any("rejected" in r.getMessage() for r in caplog.records), 10, "the rejection logged")
+    [line] = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert "\n" not in line and "\r" not in line and "LE\\x0aW fake" in line and "RAW\\x0d" in line
+    assert not node.errors
