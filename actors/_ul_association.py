@@ -53,6 +53,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("actors.worker")
 
+# Control characters as escapes: a peer's AE title or UID may carry a newline, which would
+# split a WARNING line and let a peer write lines of its own into the log.
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127) if code != 9}
+
+
+def _one_line(record: logging.LogRecord) -> bool:
+    """Logging filter: every record about an association stays on one line whatever the peer sent."""
+    message = record.getMessage()
+    escaped = message.translate(_CONTROL_ESCAPES)
+    if escaped != message:
+        record.msg, record.args = escaped, ()
+    return True
+
+
+log.addFilter(_one_line)
+logging.getLogger(commitment_io.log.name).addFilter(_one_line)
+
 READ_SIZE = 1 << 16
 
 # How long to wait for the peer to close after an A-ASSOCIATE-RJ or A-RELEASE-RP (the

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,15 +19,13 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
 from pynetdicom import AE, build_role, evt
-from pynetdicom.pdu import A_ABORT_RQ
 
 from actors import tracker
-from actors._pdu import read_pdu
 from actors.inproc import InprocNode
-from node import acceptor, requestor
 from node import ul
 from node import commitment as sc
 from node.config import CommitmentConfig, ListenerConfig, NetworkConfig, NodeConfig, StoreConfig
+from tests import fuzz_pdu
 from tests.node.ul.blocking import Requestor
 from tests.support import dataset_bytes, have, make_ct, wait_until
 
@@ -115,52 +112,40 @@ def _commit_one_on_the_engine(port: int, tmp_path: Path, caplog: pytest.LogCaptu
     assert not any("pynetdicom" in r.name for r in caplog.records if r.levelno >= logging.WARNING)
 
 
-def raw_association(port: int) -> tuple[socket.socket, int]:
-    """A raw socket with an established association proposing CT; returns it and the context id."""
-    offer = requestor.associate_request("RAW", "LEAN", [(CT, EXPLICIT)], max_pdu=16384,
-                                        implementation_class_uid="1.2.3.4", implementation_version_name="")
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(offer.pdu)
-    reply = requestor.associate_reply(*read_pdu(sock, 1 << 20), offer)
-    assert isinstance(reply, requestor.Established)
-    return sock, reply.by_syntax[(CT, EXPLICIT)]
-
-
-def abort_reason(sock: socket.socket) -> int:
-    pdu_type, pdu = read_pdu(sock, 1 << 20)
-    assert pdu_type == acceptor.A_ABORT
-    abort = A_ABORT_RQ()
-    abort.decode(pdu)
-    return int(abort.reason_diagnostic)
+def raw_association(port: int) -> tuple[Requestor, int]:
+    """An established association proposing CT; returns its engine shell and the context id."""
+    scu = Requestor(port, ul.AssociateRequest(called_ae="LEAN", calling_ae="RAW", max_pdu=16384, contexts=(
+        ul.ProposedContext(context_id=1, abstract_syntax=CT, transfer_syntaxes=(EXPLICIT,)),)))
+    assert isinstance(scu.answer, ul.AssociateAccept)
+    return scu, scu.context_for(CT)
 
 
 @pytest.mark.parametrize("bad, reason", [
-    (b"\x09\x00\x00\x00\x00\x02\x00\x00", acceptor.ABORT_UNRECOGNIZED_PDU),  # unknown PDU type
-    ("unaccepted context", acceptor.ABORT_INVALID_PARAMETER),  # a PDV on context 99
-    (b"\x04\x00\x7f\xff\xff\xff", acceptor.ABORT_INVALID_PARAMETER),  # a 2 GiB P-DATA claim
-    ("dataset first", acceptor.ABORT_UNEXPECTED_PDU),  # a dataset with no C-STORE-RQ before it
+    (b"\x09\x00\x00\x00\x00\x02\x00\x00", ul.REASON_UNRECOGNIZED_PDU),  # unknown PDU type
+    ("unaccepted context", ul.REASON_INVALID_PARAMETER),  # a PDV on context 99
+    (b"\x04\x00\x7f\xff\xff\xff", ul.REASON_INVALID_PARAMETER),  # a 2 GiB P-DATA claim
+    ("dataset first", ul.REASON_UNEXPECTED_PDU),  # a dataset with no C-STORE-RQ before it
 ])
 def test_protocol_violations_are_aborted_and_the_node_goes_on(lean_node: tuple[InprocNode, int], bad: object, reason: int,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     node, port = lean_node
     caplog.set_level(logging.INFO)
-    sock, context_id = raw_association(port)
-    with sock:
+    scu, context_id = raw_association(port)
+    with scu.sock:
         if bad == "unaccepted context":
-            sock.sendall(next(requestor.data_pdus(99, iter([b"\x00" * 8]))))
+            scu.sock.sendall(fuzz_pdu.p_data(99, 0x02, b"\x00" * 8))
         elif bad == "dataset first":
-            sock.sendall(next(requestor.data_pdus(context_id, iter([b"\x00" * 8]))))
+            scu.sock.sendall(fuzz_pdu.p_data(context_id, 0x02, b"\x00" * 8))
         else:
             assert isinstance(bad, bytes)
-            sock.sendall(bad)
-        assert abort_reason(sock) == reason
+            scu.sock.sendall(bad)
+        abort = scu.wait_for(ul.Abort)
+        assert isinstance(abort, ul.Abort) and (abort.source, abort.reason) == (ul.SOURCE_SERVICE_PROVIDER, reason)
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "peer=127.0.0.1:" in warnings[0].getMessage() and "aborted" in warnings[0].getMessage()
     assert not any(r.exc_info for r in caplog.records)
     again, _ = raw_association(port)  # the worker still serves associations
-    with again:
-        again.sendall(requestor.release_rq_pdu())
-        assert read_pdu(again, 1 << 20)[0] == requestor.A_RELEASE_RP
+    again.release()
     assert not node.errors
 
 
@@ -218,3 +203,18 @@ def test_a_report_from_a_peer_gets_0110_when_the_tracker_cannot_be_reached(tmp_p
     assert isinstance(rsp, ul.NEventReportRSP)
     assert (rsp.message_id_being_responded_to, rsp.status) == (7, sc.STATUS_PROCESSING_FAILURE)
     assert any("N-EVENT-REPORT: tracker did not answer" in r.getMessage() for r in caplog.records)
+
+
+def test_a_peers_control_characters_never_split_a_log_line(lean_node: tuple[InprocNode, int], caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the 8-minute mutated-association run: a SOP Instance UID with a newline in it
+    split the WARNING line that named it. AE titles are the peer's words too."""
+    node, port = lean_node
+    caplog.set_level(logging.INFO)
+    request = ul.AssociateRequest(called_ae="LE\nW fake", calling_ae="RAW\r",
+                                  contexts=(ul.ProposedContext(context_id=1, abstract_syntax=CT, transfer_syntaxes=(EXPLICIT,)),))
+    scu = Requestor(port, request)
+    assert isinstance(scu.answer, ul.AssociateReject) and scu.answer.reason == 7
+    wait_until(lambda: any("rejected" in r.getMessage() for r in caplog.records), 10, "the rejection logged")
+    [line] = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert "\n" not in line and "\r" not in line and "LE\\x0aW fake" in line and "RAW\\x0d" in line
+    assert not node.errors

@@ -183,6 +183,10 @@ class Requestor:
         response = self._until(lambda e: isinstance(e, ul.Command))
         return response.message.status  # type: ignore[attr-defined,no-any-return]
 
+    def wait_for(self, kind: type) -> ul.Event:
+        """The next event of ``kind`` from the peer (an ``Abort`` after bytes sent by hand)."""
+        return self._until(lambda e: isinstance(e, kind))
+
     def next_response(self) -> ul.Message:
         """The next DIMSE response, whichever request it answers (asynchronous windows); the
         others one read brings are kept for the next calls."""
