@@ -1,4 +1,4 @@
-"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``memory`` | ``engine`` | ``startstop``."""
+"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``memory`` | ``engine`` | ``startstop`` | ``send``."""
 
 from __future__ import annotations
 
@@ -57,6 +57,13 @@ def parser() -> argparse.ArgumentParser:
     startstop.add_argument("--runs", type=int, default=10, help="runs of each command (default 10)")
     startstop.add_argument("--only", action="append", choices=["echoscp", "storescp", "serve"], help="only this command (repeatable)")
     startstop.add_argument("--json", metavar="FILE", help="write every sample as JSON")
+    send = sub.add_parser("send", help="nodectl send -j 1 and -j 4 against one DCMTK storescu, 5 KiB files into storescp --fork")
+    send.add_argument("--files", type=int, default=5000, help="5 KiB files in the job (default 5000, the issue's)")
+    send.add_argument("--runs", type=int, default=3, help="rounds, every sender once per round (default 3)")
+    send.add_argument("--extra", action="append", default=[], metavar="SENDER",
+                      help="another sender per round, e.g. send-1-async-8 or send-2 (repeatable)")
+    send.add_argument("--node-source", metavar="DIR", help="run nodectl from DIR (PYTHONPATH), e.g. a git archive of a baseline")
+    send.add_argument("--json", metavar="FILE", help="write every sample and the summary as JSON")
     return p
 
 
@@ -94,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import profile
 
         return profile.main(opts)
+    if opts.command == "send":
+        from bench import send as send_bench
+
+        return send_bench.main(opts)
     if opts.command == "startstop":
         from bench import startstop
 
