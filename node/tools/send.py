@@ -7,9 +7,12 @@ CLI form::
 
 Compared with ``nodectl storescu`` (which keeps pynetdicom's exit 0 whatever happens):
 
-- ``-j N`` associations run in N worker processes (``send_worker.py``);
+- ``-j N`` associations run in N worker processes forked once everything is imported and
+  planned (``send_worker.py``); ``-j 1`` runs in this process;
 - each file's preamble and file meta are read to plan (``send_plan.py``); datasets are
-  streamed from their files by pynetdicom, never loaded, so memory stays flat;
+  streamed from their files onto the core's association engine (``send_association.py``),
+  never decoded, so memory stays flat;
+- ``--async N``: up to N C-STOREs in flight on each association, if the peer agrees;
 - contexts are the files' own (SOP class, transfer syntax) pairs; more than 128 pairs
   are sent over further associations;
 - non-DICOM files are skipped and counted; peer failure statuses are reported per file
@@ -41,6 +44,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from node.errors import ConfigError
+from node.tools.send_association import PeerOptions
 from node.tools.send_plan import Scan, Task, plan, scan, tasks_for_worker
 from node.tools.send_report import (
     Progress,
@@ -50,7 +54,8 @@ from node.tools.send_report import (
     summary,
     write_summary,
 )
-from node.tools.send_worker import FileResult, PeerOptions, WorkerFinished, run_worker
+from node.tools.send_results import FileResult, WorkerFinished
+from node.tools.send_worker import run_forked_worker, run_tasks
 from node.tools.storescu import (
     LOG_LEVELS,
     _Parser,
@@ -69,6 +74,7 @@ EXIT_ASSOCIATION = 3
 EXIT_MISSING_PATH = 4
 EXIT_INTERRUPTED = 130
 MAX_ASSOCIATIONS = 64
+MAX_ASYNC = 256  # C-STOREs in flight per association: enough to hide any loopback or LAN round trip
 JOIN_GRACE = 10.0  # seconds a finished worker gets to exit before it is terminated
 
 EXIT_HELP = """\
@@ -90,6 +96,14 @@ def _positive(text: str) -> int:
     value = int(text)
     if not 1 <= value <= MAX_ASSOCIATIONS:
         raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_ASSOCIATIONS}")
+    return value
+
+
+def _async_ops(text: str) -> int:
+    """argparse type: an integer from 1 to MAX_ASYNC."""
+    value = int(text)
+    if not 1 <= value <= MAX_ASYNC:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_ASYNC}")
     return value
 
 
@@ -128,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"parallel associations, one worker process each (1..{MAX_ASSOCIATIONS}, default: 1)",
     )
     bulk.add_argument(
+        "--async", dest="async_ops", type=_async_ops, default=1, metavar="N",
+        help=f"C-STOREs in flight at once on each association, if the peer negotiates the asynchronous "
+             f"operations window; one at a time if it does not (1..{MAX_ASYNC}, default: 1)",
+    )
+    bulk.add_argument(
         "--retry", type=_non_negative, default=0, metavar="N",
         help="retry a refused, transiently rejected or aborted association N times (default: 0)",
     )
@@ -149,35 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def log_levels(args: argparse.Namespace) -> tuple[int, int]:
-    """(our level, pynetdicom's level): default WARNING for ours so skips show, ERROR for it."""
+def log_level(args: argparse.Namespace) -> int:
+    """Our level: WARNING by default, so skips and failures show."""
     if args.log_type == "q":
-        return logging.CRITICAL + 1, logging.CRITICAL + 1
-    ours, theirs = {"v": (logging.INFO, logging.INFO), "d": (logging.DEBUG, logging.DEBUG)}.get(
-        args.log_type or "", (logging.WARNING, logging.ERROR)
-    )
-    if args.log_level:
-        ours = theirs = LOG_LEVELS[args.log_level]
-    return ours, theirs
+        return logging.CRITICAL + 1
+    level = {"v": logging.INFO, "d": logging.DEBUG}.get(args.log_type or "", logging.WARNING)
+    return LOG_LEVELS[args.log_level] if args.log_level else level
 
 
 @contextmanager
-def progress_logging(progress: Progress, levels: tuple[int, int]) -> Iterator[None]:
-    """Route our and pynetdicom's records (also those forwarded by workers) via ``progress``."""
+def progress_logging(progress: Progress, level: int) -> Iterator[None]:
+    """Route our records (also those forwarded by workers) via ``progress``."""
     handler = ProgressLogHandler(progress)
-    pairs = [(logging.getLogger("node.tools.send"), levels[0]), (logging.getLogger("pynetdicom"), levels[1])]
-    saved = [(lg, lg.level, lg.propagate) for lg, _ in pairs]
-    for lg, level in pairs:
-        lg.addHandler(handler)
-        lg.setLevel(level)
-        lg.propagate = False
+    saved = LOGGER.level, LOGGER.propagate
+    LOGGER.addHandler(handler)
+    LOGGER.setLevel(level)
+    LOGGER.propagate = False
     try:
         yield
     finally:
-        for lg, level, propagate in saved:
-            lg.removeHandler(handler)
-            lg.setLevel(level)
-            lg.propagate = propagate
+        LOGGER.removeHandler(handler)
+        LOGGER.setLevel(saved[0])
+        LOGGER.propagate = saved[1]
 
 
 def peer_options(args: argparse.Namespace, tls: ClientTls | None = None) -> PeerOptions:
@@ -185,55 +197,71 @@ def peer_options(args: argparse.Namespace, tls: ClientTls | None = None) -> Peer
         host=args.addr, port=args.port, calling_aet=args.calling_aet, called_aet=args.called_aet,
         acse_timeout=args.acse_timeout, dimse_timeout=args.dimse_timeout,
         network_timeout=args.network_timeout, max_pdu=args.max_pdu,
-        retry=args.retry, retry_delay=args.retry_delay, tls=tls,
+        retry=args.retry, retry_delay=args.retry_delay, async_ops=args.async_ops, tls=tls,
     )
 
 
-def start_workers(tasks: list[Task], workers: int, peer: PeerOptions, levels: tuple[int, int]) -> tuple[Any, list[Any]]:
-    """One spawned process per worker with tasks; spawn, so no lock or thread is inherited."""
-    ctx = multiprocessing.get_context("spawn")
+def start_workers(tasks: list[Task], workers: int, peer: PeerOptions, level: int) -> tuple[Any, list[Any]]:
+    """One forked child per worker with tasks: the imports and the plan are inherited, so a
+    worker starts in milliseconds. Forked before any thread of ours runs (the progress bar's
+    tqdm starts none until it is updated)."""
+    ctx = multiprocessing.get_context("fork")
     results = ctx.Queue()
     procs = []
     for worker in range(workers):
         mine = tasks_for_worker(tasks, worker)
         if not mine:
             continue
-        proc = ctx.Process(
-            target=run_worker, args=(worker, mine, peer, results, levels[0], levels[1]),
-            name=f"send-worker-{worker}", daemon=True,
-        )
+        proc = ctx.Process(target=run_forked_worker, args=(worker, mine, peer, results, level),
+                           name=f"send-worker-{worker}", daemon=True)
         proc.start()
         procs.append(proc)
     return results, procs
 
 
-def handle(item: Any, tally: Tally, progress: Progress, finished: dict[int, int]) -> None:
-    """One message from a worker: a file result, a log record, or its last word."""
-    if isinstance(item, FileResult):
-        tally.add(item)
-        entry = tally.entries[item.index]
-        progress.advance(item, entry.size)
+class Collector:
+    """Takes every worker message: file results (one or a batch), log records, last words."""
+
+    def __init__(self, tally: Tally, progress: Progress) -> None:
+        self.tally = tally
+        self.progress = progress
+        self.finished: dict[int, int] = {}
+
+    def __call__(self, item: Any) -> None:
+        if isinstance(item, list):
+            for result in item:
+                self.result(result)
+        elif isinstance(item, FileResult):
+            self.result(item)
+        elif isinstance(item, logging.LogRecord):
+            logging.getLogger(item.name).handle(item)
+        elif isinstance(item, WorkerFinished):
+            self.finished[item.worker] = item.associations
+
+    def result(self, item: FileResult) -> None:
+        self.tally.add(item)
+        entry = self.tally.entries[item.index]
+        self.progress.advance(item, entry.size)
         if not item.sent:
             status = "" if item.status is None else f" status=0x{item.status:04X}"
             LOGGER.error(f"Store failed: {entry.path}{status} reason={item.reason!r}")
         elif item.status:
             LOGGER.warning(f"Stored with warning: {entry.path} status=0x{item.status:04X}")
-    elif isinstance(item, logging.LogRecord):
-        logging.getLogger(item.name).handle(item)
-    elif isinstance(item, WorkerFinished):
-        finished[item.worker] = item.associations
+
+    @property
+    def associations(self) -> int:
+        return sum(self.finished.values())
 
 
-def collect_results(results: Any, procs: list[Any], tally: Tally, progress: Progress) -> int:
+def collect_results(results: Any, procs: list[Any], collector: Collector) -> int:
     """Read worker messages until every worker has finished or died; return associations.
 
     Bounded: each wait is 0.2 s and the loop ends once no worker is alive and the queue
     is empty. Reading while they run also keeps their queue feeders from blocking.
     """
-    finished: dict[int, int] = {}
     while True:
         try:
-            handle(results.get(timeout=0.2), tally, progress, finished)
+            collector(results.get(timeout=0.2))
             continue
         except queue.Empty:
             pass
@@ -244,9 +272,9 @@ def collect_results(results: Any, procs: list[Any], tally: Tally, progress: Prog
         if proc.is_alive():
             proc.terminate()  # our own child, by its handle
             proc.join(timeout=JOIN_GRACE)
-    for entry in tally.unreported():
-        tally.add(FileResult(index=entry.index, sent=False, reason="worker exited without reporting", network=True))
-    return sum(finished.values())
+    for entry in collector.tally.unreported():
+        collector.result(FileResult(index=entry.index, sent=False, reason="worker exited without reporting", network=True))
+    return collector.associations
 
 
 def exit_status(tally: Tally, missing: list[str]) -> int:
@@ -273,9 +301,9 @@ def stop_workers(procs: list[Any]) -> None:
             proc.join(timeout=JOIN_GRACE)
 
 
-def send(args: argparse.Namespace, found: Scan, missing: list[str], progress: Progress, levels: tuple[int, int],
+def send(args: argparse.Namespace, found: Scan, missing: list[str], progress: Progress, level: int,
          tls: ClientTls | None = None) -> tuple[int, Tally, int]:
-    """Plan, run the workers, gather results: (exit status, tally, associations)."""
+    """Plan, run the worker(s), gather results: (exit status, tally, associations)."""
     tally = Tally(entries={entry.index: entry for entry in found.entries})
     if not found.entries:
         return exit_status(tally, missing), tally, 0
@@ -285,9 +313,17 @@ def send(args: argparse.Namespace, found: Scan, missing: list[str], progress: Pr
         f"sending files={len(found.entries)} bytes={found.total_bytes} "
         f"contexts={len({e.context for e in found.entries})} associations={workers} tasks={len(tasks)}"
     )
-    results, procs = start_workers(tasks, workers, peer_options(args, tls), levels)
+    collector = Collector(tally, progress)
+    peer = peer_options(args, tls)
+    if workers == 1:  # no child at all: this process is the worker
+        try:
+            collector(run_tasks(0, tasks, peer, collector))
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED, tally, 0
+        return exit_status(tally, missing), tally, collector.associations
+    results, procs = start_workers(tasks, workers, peer, level)
     try:
-        associations = collect_results(results, procs, tally, progress)
+        associations = collect_results(results, procs, collector)
     except KeyboardInterrupt:
         stop_workers(procs)
         return EXIT_INTERRUPTED, tally, 0
@@ -302,17 +338,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"nodectl send: {exc}", file=sys.stderr)
         return EXIT_USAGE
     started = time.monotonic()
-    levels = log_levels(args)
+    level = log_level(args)
     files, missing = collect_files(args.path, args.recurse)
     found = scan(files)
     progress = make_progress(args.progress, len(found.entries), found.total_bytes)
-    with progress_logging(progress, levels):
+    with progress_logging(progress, level):
         for path in missing:
             LOGGER.error(f"Cannot access path: {path}")
         for item in found.skipped:
             LOGGER.warning(f"Skipped: {item.path}: {item.reason}")
         try:
-            status, tally, associations = send(args, found, missing, progress, levels, tls)
+            status, tally, associations = send(args, found, missing, progress, level, tls)
         finally:
             progress.close()
         seconds = time.monotonic() - started

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import socket
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from pynetdicom.pdu import A_ABORT_RQ
 
 from actors._pdu import read_pdu
 from actors.inproc import InprocNode
-from node import acceptor, requestor
+from node import acceptor, ul
 from node.config import ListenerConfig, NetworkConfig, NodeConfig
 from tests.support import dataset_bytes, have, make_ct, wait_until
 
@@ -90,13 +91,20 @@ def test_a_commitment_request_falls_back_to_pynetdicom(lean_node: tuple[InprocNo
 
 def raw_association(port: int) -> tuple[socket.socket, int]:
     """A raw socket with an established association proposing CT; returns it and the context id."""
-    offer = requestor.associate_request("RAW", "LEAN", [(CT, EXPLICIT)], max_pdu=16384,
-                                        implementation_class_uid="1.2.3.4", implementation_version_name="")
+    engine = ul.Association(ul.Role.REQUESTOR)
+    offer = ul.AssociateRequest(called_ae="LEAN", calling_ae="RAW", max_pdu=16384, implementation_class_uid="1.2.3.4",
+                                contexts=(ul.ProposedContext(context_id=1, abstract_syntax=CT, transfer_syntaxes=(EXPLICIT,)),))
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(offer.pdu)
-    reply = requestor.associate_reply(*read_pdu(sock, 1 << 20), offer)
-    assert isinstance(reply, requestor.Established)
-    return sock, reply.by_syntax[(CT, EXPLICIT)]
+    sock.sendall(engine.send(offer))
+    engine.receive_data(read_pdu(sock, 1 << 20)[1])  # the whole PDU, header included
+    assert isinstance(next(engine.events()), ul.AssociateAccept)
+    (context_id,) = engine.contexts
+    return sock, context_id
+
+
+def dataset_pdu(context_id: int, data: bytes) -> bytes:
+    """A P-DATA-TF with one PDV: the last fragment of a dataset (PS3.8 9.3.5)."""
+    return struct.pack(">BxIIBB", 0x04, len(data) + 6, len(data) + 2, context_id, 0x02) + data
 
 
 def abort_reason(sock: socket.socket) -> int:
@@ -120,9 +128,9 @@ def test_protocol_violations_are_aborted_and_the_node_goes_on(lean_node: tuple[I
     sock, context_id = raw_association(port)
     with sock:
         if bad == "unaccepted context":
-            sock.sendall(next(requestor.data_pdus(99, iter([b"\x00" * 8]))))
+            sock.sendall(dataset_pdu(99, b"\x00" * 8))
         elif bad == "dataset first":
-            sock.sendall(next(requestor.data_pdus(context_id, iter([b"\x00" * 8]))))
+            sock.sendall(dataset_pdu(context_id, b"\x00" * 8))
         else:
             assert isinstance(bad, bytes)
             sock.sendall(bad)
@@ -132,6 +140,6 @@ def test_protocol_violations_are_aborted_and_the_node_goes_on(lean_node: tuple[I
     assert not any(r.exc_info for r in caplog.records)
     again, _ = raw_association(port)  # the worker still serves associations
     with again:
-        again.sendall(requestor.release_rq_pdu())
-        assert read_pdu(again, 1 << 20)[0] == requestor.A_RELEASE_RP
+        again.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-RELEASE-RQ
+        assert read_pdu(again, 1 << 20)[0] == 0x06  # A-RELEASE-RP
     assert not node.errors
