@@ -63,6 +63,8 @@ def parser() -> argparse.ArgumentParser:
     send.add_argument("--extra", action="append", default=[], metavar="SENDER",
                       help="another sender per round, e.g. send-1-async-8 or send-2 (repeatable)")
     send.add_argument("--node-source", metavar="DIR", help="run nodectl from DIR (PYTHONPATH), e.g. a git archive of a baseline")
+    send.add_argument("--baseline", metavar="DIR",
+                      help="also run nodectl send -j 1/-j 4 from DIR (a git archive of node/ and actors/) in every round: before/after under the same load")
     send.add_argument("--json", metavar="FILE", help="write every sample and the summary as JSON")
     return p
 

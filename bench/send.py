@@ -25,29 +25,38 @@ from pathlib import Path
 from bench import corpus, peers, procs
 
 SENDER_TIMEOUT_S = 600.0
-TARGETS = {"send-1": 0.7, "send-4": 1.5}  # x one DCMTK storescu (issue 13 item 6)
+TARGETS = {"send-1": 0.7, "send-4": 1.5, "base-send-1": 0.7, "base-send-4": 1.5}  # x one DCMTK storescu (issue 13 item 6)
 
 
 def sender_command(sender: str, files: list[Path], port: int) -> list[str]:
-    """``dcmtk-1``, ``send-N`` or ``send-N-async-M`` as one command line."""
+    """``dcmtk-1``, ``send-N`` or ``send-N-async-M`` (``base-`` in front: the baseline's) as one command line."""
     if sender == "dcmtk-1":
         return peers.sender_commands("dcmtk-1", files, "ANY-SCP", port)[0]
-    parts = sender.split("-")
+    parts = sender.removeprefix("base-").split("-")
     cmd = [sys.executable, "-m", "node.cli", "send", "-j", parts[1], "--progress", "none", "-aec", "ANY-SCP"]
     if len(parts) == 4 and parts[2] == "async":
         cmd += ["--async", parts[3]]
     return [*cmd, procs.LOOPBACK, str(port), *map(str, files)]
 
 
+def sender_env(sender: str, env: dict[str, str], baseline: str | None) -> dict[str, str]:
+    """A ``base-`` sender runs nodectl from the baseline's tree (PYTHONPATH first)."""
+    if not sender.startswith("base-") or not baseline:
+        return env
+    return {**env, "PYTHONPATH": os.pathsep.join(p for p in (baseline, env.get("PYTHONPATH", "")) if p)}
+
+
 def one_sample(sender: str, files: list[Path], env: dict[str, str], scratch: Path) -> dict:
     """Start a fresh storescp --fork, time the sender, count what arrived, stop the receiver."""
     receiver = peers.DcmtkStorescp("DCMTK storescp --fork", fork=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{sender}-", dir=scratch))
-    receiver.start(workdir, env)
+    receiver.start(workdir, {k: v for k, v in env.items() if k != "PYTHONPATH"} | {"TCP_NODELAY": "1"})
     load = os.getloadavg()[0]
     try:
         started = time.monotonic()
-        proc = procs.start(sender_command(sender, files, receiver.port), log=workdir / "sender.log", env=env)
+        # cwd: the scratch directory, so ``python -m`` imports nodectl from PYTHONPATH (a baseline) or
+        # the installed tree, never from whatever directory the benchmark was started in
+        proc = procs.start(sender_command(sender, files, receiver.port), log=workdir / "sender.log", cwd=workdir, env=env)
         try:
             code = proc.wait(timeout=SENDER_TIMEOUT_S)
         except subprocess.TimeoutExpired:
@@ -108,12 +117,14 @@ def main(opts) -> int:
     """Rounds of every sender in turn; print and optionally save medians, spread, load."""
     fileset = corpus.ensure("sc", opts.files)
     senders = ["dcmtk-1", "send-1", "send-4", *opts.extra]
+    if opts.baseline:
+        senders += ["base-send-1", "base-send-4"]
     env = peers.base_env(True, Path(opts.node_source) if opts.node_source else None)
     samples: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-send-") as scratch:
         for run in range(opts.runs):
             for sender in senders:
-                sample = one_sample(sender, list(fileset.files), env, Path(scratch))
+                sample = one_sample(sender, list(fileset.files), sender_env(sender, env, opts.baseline), Path(scratch))
                 sample["run"] = run
                 samples.append(sample)
                 flag = "" if sample["ok"] else f"  FAILED exit={sample['exit']} stored={sample['stored']}"
@@ -123,7 +134,7 @@ def main(opts) -> int:
     print_table(summary, fileset.count)
     if opts.json:
         Path(opts.json).write_text(json.dumps({"files": fileset.count, "digest": corpus.digest(fileset),
-                                               "node_source": opts.node_source, "versions": peers.versions(),
+                                               "node_source": opts.node_source, "baseline": opts.baseline, "versions": peers.versions(),
                                                "cpus": os.cpu_count(), "summary": summary, "samples": samples},
                                               indent=2))
     return 0 if all(row["good"] for row in summary.values()) else 1

@@ -43,8 +43,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from node import ul
 from node.errors import ConfigError
-from node.tools.send_association import PeerOptions
+from node.tools.send_association import PeerOptions, associate_request
 from node.tools.send_plan import Scan, Task, plan, scan, tasks_for_worker
 from node.tools.send_report import (
     Progress,
@@ -89,6 +90,7 @@ exit status:
   When several apply: 3 before 1 before 4."""
 
 LOGGER = logging.getLogger("node.tools.send")
+IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 
 
 def _positive(text: str) -> int:
@@ -199,6 +201,15 @@ def peer_options(args: argparse.Namespace, tls: ClientTls | None = None) -> Peer
         network_timeout=args.network_timeout, max_pdu=args.max_pdu,
         retry=args.retry, retry_delay=args.retry_delay, async_ops=args.async_ops, tls=tls,
     )
+
+
+def check_request(peer: PeerOptions) -> None:
+    """ConfigError for what the A-ASSOCIATE-RQ cannot carry (an AE title over 16 characters),
+    before any file is scanned: the engine checks it when the request is built."""
+    try:
+        associate_request(peer, [(ul.VERIFICATION, IMPLICIT_VR_LITTLE_ENDIAN)])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def start_workers(tasks: list[Task], workers: int, peer: PeerOptions, level: int) -> tuple[Any, list[Any]]:
@@ -331,9 +342,10 @@ def send(args: argparse.Namespace, found: Scan, missing: list[str], progress: Pr
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the TLS options, then collect, scan, send, report."""
+    """Check the TLS options and AE titles, then collect, scan, send, report."""
     try:
         tls = client_tls(args)
+        check_request(peer_options(args, tls))
     except ConfigError as exc:
         print(f"nodectl send: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -88,6 +88,9 @@ def test_help_documents_exit_codes_and_bad_options_exit_2() -> None:
     assert "exit status:" in helped.stdout and "130" in helped.stdout
     assert run_nodectl("send", "127.0.0.1", "11112").returncode == 2
     assert run_nodectl("send", "-j", "0", "127.0.0.1", "11112", "x").returncode == 2
+    too_long = run_nodectl("send", "-aet", "A" * 17, "127.0.0.1", "11112", "x")
+    assert too_long.returncode == 2 and "longer than 16 characters" in too_long.stderr, too_long.stderr
+    assert "Traceback" not in too_long.stderr
 
 
 # --- into DCMTK storescp ----------------------------------------------------------------------
