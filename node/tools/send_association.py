@@ -140,7 +140,7 @@ class SendAssociation:
         except OSError as exc:
             raise _FileFailed(f"cannot read {entry.path}: {exc.strerror}") from None
         try:
-            self.sock.settimeout(self.peer.network_timeout or None)
+            set_timeout(self.sock, self.peer.network_timeout)
             if entry.size <= STREAM_ABOVE:
                 data = os.pread(fd, entry.size, entry.offset)
                 self._write(self.engine.send(command) + self.engine.send(
@@ -190,7 +190,7 @@ class SendAssociation:
         """A-RELEASE-RQ, then wait (ACSE timeout) for the A-RELEASE-RP, then close."""
         if self.engine.established:
             try:
-                self.sock.settimeout(self.peer.acse_timeout or None)
+                set_timeout(self.sock, self.peer.acse_timeout)
                 self._write(self.engine.send(ul.ReleaseRequest()))
                 for _ in range(MAX_RELEASE_READS):
                     events = self._read(self.peer.acse_timeout)
@@ -226,7 +226,7 @@ class SendAssociation:
 def read_events(sock: socket.socket, engine: ul.Association, timeout: float) -> list[ul.Event]:
     """The events one read makes; a timeout, a reset or a protocol violation loses the association
     (after a violation the engine's A-ABORT is sent first)."""
-    sock.settimeout(timeout or None)
+    set_timeout(sock, timeout)
     try:
         data = sock.recv(RECV_BYTES)
     except TimeoutError:
@@ -241,6 +241,14 @@ def read_events(sock: socket.socket, engine: ul.Association, timeout: float) -> 
     except ul.ProtocolViolation as exc:
         send_quietly(sock, exc.abort_pdu)
         raise Lost(f"peer broke the protocol: {exc}") from None
+
+
+def set_timeout(sock: socket.socket, seconds: float) -> None:
+    """The socket's timeout (0: none), set only when it changes: each ``settimeout`` is an
+    ioctl, and a C-STORE switches between the network and the DIMSE timeout twice."""
+    value = seconds or None
+    if sock.gettimeout() != value:
+        sock.settimeout(value)
 
 
 def send_quietly(sock: socket.socket, data: bytes) -> None:
