@@ -65,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
     send.add_argument("--node-source", metavar="DIR", help="run nodectl from DIR (PYTHONPATH), e.g. a git archive of a baseline")
     send.add_argument("--baseline", metavar="DIR",
                       help="also run nodectl send -j 1/-j 4 from DIR (a git archive of node/ and actors/) in every round: before/after under the same load")
+    send.add_argument("--scratch", metavar="DIR", help="where storescp writes (default: the system temp directory; /dev/shm for the sender alone)")
     send.add_argument("--json", metavar="FILE", help="write every sample and the summary as JSON")
     return p
 

@@ -6,8 +6,10 @@ A 5,000-file job of 5 KiB Secondary Capture files (the ``sc`` corpus) into DCMTK
 from the machine's other users falls on all of them alike; each sample gets a fresh receiver
 directory. A sample's time runs from starting the sender to its exit, interpreter start-up
 included (that is what a scripted job pays), and counts only when the sender exited 0 and the
-receiver holds every file. Every DCMTK process gets ``TCP_NODELAY=1`` (see ``peers.py``);
-nodectl always sets it. The load average is recorded with every sample: on a shared machine
+receiver holds every file; the receiver's directory is removed after each sample
+(``--scratch /dev/shm`` keeps a slow disk out of the figures). The sender's CPU (its own and
+its workers', from ``getrusage``) is recorded too. Every DCMTK process gets ``TCP_NODELAY=1``
+(see ``peers.py``); nodectl always sets it. The load average is recorded with every sample: on a shared machine
 the figures are only comparable within one run.
 """
 
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -53,7 +57,7 @@ def one_sample(sender: str, files: list[Path], env: dict[str, str], scratch: Pat
     receiver.start(workdir, {k: v for k, v in env.items() if k != "PYTHONPATH"} | {"TCP_NODELAY": "1"})
     load = os.getloadavg()[0]
     try:
-        started = time.monotonic()
+        started, cpu = time.monotonic(), _children_cpu()
         # cwd: the scratch directory, so ``python -m`` imports nodectl from PYTHONPATH (a baseline) or
         # the installed tree, never from whatever directory the benchmark was started in
         proc = procs.start(sender_command(sender, files, receiver.port), log=workdir / "sender.log", cwd=workdir, env=env)
@@ -63,15 +67,25 @@ def one_sample(sender: str, files: list[Path], env: dict[str, str], scratch: Pat
             procs.stop(proc)
             code = None
         seconds = time.monotonic() - started
+        sender_cpu = _children_cpu() - cpu  # the sender and every process it waited for (its forked workers)
         stored = _settled_count(receiver, len(files))
     finally:
         receiver.stop()
     ok = code == 0 and stored == len(files)
+    log_tail = (workdir / "sender.log").read_text(errors="replace")[-1500:]
+    shutil.rmtree(workdir, ignore_errors=True)  # now, so no sample pays for an earlier one's files
     result = {"sender": sender, "seconds": seconds, "images_s": len(files) / seconds, "exit": code,
+              "sender_cpu_us_per_file": sender_cpu / len(files) * 1e6,
               "stored": stored, "ok": ok, "load1": load}
     if not ok:
-        result["log_tail"] = (workdir / "sender.log").read_text(errors="replace")[-1500:]
+        result["log_tail"] = log_tail
     return result
+
+
+def _children_cpu() -> float:
+    """User + system seconds of every child this process has waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _settled_count(receiver: peers.DcmtkStorescp, expected: int, timeout: float = 10.0) -> int:
@@ -90,10 +104,12 @@ def summarise(samples: list[dict], senders: list[str]) -> dict:
     for sender in senders:
         rates = [s["images_s"] for s in samples if s["sender"] == sender and s["ok"]]
         loads = [s["load1"] for s in samples if s["sender"] == sender]
+        cpu = [s["sender_cpu_us_per_file"] for s in samples if s["sender"] == sender and s["ok"]]
         out[sender] = {"median": statistics.median(rates) if rates else None, "min": min(rates, default=None),
                        "max": max(rates, default=None), "good": len(rates),
                        "runs": sum(1 for s in samples if s["sender"] == sender),
-                       "load1": [round(x, 2) for x in loads]}
+                       "load1": [round(x, 2) for x in loads],
+                       "cpu_us_per_file": statistics.median(cpu) if cpu else None}
     base = out.get("dcmtk-1", {}).get("median")
     for sender in senders:
         median = out[sender]["median"]
@@ -110,7 +126,8 @@ def print_table(summary: dict, files: int) -> None:
         target = TARGETS.get(sender)
         verdict = "" if target is None or row["ratio"] is None else f"  target >= {target}: {'met' if row['ratio'] >= target else 'NOT met'}"
         print(f"  {sender:18} {row['median']:7.0f} ({row['min']:.0f}-{row['max']:.0f})  x{row['ratio']:.2f}"
-              f"  good {row['good']}/{row['runs']}  load1 {row['load1']}{verdict}")
+              f"  sender CPU {row['cpu_us_per_file']:.0f} us/file  good {row['good']}/{row['runs']}"
+              f"  load1 {row['load1']}{verdict}")
 
 
 def main(opts) -> int:
@@ -121,7 +138,7 @@ def main(opts) -> int:
         senders += ["base-send-1", "base-send-4"]
     env = peers.base_env(True, Path(opts.node_source) if opts.node_source else None)
     samples: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="bench-send-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="bench-send-", dir=opts.scratch) as scratch:
         for run in range(opts.runs):
             for sender in senders:
                 sample = one_sample(sender, list(fileset.files), sender_env(sender, env, opts.baseline), Path(scratch))
@@ -129,7 +146,8 @@ def main(opts) -> int:
                 samples.append(sample)
                 flag = "" if sample["ok"] else f"  FAILED exit={sample['exit']} stored={sample['stored']}"
                 print(f"run {run + 1}/{opts.runs} {sender:18} {sample['images_s']:7.0f} images/s "
-                      f"{sample['seconds']:6.2f} s  load1 {sample['load1']:.2f}{flag}", flush=True)
+                      f"{sample['seconds']:6.2f} s  CPU {sample['sender_cpu_us_per_file']:4.0f} us/file"
+                      f"  load1 {sample['load1']:.2f}{flag}", flush=True)
     summary = summarise(samples, senders)
     print_table(summary, fileset.count)
     if opts.json:
