@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import logging.handlers
 import queue
 import sys
 import threading
@@ -267,12 +266,29 @@ class Batch:
         self.since = time.monotonic()
 
 
+class ThreadRecords(logging.Handler):
+    """While worker threads run, their log records go through ``results`` and the main thread
+    prints them, so that only one thread writes to the terminal (a record never tears the
+    progress bar); the main thread's own records are printed at once."""
+
+    def __init__(self, results: queue.SimpleQueue, printer: logging.Handler) -> None:
+        super().__init__()
+        self.results = results
+        self.printer = printer
+        self.owner = threading.current_thread()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if threading.current_thread() is self.owner:
+            self.printer.handle(record)
+        else:
+            self.results.put(record)
+
+
 @contextmanager
-def records_via(results: queue.SimpleQueue) -> Iterator[None]:
-    """While worker threads run, our log records go through ``results`` too, so that only the
-    main thread writes to the terminal (a record never tears the progress bar)."""
+def records_via(results: queue.SimpleQueue, printer: logging.Handler) -> Iterator[None]:
+    """``ThreadRecords`` in place of the printer for as long as the worker threads run."""
     saved = LOGGER.handlers
-    LOGGER.handlers = [logging.handlers.QueueHandler(results)]  # type: ignore[arg-type]
+    LOGGER.handlers = [ThreadRecords(results, printer)]
     try:
         yield
     finally:
@@ -366,7 +382,7 @@ def send(args: argparse.Namespace, found: Scan, missing: list[str], progress: Pr
             collector(run_tasks(0, tasks, peer, collector))
             return exit_status(tally, missing), tally, collector.associations
         results: queue.SimpleQueue = queue.SimpleQueue()
-        with records_via(results):
+        with records_via(results, printer):
             associations = collect_results(results, start_threads(tasks, workers, peer, results), collector)
     except KeyboardInterrupt:  # the worker threads are daemons: they end with the process
         return EXIT_INTERRUPTED, tally, 0

@@ -243,12 +243,15 @@ def test_aborted_association_is_retried(tmp_path: Path) -> None:
     assert {f["sop_instance_uid"] for f in data["files"]["sent"]} == set(sent)
 
 
-def test_nothing_listening_retries_then_exits_3(tmp_path: Path) -> None:
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_nothing_listening_retries_then_exits_3(tmp_path: Path, jobs: int) -> None:
+    """Every worker's warning reaches stderr, from the main thread (-j 1) or a worker thread (-j 2)."""
     make_files(tmp_path / "in", 2)
     report = tmp_path / "summary.json"
-    result = send("--retry", 1, "--retry-delay", 0.05, "--summary-json", report, "127.0.0.1", free_port(), tmp_path / "in")
+    result = send("-j", jobs, "--retry", 1, "--retry-delay", 0.05, "--summary-json", report,
+                  "127.0.0.1", free_port(), tmp_path / "in")
     assert result.returncode == 3
-    assert "retry 1/1" in result.stderr
+    assert result.stderr.count("retry 1/1") == jobs, result.stderr
     data = summary(report)
     assert data["failed"] == 2 and all(f["network"] and f["status"] is None for f in data["files"]["failed"])
 
