@@ -64,12 +64,12 @@ def run_task(task: Task, peer: PeerOptions, report: Report, worker: int, tls_con
             if scu.is_established:
                 scu.release()
         if pending:
-            pending = _after_loss(pending, strikes, peer, report, worker)
+            pending = _after_loss(pending, strikes, peer, report, worker, scu.lost_because)
     return opened
 
 
 def _after_loss(
-    pending: list[FileEntry], strikes: dict[int, int], peer: PeerOptions, report: Report, worker: int
+    pending: list[FileEntry], strikes: dict[int, int], peer: PeerOptions, report: Report, worker: int, why: str
 ) -> list[FileEntry]:
     """Count a strike against the oldest file in flight; give it up after --retry + 1 strikes."""
     head = pending[0]
@@ -78,12 +78,12 @@ def _after_loss(
         report(
             FileResult(
                 index=head.index, sent=False, network=True, worker=worker,
-                reason="association lost while sending (aborted or no response)",
+                reason=f"association lost while sending ({why or 'aborted or no response'})",
             )
         )
         pending = pending[1:]
     if pending:
-        LOGGER.warning(f"association lost; {len(pending)} file(s) left, re-associating")
+        LOGGER.warning(f"association with {peer.host}:{peer.port} lost ({why}); {len(pending)} file(s) left, re-associating")
         time.sleep(backoff(peer, strikes[head.index]))
     return pending
 

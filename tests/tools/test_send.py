@@ -237,7 +237,7 @@ def test_aborted_association_is_retried(tmp_path: Path) -> None:
     with pynetdicom_scp(abort_once) as (port, _received):
         result = send("--retry", 2, "--retry-delay", 0.05, "--summary-json", report, "127.0.0.1", port, tmp_path / "in")
     assert result.returncode == 0, result.stderr
-    assert "association lost" in result.stderr
+    assert f"association with 127.0.0.1:{port} lost (aborted by the peer); " in result.stderr, result.stderr
     data = summary(report)
     assert data["sent"] == 6 and data["associations"] == 2
     assert {f["sop_instance_uid"] for f in data["files"]["sent"]} == set(sent)
