@@ -379,3 +379,49 @@ def test_send_and_storescu_name_the_datasets_uids_not_the_file_metas(tmp_path: P
             node.stop()
         stored = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in stored_files(folder / "store")}
         assert stored == {str(dcmread(source).SOPInstanceUID) for source in sources}, tool
+
+
+# --- a hostile peer -----------------------------------------------------------------------------
+
+
+def test_garbage_instead_of_a_response_ends_quietly(tmp_path: Path) -> None:
+    """A peer that accepts, then answers a C-STORE with an unknown PDU type: the association is
+    aborted, one line names the file and the violation, the file fails (exit 3), no traceback."""
+    import socket
+    import threading
+
+    from node import ul
+    from tests.node.ul.blocking import AcceptEverything
+
+    make_files(tmp_path / "in", 1)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    aborts: list[bytes] = []
+
+    def hostile() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(30)
+            engine = ul.Association(ul.Role.ACCEPTOR)
+            while not engine.established:
+                engine.receive_data(conn.recv(65536))
+                for event in engine.events():
+                    if isinstance(event, ul.AssociateRequest):
+                        conn.sendall(engine.send(ul.negotiate(event, ul.AcceptorPolicy(contexts=AcceptEverything()))))
+            conn.recv(65536)  # the C-STORE-RQ
+            conn.sendall(b"\x09\x00\x00\x00\x00\x02\x00\x00")
+            aborts.append(conn.recv(65536))
+
+    thread = threading.Thread(target=hostile, daemon=True)
+    thread.start()
+    try:
+        result = send("127.0.0.1", port, tmp_path / "in")
+    finally:
+        listener.close()
+        thread.join(timeout=30)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith(("W: ", "E: "))]
+    assert line.startswith("E: Store failed: ") and "association lost while sending (peer broke the protocol: " \
+        "unrecognized PDU type 0x09" in line, result.stderr
+    assert aborts and aborts[0][:1] == b"\x07"  # an A-ABORT came back
