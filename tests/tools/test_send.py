@@ -425,3 +425,23 @@ def test_garbage_instead_of_a_response_ends_quietly(tmp_path: Path) -> None:
     assert line.startswith("E: Store failed: ") and "association lost while sending (peer broke the protocol: " \
         "unrecognized PDU type 0x09" in line, result.stderr
     assert aborts and aborts[0][:1] == b"\x07"  # an A-ABORT came back
+
+
+def test_the_send_modules_import_one_way() -> None:
+    """plan <- results <- association <- worker <- send, report <- send: no module of the tool
+    imports one that imports it back (issue 13: send_lean and send_worker did)."""
+    import ast
+
+    tools = Path(__file__).resolve().parents[2] / "node" / "tools"
+    graph: dict[str, set[str]] = {}
+    for path in tools.glob("send*.py"):
+        imported = set()
+        for item in ast.walk(ast.parse(path.read_text())):
+            if isinstance(item, ast.ImportFrom) and (item.module or "").startswith("node.tools.send"):
+                imported.add(item.module.rsplit(".", 1)[1])
+        graph[path.stem] = imported
+    done: set[str] = set()
+    while len(done) < len(graph):
+        ready = {name for name, needs in graph.items() if name not in done and needs <= done}
+        assert ready, f"import cycle among {sorted(set(graph) - done)}: {graph}"
+        done |= ready
