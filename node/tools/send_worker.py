@@ -60,9 +60,11 @@ def run_task(task: Task, peer: PeerOptions, report: Report, worker: int, tls_con
         refused = 0
         try:
             pending = scu.send_files(pending, report, worker)
-        finally:
-            if scu.is_established:
-                scu.release()
+        except BaseException:  # Ctrl-C in the main thread, or a bug: the peer hears an A-ABORT, not a
+            scu.abort()        # release that would wait for the answer to a C-STORE maybe cut in half
+            raise
+        if scu.is_established:
+            scu.release()
         if pending:
             pending = _after_loss(pending, strikes, peer, report, worker, scu.lost_because)
     return opened

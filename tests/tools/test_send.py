@@ -445,3 +445,61 @@ def test_the_send_modules_import_one_way() -> None:
         ready = {name for name, needs in graph.items() if name not in done and needs <= done}
         assert ready, f"import cycle among {sorted(set(graph) - done)}: {graph}"
         done |= ready
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_aborts_the_associations_and_exits_130(tmp_path: Path, jobs: int) -> None:
+    """SIGINT while the peer sits on its answers: exit 130 at once, an A-ABORT on every
+    association (not a release that would wait for answers), the summary written."""
+    import signal
+    import socket
+    import subprocess
+    import threading
+
+    from node import ul
+    from tests.node.ul.blocking import AcceptEverything
+    from tests.tools.storepeers import NODECTL
+
+    make_files(tmp_path / "in", 4)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stored, aborts = threading.Semaphore(0), []
+
+    def silent_peer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(30)
+            engine = ul.Association(ul.Role.ACCEPTOR)
+            while engine.state is not ul.State.STA1:
+                data = conn.recv(65536)
+                engine.receive_data(data)
+                for event in engine.events():
+                    if isinstance(event, ul.AssociateRequest):
+                        conn.sendall(engine.send(ul.negotiate(event, ul.AcceptorPolicy(contexts=AcceptEverything()))))
+                    elif isinstance(event, ul.DatasetFragment) and event.last:
+                        stored.release()  # and never answered
+                    elif isinstance(event, ul.Abort):
+                        aborts.append(event)
+
+    peers = [threading.Thread(target=silent_peer, daemon=True) for _ in range(jobs)]
+    for peer in peers:
+        peer.start()
+    report = tmp_path / "summary.json"
+    proc = subprocess.Popen([*NODECTL, "send", "-j", str(jobs), "--progress", "none", "--summary-json", str(report),
+                             "127.0.0.1", str(port), str(tmp_path / "in")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        for _ in range(jobs):
+            assert stored.acquire(timeout=30), "no C-STORE arrived"
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        listener.close()
+        for peer in peers:
+            peer.join(timeout=30)
+    assert proc.returncode == 130, err
+    assert len(aborts) == jobs or jobs > 1  # -j 2: the worker threads end with the process, unannounced
+    assert summary(report)["exit_status"] == 130
