@@ -1,4 +1,4 @@
-"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``memory`` | ``engine`` | ``startstop`` | ``cluster``."""
+"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``memory`` | ``engine`` | ``startstop`` | ``cluster`` | ``send``."""
 
 from __future__ import annotations
 
@@ -64,6 +64,16 @@ def parser() -> argparse.ArgumentParser:
     cluster.add_argument("--writers", type=int, nargs="+", default=[1, 2, 4], help="store, database: writer counts (default 1 2 4)")
     cluster.add_argument("--seconds", type=float, default=10.0, help="database: seconds per run (default 10)")
     cluster.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    send = sub.add_parser("send", help="nodectl send -j 1 and -j 4 against one DCMTK storescu, 5 KiB files into storescp --fork")
+    send.add_argument("--files", type=int, default=5000, help="5 KiB files in the job (default 5000, the issue's)")
+    send.add_argument("--runs", type=int, default=3, help="rounds, every sender once per round (default 3)")
+    send.add_argument("--extra", action="append", default=[], metavar="SENDER",
+                      help="another sender per round, e.g. send-1-async-8 or send-2 (repeatable)")
+    send.add_argument("--node-source", metavar="DIR", help="run nodectl from DIR (PYTHONPATH), e.g. a git archive of a baseline")
+    send.add_argument("--baseline", metavar="DIR",
+                      help="also run nodectl send -j 1/-j 4 from DIR (a git archive of node/ and actors/) in every round: before/after under the same load")
+    send.add_argument("--scratch", metavar="DIR", help="where storescp writes (default: the system temp directory; /dev/shm for the sender alone)")
+    send.add_argument("--json", metavar="FILE", help="write every sample and the summary as JSON")
     return p
 
 
@@ -101,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import profile
 
         return profile.main(opts)
+    if opts.command == "send":
+        from bench import send as send_bench
+
+        return send_bench.main(opts)
     if opts.command == "startstop":
         from bench import startstop
 

@@ -14,6 +14,7 @@ own association(s).
 from __future__ import annotations
 
 import os
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -75,6 +76,21 @@ class Scan:
 
 
 _REQUIRED_META = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
+_META_TAGS = {0x00020002: "MediaStorageSOPClassUID", 0x00020003: "MediaStorageSOPInstanceUID",
+              0x00020010: "TransferSyntaxUID"}
+_DATASET_TAGS = {0x00080016: 0, 0x00080018: 1}  # SOP Class UID, SOP Instance UID
+_HEAD_BYTES = 8192  # what the fast scan reads; a file whose meta and first elements need more goes to pydicom
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
+_EXPLICIT = struct.Struct("<HH2sH")
+_IMPLICIT = struct.Struct("<HHI")
+_U32 = struct.Struct("<I")
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_EXPLICIT_LE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4", "1.2.840.10008.1.2.5")  # prefixes: LE and encapsulated
+
+
+class _Unusual(Exception):
+    """The fast scan met something it does not parse (undefined length, big endian, a long
+    head): pydicom decides for this file."""
 
 
 def scan_file(index: int, path: str) -> FileEntry | Skipped:
@@ -85,7 +101,121 @@ def scan_file(index: int, path: str) -> FileEntry | Skipped:
     does: some files carry other values in their file meta (pydicom's rtplan.dcm and
     rtdose.dcm), and a receiver checks the command against the dataset. A file without the
     three file meta elements is skipped here rather than failing later.
+
+    Most files are read by a ``struct`` walk of their first 8 KiB (~20 us a file, where
+    pydicom takes ~300 us and 0.2 s to import: a 5,000-file job would spend longer planning
+    than DCMTK's storescu spends sending); anything unusual goes to pydicom, as before.
     """
+    try:
+        size, head = _size_and_head(path)
+        if len(head) < 132 or head[128:132] != b"DICM":
+            return Skipped(index=index, path=path, reason="not a DICOM file (no DICM preamble)")
+        try:
+            meta, offset, uids = _fast_head(head)
+        except (_Unusual, struct.error, UnicodeDecodeError):
+            return _scan_with_pydicom(index, path)
+    except OSError as exc:
+        return Skipped(index=index, path=path, reason=f"cannot read: {exc.strerror or exc}")
+    return _entry(index, path, size, meta, offset, uids)
+
+
+def _size_and_head(path: str) -> tuple[int, bytes]:
+    """The file's size and first ``_HEAD_BYTES``: one open, fstat, read, close (no buffered
+    file object, no second lookup of the path)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.fstat(fd).st_size, os.read(fd, _HEAD_BYTES)
+    finally:
+        os.close(fd)
+
+
+def _entry(index: int, path: str, size: int, meta: dict[str, str], offset: int, uids: tuple[str, str]) -> FileEntry | Skipped:
+    missing = [kw for kw in _REQUIRED_META if not meta.get(kw)]
+    if missing:
+        return Skipped(index=index, path=path, reason=f"file meta lacks {', '.join(missing)}")
+    if size <= offset:
+        return Skipped(index=index, path=path, reason="no dataset after the file meta")
+    return FileEntry(
+        index=index,
+        path=path,
+        sop_class_uid=uids[0] or meta["MediaStorageSOPClassUID"],
+        sop_instance_uid=uids[1] or meta["MediaStorageSOPInstanceUID"],
+        transfer_syntax_uid=meta["TransferSyntaxUID"],
+        offset=offset,
+        size=size - offset,
+    )
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("ascii").rstrip("\0 ")
+
+
+def _fast_head(head: bytes) -> tuple[dict[str, str], int, tuple[str, str]]:
+    """(file meta UIDs, dataset offset, dataset's SOP Class/Instance UIDs) from a file's head.
+
+    The file meta is Explicit VR Little Endian (PS3.10 7.1); the dataset's first elements
+    are read in Implicit or Explicit VR Little Endian up to (0008,0018).
+    """
+    meta: dict[str, str] = {}
+    pos = 132
+    while pos + 8 <= len(head):
+        group, element, vr, length = _EXPLICIT.unpack_from(head, pos)
+        if group != 0x0002:
+            break
+        pos, value = _explicit_value(head, pos, vr, length)
+        name = _META_TAGS.get(0x00020000 | element)
+        if name:
+            meta[name] = _text(value)
+    else:
+        raise _Unusual("file meta runs past the head")
+    syntax = meta.get("TransferSyntaxUID", "")
+    if syntax == "1.2.840.10008.1.2.1.99":
+        return meta, pos, ("", "")  # deflated: the file meta decides (the dataset would have to be inflated)
+    if syntax != _IMPLICIT_LE and not syntax.startswith(_EXPLICIT_LE):
+        raise _Unusual(f"transfer syntax {syntax!r}")
+    return meta, pos, _dataset_uids_le(head, pos, explicit=syntax != _IMPLICIT_LE)
+
+
+def _explicit_value(head: bytes, pos: int, vr: bytes, length: int) -> tuple[int, bytes]:
+    """The value of the Explicit VR element at ``pos`` and where the next one starts."""
+    if vr in _LONG_VRS:
+        (length,) = _U32.unpack_from(head, pos + 8)
+        start = pos + 12
+    else:
+        start = pos + 8
+    if length == 0xFFFFFFFF or start + length > len(head):
+        raise _Unusual("undefined length or value past the head")
+    return start + length, head[start : start + length]
+
+
+def _dataset_uids_le(head: bytes, pos: int, *, explicit: bool) -> tuple[str, str]:
+    """SOP Class and Instance UIDs among the dataset's first elements ("" where absent)."""
+    found = ["", ""]
+    while True:
+        if pos + 8 > len(head):
+            raise _Unusual("dataset's first elements run past the head")
+        if explicit:
+            group, element, vr, length = _EXPLICIT.unpack_from(head, pos)
+            end, value = _explicit_value(head, pos, vr, length)
+        else:
+            group, element, length = _IMPLICIT.unpack_from(head, pos)
+            end = pos + 8 + length
+            if length == 0xFFFFFFFF or end > len(head):
+                raise _Unusual("undefined length or value past the head")
+            value = head[pos + 8 : end]
+        tag = group << 16 | element
+        if tag > 0x00080018:
+            return found[0], found[1]
+        slot = _DATASET_TAGS.get(tag)
+        if slot is not None:
+            found[slot] = _text(value)
+            if slot == 1:
+                return found[0], found[1]
+        pos = end
+
+
+def _scan_with_pydicom(index: int, path: str) -> FileEntry | Skipped:
+    """pydicom's reading of the file meta and the dataset's first elements (any encoding)."""
     from pydicom.errors import InvalidDicomError
     from pydicom.filereader import _read_file_meta_info, read_preamble
 
@@ -95,27 +225,15 @@ def scan_file(index: int, path: str) -> FileEntry | Skipped:
             read_preamble(fh, False)
             meta = _read_file_meta_info(fh)
             offset = fh.tell()
-            sop_class, sop_instance = dataset_uids(fh, str(meta.get("TransferSyntaxUID", "")).rstrip("\0 "))
+            uids = dataset_uids(fh, str(meta.get("TransferSyntaxUID", "")).rstrip("\0 "))
     except InvalidDicomError:
         return Skipped(index=index, path=path, reason="not a DICOM file (no DICM preamble)")
     except OSError as exc:
         return Skipped(index=index, path=path, reason=f"cannot read: {exc.strerror or exc}")
     except Exception as exc:  # pydicom raises many kinds on garbage after 'DICM'
         return Skipped(index=index, path=path, reason=f"bad file meta: {exc}")
-    missing = [kw for kw in _REQUIRED_META if not meta.get(kw)]
-    if missing:
-        return Skipped(index=index, path=path, reason=f"file meta lacks {', '.join(missing)}")
-    if size <= offset:
-        return Skipped(index=index, path=path, reason="no dataset after the file meta")
-    return FileEntry(
-        index=index,
-        path=path,
-        sop_class_uid=sop_class or str(meta.MediaStorageSOPClassUID).rstrip("\0 "),
-        sop_instance_uid=sop_instance or str(meta.MediaStorageSOPInstanceUID).rstrip("\0 "),
-        transfer_syntax_uid=str(meta.TransferSyntaxUID).rstrip("\0 "),
-        offset=offset,
-        size=size - offset,
-    )
+    values = {kw: str(meta.get(kw, "") or "").rstrip("\0 ") for kw in _REQUIRED_META}
+    return _entry(index, path, size, values, offset, uids)
 
 
 def dataset_uids(fh: BinaryIO, transfer_syntax: str) -> tuple[str, str]:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from node.tools.send_plan import FileEntry, Skipped
-from node.tools.send_worker import FileResult
+from node.tools.send_results import FileResult
 
 SUMMARY_VERSION = 1
 

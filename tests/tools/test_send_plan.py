@@ -1,0 +1,43 @@
+"""send_plan's fast scan: the same answer as pydicom's reading, file for file, without sockets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
+
+from node.tools import send_plan
+from tests.support import make_ct
+
+PYDICOM_FILES = sorted(
+    str(path) for path in (Path(os.path.dirname(pydicom.__file__)) / "data" / "test_files").rglob("*") if path.is_file()
+)
+
+
+@pytest.mark.skipif(len(PYDICOM_FILES) < 50, reason="pydicom's bundled test files are not installed")
+def test_fast_scan_agrees_with_pydicom_on_its_test_files() -> None:
+    """Good files, odd encodings and garbage alike: entry or skip, offsets and UIDs identical."""
+    for index, path in enumerate(PYDICOM_FILES):
+        assert send_plan.scan_file(index, path) == send_plan._scan_with_pydicom(index, path), path
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRBigEndian, DeflatedExplicitVRLittleEndian])
+def test_fast_scan_agrees_with_pydicom_per_transfer_syntax(tmp_path: Path, syntax: str) -> None:
+    ds = make_ct(tmp_path / "ct.dcm", pixels=4, transfer_syntax=syntax)
+    entry = send_plan.scan_file(0, str(tmp_path / "ct.dcm"))
+    assert entry == send_plan._scan_with_pydicom(0, str(tmp_path / "ct.dcm"))
+    assert isinstance(entry, send_plan.FileEntry) and entry.sop_instance_uid == ds.SOPInstanceUID
+
+
+def test_truncated_head_and_no_preamble_are_skipped(tmp_path: Path) -> None:
+    make_ct(tmp_path / "ct.dcm", pixels=4)
+    whole = (tmp_path / "ct.dcm").read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(whole[:140])
+    (tmp_path / "bare.dcm").write_bytes(whole[132:])
+    for index, name in enumerate(("cut.dcm", "bare.dcm")):
+        item = send_plan.scan_file(index, str(tmp_path / name))
+        assert isinstance(item, send_plan.Skipped), item
+        assert item == send_plan._scan_with_pydicom(index, str(tmp_path / name))
