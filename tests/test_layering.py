@@ -18,14 +18,6 @@ FORBIDDEN = frozenset({"association", "dul", "acse", "ae", "transport"})
 # Names pynetdicom's package re-exports from those modules.
 FORBIDDEN_NAMES = frozenset({"AE", "Association", "ApplicationEntity", "AssociationServer", "AssociationSocket", *FORBIDDEN})
 
-# Files still on pynetdicom's association, each moving onto node/ul in another helper's branch
-# (issue 13's send side): xfail until they merge, not
-# strict so that their merge does not fail here; the lead empties this table then.
-MOVING_ELSEWHERE = {
-    "node/tools/send_worker.py": "the send path moves onto the engine in another helper's branch",
-}
-
-
 def forbidden_imports(source: str) -> list[str]:
     """Every import of a forbidden pynetdicom module in ``source``, as written."""
     found = []
@@ -56,9 +48,6 @@ def test_the_check_finds_every_spelling() -> None:
     assert forbidden_imports("from pynetdicom.pdu import P_DATA_TF\nfrom pynetdicom import evt, build_role\n") == []
 
 
-@pytest.mark.parametrize("module", [
-    pytest.param(name, marks=pytest.mark.xfail(reason=MOVING_ELSEWHERE[name], strict=False)) if name in MOVING_ELSEWHERE else name
-    for name in modules()
-])
+@pytest.mark.parametrize("module", modules())
 def test_no_pynetdicom_association_machinery(module: str) -> None:
     assert forbidden_imports((ROOT / module).read_text()) == []
