@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from actors import _bus
+from actors import bus
 from actors import metrics, reload
 from node.access import AssociateRequest, within_caps
 from node.config import LISTEN_FROM_ENV, ListenerConfig, NodeConfig
@@ -404,7 +404,7 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
     tcp = bind(config, lc)
     port = tcp.getsockname()[1]
     state.port = port
-    router = _bus.router(ctx, config.endpoint(state.name))
+    router = bus.router(ctx, config.endpoint(state.name))
     ready_path = str(config.ready_path(lc))
     announced = False
     poller = zmq.Poller()
@@ -412,7 +412,7 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
     tcp_registered = False
     handoff_conns: dict[int, WorkerSlot] = {}
     hup = reload.on_sighup()
-    wakeup = _bus.signal_wakeup_fd()  # SIGTERM ends the poll below at once, not after 200 ms
+    wakeup = bus.signal_wakeup_fd()  # SIGTERM ends the poll below at once, not after 200 ms
     if wakeup is not None:
         poller.register(wakeup, zmq.POLLIN)
     try:
@@ -432,7 +432,7 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
                 elif sock in handoff_conns:
                     state.take_acks(handoff_conns[sock])
                 elif sock == wakeup:
-                    _bus.drain_wakeup(wakeup)
+                    bus.drain_wakeup(wakeup)
             state.expire()
             state.serve_waiting()
             if not announced and state.workers:
@@ -472,18 +472,18 @@ def _watch_handoff_sockets(poller: zmq.Poller, watched: dict[int, WorkerSlot], s
 
 def _drain_router(router: zmq.Socket, state: Listener) -> None:
     while router.poll(0, zmq.POLLIN):
-        identity, envelope = _bus.receive(router)
+        identity, envelope = bus.receive(router)
         if isinstance(envelope, Exception):
             log.warning("bad message on %s: %s", state.name, envelope)
             continue
         if isinstance(envelope.message, Ping):
-            _bus.reply(router, identity, Pong(pid=os.getpid()), sender=state.name, corr=envelope.id)
+            bus.reply(router, identity, Pong(pid=os.getpid()), sender=state.name, corr=envelope.id)
             continue
         if isinstance(envelope.message, StatusRequest):
-            _bus.reply(router, identity, state.status(), sender=state.name, corr=envelope.id)
+            bus.reply(router, identity, state.status(), sender=state.name, corr=envelope.id)
             continue
         if isinstance(envelope.message, AdmitAssociation):
-            _bus.reply(router, identity, state.admit(envelope.message), sender=state.name, corr=envelope.id)
+            bus.reply(router, identity, state.admit(envelope.message), sender=state.name, corr=envelope.id)
             continue
         state.on_message(envelope.message)
         if isinstance(envelope.message, WorkerReady):
@@ -529,5 +529,5 @@ def main(config: NodeConfig, args: list[str]) -> int:
     if not matches:
         raise ConfigError(f"no listener {opts.listener!r} in the configuration")
     stop = threading.Event()
-    _bus.stop_on_signals(stop)
+    bus.stop_on_signals(stop)
     return run(config, matches[0], stop)

@@ -241,8 +241,8 @@ def run(config: Any, stop: threading.Event) -> int:
 
 def main(config: Any, args: list[str]) -> int:
     """Entry point for ``nodectl run metrics``."""
-    from actors import _bus
+    from actors import bus
 
     stop = threading.Event()
-    _bus.stop_on_signals(stop)
+    bus.stop_on_signals(stop)
     return run(config, stop)

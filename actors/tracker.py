@@ -38,7 +38,7 @@ from typing import Any
 import zmq
 
 from node import identify
-from actors import _bus, reload
+from actors import bus as _bus, reload
 from node import commitment as sc
 from node import journal as journaling
 from node.commitment import CommitmentError, Ref, Report, State

@@ -33,7 +33,7 @@ from typing import Any
 import zmq
 
 from node import identify
-from actors import _bus, _pdu, commitment_io
+from actors import bus as _bus, _pdu, commitment_io
 from actors import metrics, reload
 from actors._ul_association import EngineAssociation
 from node.config import ListenerConfig, NodeConfig

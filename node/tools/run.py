@@ -42,9 +42,9 @@ def main(argv: list[str]) -> int:
     try:
         config = configuration.load(path)
         module = importlib.import_module(f"actors.{actor}")
-        from actors import _bus
+        from actors import bus
 
-        _bus.setup_logging(actor, config.log_level, config.log_format)
+        bus.setup_logging(actor, config.log_level, config.log_format)
         return int(module.main(config, rest) or 0)
     except ConfigError as exc:
         print(f"nodectl run {actor}: {exc}", file=sys.stderr)

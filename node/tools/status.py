@@ -88,15 +88,15 @@ def listeners(config: NodeConfig) -> list[dict[str, Any]]:
     """Ask each listener for its associations; an unreachable one is reported as such."""
     import zmq
 
-    from actors import _bus
+    from actors import bus
     from node.messages import StatusRequest
 
     ctx = zmq.Context.instance()
     out = []
     for lc in config.listeners:
-        sock = _bus.dealer(ctx, config.endpoint(f"listener-{lc.key}"))
+        sock = bus.dealer(ctx, config.endpoint(f"listener-{lc.key}"))
         try:
-            reply = _bus.request(sock, StatusRequest(), sender="nodectl-status", timeout=LISTENER_TIMEOUT_S).message
+            reply = bus.request(sock, StatusRequest(), sender="nodectl-status", timeout=LISTENER_TIMEOUT_S).message
             out.append({"listener": reply.listener, "port": reply.port, "associations": reply.associations,
                         "max_associations": reply.max_associations, "workers": reply.workers})
         except TimeoutError:
