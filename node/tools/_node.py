@@ -68,13 +68,21 @@ def bind_listeners(config: NodeConfig, into: ListeningSockets) -> None:
 
 
 def preflight(config: NodeConfig) -> None:
-    """Fail early, with the reason, on what would make an actor exit at start-up."""
-    from node.paths import FilePathPattern
-    from node.receive import context_rules
+    """Fail early, with the reason, on what would make an actor exit at start-up.
 
+    Only what a user wrote can be wrong: a file path pattern, a SOP class list, TLS files. The
+    modules that check them are imported only when there is something to check: pydicom under
+    node.paths and node.receive costs ~0.2-0.3 s of CPU (python -X importtime), and nodectl
+    spends it before supervisord starts, on the way to the first association (issue 14).
+    """
     if config.store.filepath:
+        from node.paths import FilePathPattern
+
         FilePathPattern.compile(config.store.filepath)
-    context_rules(config)
+    if config.services.sop_classes:  # the other presentation context rules are the node's own constants
+        from node.receive import context_rules
+
+        context_rules(config)
     if any(lc.tls for lc in config.listeners):  # unreadable certificate or key: say so before starting
         from actors.tls import server_context
 
