@@ -22,6 +22,7 @@ announces itself again.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import socket
@@ -46,6 +47,9 @@ log = logging.getLogger("actors.listener")
 
 WORKER_EXPIRY_S = 3.5
 MAX_REJECTING = 32
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): rejected-transient (2), by the service provider's presentation
+# layer (3), local limit exceeded (2). Fixed bytes: the listener imports no DICOM codec for them.
+REJECT_AT_LIMIT = bytes((0x03, 0, 0, 0, 0, 4, 0, 0x02, 0x03, 0x02))
 MAX_WAITING = 256  # accepted connections held for a worker; beyond, the kernel's backlog holds them
 
 
@@ -314,17 +318,13 @@ class Listener:
         threading.Thread(target=self._reject, args=(conn,), daemon=True).start()
 
     def _reject(self, conn: socket.socket) -> None:
-        from pynetdicom.pdu import A_ASSOCIATE_RJ
-
-        pdu = A_ASSOCIATE_RJ()
-        pdu.result, pdu.source, pdu.reason_diagnostic = 0x02, 0x03, 0x02
         try:
             conn.settimeout(2.0)
             try:
                 conn.recv(65536)  # the A-ASSOCIATE-RQ; its content does not matter
             except OSError:
                 pass
-            conn.sendall(pdu.encode())
+            conn.sendall(REJECT_AT_LIMIT)
             time.sleep(self.config.network.soclose_delay_ms / 1000)
         except OSError:
             pass
@@ -520,8 +520,6 @@ def _accept(tcp: socket.socket, state: Listener, config: NodeConfig) -> None:
 
 def main(config: NodeConfig, args: list[str]) -> int:
     """Entry point for ``nodectl run listener --listener KEY``."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="nodectl run listener")
     parser.add_argument("--listener", default=config.listeners[0].key, help="port or name of the [[listeners]] entry")
     opts = parser.parse_args(args)

@@ -34,7 +34,8 @@ from typing import Any, TypeVar
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # before prometheus_client reads it
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
-from prometheus_client import Counter, Histogram  # noqa: E402
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server  # noqa: E402
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: E402
 
 from actors import bus  # noqa: E402
 
@@ -155,8 +156,6 @@ class NodeCollector:
 
 
 def _process_metrics(procs: list[dict[str, Any]]) -> Iterator[Any]:
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
     up = GaugeMetricFamily("nodectl_process_up", "1 when supervisord reports the process RUNNING", labels=["process"])
     restarts = CounterMetricFamily("nodectl_process_restarts", "Times supervisord restarted the process (workers included)", labels=["process"])
     for proc in procs:
@@ -167,8 +166,6 @@ def _process_metrics(procs: list[dict[str, Any]]) -> Iterator[Any]:
 
 
 def _associations_metric(listeners: list[dict[str, Any]]) -> Any:
-    from prometheus_client.core import GaugeMetricFamily
-
     active = GaugeMetricFamily("nodectl_associations_active", "Associations in progress, per listener", labels=["listener"])
     for entry in listeners:
         if "error" not in entry:
@@ -177,8 +174,6 @@ def _associations_metric(listeners: list[dict[str, Any]]) -> Any:
 
 
 def _database_metrics(counts: dict[str, Any]) -> Iterator[Any]:
-    from prometheus_client.core import GaugeMetricFamily
-
     instances = GaugeMetricFamily("nodectl_instances", "Instances in the index (the whole cluster's on PostgreSQL)")
     txns = GaugeMetricFamily("nodectl_commitment_transactions", "Storage Commitment transactions started, by state", labels=["state"])
     outbox = GaugeMetricFamily("nodectl_commitment_outbox", "Storage Commitment reports owed, by state", labels=["state"])
@@ -195,8 +190,6 @@ def _database_metrics(counts: dict[str, Any]) -> Iterator[Any]:
 
 def forget_dead(directory: str) -> int:
     """Drop live-gauge files of processes that are gone (prometheus-client's mark_process_dead)."""
-    from prometheus_client import multiprocess
-
     removed = 0
     for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
         match = re.search(r"_(\d+)\.db$", path)
@@ -218,8 +211,6 @@ def _alive(pid: int) -> bool:
 
 def registry(config: Any) -> Any:
     """The scrape registry: every process's counters (multiprocess files) and NodeCollector."""
-    from prometheus_client import CollectorRegistry, multiprocess
-
     reg = CollectorRegistry()
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
@@ -233,8 +224,6 @@ def registry(config: Any) -> Any:
 
 def run(config: Any, stop: threading.Event) -> int:
     """Serve ``/metrics`` on ``[metrics] host:port`` until ``stop``."""
-    from prometheus_client import start_http_server
-
     cfg = config.metrics
     server, thread = start_http_server(cfg.port, addr=cfg.host, registry=registry(config))
     port = server.server_address[1]
