@@ -491,6 +491,11 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
     syncs: list[tuple[list[bytes], str, int]] = []  # SyncStore requests waiting: identity, corr, seq
     siblings = _Siblings()
     code = 0
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    wakeup = bus.signal_wakeup_fd()  # SIGTERM ends the wait below at once, not after 200 ms
+    if wakeup is not None:
+        poller.register(wakeup, zmq.POLLIN)
     try:
         while not stop.is_set():
             if writer.failure is not None:
@@ -499,7 +504,10 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
                 break
             if syncs:
                 syncs = _answer_syncs(sock, writer, syncs)
-            if not sock.poll(5 if syncs else 200, zmq.POLLIN):
+            ready = dict(poller.poll(5 if syncs else 200))
+            if wakeup is not None and wakeup in ready:
+                bus.drain_wakeup(wakeup)
+            if sock not in ready:
                 continue
             batch, replies, new_syncs = _drain(sock, config.network.write_timeout)
             # Only a group the journal takes gains from waiting: spooled instances go the
