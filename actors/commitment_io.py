@@ -24,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from actors import _bus
+from actors import bus
 from node import commitment as sc
 from node.config import NodeConfig
 from node.messages import CommitmentAnswer, ErrorReply, ForwardReport, ReportAnswer, ReportDelivered, RequestCommitment
@@ -49,9 +49,9 @@ class TrackerClient:
 
     def ask(self, message: Any, data: list[bytes] | tuple[()] = ()) -> Any:
         """The reply's message; TimeoutError when the tracker does not answer in time."""
-        sock = _bus.dealer(self.ctx, self.endpoint)
+        sock = bus.dealer(self.ctx, self.endpoint)
         try:
-            return _bus.request(sock, message, sender=self.sender, timeout=self.timeout, data=list(data)).message
+            return bus.request(sock, message, sender=self.sender, timeout=self.timeout, data=list(data)).message
         finally:
             sock.close(0)
 

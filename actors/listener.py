@@ -22,6 +22,7 @@ announces itself again.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import socket
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from actors import _bus
+from actors import bus
 from actors import metrics, reload
 from node.access import AssociateRequest, within_caps
 from node.config import LISTEN_FROM_ENV, ListenerConfig, NodeConfig
@@ -46,6 +47,9 @@ log = logging.getLogger("actors.listener")
 
 WORKER_EXPIRY_S = 3.5
 MAX_REJECTING = 32
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): rejected-transient (2), by the service provider's presentation
+# layer (3), local limit exceeded (2). Fixed bytes: the listener imports no DICOM codec for them.
+REJECT_AT_LIMIT = bytes((0x03, 0, 0, 0, 0, 4, 0, 0x02, 0x03, 0x02))
 MAX_WAITING = 256  # accepted connections held for a worker; beyond, the kernel's backlog holds them
 
 
@@ -314,17 +318,13 @@ class Listener:
         threading.Thread(target=self._reject, args=(conn,), daemon=True).start()
 
     def _reject(self, conn: socket.socket) -> None:
-        from pynetdicom.pdu import A_ASSOCIATE_RJ
-
-        pdu = A_ASSOCIATE_RJ()
-        pdu.result, pdu.source, pdu.reason_diagnostic = 0x02, 0x03, 0x02
         try:
             conn.settimeout(2.0)
             try:
                 conn.recv(65536)  # the A-ASSOCIATE-RQ; its content does not matter
             except OSError:
                 pass
-            conn.sendall(pdu.encode())
+            conn.sendall(REJECT_AT_LIMIT)
             time.sleep(self.config.network.soclose_delay_ms / 1000)
         except OSError:
             pass
@@ -404,7 +404,7 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
     tcp = bind(config, lc)
     port = tcp.getsockname()[1]
     state.port = port
-    router = _bus.router(ctx, config.endpoint(state.name))
+    router = bus.router(ctx, config.endpoint(state.name))
     ready_path = str(config.ready_path(lc))
     announced = False
     poller = zmq.Poller()
@@ -412,7 +412,7 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
     tcp_registered = False
     handoff_conns: dict[int, WorkerSlot] = {}
     hup = reload.on_sighup()
-    wakeup = _bus.signal_wakeup_fd()  # SIGTERM ends the poll below at once, not after 200 ms
+    wakeup = bus.signal_wakeup_fd()  # SIGTERM ends the poll below at once, not after 200 ms
     if wakeup is not None:
         poller.register(wakeup, zmq.POLLIN)
     try:
@@ -432,7 +432,7 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
                 elif sock in handoff_conns:
                     state.take_acks(handoff_conns[sock])
                 elif sock == wakeup:
-                    _bus.drain_wakeup(wakeup)
+                    bus.drain_wakeup(wakeup)
             state.expire()
             state.serve_waiting()
             if not announced and state.workers:
@@ -472,18 +472,18 @@ def _watch_handoff_sockets(poller: zmq.Poller, watched: dict[int, WorkerSlot], s
 
 def _drain_router(router: zmq.Socket, state: Listener) -> None:
     while router.poll(0, zmq.POLLIN):
-        identity, envelope = _bus.receive(router)
+        identity, envelope = bus.receive(router)
         if isinstance(envelope, Exception):
             log.warning("bad message on %s: %s", state.name, envelope)
             continue
         if isinstance(envelope.message, Ping):
-            _bus.reply(router, identity, Pong(pid=os.getpid()), sender=state.name, corr=envelope.id)
+            bus.reply(router, identity, Pong(pid=os.getpid()), sender=state.name, corr=envelope.id)
             continue
         if isinstance(envelope.message, StatusRequest):
-            _bus.reply(router, identity, state.status(), sender=state.name, corr=envelope.id)
+            bus.reply(router, identity, state.status(), sender=state.name, corr=envelope.id)
             continue
         if isinstance(envelope.message, AdmitAssociation):
-            _bus.reply(router, identity, state.admit(envelope.message), sender=state.name, corr=envelope.id)
+            bus.reply(router, identity, state.admit(envelope.message), sender=state.name, corr=envelope.id)
             continue
         state.on_message(envelope.message)
         if isinstance(envelope.message, WorkerReady):
@@ -520,8 +520,6 @@ def _accept(tcp: socket.socket, state: Listener, config: NodeConfig) -> None:
 
 def main(config: NodeConfig, args: list[str]) -> int:
     """Entry point for ``nodectl run listener --listener KEY``."""
-    import argparse
-
     parser = argparse.ArgumentParser(prog="nodectl run listener")
     parser.add_argument("--listener", default=config.listeners[0].key, help="port or name of the [[listeners]] entry")
     opts = parser.parse_args(args)
@@ -529,5 +527,5 @@ def main(config: NodeConfig, args: list[str]) -> int:
     if not matches:
         raise ConfigError(f"no listener {opts.listener!r} in the configuration")
     stop = threading.Event()
-    _bus.stop_on_signals(stop)
+    bus.stop_on_signals(stop)
     return run(config, matches[0], stop)

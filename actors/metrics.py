@@ -34,7 +34,10 @@ from typing import Any, TypeVar
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # before prometheus_client reads it
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
-from prometheus_client import Counter, Histogram  # noqa: E402
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server  # noqa: E402
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: E402
+
+from actors import bus  # noqa: E402
 
 log = logging.getLogger("actors.metrics")
 
@@ -130,60 +133,63 @@ def _spool_size(event: Any) -> int:
 
 
 class NodeCollector:
-    """Scrape-time metrics: processes, restarts, associations, instances, commitment states."""
+    """Scrape-time metrics: processes, restarts, associations, instances, commitment states,
+    asked through the runtime's introspection (``actors/introspect.py``, as ``nodectl status``)."""
 
     def __init__(self, config: Any) -> None:
         self.config = config
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        # Imported here, in the metrics process only: the listener, workers and writer import this
+        # module for its hooks and would pay for introspect's imports (supervisor's XML-RPC
+        # client, the index and commitment modules) at every start.
+        from actors import introspect
 
-        from node.tools import status
-
-        up = GaugeMetricFamily("nodectl_process_up", "1 when supervisord reports the process RUNNING", labels=["process"])
-        restarts = CounterMetricFamily("nodectl_process_restarts", "Times supervisord restarted the process (workers included)", labels=["process"])
         try:
-            for proc in status.processes(self.config.run_dir):
-                up.add_metric([proc["name"]], 1.0 if proc["state"] == "RUNNING" else 0.0)
-                restarts.add_metric([proc["name"]], float(proc["restarts"]))
+            procs = introspect.processes(self.config.run_dir)
         except OSError as exc:
             log.warning("supervisord not reachable: %s", exc)
-        yield up
-        yield restarts
-        yield from self._associations(status)
-        yield from self._database(status)
+            procs = []
+        yield from _process_metrics(procs)
+        yield _associations_metric(introspect.listeners(self.config))
+        yield from _database_metrics(introspect.database(self.config))
 
-    def _associations(self, status: Any) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
 
-        active = GaugeMetricFamily("nodectl_associations_active", "Associations in progress, per listener", labels=["listener"])
-        for entry in status.listeners(self.config):
-            if "error" not in entry:
-                active.add_metric([str(entry["listener"])], float(entry["associations"]))
-        yield active
+def _process_metrics(procs: list[dict[str, Any]]) -> Iterator[Any]:
+    up = GaugeMetricFamily("nodectl_process_up", "1 when supervisord reports the process RUNNING", labels=["process"])
+    restarts = CounterMetricFamily("nodectl_process_restarts", "Times supervisord restarted the process (workers included)", labels=["process"])
+    for proc in procs:
+        up.add_metric([proc["name"]], 1.0 if proc["state"] == "RUNNING" else 0.0)
+        restarts.add_metric([proc["name"]], float(proc["restarts"]))
+    yield up
+    yield restarts
 
-    def _database(self, status: Any) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
 
-        counts = status.database(self.config)
-        instances = GaugeMetricFamily("nodectl_instances", "Instances in the index (the whole cluster's on PostgreSQL)")
-        txns = GaugeMetricFamily("nodectl_commitment_transactions", "Storage Commitment transactions started, by state", labels=["state"])
-        outbox = GaugeMetricFamily("nodectl_commitment_outbox", "Storage Commitment reports owed, by state", labels=["state"])
-        if "error" not in counts:
-            instances.add_metric([], float(counts["instances"]))
-            for state, n in counts["transactions"].items():
-                txns.add_metric([state], float(n))
-            for state, n in counts["outbox"].items():
-                outbox.add_metric([state], float(n))
-        yield instances
-        yield txns
-        yield outbox
+def _associations_metric(listeners: list[dict[str, Any]]) -> Any:
+    active = GaugeMetricFamily("nodectl_associations_active", "Associations in progress, per listener", labels=["listener"])
+    for entry in listeners:
+        if "error" not in entry:
+            active.add_metric([str(entry["listener"])], float(entry["associations"]))
+    return active
+
+
+def _database_metrics(counts: dict[str, Any]) -> Iterator[Any]:
+    instances = GaugeMetricFamily("nodectl_instances", "Instances in the index (the whole cluster's on PostgreSQL)")
+    txns = GaugeMetricFamily("nodectl_commitment_transactions", "Storage Commitment transactions started, by state", labels=["state"])
+    outbox = GaugeMetricFamily("nodectl_commitment_outbox", "Storage Commitment reports owed, by state", labels=["state"])
+    if "error" not in counts:
+        instances.add_metric([], float(counts["instances"]))
+        for state, n in counts["transactions"].items():
+            txns.add_metric([state], float(n))
+        for state, n in counts["outbox"].items():
+            outbox.add_metric([state], float(n))
+    yield instances
+    yield txns
+    yield outbox
 
 
 def forget_dead(directory: str) -> int:
     """Drop live-gauge files of processes that are gone (prometheus-client's mark_process_dead)."""
-    from prometheus_client import multiprocess
-
     removed = 0
     for path in glob.glob(os.path.join(directory, "gauge_live*_*.db")):
         match = re.search(r"_(\d+)\.db$", path)
@@ -205,8 +211,6 @@ def _alive(pid: int) -> bool:
 
 def registry(config: Any) -> Any:
     """The scrape registry: every process's counters (multiprocess files) and NodeCollector."""
-    from prometheus_client import CollectorRegistry, multiprocess
-
     reg = CollectorRegistry()
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
@@ -220,8 +224,6 @@ def registry(config: Any) -> Any:
 
 def run(config: Any, stop: threading.Event) -> int:
     """Serve ``/metrics`` on ``[metrics] host:port`` until ``stop``."""
-    from prometheus_client import start_http_server
-
     cfg = config.metrics
     server, thread = start_http_server(cfg.port, addr=cfg.host, registry=registry(config))
     port = server.server_address[1]
@@ -241,8 +243,6 @@ def run(config: Any, stop: threading.Event) -> int:
 
 def main(config: Any, args: list[str]) -> int:
     """Entry point for ``nodectl run metrics``."""
-    from actors import _bus
-
     stop = threading.Event()
-    _bus.stop_on_signals(stop)
+    bus.stop_on_signals(stop)
     return run(config, stop)

@@ -42,7 +42,7 @@ from typing import Any
 import zmq
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from actors import _bus, reload, ul_requestor
+from actors import bus as _bus, reload, ul_requestor
 from node import ul
 from node import commitment as sc
 from node import journal as journaling

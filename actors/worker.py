@@ -34,7 +34,7 @@ from typing import Any
 import zmq
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from actors import _bus
+from actors import bus as _bus
 from actors import metrics, reload
 from actors._ul_association import EngineAssociation
 from node.config import ListenerConfig, NodeConfig

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import zmq
 
-from actors import _bus
+from actors import bus
 from actors import metrics
 from node.config import NodeConfig
 from node.errors import STATUS_OUT_OF_RESOURCES, MessageError, NodeError, PathError, StorageError
@@ -561,7 +561,7 @@ def _drain(sock: zmq.Socket, deadline_s: float) -> tuple[list[_Request], list[tu
     immediate: list[tuple[list[bytes], object, str]] = []
     syncs: list[tuple[list[bytes], str]] = []
     while len(batch) < BATCH and sock.poll(0, zmq.POLLIN):
-        identity, envelope = _bus.receive(sock)
+        identity, envelope = bus.receive(sock)
         if isinstance(envelope, MessageError):
             immediate.append((identity, ErrorReply(status=envelope.status, reason=str(envelope)), ""))
         elif isinstance(envelope.message, WriteInstance) and time.time() - envelope.sent > deadline_s:
@@ -646,12 +646,17 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
             verifier.sock.close(0)
         writer.close()
         raise
-    sock = _bus.router(ctx, config.endpoint(NAME))
+    sock = bus.router(ctx, config.endpoint(NAME))
     log.info("writer ready: store=%s index=%s journal=%s", writer.store.directory, config.database,
              "on" if writer.journal is not None else "off")
     syncs: list[tuple[list[bytes], str, int]] = []  # SyncStore requests waiting: identity, corr, seq
     siblings = _Siblings()
     code = 0
+    poller = zmq.Poller()
+    poller.register(sock, zmq.POLLIN)
+    wakeup = bus.signal_wakeup_fd()  # SIGTERM ends the wait below at once, not after 200 ms
+    if wakeup is not None:
+        poller.register(wakeup, zmq.POLLIN)
     try:
         while not stop.is_set():
             if writer.failure is not None:
@@ -660,7 +665,10 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
                 break
             if syncs:
                 syncs = _answer_syncs(sock, writer, syncs)
-            if not sock.poll(5 if syncs else 200, zmq.POLLIN):
+            ready = dict(poller.poll(5 if syncs else 200))
+            if wakeup is not None and wakeup in ready:
+                bus.drain_wakeup(wakeup)
+            if sock not in ready:
                 continue
             batch, replies, new_syncs = _drain(sock, config.network.write_timeout)
             # Only a group the journal takes gains from waiting: spooled instances go the
@@ -676,7 +684,7 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
                 log.error("batch failed: %s", exc)
                 replies += [(r.identity, ErrorReply(status=exc.status, reason=str(exc)), r.envelope.id) for r in batch]
             for identity, message, corr in replies:
-                if not _bus.reply(sock, identity, message, sender=NAME, corr=corr):
+                if not bus.reply(sock, identity, message, sender=NAME, corr=corr):
                     log.warning("requester gone before its reply (%s)", getattr(message, "kind", "?"))
     finally:
         sock.close(0)
@@ -722,7 +730,7 @@ def _answer_syncs(sock: zmq.Socket, writer: Writer, syncs: list[tuple[list[bytes
     waiting = []
     for identity, corr, target in syncs:
         if writer.synced(target):
-            _bus.reply(sock, identity, StoreSynced(seq=target), sender=NAME, corr=corr)
+            bus.reply(sock, identity, StoreSynced(seq=target), sender=NAME, corr=corr)
         else:
             waiting.append((identity, corr, target))
     return waiting
@@ -731,5 +739,5 @@ def _answer_syncs(sock: zmq.Socket, writer: Writer, syncs: list[tuple[list[bytes
 def main(config: NodeConfig, args: list[str]) -> int:
     """Entry point for ``nodectl run writer``."""
     stop = threading.Event()
-    _bus.stop_on_signals(stop)
+    bus.stop_on_signals(stop)
     return run(config, stop)

@@ -144,7 +144,7 @@ def wake(server: str, base: Path, runs: int) -> dict[str, Any]:
     import zmq
     from pynetdicom import AE
 
-    from actors import _bus
+    from actors import bus as _bus
     from node import commitment as sc
     from node import config as configuration
     from node.messages import RecordTransaction, unpack

@@ -9,7 +9,10 @@ Issue 14's two figures, for ``nodectl echoscp``, ``nodectl storescp`` and ``node
   "CPU to start" the user+system seconds the whole tree spent until that echo (on a loaded
   machine the wall clock mostly measures the other tenants).
 - stop: from SIGINT to the moment the ``nodectl`` process has exited, every process it
-  started (supervisord and each actor) is gone and the port can be bound again.
+  started (supervisord and each actor) is gone and the port can be bound again. SIGINT goes
+  to an idle node: once the first echo is answered, the run waits until the whole tree has
+  spent under ``IDLE_CPU_S`` over ``IDLE_WINDOW_S`` (the actors that start only after a
+  listener accepts are done starting), at most ``IDLE_TIMEOUT_S``.
 
 Each run uses a fresh free loopback port and a fresh directory; the median of ``--runs`` and
 the spread (min..max) are printed with the load average, and optionally written as JSON.
@@ -33,6 +36,9 @@ from bench import procs
 
 COMMANDS = ("echoscp", "storescp", "serve")
 TIMEOUT_S = 60.0
+IDLE_WINDOW_S = 0.3
+IDLE_CPU_S = 0.02
+IDLE_TIMEOUT_S = 15.0
 
 
 def command(name: str, port: int, root: Path) -> list[str]:
@@ -160,6 +166,7 @@ def one_run(name: str, rq: bytes, pdata: bytes, log: Path) -> dict:
                 time.sleep(0.01)
             started = time.monotonic() - t0
             cpu = procs.tree_cpu(proc.pid)  # the work of starting, less sensitive to the load than the wall clock
+            settled = _await_idle(proc.pid)
             tree = procs.tree(proc.pid)
             t1 = time.monotonic()
             os.kill(proc.pid, signal.SIGINT)
@@ -169,10 +176,23 @@ def one_run(name: str, rq: bytes, pdata: bytes, log: Path) -> dict:
                 time.sleep(0.005)
             stopped = time.monotonic() - t1
             left = [p.pid for p in tree if _alive(p)]
-            return {"start_s": round(started, 3), "connect_s": round(connected[0] - t0, 3), "start_cpu_s": round(cpu, 3), "stop_s": round(stopped, 3), "processes": len(tree),
+            return {"start_s": round(started, 3), "connect_s": round(connected[0] - t0, 3), "start_cpu_s": round(cpu, 3), "stop_s": round(stopped, 3), "idle_after_s": round(settled, 3), "processes": len(tree),
                     "exit": proc.returncode, "left_running": left}
         finally:
             procs.stop(proc)
+
+
+def _await_idle(pid: int) -> float:
+    """Wait until the tree rooted at ``pid`` is idle (see the module docstring); the seconds waited."""
+    started = time.monotonic()
+    before = procs.tree_cpu(pid)
+    while time.monotonic() - started < IDLE_TIMEOUT_S:
+        time.sleep(IDLE_WINDOW_S)
+        now = procs.tree_cpu(pid)
+        if now - before < IDLE_CPU_S:
+            break
+        before = now
+    return time.monotonic() - started
 
 
 def _alive(proc: psutil.Process) -> bool:

@@ -401,3 +401,16 @@ def _entry(row: Sequence[object]) -> OutboxEntry:
 def to_facts(found: dict[str, Indexed], readable: dict[str, bool]) -> dict[str, Fact]:
     """Combine index rows with the file checks into the facts ``commitment.evaluate`` takes."""
     return {uid: Fact(row.sop_class_uid, readable.get(uid, False)) for uid, row in found.items()}
+
+
+def counts_by_state(conn: Any) -> dict[str, dict[str, int]]:
+    """How many transactions and report outbox entries are in each state, on any connection
+    to the index database (``nodectl status`` and the metrics endpoint read it read-only);
+    a table the tracker has not created yet counts as empty."""
+    counts: dict[str, dict[str, int]] = {}
+    for key, table in (("transactions", "commit_transactions"), ("outbox", "commit_outbox")):
+        try:
+            counts[key] = {str(state): int(n) for state, n in conn.execute(f"SELECT state, COUNT(*) FROM {table} GROUP BY state").fetchall()}
+        except conn.errors:
+            counts[key] = {}
+    return counts

@@ -118,16 +118,16 @@ def materialised(writers: Sequence[psutil.Process], timeout: float = 30.0) -> No
     """``SyncStore`` to the writer whose process is in ``writers`` (its --config names the endpoint)."""
     import zmq
 
-    from actors import _bus
+    from actors import bus
     from node import config as configuration
     from node.messages import SyncStore
 
     assert len(writers) == 1, f"expected one writer process, found {len(writers)}"
     cmdline = writers[0].cmdline()
     config = configuration.load_file(Path(cmdline[cmdline.index("--config") + 1]))
-    sock = _bus.dealer(zmq.Context.instance(), config.endpoint("writer"))
+    sock = bus.dealer(zmq.Context.instance(), config.endpoint("writer"))
     try:
-        _bus.request(sock, SyncStore(), sender="test", timeout=timeout)
+        bus.request(sock, SyncStore(), sender="test", timeout=timeout)
     finally:
         sock.close(0)
 

@@ -96,12 +96,12 @@ class Cluster(Nodes):
         """A transaction's outcome as one node's tracker tells it."""
         import zmq
 
-        from actors import _bus
+        from actors import bus
 
         cfg = configuration.load_file(self.node_toml(name))
-        sock = _bus.dealer(zmq.Context.instance(), cfg.endpoint("tracker"))
+        sock = bus.dealer(zmq.Context.instance(), cfg.endpoint("tracker"))
         try:
-            state = _bus.request(sock, QueryTransaction(transaction_uid=uid), sender="test", timeout=10).message
+            state = bus.request(sock, QueryTransaction(transaction_uid=uid), sender="test", timeout=10).message
         finally:
             sock.close(0)
         return state.state, state.event_type, state.committed, state.failed

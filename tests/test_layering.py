@@ -1,53 +1,50 @@
-"""No pynetdicom association machinery in the node or its runtime (issue 13).
+"""The layers hold: core (node/) <- runtime (actors/) <- command line (node/tools, node/cli).
 
-node/ul is the one DICOM upper layer: pynetdicom's codecs (``pdu``, ``pdu_primitives``,
-``dimse_messages``, ``presentation``) may serve it, its association, DUL, ACSE, AE and
-transport modules may not be imported anywhere in node/ or actors/. The check reads every
-module's syntax tree, so an import inside a function counts as much as one at the top.
+The contracts live in pyproject.toml (``[tool.importlinter]``); this runs them as CI does,
+with ``lint-imports`` (among them: node/ and actors/ use none of pynetdicom's association
+machinery, only its codecs and tables, issue 13), and checks that the core's module list there covers every module of
+node/ (a new core module in no layer would be checked by nothing).
 """
 
 from __future__ import annotations
 
-import ast
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FORBIDDEN = frozenset({"association", "dul", "acse", "ae", "transport"})
-# Names pynetdicom's package re-exports from those modules.
-FORBIDDEN_NAMES = frozenset({"AE", "Association", "ApplicationEntity", "AssociationServer", "AssociationSocket", *FORBIDDEN})
-
-def forbidden_imports(source: str) -> list[str]:
-    """Every import of a forbidden pynetdicom module in ``source``, as written."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            found += [alias.name for alias in node.names
-                      if alias.name.startswith("pynetdicom.") and alias.name.split(".")[1] in FORBIDDEN]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            parts = node.module.split(".")
-            if parts[0] != "pynetdicom":
-                continue
-            if len(parts) > 1 and parts[1] in FORBIDDEN:
-                found.append(f"from {node.module} import ...")
-            elif len(parts) == 1:
-                found += [f"from pynetdicom import {alias.name}" for alias in node.names if alias.name in FORBIDDEN_NAMES]
-    return found
+KEPT = ("layers", "core-io", "private", "acyclic", "pynetdicom-machinery")
+COMMAND_LINE = {"node.tools", "node.cli"}
 
 
-def modules() -> list[str]:
-    return sorted(str(path.relative_to(ROOT)) for package in ("node", "actors") for path in (ROOT / package).rglob("*.py"))
+def lint_imports(*contracts: str) -> subprocess.CompletedProcess[str]:
+    """``lint-imports`` for the named contracts, on the tree of this checkout, no cache written."""
+    args = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())",
+            "--no-cache", *(a for c in contracts for a in ("--contract", c))]
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-def test_the_check_finds_every_spelling() -> None:
-    source = ("import pynetdicom.dul\nfrom pynetdicom.association import Association\nfrom pynetdicom import AE, evt\n"
-              "def f():\n    from pynetdicom import acse\n")
-    assert forbidden_imports(source) == ["pynetdicom.dul", "from pynetdicom.association import ...",
-                                         "from pynetdicom import AE", "from pynetdicom import acse"]
-    assert forbidden_imports("from pynetdicom.pdu import P_DATA_TF\nfrom pynetdicom import evt, build_role\n") == []
+def contracts() -> dict[str, dict]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    return {c["id"]: c for c in config["contracts"]}
 
 
-@pytest.mark.parametrize("module", modules())
-def test_no_pynetdicom_association_machinery(module: str) -> None:
-    assert forbidden_imports((ROOT / module).read_text()) == []
+def core_modules() -> set[str]:
+    """Every module and package directly in node/, less the command line's."""
+    found = {f"node.{p.stem}" for p in (ROOT / "node").glob("*.py") if p.stem != "__init__"}
+    found |= {f"node.{p.parent.name}" for p in (ROOT / "node").glob("*/__init__.py")}
+    return found - COMMAND_LINE
+
+
+def test_the_contracts_are_kept() -> None:
+    result = lint_imports(*KEPT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_core_module_is_in_the_core_layer_and_kept_off_the_network() -> None:
+    listed = contracts()
+    core_layer = {m.strip() for m in listed["layers"]["layers"][-1].split(":")}
+    assert core_layer == core_modules(), "pyproject.toml: the core layer must list every module of node/ but tools and cli"
+    assert set(listed["core-io"]["source_modules"]) == core_layer, "pyproject.toml: core-io's sources are the core layer"

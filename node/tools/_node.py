@@ -29,16 +29,16 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from node import config as configuration
-from node.config import LISTEN_FROM_ENV, ListenerConfig, NodeConfig
+from node.config import LISTEN_FROM_ENV, NodeConfig
 from node.errors import ConfigError
 from node.supervision import metrics_dir, render
+from node.tools._effective import bind, resolve
 from node.tools._lifetime import ListeningSockets, die_with_parent
 
 READY_TIMEOUT_S = 60.0
@@ -61,29 +61,28 @@ class Started:
     ports: dict[str, tuple[str, int]]
 
 
-def resolve(config: NodeConfig, *, temporary_run_dir: bool = False) -> NodeConfig:
-    """Absolute paths everywhere, and a run directory short enough for ipc socket names."""
-    run_dir = Path(tempfile.mkdtemp(prefix="nodectl-")) if temporary_run_dir else configuration.short_run_dir(config.run_dir)
-    database = config.database
-    if "://" not in database:
-        database = str(Path(database).resolve())
-    return replace(config, directory=config.directory.resolve(), database=database, run_dir=run_dir)
-
-
 def bind_listeners(config: NodeConfig, into: ListeningSockets) -> None:
     """Bind every listener's port, listening; the listeners get them from ``into``."""
     for lc in config.listeners:
-        into.add(lc.key, (lc.host, lc.port), _bind(lc))
+        into.add(lc.key, (lc.host, lc.port), bind(lc))
 
 
 def preflight(config: NodeConfig) -> None:
-    """Fail early, with the reason, on what would make an actor exit at start-up."""
-    from node.paths import FilePathPattern
-    from node.receive import context_rules
+    """Fail early, with the reason, on what would make an actor exit at start-up.
 
+    Only what a user wrote can be wrong: a file path pattern, a SOP class list, TLS files. The
+    modules that check them are imported only when there is something to check: pydicom under
+    node.paths and node.receive costs ~0.2-0.3 s of CPU (python -X importtime), and nodectl
+    spends it before supervisord starts, on the way to the first association (issue 14).
+    """
     if config.store.filepath:
+        from node.paths import FilePathPattern
+
         FilePathPattern.compile(config.store.filepath)
-    context_rules(config)
+    if config.services.sop_classes:  # the other presentation context rules are the node's own constants
+        from node.receive import context_rules
+
+        context_rules(config)
     if any(lc.tls for lc in config.listeners):  # unreadable certificate or key: say so before starting
         from actors.tls import server_context
 
@@ -93,25 +92,6 @@ def preflight(config: NodeConfig) -> None:
         config.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create {exc.filename}: {exc.strerror}") from None
-
-
-def _check_bind(lc: ListenerConfig) -> None:
-    """ConfigError unless ``lc``'s address can be bound (a check only)."""
-    _bind(lc).close()
-
-
-def _bind(lc: ListenerConfig) -> socket.socket:
-    """``lc``'s address bound and listening, as the listener would bind it; else ConfigError."""
-    family = socket.AF_INET6 if ":" in lc.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((lc.host, lc.port))
-        sock.listen(128)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(f"cannot listen on {lc.host or '*'}:{lc.port}: {exc.strerror}") from None
-    return sock
 
 
 def run_node(
@@ -138,6 +118,8 @@ def run_node(
                 os.kill(proc.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        if running:  # supervisord acts on the SIGTERM at its loop's next turn: now, not when our wait ends (up to 0.5 s)
+            _nudge(config.run_dir)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -197,6 +179,9 @@ def _supervise(
             _announce_ready(ports)
         while proc.poll() is None:
             if hup["pending"] and reload is not None and not stopping["signal"]:
+                # Imported on the first SIGHUP only: its imports (supervisor's XML-RPC client, the
+                # index and commitment modules through actors.introspect) cost ~0.47 s of a start
+                # that must stay under 1 s (python -X importtime, load ~5).
                 from node.tools import reload as reloading
 
                 hup["pending"] = False

@@ -20,38 +20,27 @@ from __future__ import annotations
 
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
+from actors import introspect
 from node import config as configuration
 from node.config import NodeConfig
 from node.errors import ConfigError
 from node.supervision import render
+from node.tools._effective import check_bind, resolve
 
 LIVE_GROUPS = ("tracker", "listener-", "worker")  # programs that apply a SIGHUP (the writer would exit)
 
 
-def supervisor(run_dir: Path) -> Any:
-    """An XML-RPC proxy to the node's supervisord (its Unix socket in the run directory)."""
-    from xmlrpc.client import ServerProxy
-
-    from supervisor.xmlrpc import SupervisorTransport
-
-    transport = SupervisorTransport(None, None, serverurl=f"unix://{run_dir / 'supervisor.sock'}")
-    return ServerProxy("http://127.0.0.1", transport=transport)
-
-
 def prepare(running: NodeConfig, fresh: NodeConfig) -> NodeConfig:
     """The new effective configuration, in the running node's run directory; ConfigError if unusable."""
-    from node.tools._node import _check_bind, resolve
-
     fresh = replace(resolve(fresh), run_dir=running.run_dir)
     fresh = configuration.validate(fresh)
     bound = {lc.key: lc for lc in running.listeners}
     for lc in fresh.listeners:
         old = bound.get(lc.key)
         if old is None or (old.host, old.port) != (lc.host, lc.port):
-            _check_bind(lc)
+            check_bind(lc)
     return fresh
 
 
@@ -61,7 +50,7 @@ def apply(running: NodeConfig, fresh: NodeConfig) -> NodeConfig:
     config_path = fresh.run_dir / "node.toml"
     configuration.dump(fresh, config_path)
     (fresh.run_dir / "supervisord.conf").write_text(render(fresh, config_path))
-    rpc = supervisor(fresh.run_dir).supervisor
+    rpc = introspect.supervisor(fresh.run_dir).supervisor
     [[added, changed, removed]] = rpc.reloadConfig()
     for name in removed + changed:
         rpc.stopProcessGroup(name, True)

@@ -825,7 +825,7 @@ class Session:
         from node.transactions import TransactionStore
 
         from node.messages import QueryTransaction
-        from actors import _bus
+        from actors import bus as _bus
 
         sock = _bus.dealer(self.ctx, self.config.endpoint("tracker"))
         try:
