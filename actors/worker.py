@@ -530,7 +530,8 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
         while not stop.is_set():
             if hup.is_set():  # SIGHUP: serve listeners a reload added (actors/reload.py)
                 listeners.update(reload.new_listeners(worker, listeners, hup, lambda key: _bus.dealer(ctx, config.endpoint(f"listener-{key}"), identity=worker.name)))
-            readable, _, _ = select.select([server, *conns, *worker.pending, *woken], [], [], 0.1)
+            # The first pass does not wait: the listeners learn at once that this worker is ready.
+            readable, _, _ = select.select([server, *conns, *worker.pending, *woken], [], [], 0.1 if last_beat else 0)
             ended: list[HandOff] = []
             for sock in readable:
                 if sock is wakeup:

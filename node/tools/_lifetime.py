@@ -29,14 +29,36 @@ from node.config import NodeConfig
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-    """Get ``sig`` when the parent dies; get it now if the parent died while we asked."""
+NODECTL_PID_ENV = "NODECTL_PID"  # set by nodectl for supervisord, inherited by every actor
+
+
+def die_with_parent(sig: int = signal.SIGKILL, *, from_nodectl: bool = False) -> None:
+    """Get ``sig`` when the parent dies; get it now if the parent died while we asked.
+
+    An actor asks only once its interpreter has started: had supervisord died before that
+    (nodectl SIGKILLed while supervisord was spawning it), the actor would already belong to
+    init and ask too late. So an actor (``from_nodectl``) also checks that its parent is still
+    a child of the ``nodectl`` named in ``$NODECTL_PID``, and dies if not.
+    """
     parent = os.getppid()
     prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
     if prctl is None or prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         return  # not Linux: nothing to ask for
-    if os.getppid() != parent:
+    if os.getppid() != parent or (from_nodectl and _orphaned_from_nodectl(parent)):
         os.kill(os.getpid(), sig)
+
+
+def _orphaned_from_nodectl(parent: int) -> bool:
+    """True if ``$NODECTL_PID`` names a nodectl that is not our parent's parent (nor our parent)."""
+    expected = os.environ.get(NODECTL_PID_ENV, "")
+    if not expected.isdigit() or int(expected) == parent:
+        return False
+    try:
+        stat = Path(f"/proc/{parent}/stat").read_text()
+    except OSError:
+        return True  # the parent is gone already
+    grandparent = int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm) state": ppid
+    return grandparent != int(expected)
 
 
 class ListeningSockets:

@@ -39,7 +39,7 @@ from node.config import LISTEN_FROM_ENV, NodeConfig
 from node.errors import ConfigError
 from node.supervision import metrics_dir, render
 from node.tools._effective import bind, resolve
-from node.tools._lifetime import ListeningSockets, die_with_parent
+from node.tools._lifetime import NODECTL_PID_ENV, ListeningSockets, die_with_parent
 
 READY_TIMEOUT_S = 60.0
 READY_FILE_ENV = "NODECTL_READY_FILE"
@@ -155,6 +155,7 @@ def _supervise(
     """Run supervisord until it exits; return the exit status. ``stopping`` is set by the
     signal handlers of ``run_node``, which signal what is in ``running``."""
     env = dict(os.environ)
+    env[NODECTL_PID_ENV] = str(os.getpid())  # an actor spawned as nodectl dies checks it (_lifetime.die_with_parent)
     if listening.path is not None:
         env[LISTEN_FROM_ENV] = str(listening.path)
     proc = subprocess.Popen(

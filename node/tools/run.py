@@ -56,7 +56,7 @@ def await_a_listener(config: NodeConfig, timeout: float = AFTER_READY_S) -> bool
 def main(argv: list[str]) -> int:
     # First, before the imports: an actor never outlives the process that started it
     # (supervisord, honcho, a test), so a killed node leaves nothing holding its port.
-    die_with_parent()
+    die_with_parent(from_nodectl=True)
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: nodectl run {{{','.join(ACTORS)}}} [--config FILE] [actor options]")
         return 0 if argv else 2

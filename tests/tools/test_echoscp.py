@@ -217,6 +217,20 @@ def test_sigkill_of_nodectl_takes_the_whole_node_down_and_frees_the_port(tmp_pat
     assert len(pids) >= 4  # nodectl, supervisord, a worker, the listener (nothing to write or track)
     assert node.stop(signal.SIGKILL) == -signal.SIGKILL
     assert node.leftover == [], "processes outlived a SIGKILLed nodectl"
+    # The kernel closes a killed process's sockets as it reaps it; the next pynetdicom test
+    # starts its app 0.5 s later at the earliest, so that is the budget.
+    try:
+        wait_until(lambda: _bindable(node.port), 0.5, f"port {node.port} free")
+    except TimeoutError:
+        holders = subprocess.run(["ss", "-Htanp", f"sport = :{node.port}"], capture_output=True, text=True).stdout
+        raise AssertionError(f"port {node.port} still bound after the node died:\n{holders}") from None
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        probe.bind(("127.0.0.1", node.port))
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True

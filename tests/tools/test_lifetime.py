@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from actors.listener import fetch_listening_socket
 from node.config import LISTEN_FROM_ENV, ListenerConfig, NodeConfig
-from node.tools._lifetime import ListeningSockets
+from node.tools._lifetime import NODECTL_PID_ENV, ListeningSockets
+from tests.support import die_with_parent as die_with_test
 
 
 @pytest.fixture
@@ -61,3 +66,39 @@ def test_a_reload_that_moves_a_listener_drops_its_socket(served) -> None:  # noq
     moved = NodeConfig(listeners=(ListenerConfig(port=11112, host="127.0.0.1", name="main"),))
     listening.retain(moved)
     assert fetch_listening_socket("main") is None
+
+
+# ----- an actor started just as nodectl died ----------------------------------------------------
+
+_ACTOR = ("import time; from node.tools._lifetime import die_with_parent; "
+          "die_with_parent(from_nodectl=True); print('alive', flush=True); time.sleep(30)")
+
+
+def _actor(nodectl_pid: int) -> subprocess.Popen[str]:
+    """What ``nodectl run`` does first, in a child whose ``$NODECTL_PID`` says ``nodectl_pid``."""
+    env = {**os.environ, NODECTL_PID_ENV: str(nodectl_pid)}
+    return subprocess.Popen([sys.executable, "-c", _ACTOR], env=env, stdout=subprocess.PIPE, text=True, preexec_fn=die_with_test)
+
+
+def test_an_actor_whose_nodectl_is_not_its_grandparent_dies_at_once() -> None:
+    """supervisord died between spawning an actor and the actor's prctl (nodectl SIGKILLed
+    meanwhile): the actor's parent is then no child of the nodectl named in its environment."""
+    stranger = subprocess.Popen(["sleep", "30"], preexec_fn=die_with_test)
+    try:
+        actor = _actor(stranger.pid)
+        assert actor.wait(timeout=20) == -signal.SIGKILL
+        assert actor.stdout is not None and actor.stdout.read() == ""
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_an_actor_under_its_nodectl_lives() -> None:
+    """Our parent's parent (this test's pytest process) is the nodectl named: the actor lives."""
+    actor = _actor(os.getppid())
+    try:
+        assert actor.stdout is not None and actor.stdout.readline().strip() == "alive"
+        assert actor.poll() is None
+    finally:
+        actor.kill()
+        actor.wait()
