@@ -588,7 +588,7 @@ class Verifier:
     def __init__(self, config: NodeConfig, ctx: zmq.Context, stop: threading.Event) -> None:
         self.config = config
         self.stop = stop
-        self.sock = _bus.router(ctx, config.cluster.endpoint)  # bound here: a busy port fails the start
+        self.sock = bus.router(ctx, config.cluster.endpoint)  # bound here: a busy port fails the start
         self.thread = threading.Thread(target=self._serve, name="verifier", daemon=True)
 
     def start(self, index: Index) -> None:
@@ -605,16 +605,16 @@ class Verifier:
         while not self.stop.is_set():
             if not self.sock.poll(self.POLL_MS, zmq.POLLIN):
                 continue
-            identity, envelope = _bus.receive(self.sock)
+            identity, envelope = bus.receive(self.sock)
             if isinstance(envelope, MessageError):
-                _bus.reply(self.sock, identity, ErrorReply(status=envelope.status, reason=str(envelope)), sender=NAME, corr="")
+                bus.reply(self.sock, identity, ErrorReply(status=envelope.status, reason=str(envelope)), sender=NAME, corr="")
             elif isinstance(envelope.message, VerifyInstances):
-                _bus.reply(self.sock, identity, self.check(envelope.message), sender=NAME, corr=envelope.id)
+                bus.reply(self.sock, identity, self.check(envelope.message), sender=NAME, corr=envelope.id)
             elif isinstance(envelope.message, Ping):
-                _bus.reply(self.sock, identity, Pong(pid=os.getpid()), sender=NAME, corr=envelope.id)
+                bus.reply(self.sock, identity, Pong(pid=os.getpid()), sender=NAME, corr=envelope.id)
             else:
                 reason = f"the verifier does not take {envelope.message.kind}"
-                _bus.reply(self.sock, identity, ErrorReply(status=0x0110, reason=reason), sender=NAME, corr=envelope.id)
+                bus.reply(self.sock, identity, ErrorReply(status=0x0110, reason=reason), sender=NAME, corr=envelope.id)
 
     def check(self, msg: VerifyInstances) -> InstancesVerified:
         """Each instance: the file at the recorded path, with the recorded size and checksum."""
