@@ -39,24 +39,30 @@ import multiprocessing
 import queue
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from node import ul
 from node.errors import ConfigError
+from node.rate_limit import parse_rate
+from node.send_journal import JournalError, SendJournal
+from node.tools._lifetime import die_with_parent
 from node.tools.send_association import PeerOptions, associate_request
-from node.tools.send_plan import Scan, Task, plan, scan, tasks_for_worker
+from node.tools.send_job import JobRecorder, is_transient, resume
+from node.tools.send_plan import FileEntry, Scan, Task, plan, scan, tasks_for_worker
 from node.tools.send_report import (
     Progress,
     ProgressLogHandler,
     Tally,
+    job_table,
     make_progress,
     summary,
+    tally_totals,
     write_summary,
 )
 from node.tools.send_results import FileResult, WorkerFinished
-from node.tools.send_worker import run_forked_worker, run_tasks
+from node.tools.send_worker import backoff, run_forked_worker, run_tasks
 from node.tools.storescu import (
     LOG_LEVELS,
     _Parser,
@@ -109,12 +115,26 @@ def _async_ops(text: str) -> int:
     return value
 
 
-def _non_negative(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be 0 or more")
-    return value
+def _checked(convert: Callable[[str], Any], ok: Callable[[Any], bool], message: str) -> Callable[[str], Any]:
+    """An argparse type: ``convert`` the text, and refuse a value that is not ``ok``."""
+    def parse(text: str) -> Any:
+        value = convert(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(message)
+        return value
+    return parse
+
+
+_non_negative = _checked(int, lambda value: value >= 0, "must be 0 or more")
+_positive_float = _checked(float, lambda value: value > 0, "must be more than 0")
+
+
+def _rate(text: str) -> float:
+    """argparse type: --rate N/s (or /min, /h) as files per second."""
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,6 +178,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_client_arguments(parser.add_argument_group(
         "TLS Options", "TLS on every association (any --tls-* option turns it on); names as in nodectl serve"))
+    job = parser.add_argument_group(
+        "Job Options", "for long jobs: resume, pace, retry what the peer could not take yet (docs/cli/send.md)")
+    job.add_argument(
+        "--journal", metavar="FILE",
+        help="SQLite journal of every file's outcome; running the same command again sends only what the "
+             "peer has not acknowledged, and files changed since (size, mtime)",
+    )
+    job.add_argument(
+        "--rate", type=_rate, default=0.0, metavar="N/s",
+        help="at most N files per second over all associations (also N/min, N/h)",
+    )
+    job.add_argument(
+        "--max-mbps", type=_positive_float, default=0.0, metavar="MB/s",
+        help="at most this many megabytes (10^6 bytes) of datasets per second over all associations",
+    )
+    job.add_argument(
+        "--retry-transient", type=_non_negative, default=None, metavar="N",
+        help="send a file answered 0xA7xx (out of resources) again up to N times, on a later association "
+             "(default: --retry's value); other failure statuses are final",
+    )
     out = parser.add_argument_group("Output Options")
     out.add_argument(
         "--summary-json", metavar="FILE",
@@ -194,8 +234,10 @@ def progress_logging(progress: Progress, level: int) -> Iterator[None]:
         LOGGER.propagate = saved[1]
 
 
-def peer_options(args: argparse.Namespace, tls: ClientTls | None = None) -> PeerOptions:
+def peer_options(args: argparse.Namespace, tls: ClientTls | None = None, workers: int = 1) -> PeerOptions:
+    """Where and how to associate; ``--rate``/``--max-mbps`` as each of ``workers`` workers' share."""
     return PeerOptions(
+        files_per_s=args.rate / workers, bytes_per_s=args.max_mbps * 1e6 / workers,
         host=args.addr, port=args.port, calling_aet=args.calling_aet, called_aet=args.called_aet,
         acse_timeout=args.acse_timeout, dimse_timeout=args.dimse_timeout,
         network_timeout=args.network_timeout, max_pdu=args.max_pdu,
@@ -223,19 +265,30 @@ def start_workers(tasks: list[Task], workers: int, peer: PeerOptions, level: int
         mine = tasks_for_worker(tasks, worker)
         if not mine:
             continue
-        proc = ctx.Process(target=run_forked_worker, args=(worker, mine, peer, results, level),
+        proc = ctx.Process(target=_forked_worker, args=(worker, mine, peer, results, level),
                            name=f"send-worker-{worker}", daemon=True)
         proc.start()
         procs.append(proc)
     return results, procs
 
 
+def _forked_worker(*args: Any) -> None:
+    """A worker dies with the parent (SIGKILL when it does): a killed job leaves no worker
+    sending files whose outcome no journal will hear of."""
+    die_with_parent()
+    run_forked_worker(*args)
+
+
 class Collector:
     """Takes every worker message: file results (one or a batch), log records, last words."""
 
-    def __init__(self, tally: Tally, progress: Progress) -> None:
+    def __init__(self, tally: Tally, progress: Progress, recorder: JobRecorder | None = None,
+                 retry_transient: bool = False) -> None:
         self.tally = tally
         self.progress = progress
+        self.recorder = recorder or JobRecorder(None, {})
+        self.retry_transient = retry_transient  # hold 0xA7xx answers back for a later pass
+        self.later: list[int] = []  # indexes of files to send again
         self.finished: dict[int, int] = {}
 
     def __call__(self, item: Any) -> None:
@@ -248,10 +301,17 @@ class Collector:
             logging.getLogger(item.name).handle(item)
         elif isinstance(item, WorkerFinished):
             self.finished[item.worker] = item.associations
+        self.recorder.flush()  # one journal transaction per batch a worker reports
 
     def result(self, item: FileResult) -> None:
-        self.tally.add(item)
         entry = self.tally.entries[item.index]
+        if self.retry_transient and not item.sent and is_transient(item.status):
+            LOGGER.warning(f"Peer out of resources for {entry.path} (status=0x{item.status:04X}): sending it again later")
+            self.tally.add(item)
+            self.later.append(item.index)
+            return
+        self.tally.add(item)
+        self.recorder.file(entry, item)
         self.progress.advance(item, entry.size)
         if not item.sent:
             status = "" if item.status is None else f" status=0x{item.status:04X}"
@@ -313,76 +373,158 @@ def stop_workers(procs: list[Any]) -> None:
 
 
 def send(args: argparse.Namespace, found: Scan, missing: list[str], progress: Progress, level: int,
-         tls: ClientTls | None = None) -> tuple[int, Tally, int]:
-    """Plan, run the worker(s), gather results: (exit status, tally, associations)."""
+         tls: ClientTls | None = None, recorder: JobRecorder | None = None) -> tuple[int, Tally, int]:
+    """Plan, run the worker(s), gather results: (exit status, tally, associations).
+
+    Files answered 0xA7xx (out of resources) are sent again in a later pass, on new
+    associations, after a back-off, up to --retry-transient times; other outcomes are final.
+    """
     tally = Tally(entries={entry.index: entry for entry in found.entries})
     if not found.entries:
         return exit_status(tally, missing), tally, 0
-    workers = min(args.associations, len(found.entries))
-    tasks = plan(found.entries, workers)
+    retries = args.retry if args.retry_transient is None else args.retry_transient
+    entries: Sequence[FileEntry] = found.entries
+    associations = 0
+    for attempt in range(retries + 1):
+        collector = Collector(tally, progress, recorder, retry_transient=attempt < retries)
+        interrupted = send_pass(args, entries, collector, level, tls)
+        associations += collector.associations
+        if interrupted:
+            return EXIT_INTERRUPTED, tally, associations
+        if not collector.later:
+            break
+        entries = [tally.entries[index] for index in sorted(collector.later)]
+        delay = backoff(peer_options(args, tls), attempt + 1)
+        LOGGER.warning(f"{len(entries)} file(s) answered out of resources: sending them again in {delay:g} s "
+                       f"(retry {attempt + 1}/{retries})")
+        time.sleep(delay)
+    return exit_status(tally, missing), tally, associations
+
+
+def send_pass(args: argparse.Namespace, entries: Sequence[FileEntry], collector: Collector, level: int,
+              tls: ClientTls | None) -> bool:
+    """One pass over ``entries``: plan, send in this process or in forked workers; whether
+    it was interrupted (Ctrl-C)."""
+    workers = min(args.associations, len(entries))
+    tasks = plan(entries, workers)
     LOGGER.info(
-        f"sending files={len(found.entries)} bytes={found.total_bytes} "
-        f"contexts={len({e.context for e in found.entries})} associations={workers} tasks={len(tasks)}"
+        f"sending files={len(entries)} bytes={sum(e.size for e in entries)} "
+        f"contexts={len({e.context for e in entries})} associations={workers} tasks={len(tasks)}"
     )
-    collector = Collector(tally, progress)
-    peer = peer_options(args, tls)
+    peer = peer_options(args, tls, workers)
     if workers == 1:  # no child at all: this process is the worker
         try:
             collector(run_tasks(0, tasks, peer, collector))
         except KeyboardInterrupt:
-            return EXIT_INTERRUPTED, tally, 0
-        return exit_status(tally, missing), tally, collector.associations
+            return True
+        return False
     results, procs = start_workers(tasks, workers, peer, level)
     try:
-        associations = collect_results(results, procs, collector)
+        collect_results(results, procs, collector)
     except KeyboardInterrupt:
         stop_workers(procs)
-        return EXIT_INTERRUPTED, tally, 0
-    return exit_status(tally, missing), tally, associations
+        return True
+    return False
+
+
+def open_journal(args: argparse.Namespace, peer: dict[str, Any]) -> SendJournal | None:
+    """The job's journal with a new run started, or None without ``--journal``."""
+    if not args.journal:
+        return None
+    journal = SendJournal(args.journal)
+    journal.start_run(peer)
+    return journal
+
+
+def limits_text(args: argparse.Namespace) -> str:
+    """The limits the progress line shows, e.g. ``limit 50 files/s, 2 MB/s``."""
+    parts = ([f"{args.rate:g} files/s"] if args.rate else []) + ([f"{args.max_mbps:g} MB/s"] if args.max_mbps else [])
+    return f"limit {', '.join(parts)}" if parts else ""
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the TLS options and AE titles, then collect, scan, send, report."""
+    """Check the TLS options and AE titles, then collect, skip what the journal has, scan,
+    send, report."""
+    peer = {"host": args.addr, "port": args.port, "called_aet": args.called_aet, "calling_aet": args.calling_aet}
     try:
         tls = client_tls(args)
         check_request(peer_options(args, tls))
-    except ConfigError as exc:
+        journal = open_journal(args, peer)
+    except (ConfigError, JournalError) as exc:
         print(f"nodectl send: {exc}", file=sys.stderr)
         return EXIT_USAGE
     started = time.monotonic()
     level = log_level(args)
     files, missing = collect_files(args.path, args.recurse)
-    found = scan(files)
+    todo = resume(journal, files)
+    found = scan(todo.to_send)
+    recorder = JobRecorder(journal, todo.identities)
+    recorder.skipped(found.skipped)
     progress = make_progress(args.progress, len(found.entries), found.total_bytes)
-    with progress_logging(progress, level):
-        for path in missing:
-            LOGGER.error(f"Cannot access path: {path}")
-        for item in found.skipped:
-            LOGGER.warning(f"Skipped: {item.path}: {item.reason}")
-        try:
-            status, tally, associations = send(args, found, missing, progress, level, tls)
-        finally:
-            progress.close()
-        seconds = time.monotonic() - started
-        LOGGER.info(
-            f"done sent={len(tally.sent())} failed={len(tally.failed())} skipped={len(found.skipped)} "
-            f"bytes={tally.bytes} seconds={seconds:.2f} exit={status}"
-        )
-    if args.summary_json:
-        peer = {"host": args.addr, "port": args.port, "called_aet": args.called_aet, "calling_aet": args.calling_aet}
-        write_summary(
-            args.summary_json,
-            summary(tally=tally, skipped=found.skipped, missing=missing, seconds=seconds,
-                    exit_status=status, peer=peer, associations=associations),
-        )
+    progress.limit = limits_text(args)
+    status = EXIT_INTERRUPTED
+    try:
+        with progress_logging(progress, level):
+            for path in missing:
+                LOGGER.error(f"Cannot access path: {path}")
+            for item in found.skipped:
+                LOGGER.warning(f"Skipped: {item.path}: {item.reason}")
+            if todo.already:
+                LOGGER.warning(f"Resuming: {todo.already} file(s) already acknowledged by the peer (journal), not sent again")
+            try:
+                status, tally, associations = send(args, found, missing, progress, level, tls, recorder)
+            finally:
+                progress.close()
+            seconds = time.monotonic() - started
+            LOGGER.info(
+                f"done sent={len(tally.sent())} failed={len(tally.failed())} skipped={len(found.skipped)} "
+                f"bytes={tally.bytes} seconds={seconds:.2f} exit={status}"
+            )
+        if journal is not None:
+            journal.end_run(status)
+        totals = journal.totals() if journal is not None else tally_totals(tally, found.skipped, seconds)
+        if args.progress != "none" and level <= logging.CRITICAL:
+            print(job_table(totals), file=sys.stderr)
+        if args.summary_json:
+            data = summary(tally=tally, skipped=found.skipped, missing=missing, seconds=seconds,
+                           exit_status=status, peer=peer, associations=associations)
+            data["already_acknowledged"] = todo.already
+            if journal is not None:
+                data["job"] = totals.as_dict()
+            write_summary(args.summary_json, data)
+    finally:
+        if journal is not None:
+            journal.close()
     return status
+
+
+def report(path: str) -> int:
+    """``nodectl send --report FILE.journal``: the job's table again, from its journal."""
+    try:
+        journal = SendJournal(path, readonly=True)
+    except JournalError as exc:
+        print(f"nodectl send: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        print(job_table(journal.totals()))
+        for file_path, status, reason in journal.failures():
+            print(f"failed: {file_path}: {'no status' if status is None else f'0x{status:04X}'} {reason}")
+    finally:
+        journal.conn.close()
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point for ``nodectl send``; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--report":
+        if len(argv) != 2:
+            print("usage: nodectl send --report FILE.journal", file=sys.stderr)
+            return EXIT_USAGE
+        return report(argv[1])
     parser = build_parser()
     try:
-        args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+        args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     if args.version:

@@ -1,0 +1,280 @@
+"""``nodectl send`` as a job: the journal (resume after kill -9), the report, --rate, transient retries.
+
+The journal and the token bucket are tested without sockets first; then real peers on
+127.0.0.1: ``nodectl serve`` (whose index tells what it stored, and when), DCMTK storescp, and
+a pynetdicom SCP in the test for an out-of-resources status that clears.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from node.rate_limit import Pacer, TokenBucket, parse_rate
+from node.send_journal import ACKNOWLEDGED, FAILED, Outcome, SendJournal
+from tests.nodes import serve
+from tests.support import NODECTL, make_ct, wait_until
+from tests.tools.storepeers import dcmtk_available, dcmtk_storescp, pynetdicom_scp, run_nodectl
+
+needs_dcmtk = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK storescp not installed")
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_files(directory: Path, count: int) -> dict[str, Path]:
+    """``count`` small CT files; {SOP Instance UID: path}."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return {make_ct(directory / f"{n:05d}.dcm", pixels=8, InstanceNumber=n + 1).SOPInstanceUID: directory / f"{n:05d}.dcm"
+            for n in range(count)}
+
+
+def journal_rows(path: Path) -> dict[str, tuple[str, int]]:
+    """{SOP Instance UID: (outcome, run)} as the journal has it now (read-only)."""
+    if not path.exists():
+        return {}
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {uid: (outcome, run) for uid, outcome, run in
+                conn.execute("SELECT sop_instance_uid, outcome, run FROM files WHERE sop_instance_uid != ''")}
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return {}
+    finally:
+        conn.close()
+
+
+# --- the journal, no network -------------------------------------------------------------------
+
+
+def outcome(path: str, size: int = 10, mtime: int = 1, kind: str = ACKNOWLEDGED, **kw: Any) -> Outcome:
+    return Outcome(path=path, size=size, mtime_ns=mtime, outcome=kind, sop_instance_uid=f"1.2.{abs(hash(path))}", **kw)
+
+
+def test_journal_acknowledged_only_while_unchanged(tmp_path: Path) -> None:
+    journal = SendJournal(str(tmp_path / "j"))
+    journal.start_run({})
+    journal.record(outcome("/a", bytes=10))
+    journal.record(outcome("/b", kind=FAILED, status=0xC000, reason="Failure"))
+    journal.end_run(1)
+    assert journal.acknowledged("/a", (10, 1))
+    assert not journal.acknowledged("/a", (10, 2)), "a file touched since is sent again"
+    assert not journal.acknowledged("/a", (11, 1)), "a file grown since is sent again"
+    assert not journal.acknowledged("/b", (10, 1)), "a failed file is sent again"
+    assert not journal.acknowledged("/c", (10, 1))
+    journal.close()
+
+
+def test_journal_totals_span_runs(tmp_path: Path) -> None:
+    journal = SendJournal(str(tmp_path / "j"))
+    journal.start_run({})
+    journal.record(outcome("/a", bytes=100))
+    journal.record(outcome("/b", kind=FAILED, status=0xA700))
+    journal.end_run(1)
+    journal.start_run({})
+    journal.record(outcome("/b", bytes=50))
+    journal.record(outcome("/c", kind="skipped", reason="not DICOM"))
+    journal.end_run(0)
+    journal.record_commit([(journal.uncommitted(10)[0][2], True, "")])
+    totals = journal.totals()
+    assert (totals.runs, totals.acknowledged, totals.sent_last_run, totals.already_there) == (2, 2, 1, 1)
+    assert totals.failed_by_status == {}
+    assert totals.skipped_by_reason == {"not DICOM": 1}
+    assert (totals.bytes, totals.committed, totals.not_committed) == (150, 1, 1)
+    journal.close()
+
+
+def test_a_file_that_is_not_a_journal_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "j").write_bytes(b"not sqlite at all" * 100)
+    result = run_nodectl("send", "--journal", str(tmp_path / "j"), "127.0.0.1", "9", str(tmp_path))
+    assert result.returncode == 2
+    assert "not a send journal" in result.stderr
+
+
+# --- rate limits, no network -------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_token_bucket_keeps_the_rate_after_its_burst() -> None:
+    clock = FakeClock()
+    pacer = Pacer(files_per_s=20, clock=clock, sleep=clock.sleep)
+    for _ in range(202):
+        pacer.wait(1000)
+    assert clock.now == pytest.approx(200 / 20, rel=0.01), "burst of 2, then 20 per second"
+
+
+def test_byte_rate_waits_for_large_files() -> None:
+    clock = FakeClock()
+    pacer = Pacer(bytes_per_s=1e6, clock=clock, sleep=clock.sleep)
+    for _ in range(11):
+        pacer.wait(1_000_000)
+    assert clock.now == pytest.approx(10.9, rel=0.01), "a burst of 0.1 s, then 1 s per MB"
+    assert TokenBucket(rate=5, burst=1).take(1, now=0.0) == 0.0
+
+
+def test_rate_spellings() -> None:
+    assert parse_rate("50/s") == parse_rate("50") == parse_rate("3000/min") == 50
+    with pytest.raises(ValueError):
+        parse_rate("0/s")
+    with pytest.raises(ValueError):
+        parse_rate("5/fortnight")
+
+
+# --- real peers -----------------------------------------------------------------------------------
+
+
+def index_rows(node_dir: Path) -> dict[str, float]:
+    """{SOP Instance UID: received_at} from ``nodectl serve``'s index."""
+    conn = sqlite3.connect(f"file:{node_dir / 'node.sqlite'}?mode=ro", uri=True)
+    try:
+        return {uid: at for uid, at in conn.execute("SELECT sop_instance_uid, received_at FROM instances")}
+    finally:
+        conn.close()
+
+
+def test_kill_9_mid_job_then_resume_sends_only_the_rest(tmp_path: Path) -> None:
+    """SIGKILL of the sender (its forked workers die with it), then the same command again:
+    every file ends up stored, and the resume sends again only what the journal had not
+    recorded as acknowledged: at most, per association, the one in flight plus the results its
+    worker had not yet handed to the parent (a batch of at most 0.1 s)."""
+    sent = make_files(tmp_path / "in", 240)
+    journal = tmp_path / "job.journal"
+    (tmp_path / "node").mkdir()
+    node = serve(tmp_path / "node", workers=1)
+    rate = 60  # files/s: the job takes 4 s, so the kill lands in its middle
+    job = ["send", "-j", "2", "--journal", str(journal), "--progress", "none", "-aec", "NODE"]
+    peer = ["127.0.0.1", str(node.port), str(tmp_path / "in")]
+    try:
+        sender = subprocess.Popen([*NODECTL, *job, "--rate", f"{rate}/s", *peer], cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: len(journal_rows(journal)) >= 60 or sender.poll() is not None, timeout=60,
+                       what="60 outcomes in the journal")
+            workers = psutil.Process(sender.pid).children()
+            os.kill(sender.pid, signal.SIGKILL)
+            sender.wait(timeout=10)
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+                sender.wait()
+            sender.stderr.close()
+        assert sender.returncode == -signal.SIGKILL, "the job ended before the kill: make it slower"
+        assert len(workers) == 2
+        psutil.wait_procs(workers, timeout=10)
+        assert not any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers), "workers outlived the kill"
+        before = journal_rows(journal)
+        acknowledged = {uid for uid, (kind, _run) in before.items() if kind == ACKNOWLEDGED}
+        assert 60 <= len(acknowledged) < len(sent)
+        node.materialised()
+        stored_before = set(index_rows(node.cwd))
+        assert acknowledged <= stored_before, "the journal never claims what the peer has not stored"
+
+        result = run_nodectl(*job, "--summary-json", str(tmp_path / "s.json"), *peer)
+        assert result.returncode == 0, result.stderr
+        summary = json.loads((tmp_path / "s.json").read_text())
+        assert summary["already_acknowledged"] == len(acknowledged)
+        resent = {item["sop_instance_uid"] for item in summary["files"]["sent"]}
+        assert resent == set(sent) - acknowledged, "the resume sends exactly what was not acknowledged"
+        twice = resent & stored_before
+        assert len(twice) <= 2 * (1 + rate // 10 + 1), f"{len(twice)} instances stored twice"
+        assert summary["job"]["acknowledged"] == len(sent)
+        assert summary["job"]["already_there"] == len(acknowledged)
+        node.materialised()
+        assert set(index_rows(node.cwd)) == set(sent)
+    finally:
+        node.stop()
+
+
+@needs_dcmtk
+def test_report_table_at_the_end_and_again_from_the_journal(tmp_path: Path) -> None:
+    make_files(tmp_path / "in", 5)
+    (tmp_path / "in" / "notes.txt").write_text("not DICOM")
+    journal = tmp_path / "job.journal"
+    with dcmtk_storescp(tmp_path) as scp:
+        first = run_nodectl("send", "--progress", "plain", "--journal", str(journal), "127.0.0.1", str(scp.port),
+                            str(tmp_path / "in"))
+        assert first.returncode == 0, first.stderr
+        assert "sent (this run)" in first.stderr and "not committed" in first.stderr
+        again = run_nodectl("send", "--progress", "plain", "--journal", str(journal), "127.0.0.1", str(scp.port),
+                            str(tmp_path / "in"))
+        assert again.returncode == 0, again.stderr
+        assert "5 file(s) already acknowledged" in again.stderr
+    report = run_nodectl("send", "--report", str(journal))
+    assert report.returncode == 0, report.stderr
+    lines = dict(line.strip().rsplit(None, 1) for line in report.stdout.splitlines() if line.strip())
+    assert lines["sent (this run)"] == "0" and lines["already there"] == "5"
+    assert lines["acknowledged (job)"] == "5" and lines["runs"] == "2"
+    assert any(key.startswith("skipped: not a DICOM file") for key in lines)
+    missing = run_nodectl("send", "--report", str(tmp_path / "nope.journal"))
+    assert missing.returncode == 2 and "no such journal" in missing.stderr
+
+
+@needs_dcmtk
+def test_rate_limit_is_kept_and_shown(tmp_path: Path) -> None:
+    make_files(tmp_path / "in", 41)
+    journal = tmp_path / "job.journal"
+    with dcmtk_storescp(tmp_path) as scp:
+        result = run_nodectl("send", "-j", "2", "--rate", "20/s", "--progress", "plain", "--journal", str(journal),
+                             "127.0.0.1", str(scp.port), str(tmp_path / "in"))
+    assert result.returncode == 0, result.stderr
+    assert "limit 20 files/s" in result.stderr
+    conn = sqlite3.connect(str(journal))
+    first, last = conn.execute("SELECT min(at), max(at) FROM files").fetchone()
+    conn.close()
+    # two workers of 10 files/s with a burst of 1 each: 39 files after the first two take 1.95 s
+    assert 1.6 <= last - first <= 4.0, f"41 files at 20/s took {last - first:.2f} s"
+
+
+def test_out_of_resources_is_sent_again_on_a_later_association(tmp_path: Path) -> None:
+    """0xA700 for each file's first attempt, Success for the second; 0xA900 stays final."""
+    files = make_files(tmp_path / "in", 6)
+    final = sorted(files)[0]
+    seen: dict[str, int] = {}
+
+    def status_for(ds: Any, _event: Any) -> int:
+        uid = str(ds.SOPInstanceUID)
+        seen[uid] = seen.get(uid, 0) + 1
+        if uid == final:
+            return 0xA900
+        return 0xA700 if seen[uid] == 1 else 0x0000
+
+    with pynetdicom_scp(status_for) as (port, received):
+        result = run_nodectl("send", "--progress", "plain", "--retry-transient", "2", "--retry-delay", "0.1",
+                             "--summary-json", str(tmp_path / "s.json"), "--journal", str(tmp_path / "j"),
+                             "127.0.0.1", str(port), str(tmp_path / "in"))
+    assert result.returncode == 1, result.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert {f["sop_instance_uid"] for f in summary["files"]["sent"]} == set(files) - {final}
+    assert [f["status_hex"] for f in summary["files"]["failed"]] == ["0xA900"]
+    assert seen[final] == 1, "0xA900 is not retried"
+    assert all(seen[uid] == 2 for uid in set(files) - {final})
+    assert "sending them again" in result.stderr
+    rows = journal_rows(tmp_path / "j")
+    assert sum(kind == ACKNOWLEDGED for kind, _ in rows.values()) == 5
+    assert received.uids.count(final) == 1
+
+
+def test_out_of_resources_without_retries_left_is_a_failure(tmp_path: Path) -> None:
+    make_files(tmp_path / "in", 2)
+    with pynetdicom_scp(lambda ds, ev: 0xA700) as (port, received):
+        result = run_nodectl("send", "--progress", "plain", "--retry-transient", "1", "--retry-delay", "0.1",
+                             "--summary-json", str(tmp_path / "s.json"), "127.0.0.1", str(port), str(tmp_path / "in"))
+    assert result.returncode == 1, result.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert [f["status_hex"] for f in summary["files"]["failed"]] == ["0xA700", "0xA700"]
+    assert len(received.uids) == 4, "each file: the first attempt and one retry"
