@@ -48,7 +48,8 @@ from node.errors import ConfigError
 from node.rate_limit import parse_rate
 from node.send_journal import JournalError, SendJournal
 from node.tools._lifetime import die_with_parent
-from node.tools.send_association import PeerOptions, associate_request
+from node.tools.send_association import Lost, PeerOptions, associate_request
+from node.tools.send_commit import CommitUnsupported, run_commitment
 from node.tools.send_job import JobRecorder, is_transient, resume
 from node.tools.send_plan import FileEntry, Scan, Task, plan, scan, tasks_for_worker
 from node.tools.send_report import (
@@ -79,6 +80,7 @@ EXIT_STORE_FAILED = 1
 EXIT_USAGE = 2
 EXIT_ASSOCIATION = 3
 EXIT_MISSING_PATH = 4
+EXIT_NOT_COMMITTED = 5
 EXIT_INTERRUPTED = 130
 MAX_ASSOCIATIONS = 64
 MAX_ASYNC = 256  # C-STOREs in flight per association: enough to hide any loopback or LAN round trip
@@ -92,8 +94,12 @@ exit status:
   3    association refused, rejected or aborted (TLS handshake failed too) and --retry
        exhausted; files unsent
   4    a path named on the command line does not exist (the others were sent)
+  5    --commit: an acknowledged instance is not committed (failed, no report in time,
+       or the peer does not do Storage Commitment)
   130  interrupted
-  When several apply: 3 before 1 before 4."""
+  When several apply: 3 before 1 before 5 before 4.
+
+  nodectl send --report FILE.journal   prints a job's table again from its journal"""
 
 LOGGER = logging.getLogger("node.tools.send")
 IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
@@ -197,6 +203,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-transient", type=_non_negative, default=None, metavar="N",
         help="send a file answered 0xA7xx (out of resources) again up to N times, on a later association "
              "(default: --retry's value); other failure statuses are final",
+    )
+    job.add_argument(
+        "--commit", action="store_true",
+        help="after the stores, ask the peer for Storage Commitment of every acknowledged instance not yet "
+             "committed (journal); exit 5 unless every one is committed",
+    )
+    job.add_argument(
+        "--commit-batch", type=_checked(int, lambda value: value >= 1, "must be 1 or more"), default=10_000,
+        metavar="N", help="instances per N-ACTION (default: 10000)",
+    )
+    job.add_argument(
+        "--commit-port", type=int, default=0, metavar="PORT",
+        help="also listen on PORT for the report on a new association (peers such as Orthanc); "
+             "the peer must know our AE title at this port (default: same association only)",
+    )
+    job.add_argument(
+        "--commit-timeout", type=_positive_float, default=60.0, metavar="[s]econds",
+        help="wait at most this long for each N-EVENT-REPORT (default: 60)",
     )
     out = parser.add_argument_group("Output Options")
     out.add_argument(
@@ -428,10 +452,11 @@ def send_pass(args: argparse.Namespace, entries: Sequence[FileEntry], collector:
 
 
 def open_journal(args: argparse.Namespace, peer: dict[str, Any]) -> SendJournal | None:
-    """The job's journal with a new run started, or None without ``--journal``."""
-    if not args.journal:
+    """The job's journal with a new run started; in memory for ``--commit`` without
+    ``--journal`` (the commitment phase reads what was acknowledged from it); else None."""
+    if not args.journal and not args.commit:
         return None
-    journal = SendJournal(args.journal)
+    journal = SendJournal(args.journal or ":memory:")
     journal.start_run(peer)
     return journal
 
@@ -449,6 +474,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         tls = client_tls(args)
         check_request(peer_options(args, tls))
+        if args.commit and tls is not None:
+            raise ConfigError("--commit over TLS is not supported yet")
         journal = open_journal(args, peer)
     except (ConfigError, JournalError) as exc:
         print(f"nodectl send: {exc}", file=sys.stderr)
@@ -475,6 +502,8 @@ def run(args: argparse.Namespace) -> int:
                 status, tally, associations = send(args, found, missing, progress, level, tls, recorder)
             finally:
                 progress.close()
+            if args.commit and journal is not None and status != EXIT_INTERRUPTED:
+                status = commit(args, journal, tls, status)
             seconds = time.monotonic() - started
             LOGGER.info(
                 f"done sent={len(tally.sent())} failed={len(tally.failed())} skipped={len(found.skipped)} "
@@ -495,6 +524,28 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if journal is not None:
             journal.close()
+    return status
+
+
+def commit(args: argparse.Namespace, journal: SendJournal, tls: ClientTls | None, status: int) -> int:
+    """The commitment phase; the exit status it leaves (5 unless every acknowledged
+    instance is committed, where no worse status applies)."""
+    journal.flush()
+    peer = peer_options(args, tls)
+    try:
+        outcome = run_commitment(journal, peer, batch=args.commit_batch, timeout=args.commit_timeout,
+                                 commit_port=args.commit_port or None)
+        for error in outcome.errors:
+            LOGGER.error(f"Storage Commitment: {error}")
+        LOGGER.info(f"commitment requested={outcome.requested} committed={outcome.committed} failed={outcome.failed} "
+                    f"unanswered={outcome.unanswered}")
+    except CommitUnsupported as exc:
+        LOGGER.error(f"Storage Commitment not possible: {exc}; the stores still count, nothing is committed")
+    except (Lost, OSError) as exc:
+        LOGGER.error(f"Storage Commitment failed: {exc}")
+    totals = journal.totals()
+    if totals.not_committed and status in (EXIT_OK, EXIT_MISSING_PATH):
+        return EXIT_NOT_COMMITTED
     return status
 
 

@@ -278,3 +278,66 @@ def test_out_of_resources_without_retries_left_is_a_failure(tmp_path: Path) -> N
     summary = json.loads((tmp_path / "s.json").read_text())
     assert [f["status_hex"] for f in summary["files"]["failed"]] == ["0xA700", "0xA700"]
     assert len(received.uids) == 4, "each file: the first attempt and one retry"
+
+
+# --- Storage Commitment (--commit) -----------------------------------------------------------------
+
+
+def job_summary(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def test_commit_on_the_same_association_with_nodectl_serve(tmp_path: Path) -> None:
+    """The node reports on the N-ACTION's association; a re-run asks for nothing already committed."""
+    make_files(tmp_path / "in", 6)
+    (tmp_path / "node").mkdir()
+    node = serve(tmp_path / "node", workers=1)
+    journal = tmp_path / "job.journal"
+    args = ["send", "-v", "--progress", "plain", "--commit", "--commit-timeout", "30", "--journal", str(journal),
+            "-aec", "NODE", "--summary-json", str(tmp_path / "s.json"), "127.0.0.1", str(node.port), str(tmp_path / "in")]
+    try:
+        first = run_nodectl(*args)
+        assert first.returncode == 0, first.stderr + node.log()[-3000:]
+        job = job_summary(tmp_path / "s.json")["job"]
+        assert (job["acknowledged"], job["committed"], job["not_committed"]) == (6, 6, 0)
+        assert "commitment requested=6 committed=6" in first.stderr
+        again = run_nodectl(*args)
+        assert again.returncode == 0, again.stderr
+        assert "commitment requested=0" in again.stderr, "nothing is asked twice"
+        (tmp_path / "in" / "00002.dcm").touch()  # changed since: sent and committed again
+        third = run_nodectl(*args)
+        assert third.returncode == 0, third.stderr
+        assert "commitment requested=1 committed=1" in third.stderr
+    finally:
+        node.stop()
+
+
+@needs_dcmtk
+def test_commit_with_a_peer_without_commitment_fails_clearly_and_the_stores_count(tmp_path: Path) -> None:
+    make_files(tmp_path / "in", 3)
+    with dcmtk_storescp(tmp_path) as scp:
+        result = run_nodectl("send", "--progress", "plain", "--commit", "--summary-json", str(tmp_path / "s.json"),
+                             "127.0.0.1", str(scp.port), str(tmp_path / "in"))
+        assert len(scp.received()) == 3
+    assert result.returncode == 5, result.stderr
+    assert "Storage Commitment not possible: the peer accepts no Storage Commitment Push Model context" in result.stderr
+    summary = job_summary(tmp_path / "s.json")
+    assert summary["sent"] == 3
+    assert (summary["job"]["acknowledged"], summary["job"]["committed"]) == (3, 0)
+
+
+@pytest.mark.skipif(not __import__("tests.peers.orthanc", fromlist=["x"]).orthanc_available(), reason="no Orthanc")
+def test_commit_report_from_orthanc_on_a_new_association(tmp_path: Path) -> None:
+    from tests.peers.orthanc import Orthanc
+    from tests.support import free_port
+
+    sent = make_files(tmp_path / "in", 4)
+    port = free_port()
+    with Orthanc.start(tmp_path / "orthanc", modalities={"sender": ("STORESCU", "127.0.0.1", port)}) as orthanc:
+        result = run_nodectl("send", "-v", "--progress", "plain", "--commit", "--commit-port", str(port),
+                             "--commit-timeout", "30", "-aec", orthanc.aet, "--summary-json", str(tmp_path / "s.json"),
+                             "127.0.0.1", str(orthanc.dicom_port), str(tmp_path / "in"))
+        assert result.returncode == 0, result.stderr + orthanc.log.read_text()[-3000:]
+        assert set(orthanc.rest.sop_instance_uids().values()) == set(sent) or len(orthanc.rest.instances()) == 4
+    job = job_summary(tmp_path / "s.json")["job"]
+    assert (job["committed"], job["not_committed"]) == (4, 0)
