@@ -341,3 +341,32 @@ def test_commit_report_from_orthanc_on_a_new_association(tmp_path: Path) -> None
         assert set(orthanc.rest.sop_instance_uids().values()) == set(sent) or len(orthanc.rest.instances()) == 4
     job = job_summary(tmp_path / "s.json")["job"]
     assert (job["committed"], job["not_committed"]) == (4, 0)
+
+
+def test_commit_failure_is_recorded_with_its_reason_and_exits_5(tmp_path: Path) -> None:
+    """An instance the node acknowledged but lost since (its file removed) fails commitment with
+    0x0110; the others commit; the job exits 5 and the report says which."""
+    sent = make_files(tmp_path / "in", 4)
+    (tmp_path / "node").mkdir()
+    node = serve(tmp_path / "node", workers=1)
+    journal = tmp_path / "job.journal"
+    peer = ["-aec", "NODE", "127.0.0.1", str(node.port), str(tmp_path / "in")]
+    try:
+        stored = run_nodectl("send", "--progress", "none", "--journal", str(journal), *peer)
+        assert stored.returncode == 0, stored.stderr
+        node.materialised()
+        lost = sorted(sent)[1]
+        (node.cwd / "store" / lost).unlink()
+        result = run_nodectl("send", "--progress", "plain", "--commit", "--commit-timeout", "30", "--journal",
+                             str(journal), "--summary-json", str(tmp_path / "s.json"), *peer)
+    finally:
+        node.stop()
+    assert result.returncode == 5, result.stderr
+    job = job_summary(tmp_path / "s.json")["job"]
+    assert (job["committed"], job["commit_failed"], job["not_committed"]) == (3, 1, 1)
+    conn = sqlite3.connect(str(journal))
+    rows = dict(conn.execute("SELECT sop_instance_uid, commit_reason FROM files WHERE commit_state = 'failed'"))
+    conn.close()
+    assert rows == {lost: "0x0110 Processing failure"}
+    report = run_nodectl("send", "--report", str(journal))
+    assert "commitment failed" in report.stdout
