@@ -41,12 +41,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from node import ul
 from node.errors import ConfigError
 from node.rate_limit import parse_rate
-from node.send_journal import JournalError, SendJournal
+from node.send_journal import JobTotals, JournalError, SendJournal
 from node.tools._lifetime import die_with_parent
 from node.tools.send_association import Lost, PeerOptions, associate_request
 from node.tools.send_commit import CommitUnsupported, run_commitment
@@ -56,6 +57,7 @@ from node.tools.send_report import (
     Progress,
     ProgressLogHandler,
     Tally,
+    add_totals,
     job_table,
     make_progress,
     summary,
@@ -84,6 +86,8 @@ EXIT_NOT_COMMITTED = 5
 EXIT_INTERRUPTED = 130
 MAX_ASSOCIATIONS = 64
 MAX_ASYNC = 256  # C-STOREs in flight per association: enough to hide any loopback or LAN round trip
+CHUNK_FILES = 20_000  # files scanned, planned and sent at a time: a job's memory grows with this, not with the job
+COMMIT_BATCH = 10_000  # instances per N-ACTION when --commit-batch does not say
 JOIN_GRACE = 10.0  # seconds a finished worker gets to exit before it is terminated
 
 EXIT_HELP = """\
@@ -210,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
              "committed (journal); exit 5 unless every one is committed",
     )
     job.add_argument(
-        "--commit-batch", type=_checked(int, lambda value: value >= 1, "must be 1 or more"), default=10_000,
-        metavar="N", help="instances per N-ACTION (default: 10000)",
+        "--commit-batch", type=_checked(int, lambda value: value >= 1, "must be 1 or more"), default=0,
+        metavar="N", help=f"send N files, ask for their commitment, send the next N... (default: commitment after "
+                          f"all the stores, {COMMIT_BATCH} instances per N-ACTION)",
     )
     job.add_argument(
         "--commit-port", type=int, default=0, metavar="PORT",
@@ -467,9 +472,43 @@ def limits_text(args: argparse.Namespace) -> str:
     return f"limit {', '.join(parts)}" if parts else ""
 
 
+_EXIT_RANK = {EXIT_ASSOCIATION: 0, EXIT_STORE_FAILED: 1, EXIT_NOT_COMMITTED: 2, EXIT_MISSING_PATH: 3, EXIT_OK: 4}
+
+
+def worse(a: int, b: int) -> int:
+    """The exit status that wins of two: 3 before 1 before 5 before 4 before 0."""
+    return a if _EXIT_RANK.get(a, -1) <= _EXIT_RANK.get(b, -1) else b
+
+
+@dataclass(slots=True)
+class RunSoFar:
+    """What a run has done over the chunks sent so far."""
+
+    status: int = EXIT_OK
+    associations: int = 0
+    already: int = 0
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    totals: JobTotals = field(default_factory=JobTotals)  # without a journal: this run's table
+    summary: dict[str, Any] | None = None  # --summary-json, merged chunk by chunk
+
+    def absorb(self, part: dict[str, Any] | None) -> None:
+        """Merge one chunk's summary into the run's."""
+        if part is None:
+            return
+        if self.summary is None:
+            self.summary = part
+            return
+        for key in ("sent", "failed", "skipped", "bytes", "associations"):
+            self.summary[key] += part[key]
+        for key in ("sent", "failed", "skipped"):
+            self.summary["files"][key].extend(part["files"][key])
+
+
 def run(args: argparse.Namespace) -> int:
-    """Check the TLS options and AE titles, then collect, skip what the journal has, scan,
-    send, report."""
+    """Check the TLS options and AE titles, then collect, and chunk by chunk skip what the
+    journal has, scan, send (and commit, with --commit-batch); then commit, report."""
     peer = {"host": args.addr, "port": args.port, "called_aet": args.called_aet, "calling_aet": args.calling_aet}
     try:
         tls = client_tls(args)
@@ -483,57 +522,84 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     level = log_level(args)
     files, missing = collect_files(args.path, args.recurse)
-    todo = resume(journal, files)
-    found = scan(todo.to_send)
-    recorder = JobRecorder(journal, todo.identities)
-    recorder.skipped(found.skipped)
-    progress = make_progress(args.progress, len(found.entries), found.total_bytes)
+    progress = make_progress(args.progress, 0, 0)
     progress.limit = limits_text(args)
-    status = EXIT_INTERRUPTED
+    done = RunSoFar()
+    chunk = args.commit_batch or CHUNK_FILES
     try:
         with progress_logging(progress, level):
             for path in missing:
                 LOGGER.error(f"Cannot access path: {path}")
-            for item in found.skipped:
-                LOGGER.warning(f"Skipped: {item.path}: {item.reason}")
-            if todo.already:
-                LOGGER.warning(f"Resuming: {todo.already} file(s) already acknowledged by the peer (journal), not sent again")
             try:
-                status, tally, associations = send(args, found, missing, progress, level, tls, recorder)
+                for first in range(0, len(files), chunk):
+                    send_chunk(args, files[first:first + chunk], missing if first == 0 else [], journal, progress,
+                               level, tls, done, peer)
+                    if done.status == EXIT_INTERRUPTED:
+                        break
+                if not files:
+                    send_chunk(args, [], missing, journal, progress, level, tls, done, peer)
             finally:
                 progress.close()
-            if args.commit and journal is not None and status != EXIT_INTERRUPTED:
-                status = commit(args, journal, tls, status)
+            if done.already:
+                LOGGER.warning(f"Resuming: {done.already} file(s) already acknowledged by the peer (journal), not sent again")
+            if args.commit and not args.commit_batch and journal is not None and done.status != EXIT_INTERRUPTED:
+                done.status = worse(done.status, commit(args, journal, tls))
             seconds = time.monotonic() - started
-            LOGGER.info(
-                f"done sent={len(tally.sent())} failed={len(tally.failed())} skipped={len(found.skipped)} "
-                f"bytes={tally.bytes} seconds={seconds:.2f} exit={status}"
-            )
+            LOGGER.info(f"done sent={done.sent} failed={done.failed} skipped={done.skipped} "
+                        f"bytes={done.totals.bytes} seconds={seconds:.2f} exit={done.status}")
         if journal is not None:
-            journal.end_run(status)
-        totals = journal.totals() if journal is not None else tally_totals(tally, found.skipped, seconds)
+            journal.end_run(done.status)
+        done.totals.seconds = seconds
+        totals = journal.totals() if journal is not None else done.totals
         if args.progress != "none" and level <= logging.CRITICAL:
             print(job_table(totals), file=sys.stderr)
-        if args.summary_json:
-            data = summary(tally=tally, skipped=found.skipped, missing=missing, seconds=seconds,
-                           exit_status=status, peer=peer, associations=associations)
-            data["already_acknowledged"] = todo.already
+        if args.summary_json and done.summary is not None:
+            done.summary.update(seconds=round(seconds, 3), exit_status=done.status, already_acknowledged=done.already)
             if journal is not None:
-                data["job"] = totals.as_dict()
-            write_summary(args.summary_json, data)
+                done.summary["job"] = totals.as_dict()
+            write_summary(args.summary_json, done.summary)
     finally:
         if journal is not None:
             journal.close()
-    return status
+    return done.status
 
 
-def commit(args: argparse.Namespace, journal: SendJournal, tls: ClientTls | None, status: int) -> int:
-    """The commitment phase; the exit status it leaves (5 unless every acknowledged
-    instance is committed, where no worse status applies)."""
+def send_chunk(args: argparse.Namespace, paths: list[str], missing: list[str], journal: SendJournal | None,
+               progress: Progress, level: int, tls: ClientTls | None, done: RunSoFar, peer: dict[str, Any]) -> None:
+    """One chunk of the file list: skip what the journal has, scan, send, record; so that a job's
+    memory grows with the chunk (``CHUNK_FILES``, or ``--commit-batch``), not with the job."""
+    todo = resume(journal, paths)
+    found = scan(todo.to_send)
+    recorder = JobRecorder(journal, todo.identities)
+    recorder.skipped(found.skipped)
+    progress.expect(len(found.entries), found.total_bytes)
+    for item in found.skipped:
+        LOGGER.warning(f"Skipped: {item.path}: {item.reason}")
+    status, tally, associations = send(args, found, missing, progress, level, tls, recorder)
+    if status == EXIT_INTERRUPTED:
+        done.status = status
+    else:
+        done.status = worse(done.status, status)
+    if args.commit and args.commit_batch and journal is not None and status != EXIT_INTERRUPTED:
+        done.status = worse(done.status, commit(args, journal, tls))
+    done.associations += associations
+    done.already += todo.already
+    done.sent += len(tally.sent())
+    done.failed += len(tally.failed())
+    done.skipped += len(found.skipped)
+    add_totals(done.totals, tally_totals(tally, found.skipped, 0.0))
+    if args.summary_json:
+        done.absorb(summary(tally=tally, skipped=found.skipped, missing=missing, seconds=0.0,
+                            exit_status=status, peer=peer, associations=associations))
+
+
+def commit(args: argparse.Namespace, journal: SendJournal, tls: ClientTls | None) -> int:
+    """The commitment phase for what the journal has acknowledged and not committed: 5 unless
+    every acknowledged instance of the job is committed, else 0."""
     journal.flush()
     peer = peer_options(args, tls)
     try:
-        outcome = run_commitment(journal, peer, batch=args.commit_batch, timeout=args.commit_timeout,
+        outcome = run_commitment(journal, peer, batch=args.commit_batch or COMMIT_BATCH, timeout=args.commit_timeout,
                                  commit_port=args.commit_port or None)
         for error in outcome.errors:
             LOGGER.error(f"Storage Commitment: {error}")
@@ -543,10 +609,7 @@ def commit(args: argparse.Namespace, journal: SendJournal, tls: ClientTls | None
         LOGGER.error(f"Storage Commitment not possible: {exc}; the stores still count, nothing is committed")
     except (Lost, OSError) as exc:
         LOGGER.error(f"Storage Commitment failed: {exc}")
-    totals = journal.totals()
-    if totals.not_committed and status in (EXIT_OK, EXIT_MISSING_PATH):
-        return EXIT_NOT_COMMITTED
-    return status
+    return EXIT_NOT_COMMITTED if journal.totals().not_committed else EXIT_OK
 
 
 def report(path: str) -> int:

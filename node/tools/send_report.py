@@ -57,6 +57,12 @@ class Progress:
         self.failed += 0 if result.sent else 1
         self.bytes += size
 
+    def expect(self, files: int, size: int) -> None:
+        """Count ``files`` more files of ``size`` dataset bytes in the totals (a job is planned
+        chunk by chunk)."""
+        self.total_files += files
+        self.total_bytes += size
+
     def write(self, line: str) -> None:
         """Print a log line without disturbing the progress display."""
         print(line, file=self.stream, flush=True)
@@ -120,6 +126,12 @@ class BarProgress(Progress):
         super().advance(result, size)
         self._postfix()
         self.bar.update(size)
+
+    def expect(self, files: int, size: int) -> None:
+        super().expect(files, size)
+        self.bar.total = self.total_bytes
+        self._postfix()
+        self.bar.refresh()
 
     def write(self, line: str) -> None:
         self.bar.write(line, file=self.stream)
@@ -283,3 +295,13 @@ def job_table(totals: JobTotals) -> str:
     rows += [("MB", f"{totals.bytes / 1e6:.2f}"), ("MB/s", f"{rate:.2f}"), ("runs", str(totals.runs))]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"  {label:<{width}}  {value:>10}" for label, value in rows)
+
+
+def add_totals(into: JobTotals, part: JobTotals) -> None:
+    """Add one chunk's counts to a run's (without a journal, the run's table is built so)."""
+    for name in ("files", "acknowledged", "sent_last_run", "already_there", "committed", "commit_failed", "bytes"):
+        setattr(into, name, getattr(into, name) + getattr(part, name))
+    into.runs = 1
+    for mine, theirs in ((into.failed_by_status, part.failed_by_status), (into.skipped_by_reason, part.skipped_by_reason)):
+        for key, count in theirs.items():
+            mine[key] = mine.get(key, 0) + count

@@ -370,3 +370,22 @@ def test_commit_failure_is_recorded_with_its_reason_and_exits_5(tmp_path: Path) 
     assert rows == {lost: "0x0110 Processing failure"}
     report = run_nodectl("send", "--report", str(journal))
     assert "commitment failed" in report.stdout
+
+
+def test_commit_batch_commits_every_n_files_as_the_job_goes(tmp_path: Path) -> None:
+    """--commit-batch 3: 3 files sent, their commitment, the next 3...; one summary for the run."""
+    sent = make_files(tmp_path / "in", 7)
+    (tmp_path / "node").mkdir()
+    node = serve(tmp_path / "node", workers=1)
+    try:
+        result = run_nodectl("send", "-v", "--progress", "plain", "--commit", "--commit-batch", "3", "-aec", "NODE",
+                             "--summary-json", str(tmp_path / "s.json"), "127.0.0.1", str(node.port), str(tmp_path / "in"))
+    finally:
+        node.stop()
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "commitment requested=" in line]
+    assert [line.split("requested=")[1].split()[0] for line in lines] == ["3", "3", "1"]
+    summary = job_summary(tmp_path / "s.json")
+    assert summary["sent"] == 7 and {f["sop_instance_uid"] for f in summary["files"]["sent"]} == set(sent)
+    assert (summary["job"]["committed"], summary["job"]["not_committed"]) == (7, 0)
+    assert "send: 7/7 files" in result.stderr
