@@ -34,6 +34,7 @@ When several apply, the lowest in this order wins: 3, 1, 4.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import multiprocessing
 import queue
@@ -51,7 +52,8 @@ from node.send_journal import JobTotals, JournalError, SendJournal
 from node.tools._lifetime import die_with_parent
 from node.tools.send_association import Lost, PeerOptions, associate_request
 from node.tools.send_commit import CommitUnsupported, run_commitment
-from node.tools.send_job import JobRecorder, is_transient, resume
+from node.tools.send_job import JobRecorder, chunks, is_transient, resume
+from node.tools.send_job import collect_files as stream_files
 from node.tools.send_plan import FileEntry, Scan, Task, plan, scan, tasks_for_worker
 from node.tools.send_report import (
     Progress,
@@ -71,7 +73,6 @@ from node.tools.storescu import (
     _Parser,
     add_logging_options,
     add_network_options,
-    collect_files,
 )
 from node.tools.tls_options import ClientTls, add_client_arguments, client_tls
 
@@ -521,7 +522,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     started = time.monotonic()
     level = log_level(args)
-    files, missing = collect_files(args.path, args.recurse)
+    files, missing = stream_files(args.path, args.recurse)
     progress = make_progress(args.progress, 0, 0)
     progress.limit = limits_text(args)
     done = RunSoFar()
@@ -531,13 +532,12 @@ def run(args: argparse.Namespace) -> int:
             for path in missing:
                 LOGGER.error(f"Cannot access path: {path}")
             try:
-                for first in range(0, len(files), chunk):
-                    send_chunk(args, files[first:first + chunk], missing if first == 0 else [], journal, progress,
-                               level, tls, done, peer)
+                for number, paths in enumerate(itertools.chain(chunks(files, chunk), [[]])):
+                    if number and not paths:
+                        break  # the empty list after the last chunk: only a job without files sends it
+                    send_chunk(args, paths, missing if number == 0 else [], journal, progress, level, tls, done, peer)
                     if done.status == EXIT_INTERRUPTED:
                         break
-                if not files:
-                    send_chunk(args, [], missing, journal, progress, level, tls, done, peer)
             finally:
                 progress.close()
             if done.already:

@@ -8,8 +8,10 @@ throughput loop (``send_association``) knows nothing of it.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from node.send_journal import ACKNOWLEDGED, FAILED, SKIPPED, Outcome, SendJournal, file_identity
@@ -17,6 +19,50 @@ from node.tools.send_plan import FileEntry, Skipped
 from node.tools.send_results import FileResult
 
 ALREADY_ACKNOWLEDGED = "already acknowledged (journal)"
+
+
+def collect_files(paths: Sequence[str], recurse: bool) -> tuple[Iterator[str], list[str]]:
+    """The files named or found under ``paths``, streamed, in the order and with the rules of
+    ``storescu.collect_files`` (sorted, de-duplicated, ``recurse`` for subdirectories); and the
+    paths that are neither file nor directory, at once.
+
+    Streamed so that a job of 1,000,000 files never holds its list: each directory is listed
+    and sorted on its own, a subdirectory ordered as its name plus ``/`` (which is where its
+    files fall in a sort of whole paths), and the named paths' streams merged.
+    """
+    streams: list[Iterator[str]] = []
+    missing: list[str] = []
+    for path in paths:
+        if os.path.isfile(path):
+            streams.append(iter([path]))
+        elif os.path.isdir(path):
+            streams.append(_walk(path, recurse))
+        else:
+            missing.append(path)
+    merged = heapq.merge(*streams)
+    return (path for path, _same in itertools.groupby(merged)), missing
+
+
+def _walk(directory: str, recurse: bool) -> Iterator[str]:
+    """Files under ``directory`` in whole-path sort order (symlinked directories not followed)."""
+    try:
+        with os.scandir(directory) as listing:
+            entries = [(entry.name + "/" if recurse and entry.is_dir(follow_symlinks=False) else entry.name, entry.path)
+                       for entry in listing]
+    except OSError:
+        return
+    for key, path in sorted(entries):
+        if key.endswith("/"):
+            yield from _walk(path, recurse)
+        elif os.path.isfile(path):
+            yield path
+
+
+def chunks(paths: Iterable[str], size: int) -> Iterator[list[str]]:
+    """``paths`` in lists of at most ``size``."""
+    stream = iter(paths)
+    while chunk := list(itertools.islice(stream, size)):
+        yield chunk
 
 
 def is_transient(status: int | None) -> bool:

@@ -389,3 +389,19 @@ def test_commit_batch_commits_every_n_files_as_the_job_goes(tmp_path: Path) -> N
     assert summary["sent"] == 7 and {f["sop_instance_uid"] for f in summary["files"]["sent"]} == set(sent)
     assert (summary["job"]["committed"], summary["job"]["not_committed"]) == (7, 0)
     assert "send: 7/7 files" in result.stderr
+
+
+def test_the_streamed_file_list_is_storescus_list(tmp_path: Path) -> None:
+    """Same files, same order, same missing paths as ``storescu.collect_files``, which holds the list."""
+    from node.tools.send_job import collect_files as streamed
+    from node.tools.storescu import collect_files as held
+
+    for name in ("a.dcm", "a/1", "a/b/2", "a-b/3", "z", "b.x", "a0", "sub/deep/er/f", "a/b.c"):
+        (tmp_path / "t" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "t" / name).write_text("x")
+    (tmp_path / "t" / "link").symlink_to(tmp_path / "t" / "a")
+    root = str(tmp_path / "t")
+    for paths in ([root], [root, f"{root}/z", f"{root}/nope"], [f"{root}/a", root]):
+        for recurse in (True, False):
+            files, missing = streamed(paths, recurse)
+            assert (list(files), missing) == held(paths, recurse)
