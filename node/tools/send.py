@@ -598,16 +598,17 @@ def commit(args: argparse.Namespace, journal: SendJournal, tls: ClientTls | None
     every acknowledged instance of the job is committed, else 0."""
     journal.flush()
     peer = peer_options(args, tls)
+    started = time.monotonic()
     try:
         outcome = run_commitment(journal, peer, batch=args.commit_batch or COMMIT_BATCH, timeout=args.commit_timeout,
                                  commit_port=args.commit_port or None)
         for error in outcome.errors:
             LOGGER.error(f"Storage Commitment: {error}")
         LOGGER.info(f"commitment requested={outcome.requested} committed={outcome.committed} failed={outcome.failed} "
-                    f"unanswered={outcome.unanswered}")
+                    f"unanswered={outcome.unanswered} seconds={time.monotonic() - started:.2f}")
     except CommitUnsupported as exc:
         LOGGER.error(f"Storage Commitment not possible: {exc}; the stores still count, nothing is committed")
-    except (Lost, OSError) as exc:
+    except (Lost, OSError, ul.LocalProtocolError) as exc:
         LOGGER.error(f"Storage Commitment failed: {exc}")
     return EXIT_NOT_COMMITTED if journal.totals().not_committed else EXIT_OK
 

@@ -405,3 +405,16 @@ def test_the_streamed_file_list_is_storescus_list(tmp_path: Path) -> None:
         for recurse in (True, False):
             files, missing = streamed(paths, recurse)
             assert (list(files), missing) == held(paths, recurse)
+
+
+def test_the_n_action_dataset_encoded_directly_is_the_one_pydicom_reads() -> None:
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    from node import commitment as sc
+    from node.tools.send_commit import request_bytes
+
+    refs = tuple(sc.Ref("1.2.840.10008.5.1.4.1.1.2", f"1.2.3.{n}" + "1" * (n % 2)) for n in range(50))
+    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
+        data = request_bytes("1.2.3.45", refs, syntax)
+        assert sc.parse_request(sc.ACTION_REQUEST_COMMITMENT, sc.SOP_CLASS, sc.SOP_INSTANCE, data, syntax) == \
+            sc.Request("1.2.3.45", refs)
