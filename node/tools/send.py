@@ -19,7 +19,12 @@ Compared with ``nodectl storescu`` (which keeps pynetdicom's exit 0 whatever hap
   and change the exit status; ``--retry`` re-associates after refusals and aborts;
 - a progress display and ``--summary-json`` (``send_report.py``);
 - TLS with ``--tls-ca/--tls-cert/--tls-key/--tls-min-version/--tls-ciphers``, named like
-  ``nodectl serve``'s ``--tls-*`` (``tls_options.py``), in every worker process.
+  ``nodectl serve``'s ``--tls-*`` (``tls_options.py``), in every worker process;
+- a job's options (``send_job.py``, ``node/send_journal.py``, ``node/rate_limit.py``,
+  ``send_commit.py``): ``--journal`` (resume), ``--rate``/``--max-mbps``,
+  ``--retry-transient`` (0xA7xx sent again on a later pass), ``--commit`` (Storage
+  Commitment), a table at the end and ``nodectl send --report FILE.journal``; the file list
+  is streamed and sent in chunks, so memory does not grow with the job.
 
 Exit status (also in ``--help`` and docs/cli/send.md):
   0 every DICOM file was stored (Success or Warning status); skipped files allowed
@@ -27,8 +32,9 @@ Exit status (also in ``--help`` and docs/cli/send.md):
   2 command line error (also an unreadable --tls-* file or a bad cipher string)
   3 association failure (also a failed TLS handshake): refused, rejected or aborted, retries exhausted; files unsent
   4 a path on the command line does not exist (the files that do exist were sent)
+  5 --commit: an acknowledged instance is not committed
   130 interrupted (Ctrl-C); the summary lists what had been sent
-When several apply, the lowest in this order wins: 3, 1, 4.
+When several apply, the first in this order wins: 3, 1, 5, 4.
 """
 
 from __future__ import annotations

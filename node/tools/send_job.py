@@ -81,14 +81,17 @@ class Resume:
 
 
 def resume(journal: SendJournal | None, paths: Iterable[str]) -> Resume:
-    """The files not yet acknowledged, or changed (size, mtime) since they were."""
+    """The files not yet acknowledged, or changed (size, mtime) since they were; without a
+    journal, every file (and no stat)."""
+    if journal is None:
+        return Resume(to_send=list(paths))
     found = Resume()
     for path in paths:
         identity = file_identity(path)
         if identity is None:
             found.to_send.append(path)  # the scan says why it cannot be read
             continue
-        if journal is not None and journal.acknowledged(os.path.abspath(path), identity):
+        if journal.acknowledged(os.path.abspath(path), identity):
             found.already += 1
             continue
         found.to_send.append(path)
