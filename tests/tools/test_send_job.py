@@ -446,3 +446,36 @@ def test_the_quick_report_reader_reads_what_pydicom_reads() -> None:
     with pytest.raises(sc.CommitmentError) as broken:
         quick_report(rq, sc.encode(no_uid), ImplicitVRLittleEndian)
     assert broken.value.status == sc.STATUS_INVALID_ARGUMENT_VALUE
+
+
+@needs_dcmtk
+def test_ctrl_c_ends_the_run_with_130_and_its_outcomes_kept(tmp_path: Path) -> None:
+    """SIGINT mid-job: exit 130, the run closed in the journal with 130, what was acknowledged
+    kept, and the next run sends the rest only."""
+    sent = make_files(tmp_path / "in", 90)
+    journal = tmp_path / "job.journal"
+    with dcmtk_storescp(tmp_path) as scp:
+        job = ["send", "-j", "2", "--progress", "none", "--journal", str(journal), "127.0.0.1", str(scp.port),
+               str(tmp_path / "in")]
+        sender = subprocess.Popen([*NODECTL, *job[:1], "--rate", "30/s", *job[1:]], cwd=REPO, stdin=subprocess.DEVNULL,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: len(journal_rows(journal)) >= 20 or sender.poll() is not None, timeout=60,
+                       what="20 outcomes in the journal")
+            sender.send_signal(signal.SIGINT)
+            assert sender.wait(timeout=30) == 130
+        finally:
+            if sender.poll() is None:
+                sender.kill()
+                sender.wait()
+        conn = sqlite3.connect(str(journal))
+        runs = conn.execute("SELECT exit_status FROM runs").fetchall()
+        conn.close()
+        assert runs == [(130,)]
+        first = {uid for uid, (kind, _run) in journal_rows(journal).items() if kind == ACKNOWLEDGED}
+        assert 20 <= len(first) < len(sent)
+        rest = run_nodectl(*job, "--summary-json", str(tmp_path / "s.json"))
+        assert rest.returncode == 0, rest.stderr
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert {f["sop_instance_uid"] for f in summary["files"]["sent"]} == set(sent) - first
+    assert summary["job"]["acknowledged"] == len(sent)
