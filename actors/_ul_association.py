@@ -1,4 +1,4 @@
-"""The worker's association thread for storage and verification: a thin shell on node.ul.
+"""The worker's association thread: a thin shell on node.ul for every acceptor association.
 
 Read, feed the engine, act on its events, write: the engine (node/ul) keeps PS3.8's state
 machine, reassembles and fragments P-DATA and checks the DIMSE rules; this module owns the
@@ -10,28 +10,42 @@ socket, the clock (ARTIM and the idle timeout as socket timeouts) and the node's
   reports them, so a 1 GiB instance never sits in memory;
 * the C-STORE-RSP goes out only after the writer says the file is durable
   (``Worker.store_instance``);
-* one operation at a time (no asynchronous window is answered), so the peer's own window
-  keeps it from running ahead.
+* one operation at a time, unless the node offers an asynchronous operations window
+  (``network.max_ops_invoked``/``max_ops_performed``, dcm4che's options) and the requestor
+  proposed one: then up to the negotiated number of C-STOREs (at most ``MAX_IN_FLIGHT``)
+  are made durable at once by a small pool of threads while the reader goes on, each
+  answered by its Message ID as soon as it is durable; the engine, shared between them,
+  is used under one lock, and the reader waits for a free slot (TCP backpressure);
+* Storage Commitment (actors/commitment_io.py, the tracker): an N-ACTION-RQ goes to the
+  tracker and its status back in the N-ACTION-RSP; when the tracker says ``deliver_here``
+  the N-EVENT-REPORT-RQ follows on this association (unless the peer is already releasing)
+  and the status of its RSP goes back as ``ReportDelivered``; an N-EVENT-REPORT-RQ from a
+  peer is forwarded to the tracker and answered with its status.
 
-A request that needs more than C-STORE and C-ECHO (Storage Commitment, role selection, user
-identity, extended negotiation) still goes, with the bytes already read, to pynetdicom's
-association (``Worker.fall_back``) until those services run on the engine too (issue 13).
-A peer's protocol violation costs one WARNING line naming the peer and the reason.
+Role selection, extended negotiation and user identity are answered by the engine's
+negotiation (``node.ul.negotiate``) under the listener's policy (node/receive.py). A peer's
+protocol violation costs one WARNING line naming the peer and the reason.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import select
 import socket
+import ssl
 import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
+from actors import _app_log, commitment_io
+from node import commitment as sc
 from node import ul
 from node.errors import STATUS_OUT_OF_RESOURCES
-from node.messages import HandOff
-from node.receive import VERIFICATION, Received
+from node.messages import CommitmentAnswer, ForwardReport, HandOff, RequestCommitment
+from node.receive import STORAGE_COMMITMENT, VERIFICATION, Received, refuse_commitment_without_scp_role
 from node.storage import PREAMBLE
 
 if TYPE_CHECKING:
@@ -39,11 +53,34 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("actors.worker")
 
+# Control characters as escapes: a peer's AE title or UID may carry a newline, which would
+# split a WARNING line and let a peer write lines of its own into the log.
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127) if code != 9}
+
+
+def _one_line(record: logging.LogRecord) -> bool:
+    """Logging filter: every record about an association stays on one line whatever the peer sent."""
+    message = record.getMessage()
+    escaped = message.translate(_CONTROL_ESCAPES)
+    if escaped != message:
+        record.msg, record.args = escaped, ()
+    return True
+
+
+log.addFilter(_one_line)
+logging.getLogger(commitment_io.log.name).addFilter(_one_line)
+
 READ_SIZE = 1 << 16
 
 # How long to wait for the peer to close after an A-ASSOCIATE-RJ or A-RELEASE-RP (the
 # requestor closes the connection, PS3.8 7.1.4 / 7.2), before closing it ourselves.
 CLOSE_WAIT_S = 1.0
+
+# C-STOREs one association makes durable at once, whatever window was negotiated.
+MAX_IN_FLIGHT = 16
+
+# Action and Event Information is held in memory: a 50,000-instance request is ~10 MB.
+MAX_COMMITMENT_INFO = 64 << 20
 
 
 @dataclass
@@ -88,22 +125,37 @@ class _Incoming:
                 pass
 
 
-def fall_back_reason(request: ul.AssociateRequest, served: frozenset[str]) -> str | None:
-    """Why this request needs pynetdicom's association; None when the engine shell serves it."""
-    for what, items in (("role selection", request.roles), ("extended negotiation", request.extended),
-                        ("common extended negotiation", request.common_extended)):
-        if items:
-            return f"proposes {what}"
-    if request.user_identity is not None:
-        return "proposes user identity"
-    for context in request.contexts:
-        if context.abstract_syntax not in served:
-            return f"proposes {context.abstract_syntax}"
-    return None
+@dataclass
+class _Collecting:
+    """An N-ACTION-RQ's or N-EVENT-REPORT-RQ's information arriving, kept in memory (bounded)."""
+
+    context_id: int
+    command: ul.NActionRQ | ul.NEventReportRQ
+    data: bytearray = field(default_factory=bytearray)
+    overflow: bool = False
+
+    def add(self, data: bytes) -> None:
+        if self.overflow or len(self.data) + len(data) > MAX_COMMITMENT_INFO:
+            self.overflow = True
+            self.data = bytearray()
+            return
+        self.data += data
+
+    def discard(self) -> None:
+        self.data = bytearray()
+
+
+@dataclass
+class _Report:
+    """Our N-EVENT-REPORT-RQ on the requester's association, awaiting its RSP."""
+
+    message_id: int
+    answer: CommitmentAnswer
+    deadline: float
 
 
 class EngineAssociation(threading.Thread):
-    """Serves one accepted connection; ``is_alive``/``abort`` follow a fall-back association."""
+    """Serves one accepted connection from its A-ASSOCIATE-RQ to its close."""
 
     def __init__(self, worker: Worker, conn: socket.socket, handoff: HandOff, live: _Live) -> None:
         super().__init__(name=f"assoc-{handoff.assoc_id}", daemon=True)
@@ -111,43 +163,44 @@ class EngineAssociation(threading.Thread):
         self.conn = conn
         self.handoff = handoff
         self.live = live
-        self.delegate: Any = None  # pynetdicom's Association when the request needed it
         net = worker.config.network
         self.engine = ul.Association(ul.Role.ACCEPTOR, pdu_limit=worker.max_pdu_read, data_limit=worker.max_pdu_read,
                                      send_cap=net.max_pdu_send)
         self.acse_timeout = (net.request_timeout_ms / 1000) if net.request_timeout_ms else net.acse_timeout
         self.idle_timeout = (net.idle_timeout_ms / 1000) if net.idle_timeout_ms else net.network_timeout
-        self._read_so_far = bytearray()  # until the A-ASSOCIATE-RQ is decoded: a fall-back replays it
-        self._incoming: _Incoming | None = None
+        self._incoming: _Incoming | _Collecting | None = None
+        self._report: _Report | None = None
+        self._next_message_id = 0
+        self._tracker: commitment_io.TrackerClient | None = None
         self._spools = 0
         self._closed = False
+        self._lock = threading.Lock()  # the engine and the socket's sending side
+        self._pool: ThreadPoolExecutor | None = None  # with a negotiated window above 1
+        self._slots: threading.BoundedSemaphore | None = None
+        self._in_flight: set[Future[None]] = set()
+
+    @property
+    def peer(self) -> str:
+        return f"{self.handoff.peer_host}:{self.handoff.peer_port}"
 
     # ----- what the worker's main loop sees -------------------------------------------------
 
-    def is_alive(self) -> bool:
-        if self.delegate is not None:
-            return bool(self.delegate.is_alive())
-        return super().is_alive()
-
     def abort(self) -> None:
-        """A-ABORT and close (worker shutdown); a fall-back association aborts itself."""
-        if self.delegate is not None:
-            self.delegate.abort()
-            return
+        """A-ABORT and close (worker shutdown)."""
         self._send_quietly(ul.abort_pdu())
         self._close()
 
     # ----- the association ------------------------------------------------------------------
 
     def run(self) -> None:
-        aid, peer = self.handoff.assoc_id, f"{self.handoff.peer_host}:{self.handoff.peer_port}"
+        aid, peer = self.handoff.assoc_id, self.peer
         try:
             self._serve()
         except ul.ProtocolViolation as exc:
             log.warning("assoc=%s peer=%s aborted: %s", aid, peer, exc)
             self._send_quietly(exc.abort_pdu)
-        except TimeoutError:
-            log.warning("assoc=%s peer=%s timed out waiting for the peer: aborting", aid, peer)
+        except TimeoutError as exc:
+            log.warning("assoc=%s peer=%s %s: aborting", aid, peer, exc)
             self._send_quietly(ul.abort_pdu())
         except OSError as exc:
             log.warning("assoc=%s peer=%s connection failed: %s", aid, peer, exc)
@@ -157,32 +210,50 @@ class EngineAssociation(threading.Thread):
         finally:
             if self._incoming is not None:
                 self._incoming.discard()
-            if self.delegate is None:
-                self._close()
+            if self._pool is not None:  # stores under way finish (bounded by the write timeout)
+                self._pool.shutdown(wait=True)
+            self._report_outcome(-1)
+            self._close()
 
     def _serve(self) -> None:
         engine = self.engine
-        while engine.state is not ul.State.STA1 and self.delegate is None:
+        while engine.state is not ul.State.STA1:
             data = self._read()
             if data is None:  # ARTIM ran out: close (Sta2: no whole request came; Sta13: no close came)
                 if engine.state is ul.State.STA2:
-                    log.warning("assoc=%s peer=%s:%d sent no whole A-ASSOCIATE-RQ in %.1f s: closing", self.handoff.assoc_id,
-                                self.handoff.peer_host, self.handoff.peer_port, self.acse_timeout)
-                engine.artim_expired()
+                    log.warning("assoc=%s peer=%s sent no whole A-ASSOCIATE-RQ in %.1f s: closing", self.handoff.assoc_id,
+                                self.peer, self.acse_timeout)
+                with self._lock:
+                    engine.artim_expired()
                 continue
-            if self._read_so_far is not None:
-                self._read_so_far += data
-            engine.receive_data(data)
-            for event in engine.events():
-                self._on_event(event)
-                if self.delegate is not None:
-                    return
+            self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        with self._lock:
+            self.engine.receive_data(data)
+        self._take_events()
+
+    def _take_events(self) -> None:
+        """Act on every event the buffered bytes make (the engine only under the lock)."""
+        while True:
+            with self._lock:
+                event = self.engine.next_event()
+            if isinstance(event, ul.NeedData):
+                return
+            self._on_event(event)
+            if isinstance(event, ul.ConnectionClosed):
+                return
 
     def _read(self) -> bytes | None:
         """The next bytes from the peer (b"" when it closed); None when ARTIM expired."""
         engine = self.engine
+        report_wait = None
+        if self._report is not None:
+            report_wait = max(0.0, self._report.deadline - time.monotonic())
         if engine.artim_running:  # Sta2: the request timeout; Sta13: the wait for the peer to close
             self.conn.settimeout(self.acse_timeout if engine.state is ul.State.STA2 else CLOSE_WAIT_S)
+        elif report_wait is not None:
+            self.conn.settimeout(min(report_wait, self.idle_timeout) if self.idle_timeout else report_wait)
         else:
             self.conn.settimeout(self.idle_timeout or None)
         try:
@@ -190,7 +261,10 @@ class EngineAssociation(threading.Thread):
         except TimeoutError:
             if engine.artim_running:
                 return None
-            raise
+            if self._report is not None:
+                self._report_outcome(-1)
+                raise TimeoutError(f"no N-EVENT-REPORT-RSP in {commitment_io.SAME_ASSOCIATION_DIMSE_S:.0f} s") from None
+            raise TimeoutError("timed out waiting for the peer") from None
         except ConnectionResetError:
             data = b""
         try:  # a Nagle-on peer waits for our ACK of a partial PDU: do not delay it (up to 40 ms)
@@ -209,43 +283,48 @@ class EngineAssociation(threading.Thread):
             self._on_fragment(event)
         elif isinstance(event, ul.ReleaseRequest):
             if self._incoming is not None:
-                log.warning("assoc=%s released in the middle of a message", aid)
-            self._send(self.engine.send(ul.ReleaseReply()))
+                log.warning("assoc=%s peer=%s released in the middle of a message", aid, self.peer)
+            self._wait_for_operations()
+            self._send_event(ul.ReleaseReply())
+            _app_log.released()
         elif isinstance(event, ul.Abort):
             log.info("assoc=%s aborted (source %d, reason %d)", aid, event.source, event.reason)
+            _app_log.aborted()
         elif isinstance(event, ul.ConnectionClosed) and self.engine.request is None:
             log.info("assoc=%s connection closed by the peer before a request", aid)
 
     def _on_request(self, request: ul.AssociateRequest) -> None:
-        reason = fall_back_reason(request, self.worker.lean_syntaxes)
-        if reason is not None:
-            log.debug("assoc=%s %s: pynetdicom's association serves it", self.handoff.assoc_id, reason)
-            self.delegate = self.worker.fall_back(self.live, self.conn, bytes(self._read_so_far))
-            return
-        self._read_so_far = None  # type: ignore[assignment]
+        _app_log.associate_request(request)
         refusal = self.worker.admit_request(self.live, request.called_ae, request.calling_ae)
+        answer: ul.AssociateAccept | ul.AssociateReject
         if refusal is not None:
-            self._send(self.engine.send(ul.AssociateReject(result=refusal.result, source=refusal.source, reason=refusal.reason)))
-            return
-        answer = ul.negotiate(request, self.worker.acceptor_policy(self.live))
-        self._send(self.engine.send(answer))
+            answer = ul.AssociateReject(result=refusal.result, source=refusal.source, reason=refusal.reason)
+        else:
+            answer = ul.negotiate(request, self.worker.acceptor_policy(self.live))
+        if isinstance(answer, ul.AssociateAccept) and self.worker.config.commitment.role_reject:
+            answer = refuse_commitment_without_scp_role(request, answer)
+        _app_log.associate_answer(request, answer)
+        self._send_event(answer)
         if isinstance(answer, ul.AssociateAccept):
+            self._open_window()
             log.info("assoc=%s calling=%s called=%s accepted %d context(s)", self.handoff.assoc_id, request.calling_ae,
                      request.called_ae, len(self.engine.contexts))
 
     def _on_command(self, event: ul.Command) -> None:
-        """Answer a C-ECHO now; start receiving a C-STORE's dataset."""
+        """Answer a C-ECHO now; start receiving a C-STORE's dataset or a commitment's information."""
         message, context = event.message, self.engine.contexts[event.context_id]
+        _app_log.command_received(event.context_id, message)
         if isinstance(message, ul.CCancelRQ):
             return  # nothing outstanding to cancel: one operation at a time
         if isinstance(message, ul.CEchoRQ) and context.abstract_syntax == VERIFICATION:
-            self._send(self.engine.send_message(event.context_id, ul.CEchoRSP(
-                message_id_being_responded_to=message.message_id, status=0, affected_sop_class_uid=message.affected_sop_class_uid)))
+            self._send_message(event.context_id, ul.CEchoRSP(
+                message_id_being_responded_to=message.message_id, status=0, affected_sop_class_uid=message.affected_sop_class_uid))
+            return
+        if context.abstract_syntax == STORAGE_COMMITMENT:
+            self._on_commitment_command(event.context_id, message)
             return
         if not isinstance(message, ul.CStoreRQ) or context.abstract_syntax == VERIFICATION:
-            raise ul.ProtocolViolation(f"{type(message).__name__} is not served on context {event.context_id} "
-                                       f"({context.abstract_syntax})", ul.REASON_UNEXPECTED_PDU,
-                                       abort_pdu=self._abort_bytes(ul.REASON_UNEXPECTED_PDU))
+            self._refuse(f"{type(message).__name__} is not served on context {event.context_id} ({context.abstract_syntax})")
         if not message.has_dataset:
             raise ul.ProtocolViolation("C-STORE-RQ without a dataset", ul.REASON_INVALID_PARAMETER,
                                        abort_pdu=self._abort_bytes(ul.REASON_INVALID_PARAMETER))
@@ -266,38 +345,190 @@ class EngineAssociation(threading.Thread):
         self._incoming = _Incoming(event.context_id, message, received, self.worker.meta_cache.meta(received),
                                    self.worker.config.store.inline_threshold, spool)
 
+    def _refuse(self, why: str) -> None:
+        """A DIMSE message this node does not serve: abort (AA-1), naming it."""
+        raise ul.ProtocolViolation(why, ul.REASON_UNEXPECTED_PDU, abort_pdu=self._abort_bytes(ul.REASON_UNEXPECTED_PDU))
+
     def _on_fragment(self, event: ul.DatasetFragment) -> None:
         incoming = self._incoming
         assert incoming is not None  # the engine sends no dataset fragment without a command
         incoming.add(event.data)
-        if event.last:
-            self._incoming = None
-            self._store(incoming)
-
-    def _store(self, incoming: _Incoming) -> None:
-        """Make the instance durable (or not, as the store options say), then answer."""
-        incoming.finish()
+        if not event.last:
+            return
+        self._incoming = None
+        if isinstance(incoming, _Collecting):
+            self._commitment(incoming)
+            return
         self.live.stores += 1
+        if self._pool is None:
+            self._store(incoming, self.live.stores)
+            return
+        assert self._slots is not None
+        self._slots.acquire()  # the reader pauses while MAX_IN_FLIGHT stores are under way
+        future = self._pool.submit(self._store, incoming, self.live.stores)
+        with self._lock:
+            self._in_flight.add(future)
+        future.add_done_callback(self._operation_done)
+
+    def _open_window(self) -> None:
+        """A negotiated window above one operation: the pool that performs them."""
+        window = self.engine.max_performed
+        if window == 1 or isinstance(self.conn, ssl.SSLSocket):
+            return  # TLS: one SSL object must not be read and written from two threads at once
+        size = min(window or MAX_IN_FLIGHT, MAX_IN_FLIGHT)
+        self._pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"store-{self.handoff.assoc_id}")
+        self._slots = threading.BoundedSemaphore(size)
+        log.info("assoc=%s asynchronous window: %d operation(s) performed at once", self.handoff.assoc_id, size)
+
+    def _operation_done(self, future: Future[None]) -> None:
+        with self._lock:
+            self._in_flight.discard(future)
+        assert self._slots is not None
+        self._slots.release()
+
+    def _wait_for_operations(self) -> None:
+        """Every C-STORE under way answered before the release is (PS3.7: the peer should
+        not release with operations outstanding; if it does, they still end in order)."""
+        with self._lock:
+            pending = list(self._in_flight)
+        for future in pending:
+            future.result()
+
+    def _store(self, incoming: _Incoming, number: int) -> None:
+        """Make the instance durable (or not, as the store options say), then answer by Message ID."""
+        incoming.finish()
         try:
-            status = self.worker.store_with_options(self.live.stores, lambda: self.worker.store_instance(self.live, incoming))
+            status = self.worker.store_with_options(number, lambda: self.worker.store_instance(self.live, incoming))
         except Exception:  # never leave the peer without an answer
             log.exception("assoc=%s sop=%s store failed", self.handoff.assoc_id, incoming.received.sop_instance_uid)
             status = STATUS_OUT_OF_RESOURCES
         finally:
             incoming.discard()
         rq = incoming.command
-        self._send(self.engine.send_message(incoming.context_id, ul.CStoreRSP(
-            message_id_being_responded_to=rq.message_id, status=status, affected_sop_class_uid=rq.affected_sop_class_uid,
-            affected_sop_instance_uid=rq.affected_sop_instance_uid)))
+        rsp = ul.CStoreRSP(message_id_being_responded_to=rq.message_id, status=status, affected_sop_class_uid=rq.affected_sop_class_uid,
+                           affected_sop_instance_uid=rq.affected_sop_instance_uid)
+        if self._pool is None:
+            self._send_message(incoming.context_id, rsp)
+            return
+        try:  # a pool thread: the association may have ended meanwhile
+            self._send_message(incoming.context_id, rsp)
+        except (ul.LocalProtocolError, OSError) as exc:
+            log.info("assoc=%s sop=%s response not sent, the association ended: %s", self.handoff.assoc_id,
+                     rq.affected_sop_instance_uid, exc)
+
+    # ----- storage commitment ----------------------------------------------------------------
+
+    def _on_commitment_command(self, context_id: int, message: ul.Message) -> None:
+        """N-ACTION-RQ or N-EVENT-REPORT-RQ: collect its information; the RSP to our report."""
+        if isinstance(message, ul.NEventReportRSP):
+            self._report_outcome(message.status)
+            return
+        if not isinstance(message, (ul.NActionRQ, ul.NEventReportRQ)):
+            self._refuse(f"{type(message).__name__} is not served on the Storage Commitment context {context_id}")
+        collecting = _Collecting(context_id, message)  # type: ignore[arg-type]
+        if message.has_dataset:
+            self._incoming = collecting
+        else:
+            self._commitment(collecting)
+
+    def _commitment(self, collected: _Collecting) -> None:
+        """Ask the tracker, answer the peer; a promised report follows on this association."""
+        message = collected.command
+        data = bytes(collected.data) if collected.command.has_dataset else None
+        if isinstance(message, ul.NActionRQ):
+            status, here = (sc.STATUS_RESOURCE_LIMITATION, None) if collected.overflow else \
+                commitment_io.request_commitment(self._tracker_client(), self._tracker_message(collected), data)  # type: ignore[arg-type]
+            self._send_message(collected.context_id, ul.NActionRSP(
+                message_id_being_responded_to=message.message_id, status=status,
+                affected_sop_class_uid=message.requested_sop_class_uid,
+                affected_sop_instance_uid=message.requested_sop_instance_uid, action_type_id=message.action_type_id))
+            if here is not None:
+                self._deliver_here(collected.context_id, here)
+            return
+        status = sc.STATUS_RESOURCE_LIMITATION if collected.overflow else \
+            commitment_io.forward_report(self._tracker_client(), self._tracker_message(collected), data)  # type: ignore[arg-type]
+        self._send_message(collected.context_id, ul.NEventReportRSP(
+            message_id_being_responded_to=message.message_id, status=status,
+            affected_sop_class_uid=message.affected_sop_class_uid,
+            affected_sop_instance_uid=message.affected_sop_instance_uid, event_type_id=message.event_type_id))
+
+    def _tracker_client(self) -> commitment_io.TrackerClient:
+        if self._tracker is None:
+            self._tracker = commitment_io.TrackerClient(self.worker.config, self.worker.ctx, self.worker.name)
+        return self._tracker
+
+    def _tracker_message(self, collected: _Collecting) -> RequestCommitment | ForwardReport:
+        """The tracker's message for a collected N-ACTION-RQ or N-EVENT-REPORT-RQ."""
+        message, request = collected.command, self.engine.request
+        assert request is not None
+        common = dict(transfer_syntax=self.engine.contexts[collected.context_id].transfer_syntax,
+                      calling_aet=request.calling_ae, called_aet=self.worker.called_aet(self.live), assoc_id=self.handoff.assoc_id)
+        if isinstance(message, ul.NActionRQ):
+            return RequestCommitment(action_type=message.action_type_id, sop_class_uid=message.requested_sop_class_uid,
+                                     sop_instance_uid=message.requested_sop_instance_uid, peer_host=self.handoff.peer_host, **common)
+        return ForwardReport(event_type=message.event_type_id, sop_class_uid=message.affected_sop_class_uid,
+                             sop_instance_uid=message.affected_sop_instance_uid, **common)
+
+    def _deliver_here(self, context_id: int, answer: CommitmentAnswer) -> None:
+        """Send the promised N-EVENT-REPORT-RQ after the N-ACTION-RSP; its RSP is awaited by the loop.
+
+        A requester that releases right after the N-ACTION-RSP ignores P-DATA while releasing
+        (PS3.8): bytes it sends within ``SETTLE_S`` are read first, and a release among them
+        leaves the report to the tracker's outbox.
+        """
+        self._settle()
+        if not self.engine.established or self._report is not None:
+            self._report_delivered(answer, -1)
+            return
+        report = commitment_io.report_of(answer)
+        data = sc.encode(sc.report_dataset(report), self.engine.contexts[context_id].transfer_syntax)
+        self._next_message_id = self._next_message_id % 0xFFFF + 1
+        self._report = _Report(self._next_message_id, answer, time.monotonic() + commitment_io.SAME_ASSOCIATION_DIMSE_S)
+        self._send_message(context_id, ul.NEventReportRQ(
+            message_id=self._next_message_id, affected_sop_class_uid=sc.SOP_CLASS, affected_sop_instance_uid=sc.SOP_INSTANCE,
+            event_type_id=report.event_type), data)
+
+    def _settle(self) -> None:
+        """Act on what the peer has sent already, or sends within ``SETTLE_S`` (an A-RELEASE-RQ on its way)."""
+        before = self.engine.state
+        for event in self.engine.events():  # PDUs read with the N-ACTION's last one
+            self._on_event(event)
+        if self.engine.state is not before:
+            return
+        pending = getattr(self.conn, "pending", None)  # TLS: bytes already decrypted
+        if not (pending and pending()) and not select.select([self.conn], [], [], commitment_io.SETTLE_S)[0]:
+            return
+        self.conn.settimeout(commitment_io.SETTLE_S)
+        try:
+            data = self.conn.recv(READ_SIZE)
+        except TimeoutError:
+            return
+        self._feed(data)
+
+    def _report_outcome(self, status: int) -> None:
+        """The RSP to our report came (its status), or never will (-1): tell the tracker once."""
+        report, self._report = self._report, None
+        if report is not None:
+            self._report_delivered(report.answer, status)
+
+    def _report_delivered(self, answer: CommitmentAnswer, status: int) -> None:
+        commitment_io.report_delivered(self._tracker_client(), answer, status, self.handoff.assoc_id)
 
     # ----- the socket -----------------------------------------------------------------------
 
     def _abort_bytes(self, reason: int) -> bytes:
         """Our own abort for a DIMSE request we do not serve: the engine's state follows (AA-1)."""
-        return self.engine.send(ul.Abort(source=ul.SOURCE_SERVICE_PROVIDER, reason=reason))
+        with self._lock:
+            return self.engine.send(ul.Abort(source=ul.SOURCE_SERVICE_PROVIDER, reason=reason))
 
-    def _send(self, data: bytes) -> None:
-        self.conn.sendall(data)
+    def _send_event(self, event: ul.Event) -> None:
+        """The engine's bytes for ``event``, written in the order the engine made them."""
+        with self._lock:
+            self.conn.sendall(self.engine.send(event))
+
+    def _send_message(self, context_id: int, message: ul.Message, dataset: bytes | None = None) -> None:
+        with self._lock:
+            self.conn.sendall(self.engine.send_message(context_id, message, dataset))
 
     def _send_quietly(self, data: bytes) -> None:
         if self._closed or not data:

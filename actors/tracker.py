@@ -18,10 +18,13 @@ Results come back through a queue and are recorded by the loop thread, which alo
 the database.
 
 Clusters (several nodes on one PostgreSQL database, docs/operations.md): due reports are
-leased (``TransactionStore.outbox_claim``), so two trackers never send one report; and once
-a second each tracker looks for transactions that ended since its last look
-(``Tracker.watch``) and publishes those it did not end itself, so a client waiting on this
-node's tracker wakes even when the N-EVENT-REPORT reached another node.
+leased (``TransactionStore.outbox_claim``), so two trackers never send one report. A
+transaction that ends anywhere is announced by PostgreSQL ``NOTIFY`` (issue 16); each
+tracker LISTENs on a connection of its own, polled with the bus sockets, and publishes what
+it did not end itself (``Tracker.ended``), so a client waiting on this node's tracker wakes
+within milliseconds of the N-EVENT-REPORT reaching another node. While that connection is
+down (a restart or failover of the database), the tracker looks for ended transactions once a
+second instead (``Tracker.watch``), and once more when it is back, for what it missed.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -36,20 +40,23 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import zmq
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from node import identify
-from actors import _bus, reload
+from actors import _bus, reload, ul_requestor
+from node import ul
 from node import commitment as sc
 from node import journal as journaling
 from node.commitment import CommitmentError, Ref, Report, State
-from node.config import NodeConfig
-from node.db import redact
+from node.config import NodeConfig, PeerConfig
+from node.db import Listener, redact
 from node.errors import MessageError, NodeError, STATUS_PROCESSING_FAILURE
+from node import verify
 from node.messages import (
-    Ack, CommitmentAnswer, Envelope, ErrorReply, ForwardReport, MarkRequested, Ping, Pong, QueryTransaction,
-    RecordTransaction, ReportAnswer, ReportDelivered, RequestCommitment, SyncStore, TransactionState, pack,
+    Ack, CommitmentAnswer, Envelope, ErrorReply, ForwardReport, InstancesVerified, MarkRequested, Ping, Pong,
+    QueryTransaction, RecordTransaction, ReportAnswer, ReportDelivered, RequestCommitment, SyncStore, TransactionState,
+    VerifyInstances, new_id, pack, unpack,
 )
-from node.transactions import OutboxEntry, Transaction, TransactionStore, request_hash, to_facts
+from node.transactions import ENDED_CHANNEL, OutboxEntry, Transaction, TransactionStore, request_hash, to_facts
 
 log = logging.getLogger("actors.tracker")
 
@@ -57,7 +64,8 @@ NAME = "tracker"
 TICK_S = 0.25
 SENDERS = 4
 MAX_PER_LOOP = 256
-WATCH_S = 1.0  # how often to look for transactions other nodes' trackers ended
+WATCH_S = 1.0  # without a LISTEN connection: how often to look for transactions other nodes' trackers ended
+PURGE_S = 30.0  # how often reports kept for unknown transactions are purged (orphan_window is minutes)
 WATCH_OVERLAP_S = 5.0  # clocks of cluster hosts and commit order may disagree this much
 
 
@@ -77,16 +85,6 @@ def state_of(txn: Transaction | None, uid: str) -> TransactionState:
     )
 
 
-def readable(path: str) -> bool:
-    """True when the stored file is still there and can be read (one byte is enough)."""
-    try:
-        with open(path, "rb") as fh:
-            fh.read(1)
-        return True
-    except OSError:
-        return False
-
-
 class Tracker:
     """Request handling and periodic duties; no sockets (the loop in ``run`` owns them)."""
 
@@ -99,6 +97,7 @@ class Tracker:
         self.published: list[TransactionState] = []
         self.watched_since = time.time()
         self.announced: dict[str, float] = {}  # UID -> when published (watch must not repeat it)
+        self.next_purge = 0.0  # monotonic time of the next purge of kept reports
 
     # ----- requests -----------------------------------------------------------------------
 
@@ -224,8 +223,28 @@ class Tracker:
         )
 
     def _facts(self, refs: tuple[Ref, ...]) -> dict[str, sc.Fact]:
+        """What the index says, checked as far as ``[commitment] verify`` asks (issue 16):
+        the row alone, or the file, here or by the node that holds it."""
+        cfg = self.config.commitment
         found = self.store.facts(refs)
-        return to_facts(found, {uid: readable(path) for uid, (_cls, path) in found.items()})
+        endpoints = self._endpoints() if cfg.verify == "file" and any(r.node_id for r in found.values()) else {}
+        todo = verify.plan(found, mode=cfg.verify, here=self.config.node_id, endpoints=endpoints)
+        intact = {uid: True for uid in todo.trusted}
+        for uid in todo.local:
+            row = found[uid]
+            why = verify.problem(row.path, row.size, row.checksum)
+            if why:
+                log.warning("sop=%s not committed: %s at %s", uid, why, row.path)
+            intact[uid] = not why
+        if todo.remote:
+            asked = {endpoint: {uid: [found[uid].path, found[uid].size, found[uid].checksum] for uid in uids}
+                     for endpoint, uids in todo.remote.items()}
+            intact.update(ask_owners(asked, timeout=cfg.verify_timeout))
+        return to_facts(found, intact)
+
+    def _endpoints(self) -> dict[str, str]:
+        """{node id: verifier endpoint} from the shared database (read per request: nodes come and go)."""
+        return self.store.index.endpoints()
 
     def _delivered(self, msg: ReportDelivered) -> None:
         entry = self.store.outbox_get(msg.transaction_uid)
@@ -244,6 +263,20 @@ class Tracker:
     def lease(self) -> float:
         """How long an outbox claim lasts: longer than one delivery attempt can take."""
         return 4 * self.config.commitment.association_timeout + 10.0
+
+    def ended(self, uids: list[str]) -> int:
+        """Publish transactions another tracker announced as ended (NOTIFY); return how many."""
+        found = 0
+        for uid in dict.fromkeys(uids):
+            if uid in self.announced:
+                continue  # ended here (already published) or announced twice
+            txn = self.store.get(uid)
+            if txn is None or txn.state not in (State.COMPLETED, State.REFUSED, State.EXPIRED):
+                continue
+            self.announced[uid] = time.time()
+            self.published.append(state_of(txn, uid))
+            found += 1
+        return found
 
     def watch(self, now: float | None = None) -> int:
         """Publish transactions that ended elsewhere (another node's tracker); return how many."""
@@ -265,7 +298,12 @@ class Tracker:
         for uid in self.store.expire_due():
             log.warning("txn=%s expired without report", uid)
             self.published.append(state_of(self.store.get(uid), uid))
-        self.store.purge_orphans(self.config.commitment.orphan_window)
+        now = time.monotonic()
+        if now >= self.next_purge:
+            # A write transaction: every tick, it was most of what an idle node asked of a
+            # cluster's database (docs/scaling.md); kept reports live for minutes anyway.
+            self.next_purge = now + PURGE_S
+            self.store.purge_orphans(self.config.commitment.orphan_window)
 
     def attempted(self, entry: OutboxEntry, ok: bool, error: str) -> None:
         """Record the outcome of one outbox delivery attempt (back-off on failure)."""
@@ -281,7 +319,71 @@ class Tracker:
                         entry.transaction_uid, entry.requester_aet, after.attempts, error, retry_at - time.time())
 
 
+# --------------------------------------------------------------------------- other nodes' writers
+
+
+def ask_owners(asked: dict[str, dict[str, list[Any]]], *, timeout: float) -> dict[str, bool]:
+    """Ask each owner's writer (``VerifyInstances`` on its tcp:// endpoint) at once; wait at
+    most ``timeout`` in all. {UID: intact}: an owner that does not answer in time leaves its
+    instances False (reported failed, 0x0110: the requester may ask again later), never True.
+    """
+    ctx = zmq.Context.instance()
+    intact = {uid: False for uids in asked.values() for uid in uids}
+    pending: dict[zmq.Socket, tuple[str, str]] = {}  # socket -> (endpoint, request id)
+    sockets: list[zmq.Socket] = []
+    poller = zmq.Poller()
+    try:
+        for endpoint, instances in asked.items():
+            sock = _bus.dealer(ctx, endpoint)
+            sockets.append(sock)
+            msg_id = new_id()
+            sock.send_multipart(pack(VerifyInstances(instances=instances), sender=NAME, msg_id=msg_id), copy=False)
+            pending[sock] = (endpoint, msg_id)
+            poller.register(sock, zmq.POLLIN)
+        deadline = time.monotonic() + timeout
+        while pending and (remaining := deadline - time.monotonic()) > 0:
+            for sock, _ in poller.poll(int(remaining * 1000) + 1):
+                answer = _owner_answer(sock, pending[sock][1])
+                if answer is None:
+                    continue
+                for uid in answer.present:
+                    if uid in asked[pending[sock][0]]:
+                        intact[uid] = True
+                for uid, why in answer.problems.items():
+                    log.warning("sop=%s not committed: %s on node %s", uid, why, answer.node_id)
+                poller.unregister(sock)
+                del pending[sock]
+        for endpoint, _ in pending.values():
+            log.warning("node at %s did not answer within %.1f s: %d instance(s) reported failed",
+                        endpoint, timeout, len(asked[endpoint]))
+    finally:
+        for sock in sockets:
+            sock.close(0)
+    return intact
+
+
+def _owner_answer(sock: zmq.Socket, msg_id: str) -> InstancesVerified | None:
+    """The owner's answer to request ``msg_id``; None for anything else (skipped)."""
+    try:
+        envelope = unpack(sock.recv_multipart(copy=False))
+    except MessageError as exc:
+        log.warning("unreadable answer from an owner node: %s", exc)
+        return None
+    if envelope.corr != msg_id:
+        return None
+    if isinstance(envelope.message, ErrorReply):
+        log.warning("owner node refused verification: %s", envelope.message.reason)
+        return InstancesVerified(node_id="?", present=[])
+    return envelope.message if isinstance(envelope.message, InstancesVerified) else None
+
+
 # --------------------------------------------------------------------------- outbox sender
+
+
+# PS3.4 J.3.3: the SCP opening the association for a report proposes the SCP role for itself.
+_REPORT_ROLE = ul.RoleSelection(sop_class_uid=sc.SOP_CLASS, scu_role=False, scp_role=True)
+_REPORT_CONTEXTS = (ul.ProposedContext(context_id=1, abstract_syntax=sc.SOP_CLASS,
+                                       transfer_syntaxes=(ExplicitVRLittleEndian, ImplicitVRLittleEndian)),)
 
 
 def deliver(entry: OutboxEntry, config: NodeConfig) -> tuple[bool, str]:
@@ -289,30 +391,54 @@ def deliver(entry: OutboxEntry, config: NodeConfig) -> tuple[bool, str]:
     peer = config.peer(entry.requester_aet)
     if peer is None:
         return False, f"no [[peers]] entry for {entry.requester_aet}"
-    from pynetdicom import AE, build_role
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
+    where = f"{entry.requester_aet}@{peer.host}:{peer.port}"
     timeout = config.commitment.association_timeout
-    ae = identify(AE(ae_title=entry.called_aet or config.aet))
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = timeout
-    ae.add_requested_context(sc.SOP_CLASS, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-    # PS3.4 J.3.3: the SCP opening the association proposes the SCP role for itself.
-    role = build_role(sc.SOP_CLASS, scu_role=False, scp_role=True)
-    assoc = ae.associate(peer.host, peer.port, ae_title=entry.requester_aet, ext_neg=[role])
-    if not assoc.is_established:
-        return False, f"association to {entry.requester_aet}@{peer.host}:{peer.port} not established"
     try:
-        rsp = assoc.send_n_event_report(sc.report_dataset(entry.report), entry.report.event_type, sc.SOP_CLASS, sc.SOP_INSTANCE)
-        status = getattr(rsp[0], "Status", None) if rsp and rsp[0] is not None else None
-    finally:
-        if assoc.is_established:
-            assoc.release()
+        tls_context = peer_tls_context(peer, config) if peer.tls else None
+    except (OSError, ssl.SSLError) as exc:
+        return False, f"TLS to {where}: {exc}"
+    request = ul_requestor.request(entry.requester_aet, entry.called_aet or config.aet, _REPORT_CONTEXTS, roles=[_REPORT_ROLE])
+    try:
+        with ul_requestor.associate(peer.host, peer.port, request, timeouts=ul_requestor.Timeouts(timeout, timeout, timeout),
+                                    tls=tls_context, server_hostname=peer.server_name or peer.host) as assoc:
+            status = _send_report(assoc, entry)
+            _release_quietly(assoc)
+    except ul_requestor.AssociationError as exc:
+        return False, f"association to {where}: {exc}"
     if status is None:
-        return False, "no N-EVENT-REPORT-RSP"
+        return False, f"{where} accepted no Storage Commitment context with the SCP role for us"
     if status != sc.STATUS_SUCCESS:
-        return False, f"N-EVENT-REPORT-RSP status 0x{int(status):04X}"
+        return False, f"N-EVENT-REPORT-RSP status 0x{status:04X}"
     return True, ""
+
+
+def _send_report(assoc: ul_requestor.Requestor, entry: OutboxEntry) -> int | None:
+    """The N-EVENT-REPORT and its response status; None when no context allows it (the peer
+    refused us the SCP role, or the SOP class)."""
+    context = assoc.context_for(sc.SOP_CLASS)
+    if context is None or not context.requestor_scp:
+        return None
+    ident = assoc.next_message_id()
+    assoc.send(context.context_id, ul.NEventReportRQ(message_id=ident, affected_sop_class_uid=sc.SOP_CLASS,
+                                                     affected_sop_instance_uid=sc.SOP_INSTANCE,
+                                                     event_type_id=entry.report.event_type),
+               sc.encode(sc.report_dataset(entry.report), context.transfer_syntax))
+    return int(assoc.wait_response(ident).message.status)  # type: ignore[union-attr]
+
+
+def _release_quietly(assoc: ul_requestor.Requestor) -> None:
+    """Release; a peer that answered the report but botches the release still got it."""
+    try:
+        assoc.release()
+    except ul_requestor.AssociationError as exc:
+        log.info("report association: release failed after the response: %s", exc)
+
+
+def peer_tls_context(peer: PeerConfig, config: NodeConfig) -> ssl.SSLContext:
+    """The client side for a ``tls = true`` peer: its CA, the node's certificate (the peer's
+    own entry, else ``[tls]``'s)."""
+    certificate, key = (peer.certificate, peer.key) if peer.certificate else (config.tls.certificate, config.tls.key)
+    return ul_requestor.client_context(peer.ca, certificate, key, config.tls.key_password if not peer.certificate else "")
 
 
 class Sender:
@@ -379,6 +505,7 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
     wakeup = _bus.signal_wakeup_fd()  # SIGTERM ends the poll below at once
     if wakeup is not None:
         poller.register(wakeup, zmq.POLLIN)
+    notices = Notices(config.database, poller) if store.shared else None
     try:
         while not stop.is_set():
             if hup.is_set():  # SIGHUP: peers and [commitment] apply from the next request on
@@ -396,12 +523,22 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
                 _guard(tracker.expire)
                 for entry in _guard(store.outbox_claim, tracker.lease()) or []:
                     sender.submit(entry)
-            if store.shared and now >= next_watch:
+            if notices is not None:
+                uids = notices.take(events)
+                if uids and _guard(tracker.ended, uids):
+                    log.info("woke waiters for transactions completed by another node (notified)")
+                if notices.caught_up:
+                    tracker.watched_since = time.time()  # up to now, NOTIFY told us everything
+            if store.shared and now >= next_watch and (notices is None or not notices.listening(now)):
                 next_watch = now + WATCH_S
                 if _guard(tracker.watch):
                     log.info("woke waiters for transactions completed by another node")
+                if notices is not None:
+                    notices.watched()
             _publish(pub, tracker)
     finally:
+        if notices is not None:
+            notices.close()
         sender.close()
         if writer_sock is not None:
             writer_sock.close(0)
@@ -409,6 +546,63 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
         pub.close(0)
         store.close()
     return 0
+
+
+class Notices:
+    """The tracker's LISTEN connection (``node.db.Listener``) inside its zmq poller.
+
+    ``take`` returns the UIDs notified since the last call ([] when none), or None while the
+    connection is down. ``listening`` is False while it is down (a reconnection is tried every
+    ``RETRY_S``) and after each (re)connection until the loop has polled the tables once
+    (``watched``): that poll covers what ended before the LISTEN was in place again.
+    """
+
+    RETRY_S = 1.0
+
+    def __init__(self, database: str, poller: zmq.Poller) -> None:
+        self.listener = Listener(database, ENDED_CHANNEL)
+        self.poller = poller
+        self.fd: int | None = None
+        self.retry_at = 0.0
+        self.caught_up = False
+        self._connect(time.monotonic())
+
+    def _connect(self, now: float) -> None:
+        self.retry_at = now + self.RETRY_S
+        if self.listener.connect():
+            self.fd = self.listener.fileno()
+            self.poller.register(self.fd, zmq.POLLIN)
+            log.info("listening for transactions ended on other nodes (PostgreSQL NOTIFY)")
+
+    def listening(self, now: float) -> bool:
+        if self.fd is None and now >= self.retry_at:
+            self._connect(now)
+        return self.fd is not None and self.caught_up
+
+    def watched(self) -> None:
+        """The loop polled the tables: from now on NOTIFY alone tells what ends."""
+        self.caught_up = self.fd is not None
+
+    def take(self, events: dict[Any, int]) -> list[str] | None:
+        if self.fd is None:
+            return None
+        if self.fd not in events:
+            return []
+        uids = self.listener.drain()
+        if uids is None:
+            log.warning("LISTEN connection lost: looking for ended transactions every %.0f s until it is back", WATCH_S)
+            self._drop()
+        return uids
+
+    def _drop(self) -> None:
+        if self.fd is not None:
+            self.poller.unregister(self.fd)
+            self.fd = None
+        self.caught_up = False
+        self.listener.close()
+
+    def close(self) -> None:
+        self._drop()
 
 
 def sync_store(sock: zmq.Socket, config: NodeConfig) -> None:

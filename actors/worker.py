@@ -1,4 +1,4 @@
-"""An association worker: runs pynetdicom acceptor associations on sockets a listener hands it.
+"""An association worker: serves acceptor associations on sockets a listener hands it.
 
 The main thread owns the ZeroMQ sockets and the hand-off Unix socket:
 
@@ -6,13 +6,15 @@ The main thread owns the ZeroMQ sockets and the hand-off Unix socket:
   associations it can take (``WorkerReady``), and that an association ended
   (``AssociationEnded``);
 * it receives accepted TCP sockets as descriptors (``socket.recv_fds``) with a ``HandOff``
-  and starts a pynetdicom acceptor association on each (pynetdicom runs it in threads).
+  and starts an association thread on each: the engine shell (actors/_ul_association.py
+  on node/ul), which serves every acceptor association the node takes (C-ECHO, C-STORE,
+  Storage Commitment both ways).
 
-For each C-STORE, the association's thread parses the spooled dataset, asks ``node.receive``
-where it goes, sends ``WriteInstance`` to the storage writer on its own DEALER socket and
-answers the peer only when the writer says the file is durable (or with a failure status
-when it does not answer in time). The spool is a file under ``<store>/.incoming/spool``:
-pynetdicom streams the dataset there as it arrives, so no dataset is held whole in memory.
+For each C-STORE, the association's thread parses the dataset (in memory, or spooled under
+``<store>/.incoming/spool`` when large), asks ``node.receive`` where it goes, sends
+``WriteInstance`` to the storage writer on its own DEALER socket and answers the peer only
+when the writer says the file is durable (or with a failure status when it does not answer
+in time).
 """
 
 from __future__ import annotations
@@ -23,17 +25,16 @@ import queue
 import select
 import shutil
 import socket
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Any
 
 import zmq
 
-from node import identify
-from actors import _bus, _pdu, commitment_io
+from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from actors import _bus
 from actors import metrics, reload
 from actors._ul_association import EngineAssociation
 from node.config import ListenerConfig, NodeConfig
@@ -41,8 +42,7 @@ from node.errors import NodeError, STATUS_OUT_OF_RESOURCES, MessageError
 from node.access import AssociateRequest, Refusal, allowed, within_caps
 from node.messages import AdmitAnswer, AdmitAssociation, AssociationEnded, ErrorReply, HandOff, InstanceWritten, NodeLoad, WorkerReady, unpack
 from node.paths import FilePathPattern
-from node.receive import (ANY, STORAGE_COMMITMENT, FileMetaCache, Received, acceptor_policy, check_dataset, context_rules, delay_ms,
-                          plan_write, read_in_memory, read_spooled)
+from node.receive import FileMetaCache, acceptor_policy, check_dataset, context_rules, delay_ms, plan_write, read_in_memory, read_spooled
 
 log = logging.getLogger("actors.worker")
 
@@ -52,35 +52,29 @@ ADMIT_TIMEOUT_S = 2.0  # past it, a worker admits on its own view of the node's 
 
 @dataclass
 class _Live:
-    """One running association, where it came from, and its DEALER to the writer.
+    """One running association, where it came from, and its DEALERs to the writer.
 
-    The DEALER is used only by the association's own thread (ZeroMQ sockets are not
-    thread-safe) and closed by the main thread once that thread has ended.
+    A DEALER per thread that stores (the association's own, and with an asynchronous
+    window those storing for it): ZeroMQ sockets are not thread-safe. The main thread closes
+    them once the association's threads have ended.
     """
 
-    assoc: Any  # an EngineAssociation (actors/_ul_association.py), or pynetdicom's (receive_path = "pynetdicom")
+    assoc: Any  # an EngineAssociation (actors/_ul_association.py)
     handoff: HandOff
     stores: int = 0
-    dealer: zmq.Socket | None = None
+    dealers: dict[int, zmq.Socket] = field(default_factory=dict)
     calling: str | None = None  # set once its A-ASSOCIATE-RQ was admitted (node.access)
 
     def close(self) -> None:
-        if self.dealer is not None:
-            self.dealer.close(0)
-            self.dealer = None
+        for dealer in self.dealers.values():
+            dealer.close(0)
+        self.dealers.clear()
 
-
-@dataclass(frozen=True)
-class _SpooledJob:
-    """A C-STORE that pynetdicom spooled (its own preamble and file meta, then the dataset)."""
-
-    received: Received
-    spool_path: str
-    meta: bytes = b""  # ours is computed from ``received``
-
-    @property
-    def dataset_path(self) -> str:  # what actors.metrics measures
-        return self.spool_path
+    def drop_dealer(self) -> None:
+        """This thread's DEALER: a late reply must not be read as its next request's answer."""
+        dealer = self.dealers.pop(threading.get_ident(), None)
+        if dealer is not None:
+            dealer.close(0)
 
 
 class Worker:
@@ -97,8 +91,6 @@ class Worker:
         self.pending: dict[socket.socket, tuple[HandOff, float]] = {}
         self.received: dict[str, int] = {lc.key: 0 for lc in config.listeners}
         self.spool_dir = config.spool_dir / "spool" / self.name
-        self._aes: dict[str, Any] = {}
-        self._contexts: dict[str, list[Any]] = {}
         self._policies: dict[str, Any] = {}  # node.ul.AcceptorPolicy per listener
         # What the other workers run, as the listeners last told us (node-wide caps).
         self.load = NodeLoad(associations=0, aets={})
@@ -109,8 +101,6 @@ class Worker:
         self.tls_context: Any = None
         self.handshaking = 0
         self.handshaken: queue.SimpleQueue[tuple[Any, HandOff]] = queue.SimpleQueue()
-        # The engine shell serves associations proposing only these (no Storage Commitment yet).
-        self.lean_syntaxes = frozenset(rule.abstract_syntax for rule in self.rules if rule.abstract_syntax != STORAGE_COMMITMENT)
         self.max_pdu_read = pdu_read_limit(config.network.max_pdu_receive)
         self.meta_cache = FileMetaCache()
 
@@ -120,129 +110,32 @@ class Worker:
         """A private spool directory, emptied of what a crashed predecessor left."""
         shutil.rmtree(self.spool_dir, ignore_errors=True)
         self.spool_dir.mkdir(parents=True, exist_ok=True)
-        # pynetdicom's chunked receive writes to tempfile's directory: point it at our spool,
-        # on the store's filesystem, so the writer's copy stays in the kernel.
-        tempfile.tempdir = str(self.spool_dir)
-        from pynetdicom import _config
-
-        _config.STORE_RECV_CHUNKED_DATASET = True
         # Values are read for the index and the path pattern, which make them safe; pydicom's
         # per-value VR checks (a regex per UID) were ~15% of a worker's CPU per small C-STORE
         # and only ever warned.
         import pydicom.config
 
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
-        _quick_ack_socket_class().max_pdu = pdu_read_limit(self.config.network.max_pdu_receive)
         if any(lc.tls for lc in self.config.listeners):
             from actors.tls import server_context
 
             self.tls_context = server_context(self.config.tls)
-        _config.UNRESTRICTED_STORAGE_SERVICE = self.config.services.accept_unknown
-        _follow_requestor_order({rule.abstract_syntax for rule in self.rules if rule.transfer_syntaxes == ANY})
-        commitment_io.install_role_check(lambda: self.config.commitment.role_reject)
-
-    def ae_for(self, listener: ListenerConfig) -> Any:
-        """The pynetdicom AE with the policy of one listener (cached)."""
-        if listener.key in self._aes:
-            return self._aes[listener.key]
-        from pynetdicom import AE
-        from pynetdicom.presentation import build_context
-
-        net = self.config.network
-        ae = identify(AE(ae_title=listener.aet or self.config.aet))
-        ae.maximum_associations = 1 << 20  # the listener enforces the node's limit
-        ae.maximum_pdu_size = net.max_pdu_receive
-        ae.acse_timeout = (net.request_timeout_ms / 1000) if net.request_timeout_ms else net.acse_timeout
-        ae.dimse_timeout = net.dimse_timeout
-        ae.network_timeout = (net.idle_timeout_ms / 1000) if net.idle_timeout_ms else net.network_timeout
-        ae.require_called_aet = bool(listener.aet)
-        ae.require_calling_aet = list(listener.accept)
-        ae.supported_contexts = [build_context(rule.abstract_syntax, list(rule.expanded())) for rule in self.rules]
-        commitment_io.apply_roles(ae, self.rules)
-        self._aes[listener.key] = ae
-        self._contexts[listener.key] = ae.supported_contexts
-        return ae
 
     # ----- associations -------------------------------------------------------------------
 
     def start_association(self, conn: socket.socket, handoff: HandOff) -> None:
-        """Serve an accepted socket: the engine shell (node/ul), or pynetdicom's association (``network.receive_path``)."""
-        self.ae_for(self._listener(handoff.listener))  # built here, in the main thread, once
+        """Serve an accepted socket on the engine shell (node/ul), in a thread of its own."""
         live = _Live(assoc=None, handoff=handoff)
-        if self.config.network.receive_path == "lean":
-            live.assoc = EngineAssociation(self, conn, handoff, live)
-        else:
-            live.assoc = self._pynetdicom_association(conn, live)
+        live.assoc = EngineAssociation(self, conn, handoff, live)
         self.live[handoff.assoc_id] = live
         log.info("assoc=%s peer=%s:%d listener=%s started", handoff.assoc_id, handoff.peer_host, handoff.peer_port, handoff.listener)
         live.assoc.start()
-
-    def fall_back(self, live: _Live, conn: socket.socket, prefix: bytes) -> Any:
-        """From an engine association's thread: pynetdicom serves this request (already read: ``prefix``)."""
-        assoc = self._pynetdicom_association(conn, live, prefix)
-        assoc.start()
-        return assoc
-
-    def _pynetdicom_association(self, conn: socket.socket, live: _Live, prefix: bytes = b"") -> Any:
-        """A pynetdicom acceptor association on an accepted socket, with our handlers bound."""
-        from pynetdicom import evt
-        from pynetdicom.association import Association
-        from pynetdicom.transport import AddressInformation
-
-        handoff = live.handoff
-        listener = self._listener(handoff.listener)
-        ae = self.ae_for(listener)
-        assoc = Association(ae, "acceptor")
-        assoc.name = f"assoc-{handoff.assoc_id}"
-        sock = _quick_ack_socket_class()(assoc, client_socket=conn)
-        sock.prefix = bytearray(prefix)
-        assoc.set_socket(sock)
-        assoc.acceptor.maximum_length = ae.maximum_pdu_size
-        assoc.acceptor.ae_title = ae.ae_title
-        assoc.acceptor.address_info = AddressInformation.from_tuple(conn.getsockname()[:2])
-        assoc.acceptor.implementation_class_uid = ae.implementation_class_uid
-        assoc.acceptor.implementation_version_name = ae.implementation_version_name
-        # Negotiation only reads these (results are new objects): one list per listener, built
-        # once, instead of a deep copy of ~200 contexts for every association.
-        assoc.acceptor.supported_contexts = self._contexts[listener.key]
-        assoc.requestor.address_info = AddressInformation.from_tuple((handoff.peer_host, handoff.peer_port))
-        assoc.bind(evt.EVT_C_STORE, self._on_store, [live])
-        assoc.bind(evt.EVT_REJECTED, self._on_rejected, [live])
-        assoc.bind(evt.EVT_REQUESTED, self._on_requested, [live])
-        assoc.bind(evt.EVT_CONN_CLOSE, _wake_acceptor_on_close)
-        if self.config.network.max_pdu_send:
-            assoc.bind(evt.EVT_ESTABLISHED, _cap_send_pdu, [self.config.network.max_pdu_send])
-        self._bind_commitment(assoc, live)
-        return assoc
-
-    # ----- storage commitment (issue 5): N-ACTION and N-EVENT-REPORT go to the tracker --------
-
-    def _bind_commitment(self, assoc: Any, live: _Live) -> None:
-        """Storage Commitment handlers; the logic is in actors.commitment_io and the tracker."""
-        from pynetdicom import evt
-
-        client = commitment_io.TrackerClient(self.config, self.ctx, self.name)
-        pending: dict[int, Any] = {}
-        aid = live.handoff.assoc_id
-        assoc.bind(evt.EVT_N_ACTION, lambda event: commitment_io.on_n_action(event, client, aid, pending))
-        assoc.bind(evt.EVT_N_EVENT_REPORT, lambda event: commitment_io.on_n_event_report(event, client, aid))
-        assoc.bind(evt.EVT_DIMSE_SENT, lambda event: commitment_io.on_dimse_sent(event, client, aid, pending))
 
     def _listener(self, key: str) -> ListenerConfig:
         for lc in self.config.listeners:
             if lc.key == key:
                 return lc
         raise MessageError(f"hand-off from unknown listener {key!r}")
-
-    def _on_rejected(self, event: Any, live: _Live) -> None:
-        rq = event.assoc.requestor
-        rj = event.assoc.acceptor.primitive
-        log.warning(
-            "assoc=%s rejected: peer=%s:%d calling=%s called=%s result=%s source=%s reason=%s",
-            live.handoff.assoc_id, live.handoff.peer_host, live.handoff.peer_port, rq.ae_title,
-            rq.primitive.called_ae_title if rq.primitive else "?",
-            getattr(rj, "result", "?"), getattr(rj, "result_source", "?"), getattr(rj, "diagnostic", "?"),
-        )
 
     def running(self) -> dict[str, int]:
         """Admitted associations of this worker by calling AE title."""
@@ -252,21 +145,9 @@ class Worker:
                 counts[live.calling] = counts.get(live.calling, 0) + 1
         return counts
 
-    def _on_requested(self, event: Any, live: _Live) -> None:
-        """EVT_REQUESTED: the access table and the caps, before pynetdicom negotiates.
-
-        Counts are this worker's (exact) plus the other workers' as the listeners last
-        reported them (at most one heartbeat old), so a burst spread over several workers may
-        overshoot a cap by the associations set up in that interval.
-        """
-        primitive = event.assoc.requestor.primitive
-        refusal = self._admit(live, str(primitive.called_ae_title).strip(), str(primitive.calling_ae_title).strip())
-        if refusal is not None:
-            event.assoc.acse.send_reject(refusal.result, refusal.source, refusal.reason)
-
     def admit_request(self, live: _Live, called: str, calling: str) -> Refusal | None:
-        """The engine shell's admission: ``_admit``, then the listener's AE title checks as
-        pynetdicom makes them (called AE reason 7 wins over calling AE reason 3), logged."""
+        """An A-ASSOCIATE-RQ's admission: ``_admit``, then the listener's AE title checks as
+        pynetdicom's acceptor makes them (called AE reason 7 wins over calling AE reason 3), logged."""
         refusal = self._admit(live, called, calling)
         if refusal is not None:
             return refusal
@@ -342,32 +223,28 @@ class Worker:
                 pool.get_nowait().close(0)
 
     def called_aet(self, live: _Live) -> str:
-        """The node's AE title on this listener (pynetdicom's ``acceptor.ae_title``)."""
-        return str(self.ae_for(self._listener(live.handoff.listener)).ae_title).strip()
+        """The node's AE title on this listener."""
+        listener = self._listener(live.handoff.listener)
+        return (listener.aet or self.config.aet).strip()
 
     def acceptor_policy(self, live: _Live) -> Any:
         """The engine's negotiation policy on this association's listener (built once per listener)."""
         key = live.handoff.listener
         policy = self._policies.get(key)
         if policy is None:
-            ae = self.ae_for(self._listener(key))
+            net = self.config.network
             policy = self._policies[key] = acceptor_policy(
-                self.rules, max_pdu=self.config.network.max_pdu_receive,
-                implementation_class_uid=str(ae.implementation_class_uid),
-                implementation_version_name=str(ae.implementation_version_name or ""))
+                self.rules, max_pdu=net.max_pdu_receive, implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME, accept_unknown=self.config.services.accept_unknown,
+                max_ops_invoked=net.max_ops_invoked, max_ops_performed=net.max_ops_performed)
         return policy
 
     def store_instance(self, live: _Live, incoming: Any) -> int:
         """An engine association's complete dataset: make it durable, return the status."""
         return self._store(incoming, live)
 
-    def _on_store(self, event: Any, live: _Live) -> int:
-        """EVT_C_STORE: make the instance durable, then return the status to answer with."""
-        live.stores += 1
-        return self.store_with_options(live.stores, lambda: self._store_event(event, live))
-
     def store_with_options(self, store_number: int, store: Callable[[], int]) -> int:
-        """dcm4che's store options around one C-STORE, on either path: the receive and
+        """dcm4che's store options around one C-STORE: the receive and
         response delays (``--receive-delay``/``--response-delay``), ``--ignore`` and ``--status``."""
         store_cfg = self.config.store
         _sleep_ms(delay_ms(store_cfg.receive_delay, store_number))
@@ -379,36 +256,20 @@ class Worker:
         _sleep_ms(delay_ms(store_cfg.response_delay, store_number))
         return status
 
-    def _store_event(self, event: Any, live: _Live) -> int:
-        """pynetdicom's EVT_C_STORE as a job for ``_store`` (the spool is pynetdicom's file)."""
-        req = event.request
-        assoc = event.assoc
-        received = Received(
-            assoc_id=live.handoff.assoc_id,
-            sop_class_uid=str(req.AffectedSOPClassUID),
-            sop_instance_uid=str(req.AffectedSOPInstanceUID),
-            transfer_syntax=str(event.context.transfer_syntax),
-            calling_aet=assoc.requestor.ae_title,
-            called_aet=assoc.acceptor.ae_title,
-            implementation_class_uid=str(assoc.requestor.implementation_class_uid or ""),
-            implementation_version_name=str(assoc.requestor.implementation_version_name or ""),
-        )
-        return self._store(_SpooledJob(received, str(event.dataset_path)), live)
-
     @metrics.c_store
     def _store(self, job: Any, live: _Live) -> int:
         """Check the dataset, plan its path, and wait for the writer; return the DIMSE status.
 
-        ``job`` is an engine association's ``_Incoming`` (dataset in ``buffer``, or spooled with our file meta)
-        or a ``_SpooledJob`` (pynetdicom's spool file).
+        ``job`` is an engine association's ``_Incoming``: the dataset in ``buffer``, or spooled
+        with our file meta.
         """
         received = job.received
         try:
             spool: str | None = None
             data: bytes | None
-            if isinstance(job, _SpooledJob) or job.spool is not None:
+            if job.spool is not None:
                 spool = job.spool_path
-                meta = job.meta if job.meta else self.meta_cache.meta(received)
+                meta = job.meta
                 ds, offset = read_spooled(spool)
                 data = self._payload(spool, offset)
             else:
@@ -425,18 +286,19 @@ class Worker:
                 frames = [meta, data]
             reply = _bus.request(self._dealer(live), write, sender=self.name, timeout=self.config.network.write_timeout, data=frames)
         except NodeError as exc:
-            log.warning("assoc=%s sop=%s refused: status=0x%04X %s", received.assoc_id, received.sop_instance_uid, exc.status, exc)
+            log.warning("assoc=%s peer=%s sop=%s refused: status=0x%04X %s", received.assoc_id, _peer(live), received.sop_instance_uid, exc.status, exc)
             return exc.status
         except TimeoutError as exc:
-            log.error("assoc=%s sop=%s writer did not answer: %s", received.assoc_id, received.sop_instance_uid, exc)
-            live.close()  # a late reply must not be read as the next request's answer
+            log.error("assoc=%s peer=%s sop=%s writer did not answer: %s", received.assoc_id, _peer(live), received.sop_instance_uid, exc)
+            live.drop_dealer()  # a late reply must not be read as the next request's answer
             return STATUS_OUT_OF_RESOURCES
         message = reply.message
         if isinstance(message, InstanceWritten):
             log.info("assoc=%s calling=%s sop=%s stored", received.assoc_id, received.calling_aet, received.sop_instance_uid)
             return 0
         if isinstance(message, ErrorReply):
-            log.warning("assoc=%s sop=%s writer failed: 0x%04X %s", received.assoc_id, received.sop_instance_uid, message.status, message.reason)
+            log.warning("assoc=%s peer=%s sop=%s writer failed: 0x%04X %s", received.assoc_id, _peer(live), received.sop_instance_uid, message.status,
+                        message.reason)
             return message.status
         return STATUS_OUT_OF_RESOURCES
 
@@ -450,10 +312,12 @@ class Worker:
             return fh.read()
 
     def _dealer(self, live: _Live) -> zmq.Socket:
-        """The association's DEALER to the writer, opened on its first C-STORE."""
-        if live.dealer is None:
-            live.dealer = _bus.dealer(self.ctx, self.config.endpoint("writer"))
-        return live.dealer
+        """This thread's DEALER to the writer for the association, opened on its first C-STORE."""
+        ident = threading.get_ident()
+        dealer = live.dealers.get(ident)
+        if dealer is None:
+            dealer = live.dealers[ident] = _bus.dealer(self.ctx, self.config.endpoint("writer"))
+        return dealer
 
     def hold(self, conn: socket.socket, handoff: HandOff) -> None:
         """Keep a new connection aside until its A-ASSOCIATE-RQ starts arriving."""
@@ -575,74 +439,9 @@ class Worker:
                 log.debug("abort failed: %s", exc)
 
 
-_QUICK_ACK_CLASS: Any = None
-
-
-def _quick_ack_socket_class() -> Any:
-    """pynetdicom's AssociationSocket, reading each PDU in one buffer and ACKing at once.
-
-    Most senders leave Nagle on (DCMTK's storescu does unless TCP_NODELAY is set in its
-    environment): the tail of each C-STORE then waits for our ACK, and Linux delays ACKs
-    up to 40 ms, so every small instance stalls ~40 ms. TCP_QUICKACK after each read
-    sends the ACK at once; Linux clears the flag again by itself, hence after every read.
-    ``recv_into`` a buffer of the PDU's size replaces pynetdicom's 4 KiB reads and appends.
-    """
-    global _QUICK_ACK_CLASS
-    if _QUICK_ACK_CLASS is not None:
-        return _QUICK_ACK_CLASS
-    from pynetdicom.transport import AssociationSocket
-
-    class QuickAckSocket(AssociationSocket):  # type: ignore[misc]
-        # A PDU length is the peer's claim: a 4 GiB one must not make us allocate 4 GiB.
-        max_pdu = 1 << 20
-
-        # Bytes the lean path already read (the A-ASSOCIATE-RQ), served before the socket's.
-        prefix = bytearray()
-
-        @property
-        def ready(self) -> bool:
-            return bool(self.prefix) or bool(super().ready)
-
-        def recv(self, nr_bytes: int) -> bytearray:
-            if self.prefix:
-                head = self.prefix[:nr_bytes]
-                del self.prefix[:nr_bytes]
-                if len(head) == nr_bytes:
-                    return head
-                return head + self.recv(nr_bytes - len(head))
-            sock = self.socket
-            if nr_bytes > self.max_pdu:
-                # pynetdicom turns OSError into "transport connection closed" (Evt17).
-                raise OSError(f"peer announced a {nr_bytes}-byte PDU, over the {self.max_pdu}-byte limit")
-            buf = bytearray(nr_bytes)
-            view = memoryview(buf)
-            got = 0
-            while got < nr_bytes:
-                n = sock.recv_into(view[got:], nr_bytes - got)  # type: ignore[union-attr]
-                if n == 0:  # connection broken: return what we have, as pynetdicom does
-                    del view
-                    return buf[:got]
-                got += n
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)  # type: ignore[union-attr]
-            except (OSError, AttributeError):
-                pass
-            return buf
-
-    _QUICK_ACK_CLASS = QuickAckSocket
-    return QuickAckSocket
-
-
-def _wake_acceptor_on_close(event: Any) -> None:
-    """EVT_CONN_CLOSE before an A-ASSOCIATE-RQ was decoded: end the association now.
-
-    pynetdicom's acceptor waits for the request primitive for the whole ACSE timeout even
-    when the DUL has already seen garbage, an abort or EOF; a peer sending junk would hold a
-    slot (and a thread) for 30 s each time. ``None`` is what that wait returns on timeout.
-    """
-    assoc = event.assoc
-    if assoc.requestor.primitive is None:
-        assoc.dul.to_user_queue.put(None)
+def _peer(live: _Live) -> str:
+    """host:port of an association's peer, as every WARNING line about it names it."""
+    return f"{live.handoff.peer_host}:{live.handoff.peer_port}"
 
 
 def pdu_read_limit(max_pdu_receive: int) -> int:
@@ -652,47 +451,6 @@ def pdu_read_limit(max_pdu_receive: int) -> int:
     if max_pdu_receive <= 0:
         return 1 << 26
     return max(4 * max_pdu_receive, 1 << 20)
-
-
-def _cap_send_pdu(event: Any, cap: int) -> None:
-    """EVT_ESTABLISHED: --max-pdulen-snd on an accepted association (the requestor is the peer)."""
-    _pdu.cap_send_pdu(event.assoc.requestor.user_information, cap)
-
-
-def _follow_requestor_order(any_syntax: set[str]) -> None:
-    """Make pynetdicom choose, for SOP classes accepted with any syntax, the requestor's first.
-
-    pynetdicom walks the acceptor's list; dcm4che's storescp takes the first proposed
-    syntax it supports. Following the requestor keeps the bytes as the sender has them
-    (no transcoding on the way in). Contexts with an explicit list (Verification in
-    echoscp) keep pynetdicom's rule, which echoscp's preference options rely on.
-    """
-    from pynetdicom import acse
-    from pynetdicom.presentation import build_context, negotiate_as_acceptor
-
-    def negotiate(rq_contexts: Any, ac_contexts: Any, roles: Any = None) -> Any:
-        proposed: dict[str, dict[str, None]] = {}
-        for rq in rq_contexts:
-            proposed.setdefault(rq.abstract_syntax, {}).update(dict.fromkeys(rq.transfer_syntax))
-        adjusted = []
-        for ac in ac_contexts:
-            order = proposed.get(ac.abstract_syntax)
-            if order is None:
-                continue  # not proposed: cannot change the result
-            if ac.abstract_syntax in any_syntax:
-                # Only the proposed syntaxes matter, in the requestor's order; a short list
-                # also spares pynetdicom validating ~40 UIDs per context (was ~180 ms for
-                # DCMTK storescu's 128 contexts, per association).
-                offered = set(ac.transfer_syntax)
-                shared = [ts for ts in order if ts in offered]
-                if shared:
-                    narrowed = build_context(ac.abstract_syntax, shared)
-                    narrowed.scu_role, narrowed.scp_role = ac.scu_role, ac.scp_role
-                    ac = narrowed
-            adjusted.append(ac)
-        return negotiate_as_acceptor(rq_contexts, adjusted, roles)
-
-    acse.negotiate_as_acceptor = negotiate  # type: ignore[attr-defined]
 
 
 def _sleep_ms(ms: int) -> None:
@@ -756,11 +514,6 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
     ctx = ctx or zmq.Context.instance()
     worker = Worker(config, worker_id, ctx)
     worker.prepare_spool()
-    # Each listener's AE and ~200 supported contexts (~40 syntaxes each, every UID checked by
-    # a regex) take ~1 s to build: do it before announcing capacity, not in the first
-    # association, whose peer would wait for it.
-    for lc in config.listeners:
-        worker.ae_for(lc)
     handoff_path = str(config.handoff_path(worker.name))
     server = _handoff_server(handoff_path)
     listeners = {lc.key: _bus.dealer(ctx, config.endpoint(f"listener-{lc.key}"), identity=worker.name) for lc in config.listeners}

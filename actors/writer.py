@@ -20,6 +20,11 @@ file, fdatasync, rename, directory fsync, index transaction, then the answer.
 
 ``SyncStore`` (the commitment tracker, before it checks instances) is answered once every
 instance acknowledged before it arrived is materialised.
+
+Clusters (issue 16): every row names this node (``[cluster] node_id``) and, on a shared
+PostgreSQL index, the file's checksum. With ``[cluster] endpoint`` (tcp://) a verifier
+thread answers ``VerifyInstances`` from other nodes' trackers there (file present, size and
+checksum as recorded) and registers the endpoint in the shared database.
 """
 
 from __future__ import annotations
@@ -36,11 +41,14 @@ import zmq
 from actors import _bus
 from actors import metrics
 from node.config import NodeConfig
-from node.errors import MessageError, NodeError, PathError, StorageError
+from node.errors import STATUS_OUT_OF_RESOURCES, MessageError, NodeError, PathError, StorageError
 from node.index import Index, InstanceRow
 from node import journal as journaling
 from node.journal import Entry, Journal, Record
-from node.messages import Envelope, ErrorReply, InstanceWritten, Ping, Pong, StoreSynced, SyncStore, WriteInstance
+from node import verify
+from node.messages import (
+    Envelope, ErrorReply, InstancesVerified, InstanceWritten, Ping, Pong, StoreSynced, SyncStore, VerifyInstances, WriteInstance,
+)
 from node.storage import PREAMBLE, PendingWrite, Store
 
 log = logging.getLogger("actors.writer")
@@ -52,6 +60,8 @@ LAP_BYTES = 16 << 20  # past this, start a new lap as soon as everything is mate
 JOURNAL_MAX_BYTES = 256 << 20  # past this, wait for the materialiser, then start a new lap
 MATERIALISE_BATCH = 512
 MATERIALISE_RETRY_S = 1.0
+MATERIALISE_LOG_EVERY_S = 60.0  # a full disk fails every retry: one ERROR line a minute, not one a second
+STOP_ATTEMPTS = 3  # on SIGTERM, give up materialising after this many failures in a row (the journal keeps them)
 COMMIT_SIBLINGS = 2  # requesters active within SIBLING_WINDOW_S before a group waits for more
 SIBLING_WINDOW_S = 0.1
 
@@ -85,7 +95,7 @@ class Writer:
             rename_retries=config.store.rename_retries,
             rename_retry_jitter_ms=config.store.rename_retry_jitter,
         )
-        self.index = Index(config.database)
+        self.index = Index(config.database, node_id=config.node_id)
         self.journal = Journal(journaling.path_for(self.store.directory)) if journaling.enabled(config) else None
         self.interval = config.store.materialise_interval
         self.idle = config.store.materialise_idle
@@ -98,12 +108,19 @@ class Writer:
         self.urgent = False  # a SyncStore or a direct write waits: do not pace
         self.stopping = False
         self.failure: BaseException | None = None
+        # Not writable (a journal append failed, or the replay at start could not finish, e.g.
+        # a full disk): writes are answered 0xA700 at once until the materialiser has caught up.
+        self.blocked: str | None = None
+        self.recovering = False  # the replay at start has not finished yet
+        self.resume_after_seq = 0  # the highest number a failed append may have written
+        self.materialise_error: str | None = None  # the last batch failed (cleared by a success)
         self.ready = threading.Event()
         self.thread: threading.Thread | None = None
 
     def prepare(self) -> None:
         """Remove temp files a crash left; with a journal, start the materialiser and let it
-        materialise what the journal holds past the checkpoint (returns when it has)."""
+        materialise what the journal holds past the checkpoint. Returns when it has, or when
+        its first attempt failed: then the writer serves, refusing writes, while it retries."""
         removed = self.store.prepare()
         if removed:
             log.warning("removed %d temp file(s) left by an earlier crash", removed)
@@ -117,7 +134,8 @@ class Writer:
                 raise StorageError(f"journal recovery failed: {self.failure}")
 
     def close(self) -> None:
-        """Materialise everything journaled, then stop the materialiser (SIGTERM path)."""
+        """Materialise everything journaled, then stop the materialiser (SIGTERM path; on a
+        store that keeps failing, what is left stays in the journal for the next start)."""
         if self.thread is not None:
             with self.cond:
                 self.stopping = True
@@ -151,6 +169,9 @@ class Writer:
             return replies
         if self.journal is None:
             return replies + self._write(to_write)
+        if not self._writable():
+            reason = f"store not writable: {self.blocked}"
+            return replies + [(r.identity, ErrorReply(status=STATUS_OUT_OF_RESOURCES, reason=reason), r.envelope.id) for r in to_write]
         inline = [r for r in to_write if not r.message.spool]
         spooled = [r for r in to_write if r.message.spool]
         if inline:
@@ -159,6 +180,22 @@ class Writer:
             self._barrier()
             replies.extend(self._write(spooled))
         return replies
+
+    def _writable(self) -> bool:
+        """False while blocked; a failed append unblocks once everything before it is
+        materialised, with a new lap numbered far above it (as a restart would do), so that
+        no record of the failed group can ever join the new chain."""
+        assert self.journal is not None
+        with self.cond:
+            if self.blocked is None:
+                return True
+            if self.recovering or self.queue:
+                return False
+            self.journal.start_after_recovery(self.resume_after_seq)
+            self.appended_seq = self.materialised_seq = self.journal.next_seq - 1
+            log.warning("journal writable again (was: %s); new lap from seq %d", self.blocked, self.journal.next_seq)
+            self.blocked = None
+            return True
 
     def _known(self, uid: str) -> _Pending | InstanceRow | None:
         with self.cond:
@@ -203,16 +240,11 @@ class Writer:
             replies.append(None)
             entries.append(Entry(body=_body(msg, final, now), parts=parts))
         if entries:
-            self._make_room()
             try:
+                self._make_room()
                 records = self.journal.append(entries)
             except StorageError as exc:
-                # Part of the group may be on disk; appending again at the same place could
-                # leave a record of this failed group after a shorter new one. So the writer
-                # answers the failure and exits (the loop sees ``failure``): the restart scans
-                # the journal and starts a new lap far above every number used.
-                log.error("journal append failed for %d instance(s): %s", len(entries), exc)
-                self.failure = exc
+                self._append_failed(exc, len(entries))
                 for slot, r, _final in accepted:
                     replies[slot] = (r.identity, ErrorReply(status=exc.status, reason=str(exc)), r.envelope.id)
                 return [x for x in replies if x is not None]
@@ -232,6 +264,19 @@ class Writer:
                 log.debug("assoc=%s sop=%s journaled seq=%d for %s", msg.assoc_id, msg.sop_instance_uid, record.seq, final)
         return [x for x in replies if x is not None]
 
+    def _append_failed(self, exc: StorageError, count: int) -> None:
+        """Part of the group may be on disk, and appending again at the same place could leave
+        a record of this failed group after a shorter new one: block writes until everything
+        acknowledged is materialised, then start a new lap above every number this group may
+        have used (``_writable``). A crash meanwhile replays the journal as always."""
+        log.error("journal append failed for %d instance(s): %s; refusing writes until the journal is materialised", count, exc)
+        assert self.journal is not None
+        with self.cond:
+            self.blocked = str(exc)
+            self.resume_after_seq = max(self.resume_after_seq, self.journal.next_seq + count)
+            self.urgent = True
+            self.cond.notify_all()
+
     def _make_room(self) -> None:
         """Start a new lap when everything is materialised; wait for that past JOURNAL_MAX_BYTES."""
         assert self.journal is not None
@@ -249,6 +294,8 @@ class Writer:
         while self.queue:
             if self.failure is not None or (self.thread is not None and not self.thread.is_alive()):
                 raise StorageError(f"materialiser stopped: {self.failure}")
+            if self.materialise_error is not None:
+                raise StorageError(f"store not writable: {self.materialise_error}")
             self.cond.wait(1.0)
         self.urgent = False
 
@@ -260,6 +307,8 @@ class Writer:
     def synced(self, target: int) -> bool:
         """True when every record up to ``target`` is materialised; else hurry the materialiser."""
         with self.cond:
+            if self.recovering:
+                return False
             if self.materialised_seq >= target or not self.queue:
                 return True
             self.urgent = True
@@ -281,7 +330,7 @@ class Writer:
         outcomes = self.store.commit(writes)
         previous = {r.message.sop_instance_uid: self.index.get(r.message.sop_instance_uid) for r in requests}
         rows = [
-            _row(r.message, outcome.path, outcome.size)
+            _row(r.message, outcome.path, outcome.size, self._checksum(r, outcome.path))
             for r, outcome in zip(requests, outcomes)
             if outcome.error is None and outcome.path is not None
         ]
@@ -310,14 +359,26 @@ class Writer:
             log.debug("assoc=%s sop=%s stored at %s", msg.assoc_id, msg.sop_instance_uid, outcome.path)
         return replies
 
+    def _checksum(self, request: _Request, path: Path) -> str:
+        """The file's checksum for a cluster's index (another node may ask us to verify it);
+        a single node's SQLite index goes without (its tracker compares sizes)."""
+        if not self.index.db.shared:
+            return ""
+        try:
+            return verify.digest_file(str(path)) if request.message.spool else verify.digest_parts(request.envelope.data)
+        except OSError as exc:
+            log.warning("sop=%s no checksum taken: %s", request.message.sop_instance_uid, exc.strerror)
+            return ""
+
     # ----- the materialiser (background thread) -------------------------------------------------
 
     def _materialiser(self) -> None:
-        index = Index(self.config.database)  # its own connection: SQLite's belong to one thread
+        index = Index(self.config.database, node_id=self.config.node_id)  # its own connection: SQLite's belong to one thread
         try:
-            self._recover(index)
-            self.ready.set()
+            if not self._recover_until_done(index):
+                return
             last = 0.0
+            failures = 0
             while True:
                 with self.cond:
                     while not self.queue and not self.stopping:
@@ -334,11 +395,21 @@ class Writer:
                         continue
                     batch = self.queue[:MATERIALISE_BATCH]
                 last = time.monotonic()
-                if not self._materialise(index, batch):
-                    with self.cond:
-                        self.cond.wait(MATERIALISE_RETRY_S)
-                    continue
+                error = self._materialise(index, batch)
                 with self.cond:
+                    self.materialise_error = error
+                    if error is not None:
+                        failures += 1
+                        self._log_failure(failures, f"{len(self.queue)} acknowledged instance(s) not materialised (will retry): {error}")
+                        if self.stopping and failures >= STOP_ATTEMPTS:
+                            log.warning("stopping with %d acknowledged instance(s) still in the journal (%s): "
+                                        "they are materialised at the next start", len(self.queue), error)
+                            return
+                        self.cond.wait(MATERIALISE_RETRY_S)
+                        continue
+                    if failures:
+                        log.warning("materialising again after %d failed attempt(s)", failures)
+                    failures = 0
                     del self.queue[: len(batch)]
                     self.materialised_seq = batch[-1].seq
                     for record in batch:
@@ -357,6 +428,38 @@ class Writer:
         finally:
             index.close()
 
+    def _recover_until_done(self, index: Index) -> bool:
+        """The replay at start; while it fails (a full disk), the writer serves, refusing writes
+        (``blocked``), and the replay is retried; False if the writer stops meanwhile."""
+        failures = 0
+        while True:
+            try:
+                self._recover(index)
+            except StorageError as exc:
+                failures += 1
+                with self.cond:
+                    self.recovering = True
+                    self.blocked = f"journal replay pending: {exc}"
+                    self._log_failure(failures, f"journal replay failed (will retry): {exc}")
+                    self.ready.set()
+                    if self.stopping:
+                        return False
+                    self.cond.wait(MATERIALISE_RETRY_S)
+                continue
+            with self.cond:
+                if self.recovering:
+                    log.warning("journal replay done after %d failed attempt(s); writes accepted again", failures)
+                self.recovering = False
+                self.blocked = None
+            self.ready.set()
+            return True
+
+    @staticmethod
+    def _log_failure(failures: int, message: str) -> None:
+        """The first failure of a run, then one a minute."""
+        if failures == 1 or failures % max(1, int(MATERIALISE_LOG_EVERY_S / MATERIALISE_RETRY_S)) == 0:
+            log.error("%s", message)
+
     def _recover(self, index: Index) -> None:
         """Materialise every journal record past the checkpoint; start a new lap."""
         assert self.journal is not None
@@ -369,15 +472,16 @@ class Writer:
                 todo.append(record)
         for start in range(0, len(todo), MATERIALISE_BATCH):
             batch = todo[start:start + MATERIALISE_BATCH]
-            if not self._materialise(index, batch):
-                raise StorageError(f"cannot materialise journal records {batch[0].seq}..{batch[-1].seq}")
+            error = self._materialise(index, batch)
+            if error is not None:
+                raise StorageError(f"cannot materialise journal records {batch[0].seq}..{batch[-1].seq}: {error}")
         if todo:
             log.warning("journal: materialised %d acknowledged instance(s) a stop left (seq %d..%d)", len(todo), todo[0].seq, todo[-1].seq)
         self.journal.start_after_recovery(last)
         self.materialised_seq = self.appended_seq = self.journal.next_seq - 1
 
-    def _materialise(self, index: Index, batch: list[Record]) -> bool:
-        """Files to final paths (two syncfs), rows and checkpoint in one transaction; False on failure.
+    def _materialise(self, index: Index, batch: list[Record]) -> str | None:
+        """Files to final paths (two syncfs), rows and checkpoint in one transaction; why not, on failure.
 
         Only the last record of an instance in the batch is materialised (an overwrite
         replaces the earlier one anyway); a file made obsolete by an overwrite at another path
@@ -396,18 +500,16 @@ class Writer:
         )
         failed = [(r, e) for r, e in zip(records, errors) if e is not None]
         if failed:
-            for record, error in failed[:5]:
-                log.error("journal seq=%d sop=%s not materialised (will retry): %s", record.seq, record.body["uid"], error)
-            return False
+            record, error = failed[0]
+            return f"{len(failed)} file(s) not written, first seq={record.seq} sop={record.body['uid']}: {error}"
         try:
             index.record([_row_from_body(r.body, r.data_length) for r in records], checkpoint=(self.journal.journal_id, batch[-1].seq))
         except StorageError as exc:
-            log.error("index write failed for %d journaled instance(s) (will retry): %s", len(records), exc)
-            return False
-        return True
+            return f"index write failed for {len(records)} journaled instance(s): {exc}"
+        return None
 
 
-def _row(msg: WriteInstance, path: Path | None, size: int) -> InstanceRow:
+def _row(msg: WriteInstance, path: Path | None, size: int, checksum: str = "") -> InstanceRow:
     return InstanceRow(
         sop_instance_uid=msg.sop_instance_uid,
         sop_class_uid=msg.sop_class_uid,
@@ -419,6 +521,7 @@ def _row(msg: WriteInstance, path: Path | None, size: int) -> InstanceRow:
         patient_id=msg.patient_id,
         calling_aet=msg.calling_aet,
         called_aet=msg.called_aet,
+        checksum=checksum,
     )
 
 
@@ -476,13 +579,71 @@ def _drain(sock: zmq.Socket, deadline_s: float) -> tuple[list[_Request], list[tu
     return batch, immediate, syncs
 
 
+class Verifier:
+    """Answers ``VerifyInstances`` from other nodes on ``[cluster] endpoint`` in its own thread
+    (file reads and checksums must not hold up the group commits of the write loop)."""
+
+    POLL_MS = 200
+
+    def __init__(self, config: NodeConfig, ctx: zmq.Context, stop: threading.Event) -> None:
+        self.config = config
+        self.stop = stop
+        self.sock = _bus.router(ctx, config.cluster.endpoint)  # bound here: a busy port fails the start
+        self.thread = threading.Thread(target=self._serve, name="verifier", daemon=True)
+
+    def start(self, index: Index) -> None:
+        index.register_node(self.config.node_id, self.config.cluster.endpoint)
+        self.thread.start()
+        log.info("verifier ready: node=%s endpoint=%s", self.config.node_id, self.config.cluster.endpoint)
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.thread.join(timeout=2 * self.POLL_MS / 1000 + 1)
+        self.sock.close(0)
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            if not self.sock.poll(self.POLL_MS, zmq.POLLIN):
+                continue
+            identity, envelope = _bus.receive(self.sock)
+            if isinstance(envelope, MessageError):
+                _bus.reply(self.sock, identity, ErrorReply(status=envelope.status, reason=str(envelope)), sender=NAME, corr="")
+            elif isinstance(envelope.message, VerifyInstances):
+                _bus.reply(self.sock, identity, self.check(envelope.message), sender=NAME, corr=envelope.id)
+            elif isinstance(envelope.message, Ping):
+                _bus.reply(self.sock, identity, Pong(pid=os.getpid()), sender=NAME, corr=envelope.id)
+            else:
+                reason = f"the verifier does not take {envelope.message.kind}"
+                _bus.reply(self.sock, identity, ErrorReply(status=0x0110, reason=reason), sender=NAME, corr=envelope.id)
+
+    def check(self, msg: VerifyInstances) -> InstancesVerified:
+        """Each instance: the file at the recorded path, with the recorded size and checksum."""
+        present: list[str] = []
+        problems: dict[str, str] = {}
+        for uid, (path, size, checksum) in msg.instances.items():
+            why = verify.problem(str(path), int(size), str(checksum))
+            if why:
+                problems[uid] = why
+            else:
+                present.append(uid)
+        if problems:
+            log.warning("verify: %d of %d instance(s) not intact, e.g. %s", len(problems), len(msg.instances), next(iter(problems.items())))
+        return InstancesVerified(node_id=self.config.node_id, present=present, problems=problems)
+
+
 def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = None) -> int:
     """Serve write requests until ``stop`` is set; then materialise everything journaled."""
     ctx = ctx or zmq.Context.instance()
     writer = Writer(config)
+    verifier: Verifier | None = None
     try:
         writer.prepare()
+        if config.cluster.endpoint:
+            verifier = Verifier(config, ctx, stop)
+            verifier.start(writer.index)
     except BaseException:
+        if verifier is not None:
+            verifier.sock.close(0)
         writer.close()
         raise
     sock = _bus.router(ctx, config.endpoint(NAME))
@@ -519,6 +680,8 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
                     log.warning("requester gone before its reply (%s)", getattr(message, "kind", "?"))
     finally:
         sock.close(0)
+        if verifier is not None:
+            verifier.close()
         backlog = writer.backlog
         if backlog and writer.failure is None:
             log.info("stopping: materialising %d journaled instance(s)", backlog)

@@ -1,4 +1,4 @@
-"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``memory`` | ``engine`` | ``startstop`` | ``send``."""
+"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``memory`` | ``engine`` | ``startstop`` | ``cluster`` | ``send``."""
 
 from __future__ import annotations
 
@@ -57,6 +57,13 @@ def parser() -> argparse.ArgumentParser:
     startstop.add_argument("--runs", type=int, default=10, help="runs of each command (default 10)")
     startstop.add_argument("--only", action="append", choices=["echoscp", "storescp", "serve"], help="only this command (repeatable)")
     startstop.add_argument("--json", metavar="FILE", help="write every sample as JSON")
+    cluster = sub.add_parser("cluster", help="one PostgreSQL under a cluster: cost per instance and commitment, rows/s, cross-node wake-up")
+    cluster.add_argument("--phases", nargs="+", choices=["wake", "store", "database"], default=["wake", "store", "database"])
+    cluster.add_argument("--runs", type=int, default=20, help="wake: timed transactions after one warm-up (default 20)")
+    cluster.add_argument("--instances", type=int, default=1000, help="store: 5 KiB instances per writer count (default 1000)")
+    cluster.add_argument("--writers", type=int, nargs="+", default=[1, 2, 4], help="store, database: writer counts (default 1 2 4)")
+    cluster.add_argument("--seconds", type=float, default=10.0, help="database: seconds per run (default 10)")
+    cluster.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     send = sub.add_parser("send", help="nodectl send -j 1 and -j 4 against one DCMTK storescu, 5 KiB files into storescp --fork")
     send.add_argument("--files", type=int, default=5000, help="5 KiB files in the job (default 5000, the issue's)")
     send.add_argument("--runs", type=int, default=3, help="rounds, every sender once per round (default 3)")
@@ -112,6 +119,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import startstop
 
         return startstop.main(opts)
+    if opts.command == "cluster":
+        from bench import cluster as cluster_bench
+
+        return cluster_bench.main(opts)
     return 2
 
 

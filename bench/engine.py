@@ -1,10 +1,10 @@
-"""CPU per small C-STORE in the upper layer alone: node/ul against the lean path's codec.
+"""CPU per small C-STORE in the upper layer alone (node/ul).
 
 No sockets, no storage: the bytes DCMTK's storescu sends for one 5 KiB instance (a command
 P-DATA-TF, a dataset P-DATA-TF) go into an established acceptor, the events come out, the
-C-STORE-RSP bytes are made. ``lean`` does the same with node/acceptor.py (pynetdicom's
-P-DATA class, pydicom's command reader, the patched response template) as actors/_lean.py
-does. The node's budget for the whole receive path is 1.5 ms per instance::
+C-STORE-RSP bytes are made. (The lean path this was first compared with, node/acceptor.py,
+is gone since every association runs on node/ul; its figures stay in docs/benchmarks.md.)
+The node's budget for the whole receive path is 1.5 ms per instance::
 
     python -m bench engine [--instances 20000] [--size 5120]
 """
@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 
 from node import ul
-from node.ul import _pdu
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 IMPLICIT = "1.2.840.10008.1.2"
@@ -57,31 +56,12 @@ def engine_receive(size: int) -> Callable[[bytes], bytes]:
     return one
 
 
-def lean_receive(size: int) -> Callable[[bytes], bytes]:
-    from node import acceptor
-
-    encoder = acceptor.ResponseEncoder()
-
-    def one(data: bytes) -> bytes:
-        pos, command, dataset = 0, None, []
-        while pos < len(data):
-            length = _pdu.HEADER.unpack_from(data, pos)[1]
-            for fragment in acceptor.fragments(data[pos : pos + 6 + length]):
-                if fragment.is_command:
-                    command = acceptor.decode_command(fragment.data)
-                else:
-                    dataset.append(fragment.data)
-            pos += 6 + length
-        return b"".join(encoder.pdus(1, command, 0, 16384))  # type: ignore[arg-type]
-    return one
-
-
 def measure(make: Callable[[int], Callable[[bytes], bytes]], instances: int, size: int) -> float:
     """Microseconds of process CPU per instance."""
     scu, _ = _established()
     wires = [_wire(scu, size, n % 65535 + 1) for n in range(min(instances, 2000))]
     one = make(size)
-    for data in wires[:200]:  # warm caches (the lean path's response template)
+    for data in wires[:200]:  # warm caches
         one(data)
     started = time.process_time()
     for n in range(instances):
@@ -90,6 +70,5 @@ def measure(make: Callable[[int], Callable[[bytes], bytes]], instances: int, siz
 
 
 def main(instances: int = 20000, size: int = 5120) -> int:
-    for name, make in (("node/ul engine", engine_receive), ("lean (node/acceptor.py)", lean_receive)):
-        print(f"{name:26s} {measure(make, instances, size):8.1f} us CPU per {size}-byte C-STORE (receive + response)")
+    print(f"node/ul engine {measure(engine_receive, instances, size):8.1f} us CPU per {size}-byte C-STORE (receive + response)")
     return 0

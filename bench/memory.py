@@ -13,8 +13,8 @@ TCP_NODELAY=1 into ``nodectl serve`` (default workers), and the node's whole pro
 Send: the first N files of the corpus's 5 KiB secondary captures, named one by one on the
 command line, go with ``nodectl send -j J`` into DCMTK ``/usr/bin/storescp --fork`` (cheap;
 by absolute path, since pynetdicom's console scripts shadow DCMTK's on PATH; TCP_NODELAY=1
-in its environment). Every process of the send (the parent and its spawned workers) is
-sampled every 50 ms: the peak of each process and the peak of their sum at one poll. The
+in its environment). Every process of the send (since issue 13 one: ``-j J`` runs J threads)
+is sampled every 50 ms: the peak of each process and the peak of their sum at one poll. The
 receiver must hold N files afterwards and the send must exit 0.
 
 Each run writes ``bench/results/memory-<receive|send>-<timestamp>.json``.

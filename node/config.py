@@ -29,10 +29,10 @@ File layout (every key optional; the embedded defaults run a node on port 11112)
               key_password, crl_check, dh_params
     [access]  allowed = { CALLED = ["CALLING", ...] }: calling AE titles per called AE title
     [metrics] enabled, host, port: the node's Prometheus endpoint (docs/operations.md)
+    [cluster] node_id, endpoint (tcp://): this node among those sharing one PostgreSQL index
 
 Environment: ``NODECTL_CONFIG`` names the file; ``NODECTL_AET``, ``NODECTL_PORT``,
-``NODECTL_DIRECTORY``, ``NODECTL_DATABASE``, ``NODECTL_WORKERS``, ``NODECTL_RUN_DIR``,
-``NODECTL_RECEIVE_PATH``
+``NODECTL_DIRECTORY``, ``NODECTL_DATABASE``, ``NODECTL_WORKERS``, ``NODECTL_RUN_DIR``
 override single values (the Procfile's processes are pointed at a test's ports this way).
 """
 
@@ -122,10 +122,10 @@ class NetworkConfig:
     write_timeout: float = 30.0
     max_associations_per_aet: int = 0  # node-wide cap per calling AE title (0 = none)
     max_pending: int = 256  # per worker: connected peers that have not sent their A-ASSOCIATE-RQ yet
-    # "lean": workers serve C-STORE/C-ECHO associations on the sans-IO engine (node/ul, shell
-    # actors/_ul_association.py) and hand anything else to pynetdicom; "pynetdicom": every
-    # association runs pynetdicom's machinery (the comparison, and a way back).
-    receive_path: str = "lean"
+    # Asynchronous operations window offered to requestors that propose one (dcm4che's
+    # --max-ops-invoked/--max-ops-performed, 0 = unlimited); 1 and 1: no window, one at a time.
+    max_ops_invoked: int = 1
+    max_ops_performed: int = 1
 
 
 @dataclass(frozen=True)
@@ -182,11 +182,22 @@ class BusConfig:
 
 @dataclass(frozen=True)
 class PeerConfig:
-    """A remote AE the node may have to call back (Storage Commitment reports): ``[[peers]]``."""
+    """A remote AE the node may have to call back (Storage Commitment reports): ``[[peers]]``.
+
+    ``tls = true``: the association to it is TLS; ``ca`` is the trust store for the peer's
+    certificate (required: a report is never sent to an unverified peer), ``certificate`` and
+    ``key`` the node's client certificate (empty: ``[tls]``'s, and none when that is empty
+    too), ``server_name`` the name the peer's certificate must carry (empty: ``host``).
+    """
 
     aet: str
     host: str
     port: int
+    tls: bool = False
+    ca: str = ""
+    certificate: str = ""
+    key: str = ""
+    server_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -205,6 +216,26 @@ class CommitmentConfig:
     role_reject: bool = False  # refuse report associations without SCP role selection
     association_timeout: float = 30.0  # outbox sender: ACSE/DIMSE timeouts
     accept_unknown: bool = False  # answer 0x0000 to reports of transactions never recorded (stcomscu server)
+    # SCP side, issue 16: how far a node checks before it reports an instance committed.
+    # "file": the file is present with its size and checksum (on this node, or the owning
+    # node's writer is asked over the bus); "index": the row in the (shared) index is proof.
+    verify: str = "file"
+    verify_timeout: float = 2.0  # an owning node that does not answer in this long: failed (0x0110)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Issue 16: who this node is among the nodes sharing one PostgreSQL index (``[cluster]``).
+
+    ``node_id`` is written into every index row this node stores (default: host name and
+    store directory, so two nodes on one host differ). ``endpoint`` is a ``tcp://`` address
+    the writer binds for ``VerifyInstances`` from other nodes' trackers and registers in the
+    shared database; without it other nodes cannot ask this one (verify="file" then fails
+    instances held here unless the store is a shared filesystem).
+    """
+
+    node_id: str = ""
+    endpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -238,6 +269,15 @@ class NodeConfig:
     metrics: MetricsConfig = MetricsConfig()
     tls: TlsConfig = TlsConfig()
     access: AccessConfig = AccessConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    @property
+    def node_id(self) -> str:
+        """This node's name in the shared index (``[cluster] node_id``, else host and store)."""
+        if self.cluster.node_id:
+            return self.cluster.node_id
+        digest = hashlib.sha256(str(self.directory.absolute()).encode()).hexdigest()[:8]
+        return f"{os.uname().nodename}-{digest}"
 
     def peer(self, aet: str) -> PeerConfig | None:
         """The ``[[peers]]`` entry of an AE title (last one wins), or None."""
@@ -282,6 +322,7 @@ SECTIONS: dict[str, type] = {
     "metrics": MetricsConfig,
     "tls": TlsConfig,
     "access": AccessConfig,
+    "cluster": ClusterConfig,
 }
 _NODE_KEYS = {"aet", "directory", "database", "workers", "run_dir", "transport", "log_level", "log_format"}
 
@@ -343,7 +384,7 @@ def from_mapping(data: Mapping[str, Any], base_dir: Path = Path(".")) -> NodeCon
     if "listeners" in data:
         kwargs["listeners"] = tuple(_build(ListenerConfig, t, "listeners") for t in data["listeners"])
     if "peers" in data:
-        kwargs["peers"] = tuple(_build_peer(t) for t in data["peers"])
+        kwargs["peers"] = tuple(_build_peer(t, base_dir) for t in data["peers"])
     for section, cls in SECTIONS.items():
         if section in data:
             kwargs[section] = _build(cls, data[section], section)
@@ -361,15 +402,35 @@ def _tls_paths(tls: TlsConfig, base_dir: Path) -> TlsConfig:
     return replace(tls, **updates) if updates else tls
 
 
-def _build_peer(table: Mapping[str, Any]) -> PeerConfig:
-    """A ``[[peers]]`` entry: aet, host and port are all required."""
-    unknown = set(table) - {"aet", "host", "port"}
-    if unknown or not {"aet", "host", "port"} <= set(table):
-        raise ConfigError(f"[[peers]]: needs exactly aet, host and port, got {', '.join(sorted(table))}")
+_PEER_REQUIRED = frozenset({"aet", "host", "port"})
+_PEER_TLS = frozenset({"tls", "ca", "certificate", "key", "server_name"})
+
+
+def _build_peer(table: Mapping[str, Any], base_dir: Path | None = None) -> PeerConfig:
+    """A ``[[peers]]`` entry: aet, host and port are all required; the TLS keys are optional,
+    their paths relative to the config file's directory."""
+    unknown = set(table) - _PEER_REQUIRED - _PEER_TLS
+    if unknown or not _PEER_REQUIRED <= set(table):
+        raise ConfigError(f"[[peers]]: needs aet, host and port (and optionally {', '.join(sorted(_PEER_TLS))}), "
+                          f"got {', '.join(sorted(table))}")
     try:
-        return PeerConfig(aet=check_aet(str(table["aet"])), host=str(table["host"]), port=int(table["port"]))
+        port = int(table["port"])
     except (TypeError, ValueError):
         raise ConfigError(f"[[peers]]: bad port {table.get('port')!r}") from None
+    if not isinstance(table.get("tls", False), bool):
+        raise ConfigError(f"[[peers]] {table['aet']}: tls must be true or false")
+    paths = {name: _relative_to(str(table[name]), base_dir) for name in ("ca", "certificate", "key") if table.get(name)}
+    peer = PeerConfig(aet=check_aet(str(table["aet"])), host=str(table["host"]), port=port, tls=table.get("tls", False),
+                      server_name=str(table.get("server_name", "")), **paths)
+    if peer.tls and not peer.ca:
+        raise ConfigError(f"[[peers]] {peer.aet}: tls = true needs ca (the trust store for the peer's certificate)")
+    if (peer.ca or peer.certificate or peer.key or peer.server_name) and not peer.tls:
+        raise ConfigError(f"[[peers]] {peer.aet}: ca, certificate, key and server_name need tls = true")
+    return peer
+
+
+def _relative_to(path: str, base_dir: Path | None) -> str:
+    return str(base_dir / path) if base_dir is not None and not Path(path).is_absolute() else path
 
 
 def parse_peer(text: str) -> PeerConfig:
@@ -445,8 +506,6 @@ def apply_environment(config: NodeConfig, environ: Mapping[str, str]) -> NodeCon
         updates["database"] = environ["NODECTL_DATABASE"]
     if "NODECTL_RUN_DIR" in environ:
         updates["run_dir"] = Path(environ["NODECTL_RUN_DIR"])
-    if "NODECTL_RECEIVE_PATH" in environ:
-        updates["network"] = replace(config.network, receive_path=environ["NODECTL_RECEIVE_PATH"])
     try:
         if "NODECTL_WORKERS" in environ:
             updates["workers"] = int(environ["NODECTL_WORKERS"])
@@ -492,7 +551,19 @@ def validate(config: NodeConfig) -> NodeConfig:
     if not 0 <= config.store.status <= 0xFFFF:
         raise ConfigError(f"store.status {config.store.status} is not a 16-bit status")
     _validate_security(config)
+    _validate_cluster(config)
     return config
+
+
+def _validate_cluster(config: NodeConfig) -> None:
+    """[commitment] verify is index or file; [cluster] endpoint is tcp:// (other hosts dial it)."""
+    if config.commitment.verify not in ("index", "file"):
+        raise ConfigError(f"commitment.verify must be index or file, not {config.commitment.verify!r}")
+    if not 0 < config.commitment.verify_timeout < config.commitment.request_timeout:
+        # the worker waits request_timeout for the tracker, which waits verify_timeout for owners
+        raise ConfigError("commitment.verify_timeout must be positive and below commitment.request_timeout")
+    if config.cluster.endpoint and not config.cluster.endpoint.startswith("tcp://"):
+        raise ConfigError(f"cluster.endpoint must be a tcp:// address, not {config.cluster.endpoint!r}")
 
 
 def _validate_security(config: NodeConfig) -> None:
@@ -512,8 +583,8 @@ def _validate_security(config: NodeConfig) -> None:
             check_aet(aet)
     if config.network.max_associations_per_aet < 0 or config.network.max_pending < 1:
         raise ConfigError("network.max_associations_per_aet must be >= 0 and max_pending >= 1")
-    if config.network.receive_path not in ("lean", "pynetdicom"):
-        raise ConfigError(f"network.receive_path must be \"lean\" or \"pynetdicom\", not {config.network.receive_path!r}")
+    if config.network.max_ops_invoked < 0 or config.network.max_ops_performed < 0:
+        raise ConfigError("network.max_ops_invoked and max_ops_performed must be >= 0 (0: unlimited)")
 
 
 def check_aet(aet: str, *, allow_empty: bool = False) -> str:

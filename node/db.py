@@ -156,6 +156,13 @@ class Database:
         if self.dialect == POSTGRESQL:
             self.execute("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
 
+    def notify(self, channel: str, payload: str) -> None:
+        """Inside a transaction: wake every ``Listener`` on ``channel`` once it commits
+        (PostgreSQL delivers notifications at commit, none for a rollback); SQLite: nothing,
+        one node has no one else to wake."""
+        if self.dialect == POSTGRESQL:
+            self.execute("SELECT pg_notify(?, ?)", (channel, payload))
+
     def skip_locked(self) -> str:
         """The suffix that makes a SELECT claim rows other transactions have not claimed."""
         return " FOR UPDATE SKIP LOCKED" if self.dialect == POSTGRESQL else ""
@@ -172,3 +179,69 @@ class Database:
 def connect(database: str, *, readonly: bool = False) -> Database:
     """Open the node's database named by the config's ``database`` value."""
     return Database(database, readonly=readonly)
+
+
+class Listener:
+    """``LISTEN`` on one channel over a connection of its own, for a poll loop (issue 16).
+
+    ``fileno()`` goes into the caller's poller; when it is readable, ``drain()`` returns the
+    payloads that arrived without blocking, or None when the connection is lost (the caller
+    falls back to polling the tables and calls ``connect()`` again later). PostgreSQL only.
+    """
+
+    def __init__(self, database: str, channel: str) -> None:
+        if dialect_of(database) != POSTGRESQL:
+            raise StorageError("LISTEN/NOTIFY needs PostgreSQL")
+        if not channel.isidentifier():
+            raise StorageError(f"channel {channel!r} is not an identifier")
+        self.url = database
+        self.channel = channel
+        self.conn: Any = None
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None and not self.conn.closed
+
+    def connect(self) -> bool:
+        """(Re)connect and LISTEN; False when the server cannot be reached now."""
+        import psycopg
+
+        self.close()
+        try:
+            self.conn = psycopg.connect(self.url, autocommit=True, connect_timeout=5, application_name="nodectl-listen")
+            self.conn.execute(f"LISTEN {self.channel}")
+            return True
+        except psycopg.Error:
+            self.close()
+            return False
+
+    def fileno(self) -> int:
+        return int(self.conn.pgconn.socket)
+
+    def drain(self) -> list[str] | None:
+        """Payloads received so far (maybe none); None when the connection is gone."""
+        import psycopg
+
+        if not self.connected:
+            return None
+        pgconn = self.conn.pgconn
+        out: list[str] = []
+        try:
+            pgconn.consume_input()
+            while (notice := pgconn.notifies()) is not None:
+                out.append(notice.extra.decode())
+        except (psycopg.Error, OSError):
+            self.close()
+            return None
+        if pgconn.status != psycopg.pq.ConnStatus.OK:
+            self.close()
+            return None
+        return out
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped either way
+                pass
+            self.conn = None

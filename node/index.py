@@ -115,6 +115,21 @@ MIGRATIONS: Sequence[tuple[int, Sequence[str]]] = (
             )""",
         ),
     ),
+    (
+        5,
+        (
+            # Cluster-wide commitment (issue 16): which node holds each instance and the file's
+            # checksum, so any node's tracker can answer for it (or ask that node to check);
+            # where each node's writer answers such questions.
+            "ALTER TABLE instances ADD COLUMN node_id TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE instances ADD COLUMN checksum TEXT NOT NULL DEFAULT ''",
+            """CREATE TABLE cluster_nodes (
+                node_id TEXT PRIMARY KEY,
+                endpoint TEXT NOT NULL DEFAULT '',
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
 )
 
 
@@ -133,16 +148,18 @@ class InstanceRow:
     calling_aet: str = ""
     called_aet: str = ""
     received_at: float = 0.0
+    node_id: str = ""  # the node whose store holds the file (issue 16)
+    checksum: str = ""  # sha256 of the whole file, "" when not taken (node.verify)
 
 
 _COLUMNS = (
     "sop_instance_uid, sop_class_uid, study_uid, series_uid, patient_id, transfer_syntax, "
-    "path, size, calling_aet, called_aet, received_at"
+    "path, size, calling_aet, called_aet, received_at, node_id, checksum"
 )
 
 
 _UPSERT = (
-    f"INSERT INTO instances ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (sop_instance_uid) DO UPDATE SET "
+    f"INSERT INTO instances ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (sop_instance_uid) DO UPDATE SET "
     + ", ".join(f"{c.strip()} = excluded.{c.strip()}" for c in _COLUMNS.split(",")[1:])
 )
 
@@ -156,7 +173,8 @@ _CHECKPOINT = (
 class Index:
     """The index of stored instances (SQLite file or PostgreSQL URL, see ``node.db``)."""
 
-    def __init__(self, database: str, *, readonly: bool = False) -> None:
+    def __init__(self, database: str, *, readonly: bool = False, node_id: str = "") -> None:
+        self.node_id = node_id  # recorded in rows that do not name their node
         self.db = db.connect(database, readonly=readonly)
         self.conn = self.db  # execute()/executemany() like a sqlite3 connection, either dialect
         if not readonly:
@@ -189,6 +207,7 @@ class Index:
             (
                 r.sop_instance_uid, r.sop_class_uid, r.study_uid, r.series_uid, r.patient_id,
                 r.transfer_syntax, r.path, r.size, r.calling_aet, r.called_aet, r.received_at or time.time(),
+                r.node_id or self.node_id, r.checksum,
             )
             for r in rows
         ]
@@ -216,6 +235,23 @@ class Index:
             raise StorageError(f"index read failed: {exc}") from None
         return InstanceRow(*_reorder(row)) if row else None
 
+    def register_node(self, node_id: str, endpoint: str) -> None:
+        """Tell the cluster where this node's writer answers ``VerifyInstances``."""
+        with self.db.transaction("cluster node registration") as conn:
+            conn.execute(
+                "INSERT INTO cluster_nodes (node_id, endpoint, updated_at) VALUES (?,?,?) "
+                "ON CONFLICT (node_id) DO UPDATE SET endpoint = excluded.endpoint, updated_at = excluded.updated_at",
+                (node_id, endpoint, time.time()),
+            )
+
+    def endpoints(self) -> dict[str, str]:
+        """{node id: writer endpoint} of every node that registered one."""
+        try:
+            rows = self.db.execute("SELECT node_id, endpoint FROM cluster_nodes WHERE endpoint <> ''").fetchall()
+        except self.db.errors as exc:
+            raise StorageError(f"index read failed: {exc}") from None
+        return {str(n): str(e) for n, e in rows}
+
     def count(self) -> int:
         """How many instances are stored."""
         return int(self.db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
@@ -226,5 +262,5 @@ class Index:
 
 def _reorder(row: Sequence[object]) -> tuple[object, ...]:
     """Map a SELECT row (column order of _COLUMNS) to InstanceRow's field order."""
-    (uid, sop_class, study, series, patient, ts, path, size, calling, called, received) = row
-    return (uid, sop_class, ts, path, size, study, series, patient, calling, called, received)
+    (uid, sop_class, study, series, patient, ts, path, size, calling, called, received, node_id, checksum) = row
+    return (uid, sop_class, ts, path, size, study, series, patient, calling, called, received, node_id, checksum)

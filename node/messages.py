@@ -169,6 +169,30 @@ class StoreSynced:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class VerifyInstances:
+    """Another node's tracker asks this node's writer (on ``[cluster] endpoint``, tcp://)
+    whether instances the shared index says this node holds are present and unchanged.
+
+    ``instances`` maps a SOP Instance UID to ``[path, size, checksum]`` as the index has them
+    (checksum "" when the row has none: the size is then all that is compared).
+    """
+
+    kind: ClassVar[str] = "store.verify"
+    instances: dict[str, list[Any]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstancesVerified:
+    """The writer's answer to ``VerifyInstances``: ``present`` lists the UIDs found intact;
+    ``problems`` says, per UID that is not, why (missing, size, checksum)."""
+
+    kind: ClassVar[str] = "store.verified"
+    node_id: str
+    present: list[str]
+    problems: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorReply:
     """A request failed; ``status`` is the DIMSE status the answer to the peer should carry."""
 
@@ -362,7 +386,7 @@ KINDS: dict[str, type] = {
     cls.kind: cls
     for cls in (
         WorkerReady, NodeLoad, HandOff, AssociationEnded, AdmitAssociation, AdmitAnswer, WriteInstance, InstanceWritten,
-        SyncStore, StoreSynced, ErrorReply, Ping, Pong,
+        SyncStore, StoreSynced, VerifyInstances, InstancesVerified, ErrorReply, Ping, Pong,
         StatusRequest, ListenerStatus, *COMMITMENT_MESSAGES,
     )
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from io import BytesIO
 from pathlib import Path
 from typing import BinaryIO
@@ -300,15 +300,52 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(value or "")[:256]
 
 
+class _UnknownAsStorage(dict):
+    """Contexts for ``--accept-unknown`` (pynetdicom's unrestricted storage service): a SOP
+    class not listed is taken with any transfer syntax when it may be a storage class
+    (private, unknown to pydicom, or storage); a known non-storage class stays refused."""
+
+    def get(self, key: str, default: tuple[str, ...] | None = None) -> tuple[str, ...] | None:  # type: ignore[override]
+        found = super().get(key, default)
+        if found is None and _storage_like(key):
+            return (ul.ANY,)
+        return found
+
+
+def _storage_like(uid: str) -> bool:
+    entry = UID_dictionary.get(uid)
+    return entry is None or entry[1] == "SOP Class" and "Storage" in entry[0] or uids.UID(uid).is_private
+
+
+def refuse_commitment_without_scp_role(request: ul.AssociateRequest, answer: ul.AssociateAccept) -> ul.AssociateAccept:
+    """DCMTK stcomscu's ``--role-reject``: an SCP that opens an association to deliver a
+    report must propose SCP/SCU role selection with the SCP role (PS3.4 J.3.3); a Storage
+    Commitment context proposed without it is refused (user rejection)."""
+    if any(r.sop_class_uid == STORAGE_COMMITMENT and r.scp_role for r in request.roles):
+        return answer
+    commitment_ids = {cx.context_id for cx in request.contexts if cx.abstract_syntax == STORAGE_COMMITMENT}
+    results = []
+    for result in answer.contexts:
+        if result.context_id in commitment_ids and result.result == ul.ACCEPTANCE:
+            result = replace(result, result=ul.USER_REJECTION)
+        results.append(result)
+    return replace(answer, contexts=tuple(results))
+
+
 def acceptor_policy(rules: Sequence[ContextRule], *, max_pdu: int, implementation_class_uid: str,
-                    implementation_version_name: str) -> ul.AcceptorPolicy:
+                    implementation_version_name: str, accept_unknown: bool = False, max_ops_invoked: int = 1,
+                    max_ops_performed: int = 1) -> ul.AcceptorPolicy:
     """The engine's acceptor policy for these rules (node/ul negotiates with it).
 
     A rule accepting any syntax becomes the list of syntaxes pydicom knows, walked in the
     requestor's order (dcm4che's rule: files stored as sent); an explicit list keeps the
-    acceptor's order (pynetdicom's rule, which echoscp's preference options rely on).
+    acceptor's order (pynetdicom's rule, which echoscp's preference options rely on). A
+    window of 1 and 1 (the default of every association) answers no window item.
     """
-    contexts: dict[str, tuple[str, ...]] = {}
+    window = None
+    if (max_ops_invoked, max_ops_performed) != (1, 1):
+        window = ul.AsyncWindow(max_invoked=max_ops_invoked, max_performed=max_ops_performed)
+    contexts: dict[str, tuple[str, ...]] = _UnknownAsStorage() if accept_unknown else {}
     for rule in rules:
         contexts.setdefault(rule.abstract_syntax, rule.expanded())
     return ul.AcceptorPolicy(
@@ -317,4 +354,4 @@ def acceptor_policy(rules: Sequence[ContextRule], *, max_pdu: int, implementatio
         roles={rule.abstract_syntax: (bool(rule.scu_role), bool(rule.scp_role)) for rule in rules
                if rule.scu_role is not None or rule.scp_role is not None},
         max_pdu=max_pdu, implementation_class_uid=implementation_class_uid,
-        implementation_version_name=implementation_version_name)
+        implementation_version_name=implementation_version_name, async_window=window)

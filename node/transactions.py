@@ -9,8 +9,9 @@ a peer right after: "persist before acknowledging". State changes follow
 
 In a cluster (several nodes on one PostgreSQL database, ``node.db``) several trackers share
 these tables: ``outbox_claim`` leases due reports to one tracker (``FOR UPDATE SKIP LOCKED``)
-so none is sent twice, and ``ended_since`` lets a tracker wake its own waiters for
-transactions another node's tracker completed.
+so none is sent twice; a transaction that ends is announced with ``NOTIFY`` on
+``ENDED_CHANNEL`` in the transaction that ends it, so every tracker wakes its own waiters at
+once, and ``ended_since`` finds what a tracker missed while its LISTEN connection was down.
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ from node import commitment as sc
 from node.commitment import Delivery, Fact, Ref, Report, State
 from node.errors import StorageError
 from node.index import Index
+from node.verify import Indexed
 
 _CHUNK = 500  # SQLite's default limit on host parameters is 999
+# PostgreSQL NOTIFY channel: a transaction reached a final state (payload: its UID). Every
+# node's tracker LISTENs and wakes its waiters at once (issue 16; node.db.Listener).
+ENDED_CHANNEL = "nodectl_txn_ended"
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,8 @@ class TransactionStore:
                 "UPDATE commit_transactions SET state = ?, action_status = ?, updated_at = ? WHERE transaction_uid = ?",
                 (new.value, status, now or time.time(), uid),
             )
+            if new == State.REFUSED:
+                conn.notify(ENDED_CHANNEL, uid)
         return self._require(uid)
 
     def complete(self, uid: str, report: Report, data: bytes | None, ts: str, sender: str, now: float | None = None) -> tuple[Transaction, bool]:
@@ -188,6 +195,7 @@ class TransactionStore:
                 " report_from = ?, updated_at = ? WHERE transaction_uid = ?",
                 (new.value, report.event_type, report_to_json(report), data, ts, sender, now or time.time(), uid),
             )
+            conn.notify(ENDED_CHANNEL, uid)
         return self._require(uid), True
 
     def expire_due(self, now: float | None = None) -> list[str]:
@@ -204,6 +212,8 @@ class TransactionStore:
                     "UPDATE commit_transactions SET state = ?, updated_at = ? WHERE transaction_uid = ?",
                     [(State.EXPIRED.value, now, uid) for uid in uids],
                 )
+                for uid in uids:
+                    conn.notify(ENDED_CHANNEL, uid)
         return uids
 
     def unfinished(self) -> int:
@@ -364,17 +374,19 @@ class TransactionStore:
 
     # ----- the instance index, read for evaluation ----------------------------------------
 
-    def facts(self, refs: Iterable[Ref]) -> dict[str, tuple[str, str]]:
-        """{SOP Instance UID: (SOP Class UID, path)} for the referenced instances the index has."""
+    def facts(self, refs: Iterable[Ref]) -> dict[str, Indexed]:
+        """{SOP Instance UID: its index row} for the referenced instances the index has
+        (on a cluster's database: stored by any node, ``node_id`` says which)."""
         uids = [r.sop_instance_uid for r in refs]
-        out: dict[str, tuple[str, str]] = {}
+        out: dict[str, Indexed] = {}
         for start in range(0, len(uids), _CHUNK):
             chunk = uids[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
-            for uid, cls, path in self.conn.execute(
-                f"SELECT sop_instance_uid, sop_class_uid, path FROM instances WHERE sop_instance_uid IN ({marks})", chunk
+            for uid, cls, path, size, checksum, node_id in self.conn.execute(
+                "SELECT sop_instance_uid, sop_class_uid, path, size, checksum, node_id FROM instances"
+                f" WHERE sop_instance_uid IN ({marks})", chunk
             ):
-                out[uid] = (cls, path)
+                out[uid] = Indexed(cls, path, int(size), checksum, node_id)
         return out
 
 
@@ -386,6 +398,6 @@ def _entry(row: Sequence[object]) -> OutboxEntry:
     )
 
 
-def to_facts(found: dict[str, tuple[str, str]], readable: dict[str, bool]) -> dict[str, Fact]:
+def to_facts(found: dict[str, Indexed], readable: dict[str, bool]) -> dict[str, Fact]:
     """Combine index rows with the file checks into the facts ``commitment.evaluate`` takes."""
-    return {uid: Fact(cls, readable.get(uid, False)) for uid, (cls, _path) in found.items()}
+    return {uid: Fact(row.sop_class_uid, readable.get(uid, False)) for uid, row in found.items()}

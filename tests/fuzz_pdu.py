@@ -12,7 +12,9 @@ own node unless ``--port`` names one, and prints cases, rate, C-ECHO after, RSS 
 
     python -m tests.fuzz_pdu --cases 100000 --budget 3600
 
-The default suite runs a few hundred cases (tests/actors/test_hostile_input.py).
+The default suite runs a few hundred cases (tests/actors/test_hostile_input.py), and mutated
+copies of a real DCMTK storescu association (``record_association``, ``mutate``: bytes
+flipped, truncated, inserted, duplicated).
 """
 
 from __future__ import annotations
@@ -121,6 +123,82 @@ def _garbage_after_release(draw: Any) -> bytes:
 def pdu_streams() -> st.SearchStrategy[bytes]:
     """Every kind of hostile byte stream this module sends."""
     return st.one_of(st.binary(max_size=512), _bad_header(), _mutated_rq(), _bad_items(), _bad_p_data(), _garbage_after_release())
+
+
+# ----- mutated real associations ---------------------------------------------------------------
+
+
+def record_association(target_port: int, command: list[str]) -> bytes:
+    """What a real requestor sends on one association: ``command`` (with ``PORT`` in it) talks
+    to a recording proxy in front of ``target_port``; the requestor's bytes are returned."""
+    import subprocess
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    sent = bytearray()
+
+    def pipe(src: socket.socket, dst: socket.socket, record: bool) -> None:
+        try:
+            while chunk := src.recv(65536):
+                if record:
+                    sent.extend(chunk)
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            try:
+                dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def proxy() -> None:
+        client, _ = server.accept()
+        upstream = socket.create_connection(("127.0.0.1", target_port), timeout=30)
+        back = threading.Thread(target=pipe, args=(upstream, client, False), daemon=True)
+        back.start()
+        pipe(client, upstream, True)
+        back.join(30)
+        client.close()
+        upstream.close()
+
+    thread = threading.Thread(target=proxy, daemon=True)
+    thread.start()
+    try:
+        result = subprocess.run([str(port) if arg == "PORT" else arg for arg in command], capture_output=True, text=True, timeout=60)
+        thread.join(30)
+    finally:
+        server.close()
+    if result.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed through the recorder: {result.stderr}")
+    return bytes(sent)
+
+
+MUTATIONS = ("flip", "truncate", "insert", "duplicate")
+
+
+def mutate(stream: bytes, rng: Any) -> tuple[str, bytes]:
+    """``stream`` with bytes flipped, cut short, inserted or a slice of it duplicated (one to
+    three of these, chosen by ``rng``, a ``random.Random``); returns what was done and the bytes."""
+    data = bytearray(stream)
+    done = []
+    for _ in range(rng.randint(1, 3)):
+        kind = rng.choice(MUTATIONS)
+        pos = rng.randrange(len(data) + 1)
+        if kind == "flip" and data:
+            for _ in range(rng.randint(1, 8)):
+                at = rng.randrange(len(data))
+                data[at] ^= rng.randint(1, 255)
+        elif kind == "truncate":
+            del data[pos:]
+        elif kind == "insert":
+            data[pos:pos] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
+        elif kind == "duplicate" and data:
+            start = rng.randrange(len(data))
+            piece = data[start : start + rng.randint(1, 4096)]
+            data[pos:pos] = piece
+        done.append(kind)
+    return "+".join(done), bytes(data)
 
 
 def send_case(port: int, data: bytes, host: str = "127.0.0.1") -> bytes:

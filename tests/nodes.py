@@ -24,7 +24,9 @@ from tests.support import NODECTL, die_with_parent, free_port, wait_for_port, wa
 class RunningNode:
     """One ``nodectl`` node process tree started by a test."""
 
-    def __init__(self, args: Sequence[str], *, cwd: Path, port: int, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: Sequence[str], *, cwd: Path, port: int, env: dict[str, str] | None = None,
+                 wrapper: Sequence[str] = ()) -> None:
+        """``wrapper``: a command that execs nodectl (``unshare -m ...``), keeping its PID."""
         self.cwd = cwd
         self.port = port
         self.args = list(args)
@@ -34,7 +36,7 @@ class RunningNode:
         self.ready_path.unlink(missing_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [*NODECTL, *args],
+                [*wrapper, *NODECTL, *args],
                 cwd=cwd,
                 env={**os.environ, "NODECTL_READY_FILE": str(self.ready_path), **(env or {})},
                 stdout=log,

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +74,16 @@ def _as_user() -> dict[str, object]:
     return {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
 
+# Tests need no durability from their throwaway server; a benchmark passes fsync="on".
+DEFAULT_SETTINGS = {"fsync": "off", "max_connections": "100"}
+
+
 @contextmanager
-def running_postgres() -> Iterator[Postgres]:
-    """initdb, start, wait until it answers, yield; stop by PID and remove the directory."""
+def running_postgres(settings: Mapping[str, str] | None = None) -> Iterator[Postgres]:
+    """initdb, start, wait until it answers, yield; stop by PID and remove the directory.
+
+    ``settings`` (``-c name=value``) are added to DEFAULT_SETTINGS or override them
+    (``bench cluster``: fsync on, pg_stat_statements preloaded)."""
     # dir: /tmp itself, not tempfile.tempdir (an in-process worker points that at its spool)
     directory = Path(tempfile.mkdtemp(prefix="nodectl-pg-", dir="/tmp"))
     drop = _as_user()
@@ -92,7 +99,7 @@ def running_postgres() -> Iterator[Postgres]:
         log = open(directory / "postgres.log", "wb")
         proc = subprocess.Popen(
             [binary("postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1", "-k", str(directory),
-             "-c", "fsync=off", "-c", "max_connections=100"],
+             *(arg for name, value in {**DEFAULT_SETTINGS, **(settings or {})}.items() for arg in ("-c", f"{name}={value}"))],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=directory,
             start_new_session=True, **drop,  # type: ignore[arg-type]
         )

@@ -4,8 +4,9 @@ Same options, defaults and exit codes as the original (``../shared/spec/echoscp.
 argparse errors exit 2, ``--version PORT`` prints ``echoscp.py v0.7.0``, a port that cannot
 be bound exits 1, SIGINT stops cleanly with 0, SIGTERM stops the node and then kills us by
 the signal (status -15/143, as the app dies by it). Silent at the default level; with -v/-d
-the log is pynetdicom's association log (associations run on pynetdicom's machinery here),
-level-letter prefix ``I: ...``; the actors' own lines show only with -d. Only the Verification SOP class is accepted, with the
+the log is pynetdicom's association log as the engine shell writes it (actors/_app_log.py:
+``Accepting Association``, ``Received Echo Request``, ``Association Released``, with -d the
+PDU and DIMSE dumps), level-letter prefix ``I: ...``; the actors' own lines show only with -d. Only the Verification SOP class is accepted, with the
 transfer syntax preference the -x options select; AE titles are not enforced.
 """
 
@@ -104,9 +105,6 @@ def build_config(opts: argparse.Namespace, run_root: Path) -> NodeConfig:
         log_format="letter",
         listeners=(ListenerConfig(port=opts.port, host=opts.bind_address, aet=""),),
         network=NetworkConfig(
-            # pynetdicom's own association, so -v/-d log what the app logs ("Accepting
-            # Association", "Received Echo Request", PDU dumps).
-            receive_path="pynetdicom",
             max_pdu_receive=opts.max_pdu,
             max_associations=10,
             acse_timeout=opts.acse_timeout,
@@ -122,6 +120,8 @@ def main(argv: list[str]) -> int:
     if opts.version:
         print(VERSION)
         return 0
+    if log_level(opts) == "debug":  # the app's first lines with -d
+        print(f"D: {VERSION}\nD: ", file=sys.stderr, flush=True)
     import tempfile
 
     try:

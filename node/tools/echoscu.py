@@ -11,8 +11,8 @@ or the peer aborts during the echoes; 1 for syntax errors and every association 
 70 when a DIMSE failure (e.g. ``-td`` expired) made us abort; 22 when the offline certificate
 checks ``+vc``/``+rc`` fail. 20, 40 and 60 are declared by DCMTK but never used, here too.
 
-pynetdicom is the SCU engine (``AE.associate``, ``send_c_echo``), imported inside functions;
-TLS is Python's ``ssl`` module (profiles mapped to protocol versions and cipher lists, CA
+The association runs on the node's engine through ``actors/ul_requestor.py`` (no pynetdicom
+association); TLS is Python's ``ssl`` module (profiles mapped to protocol versions and cipher lists, CA
 files and CRLs loaded into the context; the offline checks ``+vc``/``+rc`` use the
 ``cryptography`` package). Anything we cannot honour exits with a message and status 1
 instead of being ignored.
@@ -23,15 +23,16 @@ from __future__ import annotations
 import logging
 import platform
 import socket
+import ssl
 import sys
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from node import identify
+from actors import ul_requestor as rq
+from actors.ul_requestor import Requestor
+from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
 from node.tools import dcmtk_args as da
 from node.tools import dcmtk_tls as tls
 from node.tools.dcmtk_args import App, CommandLine, Group, Option, Param, ToolExit
@@ -194,7 +195,7 @@ def run(app: App, argv: list[str], *, default_level: int = logging.WARNING, defa
     values = app.evaluate(cmd, skip=da.LOGGING_DESTS)
     tls_settings = tls.check_options(app, cmd, values, tls.REQUESTOR)
     settings = settings_from(values, peer, port)
-    with da.log_handler(app, setup, *_library_loggers(setup)) as log:
+    with da.log_handler(app, setup) as log:
         log.debug(app.spec.rcsid + "\n")
         tls.read_seed(log, tls_settings)
         try:
@@ -208,11 +209,6 @@ def run(app: App, argv: list[str], *, default_level: int = logging.WARNING, defa
             return echo_peer(log, settings, context, tls_settings.sni)
         finally:
             tls.write_seed(log, tls_settings)
-
-
-def _library_loggers(setup: da.LogSetup) -> tuple[tuple[str, int], ...]:
-    """pynetdicom's own log lines are shown only in debug mode (DCMTK's library debug output)."""
-    return (("pynetdicom", logging.DEBUG),) if setup.level <= logging.DEBUG else ()
 
 
 def _exclusive_info(app: App, cmd: CommandLine) -> None:
@@ -251,22 +247,12 @@ def resolve(log: logging.Logger, host: str, port: int, ip: str) -> str:
     return str(infos[0][4][0])
 
 
-def build_contexts(n_contexts: int, n_syntaxes: int) -> list[Any]:
-    """``-ppc`` identical Verification contexts, each with the first ``-pts`` transfer syntaxes."""
-    from pydicom.uid import UID
-    from pynetdicom.presentation import PresentationContext
-
+def build_contexts(n_contexts: int, n_syntaxes: int) -> list[ul.ProposedContext]:
+    """``-ppc`` identical Verification contexts, each with the first ``-pts`` transfer syntaxes
+    (the engine proposes any UID, whether pydicom knows it or not)."""
     syntaxes = TRANSFER_SYNTAXES[:n_syntaxes]
-    unknown = [uid for uid in syntaxes if not UID(uid).is_transfer_syntax]
-    if unknown:  # guard for an older pydicom: say so instead of proposing less
-        raise ValueError(f"transfer syntax {unknown[0]} is unknown to pydicom and cannot be proposed")
-    contexts = []
-    for _ in range(n_contexts):
-        cx = PresentationContext()
-        cx.abstract_syntax = VERIFICATION
-        cx.transfer_syntax = list(syntaxes)
-        contexts.append(cx)
-    return contexts
+    return [ul.ProposedContext(context_id=2 * i + 1, abstract_syntax=VERIFICATION, transfer_syntaxes=tuple(syntaxes))
+            for i in range(n_contexts)]
 
 
 # DCMTK's dictionary names for the UIDs an echo negotiates (its dumps print "=Name").
@@ -288,9 +274,8 @@ def _named(uid: str) -> str:
     return f"={name}" if name else str(uid)
 
 
-def dump_request(s: Settings, contexts: list[Any]) -> str:
+def dump_request(s: Settings, contexts: list[ul.ProposedContext]) -> str:
     """``Request Parameters:`` as DCMTK's ``ASC_dumpParameters`` lays out an A-ASSOCIATE-RQ."""
-    from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
     lines = ["Request Parameters:", "====================== BEGIN A-ASSOCIATE-RQ =====================",
              f"Our Implementation Class UID:      {IMPLEMENTATION_CLASS_UID}",
@@ -303,16 +288,16 @@ def dump_request(s: Settings, contexts: list[Any]) -> str:
     for i, cx in enumerate(contexts):
         lines += [f"  Context ID:        {2 * i + 1} (Proposed)", f"    Abstract Syntax: {_named(VERIFICATION)}",
                   "    Proposed SCP/SCU Role: Default", "    Proposed Transfer Syntax(es):"]
-        lines += [f"      {_named(uid)}" for uid in cx.transfer_syntax]
+        lines += [f"      {_named(uid)}" for uid in cx.transfer_syntaxes]
     lines += [*_NEGOTIATION_NONE, "======================= END A-ASSOCIATE-RQ ======================"]
     return "\n".join(lines)
 
 
-def dump_accepted(s: Settings, assoc: Any) -> str:
+def dump_accepted(s: Settings, assoc: Requestor) -> str:
     """``Association Parameters Negotiated:`` as DCMTK dumps the A-ASSOCIATE-AC."""
-    from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-
-    them = assoc.acceptor
+    them = assoc.accept
+    assert them is not None and assoc.engine.request is not None
+    proposed = {cx.context_id: cx.abstract_syntax for cx in assoc.engine.request.contexts}
     lines = ["Association Parameters Negotiated:", "====================== BEGIN A-ASSOCIATE-AC =====================",
              f"Our Implementation Class UID:      {IMPLEMENTATION_CLASS_UID}",
              f"Our Implementation Version Name:   {IMPLEMENTATION_VERSION_NAME}",
@@ -320,119 +305,73 @@ def dump_accepted(s: Settings, assoc: Any) -> str:
              f"Their Implementation Version Name: {them.implementation_version_name or ''}",
              "Application Context Name:    1.2.840.10008.3.1.1.1",
              f"Calling Application Name:    {s.aet}", f"Called Application Name:     {s.aec}",
-             f"Responding Application Name: {str(them.ae_title or s.aec).strip()}",
-             f"Our Max PDU Receive Size:    {s.max_pdu}", f"Their Max PDU Receive Size:  {them.maximum_length or 0}",
+             f"Responding Application Name: {them.called_ae.strip() or s.aec}",
+             f"Our Max PDU Receive Size:    {s.max_pdu}", f"Their Max PDU Receive Size:  {them.max_pdu or 0}",
              "Presentation Contexts:"]
-    for cx in sorted(assoc.accepted_contexts + assoc.rejected_contexts, key=lambda c: c.context_id):
+    for cx in sorted(them.contexts, key=lambda c: c.context_id):
         lines += [f"  Context ID:        {cx.context_id} ({CONTEXT_RESULTS.get(cx.result, cx.result)})",
-                  f"    Abstract Syntax: {_named(cx.abstract_syntax)}",
+                  f"    Abstract Syntax: {_named(proposed.get(cx.context_id, ''))}",
                   "    Proposed SCP/SCU Role: Default", "    Accepted SCP/SCU Role: Default"]
-        if cx.result == 0:
-            lines.append(f"    Accepted Transfer Syntax: {_named(cx.transfer_syntax[0])}")
+        if cx.result == ul.ACCEPTANCE:
+            lines.append(f"    Accepted Transfer Syntax: {_named(cx.transfer_syntax)}")
     lines += [*_NEGOTIATION_NONE, "======================= END A-ASSOCIATE-AC ======================"]
     return "\n".join(lines)
 
 
-@dataclass(slots=True)
-class _Acse:
-    """ACSE primitives seen on this association, to tell a peer abort from our own."""
-
-    received: list[str] = field(default_factory=list)
-    sent: list[str] = field(default_factory=list)
-
-    def handlers(self) -> list[Any]:
-        """pynetdicom event bindings that record primitive class names."""
-        from pynetdicom import evt
-
-        return [(evt.EVT_ACSE_RECV, lambda e: self.received.append(type(e.primitive).__name__)),
-                (evt.EVT_ACSE_SENT, lambda e: self.sent.append(type(e.primitive).__name__))]
-
-
-def echo_peer(log: logging.Logger, s: Settings, tls_context: Any, sni: str | None) -> int:
+def echo_peer(log: logging.Logger, s: Settings, tls_context: ssl.SSLContext | None, sni: str | None) -> int:
     """Associate, send ``--repeat`` C-ECHOs, release or abort: DCMTK's main flow and exit codes."""
     addr = resolve(log, s.peer, s.port, s.ip)
-    try:
-        contexts = build_contexts(s.n_contexts, s.n_syntaxes)
-    except ValueError as exc:
-        log.critical(str(exc))
-        return 1
+    contexts = build_contexts(s.n_contexts, s.n_syntaxes)
     log.debug(dump_request(s, contexts))
     log.info("Requesting Association")
-    acse = _Acse()
-    with _without_pynetdicom_dumps():
-        return _associate_and_echo(log, s, addr, contexts, tls_context, sni, acse)
-
-
-@contextmanager
-def _without_pynetdicom_dumps() -> Iterator[None]:
-    """Our dumps follow DCMTK's; pynetdicom's (its ``_handlers`` logger) would print each PDU
-    twice. Only our logging tree changes, for the run, not pynetdicom's settings."""
-    logger = logging.getLogger("pynetdicom._handlers")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL + 1)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _associate_and_echo(log: logging.Logger, s: Settings, addr: str, contexts: list[Any], tls_context: Any,
-                        sni: str | None, acse: _Acse) -> int:
-    assoc = _request(log, s, addr, contexts, tls_context, sni, acse)
+    assoc = _request(log, s, addr, contexts, tls_context, sni)
     log.debug(dump_accepted(s, assoc))
-    peer_max = int(assoc.acceptor.maximum_length or 0)
+    if not assoc.contexts:
+        log.critical("No Acceptable Presentation Contexts")
+        assoc.abort()
+        return 1
+    peer_max = assoc.engine.peer_max_pdu
     log.info(f"Association Accepted (Max Send PDV: {peer_max - 12 if peer_max else ASC_MAXIMUMPDUSIZE - 12})")
-    outcome = _echo_loop(log, assoc, s.repeat, acse, s.dimse_timeout)
+    outcome = _echo_loop(log, assoc, s)
     return _finish(log, assoc, outcome, s.abort)
 
 
-def _request(log: logging.Logger, s: Settings, addr: str, contexts: list[Any], tls_context: Any,
-             sni: str | None, acse: _Acse) -> Any:
-    """``ASC_requestAssociation`` with pynetdicom; every failure logs DCMTK's text and exits 1."""
-    from pynetdicom import AE
+def _timeouts(s: Settings) -> rq.Timeouts:
+    """DCMTK's clocks: ``-to`` connect, ``-ta`` ACSE, ``-td`` DIMSE; without ``-td`` a read
+    still ends after the socket timeout ``-ts`` (0: never)."""
+    socket_timeout = s.socket_timeout if s.socket_timeout > 0 else None
+    return rq.Timeouts(connect=s.connect_timeout, acse=s.acse_timeout,
+                       dimse=s.dimse_timeout if s.dimse_timeout else socket_timeout)
 
-    ae = identify(AE(ae_title=s.aet[:16]))
-    ae.acse_timeout = s.acse_timeout
-    ae.dimse_timeout = s.dimse_timeout
-    ae.network_timeout = s.socket_timeout if s.socket_timeout > 0 else None
-    ae.connection_timeout = s.connect_timeout
-    capture = da.CaptureErrors()
-    transport_logger = logging.getLogger("pynetdicom")
-    transport_logger.addHandler(capture)
+
+def _request(log: logging.Logger, s: Settings, addr: str, contexts: list[ul.ProposedContext],
+             tls_context: ssl.SSLContext | None, sni: str | None) -> Requestor:
+    """``ASC_requestAssociation`` on the engine; every failure logs DCMTK's text and exits 1."""
     try:
-        assoc = ae.associate(addr, s.port, contexts=contexts, ae_title=s.aec[:16], max_pdu=s.max_pdu,
-                             tls_args=(tls_context, sni) if tls_context is not None else None,
-                             evt_handlers=acse.handlers())
-    except ValueError as exc:  # AE title pynetdicom refuses (empty, backslash, control characters)
+        request = rq.request(s.aec[:16], s.aet[:16], contexts, max_pdu=s.max_pdu)
+    except ValueError as exc:
         log.critical(f"Association Request Failed: {exc}")
         raise ToolExit(1) from None
-    finally:
-        transport_logger.removeHandler(capture)
-    if assoc.is_established:
-        return assoc
-    _log_request_failure(log, assoc, capture.messages, acse)
-    raise ToolExit(1)
+    try:
+        return rq.associate(addr, s.port, request, timeouts=_timeouts(s), tls=tls_context, server_hostname=sni)
+    except rq.AssociationError as exc:
+        _log_request_failure(log, exc)
+        raise ToolExit(1) from None
 
 
-def _log_request_failure(log: logging.Logger, assoc: Any, messages: list[str], acse: _Acse) -> None:
-    """Rejection, no acceptable context, or why the request failed, worded like DCMTK."""
-    rsp = assoc.acceptor.primitive
-    if assoc.is_rejected and rsp is not None:
+def _log_request_failure(log: logging.Logger, exc: rq.AssociationError) -> None:
+    """Rejection, or why the request failed, worded like DCMTK."""
+    if exc.reject is not None:
+        rsp = exc.reject
         result = REJECT_RESULTS.get(rsp.result, "UNKNOWN")
-        source = REJECT_SOURCES.get(rsp.result_source, "UNKNOWN")
-        reason = REJECT_REASONS.get((rsp.result_source, rsp.diagnostic), "UNKNOWN")
+        source = REJECT_SOURCES.get(rsp.source, "UNKNOWN")
+        reason = REJECT_REASONS.get((rsp.source, rsp.reason), "UNKNOWN")
         log.critical(f"Association Rejected:\nResult: {result}, Source: {source}\nReason: {reason}")
-        return
-    if rsp is not None and getattr(rsp, "result", None) == 0:
-        log.critical("No Acceptable Presentation Contexts")
-        return
-    tcp = [m.split(":", 1)[1].strip() for m in messages if m.startswith("TCP Initialisation Error")]
-    if tcp:
-        text = tcp[0].split("] ", 1)[1] if tcp[0].startswith("[Errno") else tcp[0]
-        if text == "timed out":
-            text = "Connection timed out"
-        log.critical("Association Request Failed: " + COND_TCP_INIT.format(text=text))
-    elif any(m.startswith("ACSE timeout") for m in messages):
+    elif exc.kind == "connect" and isinstance(exc.cause, OSError):
+        log.critical("Association Request Failed: " + COND_TCP_INIT.format(text=rq.os_text(exc.cause)))
+    elif exc.kind == "tls":
+        log.critical("Association Request Failed: " + COND_TCP_INIT.format(text=str(exc.cause)))
+    elif exc.kind == "acse-timeout":
         log.critical("Association Request Failed: " + COND_READ_TIMEOUT)
     else:
         log.critical("Association Request Failed: " + COND_PEER_ABORTED)
@@ -443,41 +382,38 @@ def _status_text(status: int) -> str:
     return "Success" if status == 0 else f"Unknown Status: 0x{status:x}"
 
 
-def _echo_loop(log: logging.Logger, assoc: Any, repeat: int, acse: _Acse, dimse_timeout: int | None) -> str:
-    """Send C-ECHOs with MsgIDs 1, 2, ...; stop at the first DIMSE failure.
-
-    Returns "ok", "peer-aborted" or "failed" (DIMSE timeout or anything else we could not
-    read a status from).
-    """
-    for msg_id in range(1, repeat + 1):
+def _echo_loop(log: logging.Logger, assoc: Requestor, s: Settings) -> str:
+    """Send C-ECHOs with MsgIDs 1, 2, ... on the first accepted context; stop at the first
+    DIMSE failure. Returns "ok", "peer-aborted" or "failed" (DIMSE timeout or anything else
+    we could not read a status from)."""
+    context_id = min(assoc.contexts)
+    for msg_id in range(1, s.repeat + 1):
         log.info(f"Sending Echo Request (MsgID {msg_id})")
-        status = assoc.send_c_echo(msg_id=msg_id)
-        if "Status" in status:
-            log.info(f"Received Echo Response ({_status_text(int(status.Status))})")
-            continue
-        return _why_no_response(log, assoc, acse, dimse_timeout)
+        try:
+            assoc.send(context_id, ul.CEchoRQ(message_id=msg_id))
+            response = assoc.wait_response(msg_id)
+        except rq.AssociationError as exc:
+            return _why_no_response(log, exc, s.dimse_timeout)
+        log.info(f"Received Echo Response ({_status_text(int(response.message.status))})")  # type: ignore[union-attr]
     return "ok"
 
 
-def _why_no_response(log: logging.Logger, assoc: Any, acse: _Acse, dimse_timeout: int | None) -> str:
-    """After an empty response: did the peer abort (exit 0) or did DIMSE fail (exit 70)?"""
-    deadline = time.monotonic() + 2.0
-    while assoc.is_alive() and time.monotonic() < deadline:  # let the reactor record the abort
-        assoc.join(timeout=0.05)
-    peer_abort = any(name in ("A_ABORT", "A_P_ABORT") for name in acse.received)
-    if peer_abort and "A_ABORT" not in acse.sent:
+def _why_no_response(log: logging.Logger, exc: rq.AssociationError, dimse_timeout: int | None) -> str:
+    """Did the peer abort (exit 0) or did DIMSE fail (exit 70)?"""
+    if exc.kind == "aborted":
         log.error(f"Echo Failed: {COND_PEER_ABORTED}")  # DCMTK prints it at every log level
         return "peer-aborted"
-    cond = COND_DIMSE_TIMEOUT if dimse_timeout else "no response received"
+    cond = COND_DIMSE_TIMEOUT if dimse_timeout and exc.kind == "dimse-timeout" else "no response received"
     log.error(f"Echo Failed: {cond}")
     log.error(f"Echo SCU Failed: {cond}")
     return "failed"
 
 
-def _finish(log: logging.Logger, assoc: Any, outcome: str, abort: bool) -> int:
+def _finish(log: logging.Logger, assoc: Requestor, outcome: str, abort: bool) -> int:
     """Release or abort like DCMTK's tear-down switch; returns the exit status."""
     if outcome == "peer-aborted":
         log.info("Peer Aborted Association")
+        assoc.close()
         return 0
     if outcome == "failed":
         log.info("Aborting Association")
@@ -488,8 +424,9 @@ def _finish(log: logging.Logger, assoc: Any, outcome: str, abort: bool) -> int:
         assoc.abort()
         return 0
     log.info("Releasing Association")
-    assoc.release()
-    if not assoc.is_released:
+    try:
+        assoc.release()
+    except rq.AssociationError:
         log.critical("Association Release Failed: " + COND_PEER_ABORTED)
         return 1
     return 0

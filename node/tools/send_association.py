@@ -90,6 +90,7 @@ class SendAssociation:
         self.by_syntax = {(cx.abstract_syntax, cx.transfer_syntax): cx.context_id
                           for cx in engine.contexts.values() if cx.requestor_scu}
         self.window = max(1, min(peer.async_ops, engine.max_invoked or peer.async_ops))
+        self.lost_because = ""  # why the association was lost, once it was
         self._next_id = 1
         self.pace = pacer(peer.files_per_s, peer.bytes_per_s)
 
@@ -215,7 +216,7 @@ class SendAssociation:
         self._close()
 
     def _lose(self, why: str) -> None:
-        LOGGER.debug("association lost: %s", why)
+        self.lost_because = why
         self.abort()
 
     def _send_quietly(self, data: bytes) -> None:

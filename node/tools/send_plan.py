@@ -107,9 +107,7 @@ def scan_file(index: int, path: str) -> FileEntry | Skipped:
     than DCMTK's storescu spends sending); anything unusual goes to pydicom, as before.
     """
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as fh:
-            head = fh.read(_HEAD_BYTES)
+        size, head = _size_and_head(path)
         if len(head) < 132 or head[128:132] != b"DICM":
             return Skipped(index=index, path=path, reason="not a DICOM file (no DICM preamble)")
         try:
@@ -119,6 +117,16 @@ def scan_file(index: int, path: str) -> FileEntry | Skipped:
     except OSError as exc:
         return Skipped(index=index, path=path, reason=f"cannot read: {exc.strerror or exc}")
     return _entry(index, path, size, meta, offset, uids)
+
+
+def _size_and_head(path: str) -> tuple[int, bytes]:
+    """The file's size and first ``_HEAD_BYTES``: one open, fstat, read, close (no buffered
+    file object, no second lookup of the path)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.fstat(fd).st_size, os.read(fd, _HEAD_BYTES)
+    finally:
+        os.close(fd)
 
 
 def _entry(index: int, path: str, size: int, meta: dict[str, str], offset: int, uids: tuple[str, str]) -> FileEntry | Skipped:

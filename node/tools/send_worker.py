@@ -1,22 +1,19 @@
 """A ``nodectl send`` worker: its tasks' associations one after the other, with ``--retry``.
 
-With ``-j 1`` the worker runs in the ``nodectl send`` process itself; with ``-j N`` each
-worker is a child forked by ``send.py`` once everything is imported and planned, so a worker
-costs no interpreter start-up and no import (spawned interpreters used to take longer to
-start than a 5,000-file job took to send). Processes rather than threads: each association's
-loop is Python, and N of them use N cores.
+With ``-j 1`` the worker runs in the main thread of ``nodectl send``; with ``-j N`` each
+worker is a thread of the same process (``send.py`` starts them once everything is
+imported and planned), so a worker costs no interpreter start-up and no import: the spawned
+interpreters used before took longer to start than a 5,000-file job took to send. Threads
+were measured against forked processes here and took less CPU and less time (the socket
+calls release the GIL; nothing is pickled between workers).
 
 A worker reports through one callable, ``report``: a ``FileResult`` once per file it was
-given (sent, or failed with a status or a reason), then ``WorkerFinished``. A forked worker's
-``report`` batches results onto a queue the parent reads (``BatchingReport``), and its log
-records go to the parent too, so they do not tear the progress bar.
+given (sent, or failed with a status or a reason); ``run_tasks`` returns ``WorkerFinished``.
 """
 
 from __future__ import annotations
 
 import logging
-import logging.handlers
-import signal
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -28,8 +25,6 @@ from node.tools.tls_options import client_context
 
 LOGGER = logging.getLogger("node.tools.send")
 MAX_BACKOFF = 10.0  # seconds; a cap so that --retry 10 does not sleep for half an hour
-BATCH_FILES = 64  # results a forked worker sends to the parent at once
-BATCH_SECONDS = 0.1  # ... or after this long, so the progress display keeps moving
 
 Report = Callable[[FileResult], None]
 
@@ -65,16 +60,18 @@ def run_task(task: Task, peer: PeerOptions, report: Report, worker: int, tls_con
         refused = 0
         try:
             pending = scu.send_files(pending, report, worker)
-        finally:
-            if scu.is_established:
-                scu.release()
+        except BaseException:  # Ctrl-C in the main thread, or a bug: the peer hears an A-ABORT, not a
+            scu.abort()        # release that would wait for the answer to a C-STORE maybe cut in half
+            raise
+        if scu.is_established:
+            scu.release()
         if pending:
-            pending = _after_loss(pending, strikes, peer, report, worker)
+            pending = _after_loss(pending, strikes, peer, report, worker, scu.lost_because)
     return opened
 
 
 def _after_loss(
-    pending: list[FileEntry], strikes: dict[int, int], peer: PeerOptions, report: Report, worker: int
+    pending: list[FileEntry], strikes: dict[int, int], peer: PeerOptions, report: Report, worker: int, why: str
 ) -> list[FileEntry]:
     """Count a strike against the oldest file in flight; give it up after --retry + 1 strikes."""
     head = pending[0]
@@ -83,63 +80,20 @@ def _after_loss(
         report(
             FileResult(
                 index=head.index, sent=False, network=True, worker=worker,
-                reason="association lost while sending (aborted or no response)",
+                reason=f"association lost while sending ({why or 'aborted or no response'})",
             )
         )
         pending = pending[1:]
     if pending:
-        LOGGER.warning(f"association lost; {len(pending)} file(s) left, re-associating")
+        LOGGER.warning(f"association with {peer.host}:{peer.port} lost ({why}); {len(pending)} file(s) left, re-associating")
         time.sleep(backoff(peer, strikes[head.index]))
     return pending
 
 
 def run_tasks(worker: int, tasks: list[Task], peer: PeerOptions, report: Report) -> WorkerFinished:
-    """Every task of one worker in turn (in whichever process runs it)."""
-    tls_context = client_context(peer.tls) if peer.tls is not None else None  # checked by the parent already
+    """Every task of one worker in turn, in the thread that calls it."""
+    tls_context = client_context(peer.tls) if peer.tls is not None else None  # send.py checked it already
     opened = 0
     for task in tasks:
         opened += run_task(task, peer, report, worker, tls_context)
     return WorkerFinished(worker=worker, associations=opened)
-
-
-class BatchingReport:
-    """A forked worker's ``report``: results go to the parent's queue in lists, not one by one
-    (one pickling and one pipe write per 64 files instead of per file)."""
-
-    def __init__(self, queue: Any) -> None:
-        self.queue = queue
-        self.batch: list[FileResult] = []
-        self.since = time.monotonic()
-
-    def __call__(self, result: FileResult) -> None:
-        self.batch.append(result)
-        if len(self.batch) >= BATCH_FILES or time.monotonic() - self.since >= BATCH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.batch:
-            self.queue.put(self.batch)
-            self.batch = []
-        self.since = time.monotonic()
-
-
-def _forward_logging(queue: Any, level: int) -> None:
-    """Send this process's log records to the parent, which prints them."""
-    handler = logging.handlers.QueueHandler(queue)
-    lg = logging.getLogger("node.tools.send")
-    lg.handlers = [handler]
-    lg.setLevel(level)
-    lg.propagate = False
-
-
-def run_forked_worker(worker: int, tasks: list[Task], peer: PeerOptions, queue: Any, level: int) -> None:
-    """A forked child's entry point: every task in turn, then ``WorkerFinished``.
-
-    Ctrl-C reaches the whole process group; the parent decides, and terminates us.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _forward_logging(queue, level)
-    report = BatchingReport(queue)
-    finished = run_tasks(worker, tasks, peer, report)
-    report.flush()
-    queue.put(finished)

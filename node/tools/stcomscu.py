@@ -12,8 +12,9 @@ on either association).
 
 Every transaction goes through a commitment tracker, so all modes share one code path:
 either the tracker of a running node (``--node CONFIG``, a nodectl extension: the report may
-then arrive at any listener of that node), or an in-process one (listener, workers and
-tracker as threads, ``inproc://``) whose database is ``<od>/.stcomscu.sqlite`` unless
+then arrive at any listener of that node), or an in-process one (the tracker as a thread,
+``inproc://``; reports on a new association reach ``actors/report_listener.py``, a small
+acceptor shell on the node's engine) whose database is ``<od>/.stcomscu.sqlite`` unless
 ``--database`` says otherwise; a run that created that file removes it when it ends with no
 transaction waiting for a report. The transaction is recorded before the N-ACTION goes out; the
 tracker publishes its end and this process writes the files.
@@ -31,8 +32,8 @@ layer cannot be set up (unreadable key or certificate, a profile or suite OpenSS
 ``--expect-sni``).
 
 TLS (``+tls key cert`` and DCMTK's other TLS options, ``node/tools/dcmtk_tls.py``): the
-N-ACTION association is a TLS client with our certificate; in server and combined mode the
-in-process listener accepts TLS only, with the same key, trust store (``+cf``/``+cd``),
+N-ACTION association (``actors/ul_requestor.py``) is a TLS client with our certificate; in
+server and combined mode the report listener accepts TLS only, with the same key, trust store (``+cf``/``+cd``),
 profile and ``-rc``/``-vc``/``-ic``. With ``--node`` the reports reach the node's listeners,
 whose TLS is the node's ``[tls]``.
 """
@@ -53,7 +54,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from node import identify
+from actors import ul_requestor as rq
+from actors.report_listener import ReportListener
+from actors.tls import server_context
+from actors.ul_requestor import Requestor
+from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
 from node.tools import dcmtk_args as da
 from node.tools import dcmtk_tls as tls
 from node.tools.dcmtk_args import App, CommandLine, Group, Option, Param, ToolExit
@@ -63,6 +68,7 @@ APPLICATIONTITLE = "STCOMSCU"
 PEERAPPLICATIONTITLE = "ANY-SCP"
 SOP_CLASS = "1.2.840.10008.1.20.1"
 SOP_INSTANCE = "1.2.840.10008.1.20.1.1"
+VERIFICATION = "1.2.840.10008.1.1"
 IMPLICIT, EXPLICIT_LE, EXPLICIT_BE, DEFLATED = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"
 
 EXIT_NO_INPUT_FILES = 21
@@ -391,6 +397,7 @@ class Session:
         self.sub: Any = None
         self.client: Any = None
         self.tls_context: Any = None  # ssl.SSLContext for the N-ACTION association (+tls)
+        self.listener: ReportListener | None = None
         self._tmp: str | None = None
 
     def run(self, values: dict[str, Any]) -> int:
@@ -444,12 +451,10 @@ class Session:
             if s.listen_port is not None and not _can_bind(s.listen_port):
                 self.log.error("cannot listen on port %d", s.listen_port)
                 return EXIT_CANNOT_START_SCP_AND_LISTEN
-            self.config = self._inproc_config()
+            self.config = replace(self._inproc_config(), listeners=())  # reports: our own listener below
             from actors import tracker
             from actors.inproc import InprocNode
 
-            if s.listen_port is None:
-                self.config = replace(self.config, listeners=())
             self.node = InprocNode(self.config, extra={"tracker": tracker.run})
             try:
                 self._start_node()
@@ -459,10 +464,30 @@ class Session:
             self.config = self.node.config
             self.ctx = self.node.ctx
         self.client = commitment_io.TrackerClient(self.config, self.ctx, "stcomscu")
+        if not s.node and s.listen_port is not None:
+            try:
+                self.listener = self._start_listener(s.listen_port)
+            except OSError as exc:
+                self.log.error("cannot start SCP and listen: %s", exc)
+                return EXIT_CANNOT_START_SCP_AND_LISTEN
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.connect(self.config.endpoint("events"))
         return 0
+
+    def _start_listener(self, port: int) -> ReportListener:
+        """Reports on a new association (server and combined mode): the engine's acceptor
+        shell, TLS only with ``+tls`` (same key, trust store and profile as the client)."""
+        s = self.s
+        server_tls = self.config.tls
+        context = server_context(server_tls) if server_tls.certificate else None
+        policy = ul.AcceptorPolicy(
+            contexts={VERIFICATION: tuple(self.config.services.verification_transfer_syntaxes),
+                      SOP_CLASS: tuple(self.config.services.verification_transfer_syntaxes)},
+            roles={SOP_CLASS: (True, True)}, max_pdu=s.max_pdu,
+            implementation_class_uid=IMPLEMENTATION_CLASS_UID, implementation_version_name=IMPLEMENTATION_VERSION_NAME)
+        return ReportListener(port, policy, self.client.ask, self.log, sop_class=SOP_CLASS, tls=context,
+                              handshake_timeout=server_tls.handshake_timeout, role_reject=s.role_reject).start()
 
     def _start_node(self) -> None:
         """Start the in-process actors (without a listener in client mode)."""
@@ -501,6 +526,8 @@ class Session:
         )
 
     def _stop(self) -> None:
+        if self.listener is not None:
+            self.listener.stop()
         if self.sub is not None:
             self.sub.close(0)
         if self.node is not None:
@@ -549,18 +576,11 @@ class Session:
         self._ask(RecordTransaction(transaction_uid=uid, refs=sc.refs_to_wire(request.refs), local_aet=s.aet,
                                     peer_aet=s.aec, peer_host=s.peer or "", peer_port=s.port or 0, timeout=timeout))
         try:
-            assoc, lost = self._associate()
+            assoc = self._associate()
         except ToolExit:
             self._ask(MarkRequested(transaction_uid=uid, status=-1))  # never sent: refused, not pending
             raise
-        status = -1
-        try:
-            self.log.info("Sending Storage Commitment Request (N-ACTION-RQ), Transaction UID %s", uid)
-            rsp, _reply = assoc.send_n_action(sc.request_dataset(request), sc.ACTION_REQUEST_COMMITMENT, SOP_CLASS, SOP_INSTANCE)
-            if rsp is not None and "Status" in rsp:
-                status = int(rsp.Status)
-        except (RuntimeError, ValueError) as exc:
-            self.log.error("cannot send N-ACTION request: %s", exc)
+        status = self._n_action(assoc, request)
         ok = status == sc.STATUS_SUCCESS
         if ok and not s.wait_event:
             self._end(assoc)  # release at once: an SCP may try the report on this association
@@ -575,7 +595,7 @@ class Session:
         if not s.wait_event:
             self._end(assoc)
             return 0
-        state = self._wait(uid, s.wait_s(), assoc=assoc, lost=lost)
+        state = self._wait(uid, s.wait_s(), assoc=assoc)
         if state is None and (s.mode == "combined" or s.node):
             self.log.info("no N-EVENT-REPORT within %.0f s on the N-ACTION association: waiting for one on a new association", s.wait_s())
             self._end(assoc)
@@ -586,62 +606,92 @@ class Session:
             return EXIT_CANNOT_WAIT_FOR_RESPONSE
         return self._write_outcome(uid, request)
 
-    def _associate(self) -> tuple[Any, threading.Event]:
-        """The N-ACTION association; its N-EVENT-REPORTs go to the tracker like a worker's."""
-        from pynetdicom import AE, evt
-
-        from actors import commitment_io
-
+    def _associate(self) -> Requestor:
+        """The N-ACTION association, on the node's engine; its N-EVENT-REPORTs are answered
+        while ``_wait`` waits (``_answer_report``)."""
         s = self.s
-        ae = identify(AE(ae_title=s.aet))
-        ae.acse_timeout = s.acse_timeout
-        ae.dimse_timeout = s.dimse_timeout
-        ae.network_timeout = None
-        ae.connection_timeout = s.connect_timeout
-        ae.maximum_pdu_size = s.max_pdu
-        for syntaxes in proposed_contexts(s.propose):
-            ae.add_requested_context(SOP_CLASS, list(syntaxes))
-        lost = threading.Event()
-        handlers = [
-            (evt.EVT_N_EVENT_REPORT, lambda event: commitment_io.on_n_event_report(event, self.client, "stcomscu")),
-            (evt.EVT_ABORTED, lambda event: lost.set()),
-        ]
+        contexts = [ul.ProposedContext(context_id=2 * i + 1, abstract_syntax=SOP_CLASS, transfer_syntaxes=syntaxes)
+                    for i, syntaxes in enumerate(proposed_contexts(s.propose))]
         self.log.info("Requesting Association")
-        tls_args = (self.tls_context, s.tls_settings.sni) if self.tls_context is not None else None
-        transport = da.CaptureErrors()
-        logging.getLogger("pynetdicom").addHandler(transport)
+        timeouts = rq.Timeouts(connect=s.connect_timeout, acse=s.acse_timeout, dimse=s.dimse_timeout)
         try:
-            assoc = ae.associate(s.peer, s.port, ae_title=s.aec, evt_handlers=handlers, tls_args=tls_args)
-        except (OSError, ValueError) as exc:
+            request = rq.request(s.aec, s.aet, contexts, max_pdu=s.max_pdu)
+            assoc = rq.associate(s.peer or "", s.port or 0, request, timeouts=timeouts, tls=self.tls_context,
+                                 server_hostname=s.tls_settings.sni, send_cap=s.max_send_pdu or 0)
+        except (rq.AssociationError, ValueError) as exc:
             self.log.error("Association Request Failed: %s", exc)
             raise ToolExit(EXIT_CANNOT_NEGOTIATE_ASSOCIATION) from None
-        finally:
-            logging.getLogger("pynetdicom").removeHandler(transport)
-        if not assoc.is_established or not any(str(cx.abstract_syntax) == SOP_CLASS for cx in assoc.accepted_contexts):
-            why = "no acceptable presentation context" if assoc.is_established else "rejected or aborted"
-            tcp = [m.split(":", 1)[1].strip() for m in transport.messages if m.startswith("TCP Initialisation Error")]
-            self.log.error("Association Request Failed: %s", tcp[0] if tcp else why)
+        if assoc.context_for(SOP_CLASS) is None:
+            self.log.error("Association Request Failed: %s", "no acceptable presentation context")
             self._end(assoc)
             raise ToolExit(EXIT_CANNOT_NEGOTIATE_ASSOCIATION)
-        if s.max_send_pdu:
-            from actors._pdu import cap_send_pdu
+        self.log.info("Association Accepted (Max Send PDV: %s)", assoc.engine.peer_max_pdu)
+        if s.verbose_pc and assoc.accept is not None:
+            proposed = {cx.context_id: cx for cx in contexts}
+            for result in assoc.accept.contexts:
+                cx = proposed[result.context_id]
+                syntaxes = result.transfer_syntax if result.result == ul.ACCEPTANCE else ", ".join(cx.transfer_syntaxes)
+                self.log.info("  Context ID %s (%s): %s, %s", result.context_id, CONTEXT_RESULTS.get(result.result, result.result),
+                              cx.abstract_syntax, syntaxes)
+        return assoc
 
-            cap_send_pdu(assoc.acceptor.user_information, s.max_send_pdu)
-        self.log.info("Association Accepted (Max Send PDV: %s)", assoc.acceptor.maximum_length)
-        if s.verbose_pc:
-            for cx in assoc.accepted_contexts + assoc.rejected_contexts:
-                self.log.info("  Context ID %s (%s): %s, %s", cx.context_id, cx.status,
-                              cx.abstract_syntax, ", ".join(str(ts) for ts in cx.transfer_syntax))
-        return assoc, lost
+    def _n_action(self, assoc: Requestor, request: Any) -> int:
+        """Send the N-ACTION-RQ; its response status, or -1 when there was none."""
+        from node import commitment as sc
 
-    def _end(self, assoc: Any) -> None:
-        if assoc is not None and assoc.is_established:
+        self.log.info("Sending Storage Commitment Request (N-ACTION-RQ), Transaction UID %s", request.transaction_uid)
+        context = assoc.context_for(SOP_CLASS)
+        assert context is not None
+        ident = assoc.next_message_id()
+        try:
+            data = encode_dataset(sc.request_dataset(request), context.transfer_syntax)
+            assoc.send(context.context_id, ul.NActionRQ(message_id=ident, requested_sop_class_uid=SOP_CLASS,
+                                                        requested_sop_instance_uid=SOP_INSTANCE,
+                                                        action_type_id=sc.ACTION_REQUEST_COMMITMENT), data)
+            return int(assoc.wait_response(ident).message.status)  # type: ignore[union-attr]
+        except (rq.AssociationError, ValueError) as exc:
+            self.log.error("cannot send N-ACTION request: %s", exc)
+            return -1
+
+    def _answer_report(self, assoc: Requestor, received: rq.Received) -> None:
+        """An N-EVENT-REPORT on the N-ACTION association: forward it to the tracker as a
+        worker would, answer with the tracker's status (0x0110 when it gives none)."""
+        from node import commitment as sc
+        from node.messages import ErrorReply, ForwardReport, ReportAnswer
+
+        message = received.message
+        if not isinstance(message, ul.NEventReportRQ):  # nothing else is ours to perform here
+            self.log.warning("unexpected %s on the N-ACTION association: aborting", type(message).__name__)
+            assoc.abort()
+            return
+        context = assoc.contexts[received.context_id]
+        status = sc.STATUS_PROCESSING_FAILURE
+        forward = ForwardReport(event_type=message.event_type_id, sop_class_uid=message.affected_sop_class_uid,
+                                sop_instance_uid=message.affected_sop_instance_uid, transfer_syntax=context.transfer_syntax,
+                                calling_aet=self.s.aec, called_aet=self.s.aet, assoc_id="stcomscu")
+        try:
+            answer = self.client.ask(forward, [received.dataset] if received.dataset is not None else [])
+        except TimeoutError as exc:
+            self.log.error("N-EVENT-REPORT: tracker did not answer: %s", exc)
+            answer = None
+        if isinstance(answer, (ReportAnswer, ErrorReply)):
+            status = answer.status
+        self.log.info("Received N-EVENT-REPORT, answered with status 0x%04X", status)
+        assoc.respond(received.context_id, ul.NEventReportRSP(
+            message_id_being_responded_to=message.message_id, status=status, affected_sop_class_uid=message.affected_sop_class_uid,
+            affected_sop_instance_uid=message.affected_sop_instance_uid, event_type_id=message.event_type_id))
+
+    def _end(self, assoc: Requestor | None) -> None:
+        if assoc is not None and assoc.established:
             if self.s.abort:
                 self.log.info("Aborting Association")
                 assoc.abort()
             else:
                 self.log.info("Releasing Association")
-                assoc.release()
+                try:
+                    assoc.release()
+                except rq.AssociationError as exc:
+                    self.log.warning("Association Release Failed: %s", exc)
 
     def _ask(self, message: Any) -> Any:
         try:
@@ -650,16 +700,30 @@ class Session:
             self.log.error("commitment tracker not answering: %s", exc)
             raise ToolExit(EXIT_CANNOT_INITIALIZE_NETWORK) from None
 
-    def _wait(self, uid: str, seconds: float, *, assoc: Any = None, lost: threading.Event | None = None) -> Any:
-        """The transaction's final state, or None after ``seconds`` (or when the association dies)."""
+    def _wait(self, uid: str, seconds: float, *, assoc: Requestor | None = None) -> Any:
+        """The transaction's final state, or None after ``seconds`` (or when the association
+        dies). The tracker's events and the association's reports are waited on together."""
         import zmq
 
         from node.messages import QueryTransaction, TransactionState, unpack
 
         deadline = time.monotonic() + seconds
         next_query = 0.0
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        watching = assoc is not None and assoc.established
+        if watching:
+            poller.register(assoc.fileno(), zmq.POLLIN)  # type: ignore[union-attr]
         while time.monotonic() < deadline:
-            if self.sub.poll(int(POLL_S * 1000), zmq.POLLIN):
+            ready = dict(poller.poll(0 if watching and assoc.buffered else int(POLL_S * 1000)))  # type: ignore[union-attr]
+            if watching and (assoc.buffered or assoc.fileno() in ready):  # type: ignore[union-attr]
+                watching = self._serve_association(assoc)  # type: ignore[arg-type]
+                if not watching:
+                    poller.unregister(assoc.fileno())  # type: ignore[union-attr]
+                    if self.s.mode == "client":
+                        self.log.error("association lost while waiting for the N-EVENT-REPORT")
+                        return self._final_state(uid)
+            if self.sub in ready:
                 frames = self.sub.recv_multipart()
                 state = unpack(frames[1:]).message
                 if isinstance(state, TransactionState) and state.transaction_uid == uid and state.state in ("completed", "expired"):
@@ -671,10 +735,25 @@ class Session:
                     return state
                 if state.state == "expired":
                     return None
-            if assoc is not None and (lost is not None and lost.is_set() or not assoc.is_alive()) and self.s.mode == "client":
-                self.log.error("association lost while waiting for the N-EVENT-REPORT")
-                return None
         return None
+
+    def _serve_association(self, assoc: Requestor) -> bool:
+        """Take what the peer sent on the N-ACTION association; False once it is over."""
+        try:
+            received = assoc.poll_request(POLL_S)
+            if received is not None:
+                self._answer_report(assoc, received)
+        except rq.AssociationError as exc:
+            self.log.info("N-ACTION association ended: %s", exc)
+            return False
+        return assoc.established
+
+    def _final_state(self, uid: str) -> Any:
+        """After the association died: completed if a report got through before it did."""
+        from node.messages import QueryTransaction
+
+        state = self._ask(QueryTransaction(transaction_uid=uid))
+        return state if state.state == "completed" else None
 
     # ----- server mode --------------------------------------------------------------------
 
@@ -686,7 +765,7 @@ class Session:
         from node.transactions import TransactionStore
 
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
-        host, port = self.node.address() if self.node is not None else ("", 0)
+        port = self.listener.port if self.listener is not None else 0
         self.log.info("listening for N-EVENT-REPORTs on port %d", port)
         stop = threading.Event()
         _stop_on_signals(stop)
@@ -799,6 +878,23 @@ class Session:
         except (OSError, ValueError) as exc:
             self.log.error("cannot write %s: %s", path, exc)
             return False
+
+
+CONTEXT_RESULTS = {0: "Accepted", 1: "User Rejected", 2: "Provider Rejected", 3: "Abstract Syntax Not Supported",
+                   4: "Transfer Syntax(es) Not Supported"}
+
+
+def encode_dataset(ds: Any, transfer_syntax: str) -> bytes:
+    """A request dataset in the context's transfer syntax; deflated is explicit little endian
+    through raw deflate (PS3.5 A.5)."""
+    import zlib
+
+    from node import commitment as sc
+
+    if transfer_syntax != DEFLATED:
+        return sc.encode(ds, transfer_syntax)
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return compressor.compress(sc.encode(ds, EXPLICIT_LE)) + compressor.flush()
 
 
 def proposed_contexts(propose: str) -> list[tuple[str, ...]]:

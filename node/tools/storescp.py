@@ -5,8 +5,8 @@ errors print ``storescp: <message>`` and ``Try `storescp --help' ...`` and exit 
 start-up failure exits 2; ``-h``/``-V`` exit 0. The node runs until killed. Deviations, all
 documented in docs/cli/storescp.md: attribute values in ``--filepath`` never place a file
 outside ``--directory`` (refused with 0x0110); files are fsynced before the response;
-TLS key and trust stores are PKCS12 or PEM files (tls_options); asynchronous operations are
-not built yet and say so.
+TLS key and trust stores are PKCS12 or PEM files (tls_options); the asynchronous operations
+window is negotiated and each worker performs up to 16 operations of an association at once.
 """
 
 from __future__ import annotations
@@ -123,13 +123,20 @@ def _refuse_not_built(argv: list[str]) -> None:
             raise SystemExit(2)
 
 
+def async_window(opts: argparse.Namespace) -> tuple[int, int]:
+    """dcm4che's window options: 0 (unlimited) unless given; ``--not-async`` makes both 1."""
+    if opts.not_async:
+        return 1, 1
+    invoked = 0 if opts.max_ops_invoked is None else opts.max_ops_invoked
+    performed = 0 if opts.max_ops_performed is None else opts.max_ops_performed
+    if invoked < 0 or performed < 0:
+        raise ConfigError("--max-ops-invoked and --max-ops-performed take 0 (unlimited) or more")
+    return invoked, performed
+
+
 def build_config(opts: argparse.Namespace, tls_dir: Path | None = None) -> NodeConfig:
     """A node configuration equivalent to dcm4che storescp's options."""
-    for name in ("max_ops_invoked", "max_ops_performed"):
-        value = getattr(opts, name)
-        if value not in (None, 1):
-            raise ConfigError(f"--{name.replace('_', '-')} {value}: asynchronous operations are not built; "
-                              "the node performs one operation at a time (use --not-async or 1)")
+    invoked, performed = async_window(opts)
     listener = parse_bind(opts.bind)
     directory = Path(opts.directory)
     listener = replace(listener, accept=tuple(check_aet(a) for a in opts.accept))
@@ -160,6 +167,8 @@ def build_config(opts: argparse.Namespace, tls_dir: Path | None = None) -> NodeC
             send_buffer=opts.sosnd_buffer,
             receive_buffer=opts.sorcv_buffer,
             tcp_nodelay=not opts.tcp_delay,
+            max_ops_invoked=invoked,
+            max_ops_performed=performed,
         ),
         services=ServicesConfig(accept_unknown=opts.accept_unknown, sop_classes=opts.sop_classes or ""),
     )

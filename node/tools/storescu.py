@@ -12,7 +12,10 @@ fail or files are bad, 1 when no association is established (or an uncaught erro
 more than 128 contexts with ``-cx``), 2 for argparse errors. The behaviour is specified in
 ``spec/storescu.md``; ``nodectl send`` is the tool with the stricter exit status.
 
-pynetdicom is the SCU engine and is imported inside functions, as for every tool module.
+The association runs on the node's engine (``actors/ul_requestor.py``); pynetdicom is used for
+its tables only (the storage SOP classes, status meanings). A file whose transfer syntax an
+accepted context takes is streamed from disk in pieces; one that must be re-encoded (an
+explicit file to an implicit-only SCP) is read whole, as pynetdicom would.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from node import identify
+from actors import ul_requestor as rq
+from actors.ul_requestor import Requestor
+from node import ul
 
 __version__ = "0.3.0"  # the version pynetdicom 3.0.4's storescu reports
 
@@ -48,6 +53,11 @@ IMPLICIT_LE = "1.2.840.10008.1.2"
 DEFLATED_LE = "1.2.840.10008.1.2.1.99"
 EXPLICIT_BE = "1.2.840.10008.1.2.2"
 DEFAULT_SYNTAXES = [EXPLICIT_LE, IMPLICIT_LE, DEFLATED_LE, EXPLICIT_BE]
+# a dataset may be re-encoded into another uncompressed syntax of its byte order (not deflated)
+SAME_BYTE_ORDER = ((EXPLICIT_LE, IMPLICIT_LE, DEFLATED_LE), (EXPLICIT_BE,))
+PRIORITY_LOW = 2  # pynetdicom's send_c_store default
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -266,48 +276,47 @@ def default_syntaxes(args: argparse.Namespace) -> list[str]:
     return list(DEFAULT_SYNTAXES)
 
 
-def add_contexts(ae: Any, args: argparse.Namespace, files: list[str], logger: logging.Logger) -> list[str]:
-    """Add the requested presentation contexts to ``ae``; return the files to send.
+def requested_contexts(args: argparse.Namespace, files: list[str],
+                       logger: logging.Logger) -> tuple[list[ul.ProposedContext], list[str]]:
+    """The presentation contexts to propose, and the files to send.
 
-    With ``-cx`` only the (SOP class, transfer syntax) pairs of the files are proposed,
-    and more than 128 of them raise ``ValueError`` like the original.
+    With ``-cx`` only the (SOP class, transfer syntax) pairs of the files are proposed, one
+    context each, and more than 128 of them raise ``ValueError`` like the original; without
+    it every storage SOP class of pynetdicom's table (120) with the default syntaxes.
     """
-    from pynetdicom import StoragePresentationContexts
+    from pynetdicom.presentation import StoragePresentationContexts
 
+    pairs: list[tuple[str, tuple[str, ...]]] = []
     if args.required_contexts:
         files, contexts = required_contexts(files, logger)
-        try:
-            for abstract, syntaxes in contexts.items():
-                for tsyntax in syntaxes:
-                    ae.add_requested_context(abstract, tsyntax)
-        except ValueError:
+        pairs = [(abstract, (tsyntax,)) for abstract, syntaxes in contexts.items() for tsyntax in syntaxes]
+        if len(pairs) > 128:
             raise ValueError(
                 "More than 128 presentation contexts required with "
                 "the '--required-contexts' flag, please try again "
                 "without it or with fewer files"
-            ) from None
-        return files
-    syntaxes = default_syntaxes(args)
-    for cx in StoragePresentationContexts:
-        ae.add_requested_context(cx.abstract_syntax, syntaxes)
-    return files
+            )
+    else:
+        syntaxes = tuple(default_syntaxes(args))
+        pairs = [(str(cx.abstract_syntax), syntaxes) for cx in StoragePresentationContexts]
+    proposed = [ul.ProposedContext(context_id=2 * i + 1, abstract_syntax=abstract, transfer_syntaxes=syntaxes)
+                for i, (abstract, syntaxes) in enumerate(pairs)]
+    return proposed, files
 
 
-def send_files(assoc: Any, files: list[str], logger: logging.Logger) -> None:
+def send_files(assoc: Requestor, files: list[str], logger: logging.Logger) -> None:
     """One C-STORE per file; a bad or failed file is logged and the next one goes.
 
     The Message ID advances only after a send that raised nothing, and the statuses are
-    only logged (by pynetdicom): storescu's exit status ignores them.
+    only logged: storescu's exit status ignores them.
     """
-    from pydicom import dcmread
     from pydicom.errors import InvalidDicomError
 
     msg_id = 1
     for fpath in files:
         logger.info(f"Sending file: {fpath}")
         try:
-            ds = dcmread(fpath)
-            assoc.send_c_store(ds, msg_id)
+            store_file(assoc, fpath, msg_id, logger)
             msg_id += 1
         except InvalidDicomError:
             logger.error(f"Bad DICOM file: {fpath}")
@@ -316,32 +325,237 @@ def send_files(assoc: Any, files: list[str], logger: logging.Logger) -> None:
             logger.exception(exc)
 
 
+def store_file(assoc: Requestor, fpath: str, msg_id: int, logger: logging.Logger) -> None:
+    """C-STORE one file: its dataset bytes streamed from the file when a context takes its
+    transfer syntax, else re-encoded into an accepted uncompressed one (pynetdicom's rule);
+    the SOP Class and Instance UIDs are the dataset's, not the file meta's."""
+    from pydicom import dcmread
+
+    if not assoc.established:
+        raise RuntimeError("Failed to send a C-STORE request: the association is not established")
+    head = dcmread(fpath, stop_before_pixels=True)
+    sop_class, sop_instance = str(head.SOPClassUID), str(head.SOPInstanceUID)
+    file_syntax = str(getattr(head.file_meta, "TransferSyntaxUID", "") or "")
+    offset = dataset_offset(head)
+    context = assoc.context_for(sop_class, file_syntax) if offset is not None else None
+    request = ul.CStoreRQ(message_id=msg_id, affected_sop_class_uid=sop_class, affected_sop_instance_uid=sop_instance,
+                          priority=PRIORITY_LOW)
+    if context is not None:
+        _log_sending(logger, request)
+        with open(fpath, "rb") as fh:
+            fh.seek(offset)  # type: ignore[arg-type]
+            assoc.send_stream(context.context_id, request, fh)
+    else:
+        context = _converting_context(assoc, sop_class, file_syntax)
+        data = encode_dataset(dcmread(fpath), context.transfer_syntax)
+        _log_sending(logger, request)
+        assoc.send(context.context_id, request, data)
+    _await_store_response(assoc, msg_id, sop_class, logger)
+
+
+def dataset_offset(head: Any) -> int | None:
+    """Where the dataset starts in a file with a preamble and file meta: 128 + 4 bytes, the
+    group length element (12 bytes) and the group; None when the group length is absent."""
+    length = getattr(head.file_meta, "FileMetaInformationGroupLength", None)
+    return None if length is None else 128 + 4 + 12 + int(length)
+
+
+def _converting_context(assoc: Requestor, sop_class: str, file_syntax: str) -> ul.AcceptedContext:
+    """An accepted context to re-encode an uncompressed dataset into, or pynetdicom's error."""
+    from pydicom.uid import UID
+
+    for group in SAME_BYTE_ORDER:
+        if file_syntax in group:
+            for syntax in group:
+                context = assoc.context_for(sop_class, syntax)
+                if context is not None and syntax != DEFLATED_LE:
+                    return context
+    msg = f"No presentation context for '{UID(sop_class).name}' has been accepted by the peer"
+    if file_syntax:
+        msg += f" with '{UID(file_syntax).name}' transfer syntax"
+    raise ValueError(msg + " for the SCU role")
+
+
+def encode_dataset(ds: Any, transfer_syntax: str) -> bytes:
+    """A whole dataset in an uncompressed, non-deflated transfer syntax."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+    from pydicom.uid import UID
+
+    fp = DicomBytesIO()
+    fp.is_little_endian = UID(transfer_syntax).is_little_endian
+    fp.is_implicit_VR = UID(transfer_syntax).is_implicit_VR
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def _log_sending(logger: logging.Logger, request: ul.CStoreRQ) -> None:
+    kind = {CT_IMAGE: ", (CT)", MR_IMAGE: ", (MR)"}.get(request.affected_sop_class_uid, "")
+    logger.info(f"Sending Store Request: MsgID {request.message_id}{kind}")
+
+
+def _await_store_response(assoc: Requestor, msg_id: int, sop_class: str, logger: logging.Logger) -> None:
+    """Log the C-STORE-RSP as pynetdicom does; a DIMSE timeout aborts the association."""
+    try:
+        response = assoc.wait_response(msg_id)
+    except rq.AssociationError as exc:
+        if exc.kind == "dimse-timeout":
+            logger.error("DIMSE timeout reached while waiting for message response")
+            logger.info("Aborting Association")
+            assoc.abort()
+        elif exc.kind == "aborted":
+            logger.error("Association Aborted")
+        else:
+            logger.error("Connection closed while waiting for DIMSE message")
+        return
+    status = int(response.message.status)  # type: ignore[union-attr]
+    logger.info(f"Received Store Response (Status: {store_status_text(status, sop_class)})")
+
+
+def store_status_text(status: int, sop_class: str) -> str:
+    """``0x0000 - Success``: the meaning from the storage service class's status table."""
+    from pynetdicom.sop_class import uid_to_service_class
+
+    try:
+        statuses = uid_to_service_class(sop_class).statuses
+    except Exception:  # an unknown SOP class has no table
+        statuses = {}
+    return f"0x{status:04X} - {statuses[status][0]}" if status in statuses else f"0x{status:04X} - Unknown"
+
+
+# --------------------------------------------------------------------------- association
+
+
+REJECT_RESULTS = {1: "Rejected (Permanent)", 2: "Rejected (Transient)"}
+REJECT_SOURCES = {1: "DUL service-user", 2: "DUL service-provider (ACSE related)",
+                  3: "DUL service-provider (presentation related)"}
+REJECT_REASONS = {(1, 1): "No reason given", (1, 2): "Application context name not supported",
+                  (1, 3): "Calling AE title not recognised", (1, 7): "Called AE title not recognised",
+                  (2, 1): "No reason given", (2, 2): "Protocol version not supported",
+                  (3, 1): "Temporary congestion", (3, 2): "Local limit exceeded"}
+CONTEXT_RESULTS = {0: "Accepted", 1: "User Rejection", 2: "Provider Rejection", 3: "Abstract Syntax Not Supported",
+                   4: "Transfer Syntax(es) Not Supported"}
+
+
+def _name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    return UID(uid).name
+
+
+def dump_request(request: ul.AssociateRequest) -> list[str]:
+    """pynetdicom's debug layout of an outgoing A-ASSOCIATE-RQ (scripts grep it)."""
+    lines = ["Request Parameters:", f"{' OUTGOING A-ASSOCIATE-RQ PDU ':=^76}",
+             f"Our Implementation Class UID:      {request.implementation_class_uid}"]
+    if request.implementation_version_name:
+        lines.append(f"Our Implementation Version Name:   {request.implementation_version_name}")
+    lines += [f"Application Context Name:    {request.application_context}",
+              f"Calling Application Name:    {request.calling_ae}", f"Called Application Name:     {request.called_ae}",
+              f"Our Max PDU Receive Size:    {request.max_pdu}",
+              "Presentation Context:" if len(request.contexts) == 1 else "Presentation Contexts:"]
+    for cx in request.contexts:
+        lines += [f"  Context ID:        {cx.context_id} (Proposed)", f"    Abstract Syntax: ={_name(cx.abstract_syntax)}",
+                  "    Proposed SCP/SCU Role: Default",
+                  "    Proposed Transfer Syntax:" if len(cx.transfer_syntaxes) == 1 else "    Proposed Transfer Syntaxes:"]
+        lines += [f"      ={_name(ts)}" for ts in cx.transfer_syntaxes]
+    lines += ["Requested Extended Negotiation: None", "Requested Common Extended Negotiation: None",
+              "Requested Asynchronous Operations Window Negotiation: None", "Requested User Identity Negotiation: None",
+              f"{' END A-ASSOCIATE-RQ PDU ':=^76}"]
+    return lines
+
+
+def dump_accept(assoc: Requestor) -> list[str]:
+    """pynetdicom's debug layout of an incoming A-ASSOCIATE-AC."""
+    ac, rq_ = assoc.accept, assoc.engine.request
+    assert ac is not None and rq_ is not None
+    proposed = {cx.context_id: cx.abstract_syntax for cx in rq_.contexts}
+    lines = ["Accept Parameters:", f"{' INCOMING A-ASSOCIATE-AC PDU ':=^76}",
+             f"Their Implementation Class UID:    {ac.implementation_class_uid or 'unknown'}",
+             f"Their Implementation Version Name: {ac.implementation_version_name or 'unknown'}",
+             f"Application Context Name:    {ac.application_context}",
+             f"Calling Application Name:    {ac.calling_ae}", f"Called Application Name:     {ac.called_ae}",
+             f"Their Max PDU Receive Size:  {ac.max_pdu}", "Presentation Contexts:"]
+    for cx in sorted(ac.contexts, key=lambda c: c.context_id):
+        lines += [f"  Context ID:        {cx.context_id} ({CONTEXT_RESULTS.get(cx.result, cx.result)})",
+                  f"    Abstract Syntax: ={_name(proposed[cx.context_id])}"]
+        if cx.result == ul.ACCEPTANCE:
+            lines += ["    Accepted SCP/SCU Role: Default", f"    Accepted Transfer Syntax: ={_name(cx.transfer_syntax)}"]
+    window = ac.async_window
+    lines += ["Accepted Extended Negotiation: None"]
+    if window is not None:
+        lines += ["Accepted Asynchronous Operations Window Negotiation:",
+                  f"  Maximum Invoked Operations:     {window.max_invoked}",
+                  f"  Maximum Performed Operations:   {window.max_performed}"]
+    else:
+        lines.append("Accepted Asynchronous Operations Window Negotiation: None")
+    lines += [f"User Identity Negotiation Response: {'Yes' if ac.user_identity_response else 'None'}",
+              f"{' END A-ASSOCIATE-AC PDU ':=^76}"]
+    return lines
+
+
+def associate(args: argparse.Namespace, proposed: list[ul.ProposedContext], logger: logging.Logger) -> Requestor | None:
+    """Request the association; None (after pynetdicom's log lines) when it is not established."""
+    request = rq.request(args.called_aet, args.calling_aet, proposed, max_pdu=args.max_pdu)
+    logger.info("Requesting Association")
+    for line in dump_request(request):
+        logger.debug(line)
+    timeouts = rq.Timeouts(connect=args.network_timeout, acse=args.acse_timeout, dimse=args.dimse_timeout)
+    try:
+        assoc = rq.associate(args.addr, args.port, request, timeouts=timeouts)
+    except rq.AssociationError as exc:
+        _log_request_failure(logger, exc)
+        return None
+    for line in dump_accept(assoc):
+        logger.debug(line)
+    if not assoc.contexts:
+        logger.error("No accepted presentation contexts")
+        assoc.abort()
+        return None
+    logger.info("Association Accepted")
+    return assoc
+
+
+def _log_request_failure(logger: logging.Logger, exc: rq.AssociationError) -> None:
+    if exc.reject is not None:
+        rj = exc.reject
+        logger.error("Association Rejected")
+        logger.error(f"Result: {REJECT_RESULTS.get(rj.result, rj.result)}, Source: {REJECT_SOURCES.get(rj.source, rj.source)}")
+        logger.error(f"Reason: {REJECT_REASONS.get((rj.source, rj.reason), 'Reserved')}")
+    elif exc.kind in ("connect", "tls"):
+        logger.error("Association request failed: unable to connect to remote")
+        logger.error(f"TCP Initialisation Error: {exc.cause}")
+    elif exc.kind == "acse-timeout":
+        logger.error("ACSE timeout reached while waiting for response to association request")
+    elif exc.kind == "aborted":
+        logger.error("Association Aborted")
+    else:
+        logger.error(f"Association request failed: {exc}")
+
+
 def run(args: argparse.Namespace, logger: logging.Logger) -> int:
     """Collect, associate, send, release; the exit status as the original gives it."""
-    from pynetdicom import AE
-
     logger.debug(f"storescu.py v{__version__}")
     logger.debug("")
     files, bad_paths = collect_files(args.path, args.recurse)
     for bad in bad_paths:
         logger.error(f"Cannot access path: {bad}")
 
-    ae = identify(AE(ae_title=args.calling_aet))
-    ae.acse_timeout = args.acse_timeout
-    ae.dimse_timeout = args.dimse_timeout
-    ae.network_timeout = args.network_timeout
-    files = add_contexts(ae, args, files, logger)
+    proposed, files = requested_contexts(args, files, logger)
     if not files:
         logger.warning("No suitable DICOM files found")
         return 0
-
-    assoc = ae.associate(args.addr, args.port, ae_title=args.called_aet, max_pdu=args.max_pdu)
-    if not assoc.is_established:
+    assoc = associate(args, proposed, logger)
+    if assoc is None:
         return 1
     try:
         send_files(assoc, files, logger)
     finally:
-        assoc.release()
+        if assoc.established:
+            logger.info("Releasing Association")
+            try:
+                assoc.release()
+            except rq.AssociationError:
+                logger.info("Association Aborted")
     return 0
 
 

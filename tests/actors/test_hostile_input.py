@@ -9,19 +9,23 @@ values are in tests/tools/test_storescp.py; the long fuzz run is ``python -m tes
 from __future__ import annotations
 
 import json
+import random
+import re
 import socket
 import struct
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 
 from tests import fuzz_pdu
 from tests.nodes import RunningNode, serve
-from tests.support import dataset_bytes, have, make_ct
+from tests.support import dataset_bytes, have, make_ct, stored_files, wait_until
 
 pytestmark = pytest.mark.skipif(not have("/usr/bin/storescu"), reason="DCMTK not installed (tests.nodes serve)")
 
@@ -165,3 +169,69 @@ def test_five_hundred_silent_connections_do_not_stop_others(node: RunningNode, t
         for sock in silent:
             sock.close()
     assert_healthy(node, before)
+
+
+# ----- mutated real associations ---------------------------------------------------------------
+
+WORKER_LINE = re.compile(r"^\S+ \S+ (?P<level>[A-Z]) worker\[\d+\] actors\.worker: assoc=(?P<assoc>\w+) (?P<text>.*)$", re.M)
+MUTATED_CASES, MUTATED_BUDGET_S = 400, 90.0
+
+
+def test_mutated_dcmtk_associations_end_quietly(tmp_path: Path) -> None:
+    mutated_associations(tmp_path, MUTATED_CASES, MUTATED_BUDGET_S)
+
+
+@pytest.mark.slow
+def test_eight_minutes_of_mutated_dcmtk_associations(tmp_path: Path) -> None:
+    """The length of the run that found pynetdicom's reactor dying (issue 13)."""
+    mutated_associations(tmp_path, 1_000_000, 480.0)
+
+
+def mutated_associations(tmp_path: Path, max_cases: int, budget_s: float) -> None:
+    """A real DCMTK storescu association, recorded, then sent again with bytes flipped,
+    truncated, inserted and duplicated (bounded count and time): the node keeps serving, what
+    it stored still reads, no thread dies and nothing logs a traceback, and each hostile
+    association costs one WARNING line naming the peer and how it ended (besides one per
+    C-STORE refused with a status on the way)."""
+    (tmp_path / "node.toml").write_text("[network]\nrequest_timeout_ms = 3000\nidle_timeout_ms = 3000\n")
+    node = serve(tmp_path, "--config", str(tmp_path / "node.toml"), workers=2)
+    try:
+        files = [tmp_path / f"ct{n}.dcm" for n in range(2)]
+        for path in files:
+            make_ct(path, pixels=96)
+        stream = fuzz_pdu.record_association(node.port, ["/usr/bin/storescu", "-aec", "NODE", "127.0.0.1", "PORT", *map(str, files)])
+        seen = len(node.log())
+        rng = random.Random(20261202)
+        started, cases, kinds = time.monotonic(), 0, Counter()
+        while cases < max_cases and time.monotonic() - started < budget_s:
+            kind, data = fuzz_pdu.mutate(stream, rng)
+            fuzz_pdu.send_case(node.port, data)
+            kinds[kind.split("+")[0]] += 1
+            cases += 1
+        assert cases >= 50, f"only {cases} cases in {budget_s} s"
+        assert fuzz_pdu.echo_ok(node.port), "the node stopped answering C-ECHO"
+        after = tmp_path / "after.dcm"
+        make_ct(after)
+        store = subprocess.run(["/usr/bin/storescu", "-aec", "NODE", "127.0.0.1", str(node.port), str(after)],
+                               capture_output=True, text=True, timeout=60)
+        assert store.returncode == 0, store.stderr
+        wait_until(lambda: any(p.name == dcmread(after).SOPInstanceUID for p in stored_files(tmp_path / "store")), 20, "stored after")
+        log = node.log()[seen:]
+    finally:
+        node.stop()
+    print(f"mutated associations: {cases} in {time.monotonic() - started:.1f} s, first mutations {dict(kinds)}")
+    for path in stored_files(tmp_path / "store"):  # whatever was stored reads as DICOM
+        dcmread(path, stop_before_pixels=True)
+    assert "Traceback" not in log and "Exception in thread" not in log, log[-3000:]
+    lines = list(WORKER_LINE.finditer(log))
+    assert lines, "no worker lines in the node's log (log format changed?)"
+    warnings = [m for m in lines if m["level"] in "WEC"]
+    assert all(m["level"] == "W" for m in warnings), [m.group(0) for m in warnings if m["level"] != "W"]
+    # One line for how the association ended; a C-STORE refused on the way (its dataset
+    # mutated) is answered with a status and has a line of its own, at most one per C-STORE.
+    ending = Counter(m["assoc"] for m in warnings if " refused: status=" not in m["text"])
+    refused = Counter(m["assoc"] for m in warnings if " refused: status=" in m["text"])
+    assert max(ending.values(), default=0) <= 1, [m.group(0) for m in warnings if ending[m["assoc"]] > 1]
+    assert max(refused.values(), default=0) <= len(files), [m.group(0) for m in warnings if refused[m["assoc"]] > len(files)]
+    assert all("peer=127.0.0.1:" in m["text"] for m in warnings), [m.group(0) for m in warnings if "peer=" not in m["text"]]
+    assert len(warnings) >= cases // 4, f"only {len(warnings)} warnings for {cases} hostile associations"

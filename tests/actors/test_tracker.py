@@ -167,3 +167,79 @@ def test_a_report_kept_for_an_unknown_transaction_matches_when_it_is_recorded(no
     client = TrackerClient(node.config, node.ctx, "test")
     state = client.ask(RecordTransaction(transaction_uid=uid, refs=[[CT, "1.2.3"]], local_aet="SCU", peer_aet="NODE", timeout=60))
     assert state.state == "completed" and state.committed == 1
+
+
+def test_owner_nodes_verify_their_files_and_a_silent_owner_never_counts_as_success(tmp_path: Path) -> None:
+    """Issue 16: the tracker asks each owning node's writer (its verifier on tcp://) at once;
+    intact files come back True, a changed one False, and a node that does not answer leaves
+    its instances False once ``verify_timeout`` has passed."""
+    import threading
+
+    import zmq
+
+    from actors.writer import Verifier
+    from node import verify
+    from node.config import ClusterConfig
+    from node.index import Index
+    from tests.support import free_port
+
+    good, bad = tmp_path / "good.dcm", tmp_path / "bad.dcm"
+    make_ct(good)
+    make_ct(bad)
+    rows = {uid: [str(p), p.stat().st_size, verify.digest_file(str(p))] for uid, p in (("1.1", good), ("1.2", bad))}
+    data = bad.read_bytes()
+    bad.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # same size, other content
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = NodeConfig(directory=tmp_path / "store", database=str(tmp_path / "node.sqlite"),
+                        cluster=ClusterConfig(node_id="owner", endpoint=endpoint))
+    stop = threading.Event()
+    index = Index(config.database)
+    verifier = Verifier(config, zmq.Context.instance(), stop)
+    verifier.start(index)
+    try:
+        assert index.endpoints() == {"owner": endpoint}
+        silent = f"tcp://127.0.0.1:{free_port()}"
+        started = time.monotonic()
+        intact = tracker.ask_owners({endpoint: rows, silent: {"1.3": [str(good), 1, ""]}}, timeout=0.5)
+        waited = time.monotonic() - started
+    finally:
+        stop.set()
+        verifier.close()
+        index.close()
+    assert intact == {"1.1": True, "1.2": False, "1.3": False}
+    assert 0.5 <= waited < 2.0
+
+
+def test_facts_per_verify_mode_shared_store_and_a_silent_owner(tmp_path: Path) -> None:
+    """Issue 16, the tracker's side without a cluster around it: rows of another node are
+    checked here when that node has no endpoint (the shared-store layout: the path is readable
+    here), asked of the owner when it has one (silent here: failed, never committed), and
+    taken as proof with ``verify = "index"``, even for a file that is gone."""
+    from dataclasses import replace
+
+    from node import verify
+    from node.config import ClusterConfig, CommitmentConfig
+    from node.index import InstanceRow
+    from node.transactions import TransactionStore
+    from tests.support import free_port
+
+    shared = tmp_path / "shared.dcm"
+    make_ct(shared)
+    size, checksum = shared.stat().st_size, verify.digest_file(str(shared))
+    config = NodeConfig(directory=tmp_path / "store", database=str(tmp_path / "node.sqlite"),
+                        cluster=ClusterConfig(node_id="here"), commitment=CommitmentConfig(verify="file", verify_timeout=0.3))
+    store = TransactionStore(config.database)
+    try:
+        store.index.record([
+            InstanceRow("1.1", CT, "1.2.840.10008.1.2.1", str(shared), size, node_id="nfs-peer", checksum=checksum),
+            InstanceRow("1.2", CT, "1.2.840.10008.1.2.1", str(tmp_path / "elsewhere.dcm"), size, node_id="down", checksum=checksum),
+            InstanceRow("1.3", CT, "1.2.840.10008.1.2.1", str(tmp_path / "gone.dcm"), size, node_id="here", checksum=checksum),
+        ])
+        store.index.register_node("down", f"tcp://127.0.0.1:{free_port()}")
+        refs = tuple(sc.Ref(CT, uid) for uid in ("1.1", "1.2", "1.3", "1.4"))
+        checked = tracker.Tracker(config, store)._facts(refs)
+        assert {uid: fact.readable for uid, fact in checked.items()} == {"1.1": True, "1.2": False, "1.3": False}
+        trusted = tracker.Tracker(replace(config, commitment=CommitmentConfig(verify="index")), store)._facts(refs)
+        assert {uid: fact.readable for uid, fact in trusted.items()} == {"1.1": True, "1.2": True, "1.3": True}
+    finally:
+        store.close()

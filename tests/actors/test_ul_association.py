@@ -1,30 +1,32 @@
 """The worker's association on the engine (actors/_ul_association.py on node/ul) against
 real peers and raw protocol abuse.
 
-Both receive paths store byte-identical files; requests the engine shell does not serve yet
-go to pynetdicom's association; protocol violations end in A-ABORT, one WARNING line naming
-the peer and no traceback, and leave the node answering.
+Files are stored byte-identical; Storage Commitment with role selection runs on the engine
+too; protocol violations end in A-ABORT, one WARNING line naming the peer and no traceback,
+and leave the node answering.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import socket
-import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE, build_role
-from pynetdicom.pdu import A_ABORT_RQ
+from pydicom.dataset import Dataset
+from pydicom.uid import ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, build_role, evt
 
-from actors._pdu import read_pdu
+from actors import tracker
 from actors.inproc import InprocNode
-from node import acceptor, ul
-from node.config import ListenerConfig, NetworkConfig, NodeConfig
+from node import ul
+from node import commitment as sc
+from node.config import CommitmentConfig, ListenerConfig, NetworkConfig, NodeConfig, StoreConfig
+from tests import fuzz_pdu
+from tests.node.ul.blocking import Requestor
 from tests.support import dataset_bytes, have, make_ct, wait_until
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -33,14 +35,14 @@ COMMITMENT = "1.2.840.10008.1.20.1"
 needs_dcmtk = pytest.mark.skipif(not have("/usr/bin/storescu"), reason="DCMTK (Debian package dcmtk) is not installed")
 
 
-def node_config(tmp_path: Path, receive_path: str = "lean") -> NodeConfig:
+def node_config(tmp_path: Path) -> NodeConfig:
     return NodeConfig(
         directory=tmp_path / "store",
         database=str(tmp_path / "index.sqlite"),
         run_dir=tmp_path / "run",
         workers=1,
         listeners=(ListenerConfig(port=0, host="127.0.0.1", aet="LEAN"),),
-        network=dataclasses.replace(NetworkConfig(), receive_path=receive_path, acse_timeout=5.0, network_timeout=5.0),
+        network=dataclasses.replace(NetworkConfig(), acse_timeout=5.0, network_timeout=5.0),
     )
 
 
@@ -51,13 +53,12 @@ def lean_node(tmp_path: Path) -> Iterator[tuple[InprocNode, int]]:
 
 
 @needs_dcmtk
-@pytest.mark.parametrize("receive_path", ["lean", "pynetdicom"])
-def test_both_receive_paths_store_what_dcmtk_sends(tmp_path: Path, receive_path: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_the_engine_stores_what_dcmtk_sends(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     files = [tmp_path / "in" / f"ct{n}.dcm" for n in range(4)]
     for n, path in enumerate(files):
         make_ct(path, pixels=64 if n else 300)
     caplog.set_level(logging.INFO, logger="actors.worker")
-    with InprocNode(node_config(tmp_path, receive_path)) as node:
+    with InprocNode(node_config(tmp_path)) as node:
         port = str(node.address()[1])
         echo = subprocess.run(["/usr/bin/echoscu", "-aec", "LEAN", "127.0.0.1", port], capture_output=True, timeout=30)
         store = subprocess.run(["/usr/bin/storescu", "-aec", "LEAN", "127.0.0.1", port, *map(str, files)],
@@ -66,80 +67,154 @@ def test_both_receive_paths_store_what_dcmtk_sends(tmp_path: Path, receive_path:
     for path in files:  # the 300x300 image (180 KB) crosses several PDUs
         assert dataset_bytes(tmp_path / "store" / dcmread(path).SOPInstanceUID) == dataset_bytes(path)
     lean_lines = [r for r in caplog.records if "context(s)" in r.getMessage() and "accepted" in r.getMessage()]
-    assert bool(lean_lines) == (receive_path == "lean")
+    assert lean_lines
     assert not node.errors
 
 
-def test_a_commitment_request_falls_back_to_pynetdicom(lean_node: tuple[InprocNode, int], tmp_path: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
-    """Storage Commitment with role selection is beyond the lean path: pynetdicom serves all of it."""
-    node, port = lean_node
-    caplog.set_level(logging.DEBUG, logger="actors.worker")
+def test_role_selection_and_commitment_run_on_the_engine(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Role selection answered by the engine's negotiation; the N-ACTION's report follows on the
+    same association and its status reaches the tracker; nothing is left to pynetdicom."""
+    caplog.set_level(logging.INFO)
+    with InprocNode(node_config(tmp_path), extra={"tracker": tracker.run}) as node:
+        _commit_one_on_the_engine(node.address()[1], tmp_path, caplog)
+    assert not node.errors
+
+
+def _commit_one_on_the_engine(port: int, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "ct.dcm"
     make_ct(path)
+    ds = dcmread(path)
     ae = AE(ae_title="MODALITY")
     ae.add_requested_context(CT, EXPLICIT)
     ae.add_requested_context(COMMITMENT)
-    assoc = ae.associate("127.0.0.1", port, ae_title="LEAN", ext_neg=[build_role(COMMITMENT, scu_role=True, scp_role=True)])
+    reports: list[int] = []
+    handlers = [(evt.EVT_N_EVENT_REPORT, lambda event: (reports.append(int(event.request.EventTypeID)), (0, None))[1])]
+    assoc = ae.associate("127.0.0.1", port, ae_title="LEAN", evt_handlers=handlers,
+                         ext_neg=[build_role(COMMITMENT, scu_role=True, scp_role=True)])
     assert assoc.is_established
-    assert assoc.send_c_store(dcmread(path)).Status == 0
-    assoc.release()
-    assert any("pynetdicom's association serves it" in r.getMessage() for r in caplog.records)
-    stored = tmp_path / "store" / dcmread(path).SOPInstanceUID  # the writer materialises it just after the success
+    [role] = [item for item in assoc.acceptor.user_information if type(item).__name__ == "SCP_SCU_RoleSelectionNegotiation"]
+    assert (role.scu_role, role.scp_role) == (True, True)
+    assert assoc.send_c_store(ds).Status == 0
+    stored = tmp_path / "store" / ds.SOPInstanceUID  # the writer materialises it just after the success
     wait_until(stored.exists, 10, f"{stored.name} materialised")
+    info = Dataset()
+    info.TransactionUID = generate_uid()
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    info.ReferencedSOPSequence = [ref]
+    status, _ = assoc.send_n_action(info, 1, COMMITMENT, "1.2.840.10008.1.20.1.1")
+    assert status.Status == 0
+    wait_until(lambda: reports or not assoc.is_established, 10, "the report on the same association")
+    assoc.release()
+    assert reports == [1]  # all committed
+    delivered = [r.getMessage() for r in caplog.records if "report on the same association: status=0" in r.getMessage()]
+    assert delivered, "the RSP's status did not reach the tracker"
+    assert not any("pynetdicom" in r.name for r in caplog.records if r.levelno >= logging.WARNING)
 
 
-def raw_association(port: int) -> tuple[socket.socket, int]:
-    """A raw socket with an established association proposing CT; returns it and the context id."""
-    engine = ul.Association(ul.Role.REQUESTOR)
-    offer = ul.AssociateRequest(called_ae="LEAN", calling_ae="RAW", max_pdu=16384, implementation_class_uid="1.2.3.4",
-                                contexts=(ul.ProposedContext(context_id=1, abstract_syntax=CT, transfer_syntaxes=(EXPLICIT,)),))
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(engine.send(offer))
-    engine.receive_data(read_pdu(sock, 1 << 20)[1])  # the whole PDU, header included
-    assert isinstance(next(engine.events()), ul.AssociateAccept)
-    (context_id,) = engine.contexts
-    return sock, context_id
-
-
-def dataset_pdu(context_id: int, data: bytes) -> bytes:
-    """A P-DATA-TF with one PDV: the last fragment of a dataset (PS3.8 9.3.5)."""
-    return struct.pack(">BxIIBB", 0x04, len(data) + 6, len(data) + 2, context_id, 0x02) + data
-
-
-def abort_reason(sock: socket.socket) -> int:
-    pdu_type, pdu = read_pdu(sock, 1 << 20)
-    assert pdu_type == acceptor.A_ABORT
-    abort = A_ABORT_RQ()
-    abort.decode(pdu)
-    return int(abort.reason_diagnostic)
+def raw_association(port: int) -> tuple[Requestor, int]:
+    """An established association proposing CT; returns its engine shell and the context id."""
+    scu = Requestor(port, ul.AssociateRequest(called_ae="LEAN", calling_ae="RAW", max_pdu=16384, contexts=(
+        ul.ProposedContext(context_id=1, abstract_syntax=CT, transfer_syntaxes=(EXPLICIT,)),)))
+    assert isinstance(scu.answer, ul.AssociateAccept)
+    return scu, scu.context_for(CT)
 
 
 @pytest.mark.parametrize("bad, reason", [
-    (b"\x09\x00\x00\x00\x00\x02\x00\x00", acceptor.ABORT_UNRECOGNIZED_PDU),  # unknown PDU type
-    ("unaccepted context", acceptor.ABORT_INVALID_PARAMETER),  # a PDV on context 99
-    (b"\x04\x00\x7f\xff\xff\xff", acceptor.ABORT_INVALID_PARAMETER),  # a 2 GiB P-DATA claim
-    ("dataset first", acceptor.ABORT_UNEXPECTED_PDU),  # a dataset with no C-STORE-RQ before it
+    (b"\x09\x00\x00\x00\x00\x02\x00\x00", ul.REASON_UNRECOGNIZED_PDU),  # unknown PDU type
+    ("unaccepted context", ul.REASON_INVALID_PARAMETER),  # a PDV on context 99
+    (b"\x04\x00\x7f\xff\xff\xff", ul.REASON_INVALID_PARAMETER),  # a 2 GiB P-DATA claim
+    ("dataset first", ul.REASON_UNEXPECTED_PDU),  # a dataset with no C-STORE-RQ before it
 ])
 def test_protocol_violations_are_aborted_and_the_node_goes_on(lean_node: tuple[InprocNode, int], bad: object, reason: int,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     node, port = lean_node
     caplog.set_level(logging.INFO)
-    sock, context_id = raw_association(port)
-    with sock:
+    scu, context_id = raw_association(port)
+    with scu.sock:
         if bad == "unaccepted context":
-            sock.sendall(dataset_pdu(99, b"\x00" * 8))
+            scu.sock.sendall(fuzz_pdu.p_data(99, 0x02, b"\x00" * 8))
         elif bad == "dataset first":
-            sock.sendall(dataset_pdu(context_id, b"\x00" * 8))
+            scu.sock.sendall(fuzz_pdu.p_data(context_id, 0x02, b"\x00" * 8))
         else:
             assert isinstance(bad, bytes)
-            sock.sendall(bad)
-        assert abort_reason(sock) == reason
+            scu.sock.sendall(bad)
+        abort = scu.wait_for(ul.Abort)
+        assert isinstance(abort, ul.Abort) and (abort.source, abort.reason) == (ul.SOURCE_SERVICE_PROVIDER, reason)
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "peer=127.0.0.1:" in warnings[0].getMessage() and "aborted" in warnings[0].getMessage()
     assert not any(r.exc_info for r in caplog.records)
     again, _ = raw_association(port)  # the worker still serves associations
-    with again:
-        again.sendall(b"\x05\x00\x00\x00\x00\x04\x00\x00\x00\x00")  # A-RELEASE-RQ
-        assert read_pdu(again, 1 << 20)[0] == 0x06  # A-RELEASE-RP
+    again.release()
+    assert not node.errors
+
+
+def test_an_asynchronous_window_keeps_several_stores_in_flight_answered_by_message_id(tmp_path: Path) -> None:
+    """dcm4che storescp's --max-ops-*: the node answers the proposed window and performs the
+    C-STOREs of one association at once. The first store is held 3 s (--receive-delay 3000,0);
+    the other three, sent right behind it, are answered before it, each by its Message ID."""
+    files = [tmp_path / "in" / f"ct{n}.dcm" for n in range(4)]
+    uids = [make_ct(path).SOPInstanceUID for path in files]
+    config = dataclasses.replace(node_config(tmp_path), network=dataclasses.replace(
+        node_config(tmp_path).network, max_ops_invoked=0, max_ops_performed=0),
+        store=dataclasses.replace(StoreConfig(), receive_delay=(3000, 0, 0, 0)))
+    with InprocNode(config) as node:
+        request = ul.AssociateRequest(called_ae="LEAN", calling_ae="ASYNC", max_pdu=16384,
+                                      contexts=(ul.ProposedContext(context_id=1, abstract_syntax=CT, transfer_syntaxes=(EXPLICIT,)),),
+                                      async_window=ul.AsyncWindow(max_invoked=4, max_performed=1))
+        scu = Requestor(node.address()[1], request)
+        assert isinstance(scu.answer, ul.AssociateAccept)
+        assert scu.answer.async_window == ul.AsyncWindow(max_invoked=4, max_performed=1)
+        for n, (path, uid) in enumerate(zip(files, uids), 1):
+            scu.sock.sendall(scu.engine.send_message(1, ul.CStoreRQ(message_id=n, affected_sop_class_uid=CT,
+                                                                    affected_sop_instance_uid=uid), dataset_bytes(path)))
+        assert scu.engine.outstanding == {1, 2, 3, 4}
+        answered = []
+        while len(answered) < 4:
+            rsp = scu.next_response()
+            answered.append(rsp.message_id_being_responded_to)
+            assert rsp.status == 0 and rsp.affected_sop_instance_uid == uids[rsp.message_id_being_responded_to - 1]
+        scu.release()
+    assert sorted(answered) == [1, 2, 3, 4] and answered[-1] == 1, f"answered in the order {answered}"
+    for path, uid in zip(files, uids):
+        assert dataset_bytes(tmp_path / "store" / uid) == dataset_bytes(path)
+    assert not node.errors
+
+
+def test_a_report_from_a_peer_gets_0110_when_the_tracker_cannot_be_reached(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An SCP reporting to us (SCP role selected) while no tracker runs: N-EVENT-REPORT-RSP
+    0x0110 Processing failure, so it keeps the report and tries again later."""
+    caplog.set_level(logging.INFO)
+    config = dataclasses.replace(node_config(tmp_path), commitment=dataclasses.replace(CommitmentConfig(), request_timeout=0.5))
+    report = sc.Report(generate_uid(), (), ())
+    with InprocNode(config) as node:  # no tracker
+        request = ul.AssociateRequest(
+            called_ae="LEAN", calling_ae="REPORTER", max_pdu=16384,
+            contexts=(ul.ProposedContext(context_id=1, abstract_syntax=COMMITMENT, transfer_syntaxes=(ImplicitVRLittleEndian,)),),
+            roles=(ul.RoleSelection(sop_class_uid=COMMITMENT, scu_role=False, scp_role=True),))
+        scp = Requestor(node.address()[1], request)
+        assert isinstance(scp.answer, ul.AssociateAccept)
+        assert scp.answer.roles == (ul.RoleSelection(sop_class_uid=COMMITMENT, scu_role=False, scp_role=True),)
+        scp.sock.sendall(scp.engine.send_message(1, ul.NEventReportRQ(
+            message_id=7, affected_sop_class_uid=COMMITMENT, affected_sop_instance_uid=sc.SOP_INSTANCE,
+            event_type_id=report.event_type), sc.encode(sc.report_dataset(report))))
+        rsp = scp.next_response()
+        scp.release()
+    assert isinstance(rsp, ul.NEventReportRSP)
+    assert (rsp.message_id_being_responded_to, rsp.status) == (7, sc.STATUS_PROCESSING_FAILURE)
+    assert any("N-EVENT-REPORT: tracker did not answer" in r.getMessage() for r in caplog.records)
+
+
+def test_a_peers_control_characters_never_split_a_log_line(lean_node: tuple[InprocNode, int], caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the 8-minute mutated-association run: a SOP Instance UID with a newline in it
+    split the WARNING line that named it. AE titles are the peer's words too."""
+    node, port = lean_node
+    caplog.set_level(logging.INFO)
+    request = ul.AssociateRequest(called_ae="LE\nW fake", calling_ae="RAW\r",
+                                  contexts=(ul.ProposedContext(context_id=1, abstract_syntax=CT, transfer_syntaxes=(EXPLICIT,)),))
+    scu = Requestor(port, request)
+    assert isinstance(scu.answer, ul.AssociateReject) and scu.answer.reason == 7
+    wait_until(lambda: any("rejected" in r.getMessage() for r in caplog.records), 10, "the rejection logged")
+    [line] = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert "\n" not in line and "\r" not in line and "LE\\x0aW fake" in line and "RAW\\x0d" in line
     assert not node.errors

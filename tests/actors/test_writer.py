@@ -313,3 +313,75 @@ def test_laps_restart_and_a_killed_writer_replays_what_it_acknowledged(tmp_path:
         assert w.journal.next_seq > 1 << 32  # the new lap starts far above the old numbers
     finally:
         w.close()
+
+
+# ----- a full disk ---------------------------------------------------------------------------------
+
+OUT_OF_RESOURCES = "Refused: OutOfResources"
+
+
+def _mount_tmpfs(where: Path, size: str) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True).returncode == 0
+
+
+def _store_all(tmp_path: Path, node: RunningNode, paths: list[Path]) -> list[str | None]:
+    """C-STORE every file on one association with DCMTK storescu (which goes on after a
+    failed store); each file's status as storescu names it (None: no response)."""
+    result = subprocess.run(["/usr/bin/storescu", "-v", "--no-halt", "-aec", "NODE", "127.0.0.1", str(node.port), *map(str, paths)],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    statuses: dict[str, str] = {}
+    current = None
+    for line in (result.stdout + result.stderr).splitlines():
+        if m := re.match(r"I: Sending file: (.*)$", line):
+            current = m[1].strip()
+        elif (m := re.match(r"I: Received Store Response \((.*)\)", line)) and current is not None:
+            statuses[current] = m[1]
+            current = None
+    return [statuses.get(str(p)) for p in paths]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_a_full_disk_answers_out_of_resources_and_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    """The store on a 3 MiB tmpfs, 90 instances of 51 KiB on one association: the journal or
+    the materialiser runs out of space. Every answer is a success or an out-of-resources
+    status (0xA7xx), never another failure or a dropped association, and at once (the
+    writer refuses writes until it has caught up, instead of leaving each one to time out).
+    The writer, SIGKILLed then, cannot replay its journal on the full disk: it serves anyway,
+    refusing writes, and retries. Once the filesystem grows, every acknowledged instance reaches its final path byte-identical and indexed, the
+    refused ones store on a second try, and nothing partial is left at a final path."""
+    store = tmp_path / "store"
+    if not _mount_tmpfs(store, "3m"):
+        pytest.skip("cannot mount a tmpfs here")
+    node: RunningNode | None = None
+    try:
+        (tmp_path / "node.toml").write_text('[store]\nduplicates = "overwrite"\n')
+        node = serve(tmp_path, "--config", str(tmp_path / "node.toml"), workers=1)
+        paths = [tmp_path / "in" / f"f{n}.dcm" for n in range(90)]
+        for path in paths:
+            make_ct(path, pixels=160)
+        statuses = _store_all(tmp_path, node, paths)
+        acknowledged = [p for p, s in zip(paths, statuses) if s == "Success"]
+        refused = [p for p, s in zip(paths, statuses) if s != "Success"]
+        assert acknowledged and refused, f"the disk did not fill up: {statuses}"
+        assert {s for s in statuses if s != "Success"} == {OUT_OF_RESOURCES}, statuses
+        (writer,) = node.children("run writer")
+        os.kill(writer.pid, signal.SIGKILL)
+        wait_until(lambda: "journal replay failed" in node.log(), 60, "the restarted writer tried its replay")
+        assert _store_all(tmp_path, node, refused[:1]) == [OUT_OF_RESOURCES], "a writer that cannot replay must refuse"
+        subprocess.run(["mount", "-o", "remount,size=64m", str(store)], check=True)
+        for path in acknowledged:
+            uid = dcmread(path).SOPInstanceUID
+            wait_until(lambda: _indexed(tmp_path, uid) is not None, 90, f"acknowledged {path.name} indexed after the disk grew")
+            assert dataset_bytes(Path(_indexed(tmp_path, uid))) == dataset_bytes(path)
+        again = _store_all(tmp_path, node, refused)
+        assert again == ["Success"] * len(refused), again
+        assert node.stop() == 0
+        node = None
+        sent = {dataset_bytes(p) for p in paths}
+        assert len(_files(tmp_path)) == len(paths)
+        assert all(dataset_bytes(f) in sent for f in _files(tmp_path)), "a partial or foreign file at a final path"
+    finally:
+        if node is not None:
+            node.stop()
+        subprocess.run(["umount", "-l", str(store)], capture_output=True)

@@ -50,6 +50,8 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         '[store]\nduplicates = "sometimes"\n',
         '[network]\nmax_associations = "many"\n',
         '[node]\naet = "BAD\\\\AE"\n',
+        '[commitment]\nverify = "maybe"\n',
+        '[cluster]\nendpoint = "ipc:///tmp/writer.ipc"\n',
     ],
 )
 def test_invalid_settings_are_refused_with_a_reason(tmp_path: Path, text: str) -> None:

@@ -138,3 +138,39 @@ def test_a_database_from_before_the_cluster_migration_is_upgraded(tmp_path: Path
         assert [e.transaction_uid for e in store.outbox_claim(lease=10, now=1.0)] == ["1.2"]
     finally:
         store.close()
+
+
+def test_a_completed_transaction_is_notified_at_commit_and_a_lost_listen_connection_says_so(server: str) -> None:
+    """Issue 16: ``complete`` NOTIFYs in its own transaction; a Listener on another connection
+    gets the UID without polling (its socket becomes readable); after the server drops the
+    connection, ``drain`` says None and ``connect`` listens again."""
+    import select
+
+    import psycopg
+
+    from node.transactions import ENDED_CHANNEL
+
+    url = create_database(server, f"t{next(_names)}")
+    store = TransactionStore(url)
+    listener = db.Listener(url, ENDED_CHANNEL)
+    try:
+        assert listener.connect()
+        store.record("1.2.3.9", [Ref("1.2.840.10008.5.1.4.1.1.2", "1.2.3.9.1")], local_aet="A", peer_aet="B",
+                     peer_host="", peer_port=0, timeout=60)
+        assert listener.drain() == []  # recording a transaction ends nothing
+        store.complete("1.2.3.9", Report("1.2.3.9", (), ()), None, "", "B")
+        readable, _, _ = select.select([listener.fileno()], [], [], 5)
+        assert readable, "no notification within 5 s"
+        assert listener.drain() == ["1.2.3.9"]
+        with psycopg.connect(url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'nodectl-listen'")
+        # The server's error message and its end of the connection may come in two reads: the
+        # socket stays readable until drain() has seen both (a poll loop calls it again).
+        outcomes = []
+        while listener.connected and len(outcomes) < 5 and select.select([listener.fileno()], [], [], 5)[0]:
+            outcomes.append(listener.drain())
+        assert outcomes[-1] is None and not listener.connected, outcomes
+        assert listener.connect() and listener.drain() == []
+    finally:
+        listener.close()
+        store.close()

@@ -347,3 +347,40 @@ def test_every_failure_path_prints_dcmtks_lines_and_one_dump_per_pdu(case: str) 
     assert text.count("BEGIN A-ASSOCIATE-RQ") == 1
     assert text.count("BEGIN A-ASSOCIATE-AC") == (1 if case in ("status", "abort") else 0)
     assert "OUTGOING A-ASSOCIATE-RQ PDU" not in text and "INCOMING" not in text
+
+
+def test_peer_release_instead_of_a_response_exits_70_like_dcmtk() -> None:
+    """A peer that answers the C-ECHO-RQ with an A-RELEASE-RQ (the engine as that peer):
+    ours answers the release and exits 70 having read no response, as DCMTK does."""
+    from node import ul
+    from tests.node.ul.blocking import AcceptEverything, pump
+
+    policy = ul.AcceptorPolicy(contexts=AcceptEverything())
+
+    def serve(listener: socket.socket) -> None:
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                engine = ul.Association(ul.Role.ACCEPTOR)
+
+                def handle(event: ul.Event, engine: ul.Association = engine) -> bytes | None:
+                    if isinstance(event, ul.AssociateRequest):
+                        return engine.send(ul.negotiate(event, policy))
+                    if isinstance(event, ul.Command):
+                        return engine.send(ul.ReleaseRequest())
+                    if isinstance(event, ul.ReleaseRequest):  # a collision: DCMTK may release too
+                        return engine.send(ul.ReleaseReply())
+                    return None
+
+                try:
+                    pump(conn, engine, handle)
+                except OSError:
+                    pass  # DCMTK aborts and closes: nothing more to do
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(20)
+        thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+        thread.start()
+        ours, theirs = both("127.0.0.1", str(listener.getsockname()[1]))
+        thread.join(timeout=20)
+    assert ours.returncode == theirs.returncode == 70, (ours.stderr, theirs.stderr)

@@ -138,20 +138,24 @@ def test_more_than_128_contexts_open_further_associations(tmp_path: Path) -> Non
 
 @needs_dcmtk
 def test_streamed_sending_keeps_memory_flat(tmp_path: Path) -> None:
-    """The worker's peak RSS hardly grows with a 24 MB dataset: it is streamed, not loaded."""
+    """The sender's peak RSS hardly grows with a 24 MB dataset: it is streamed, not loaded.
+
+    ``-j 1`` sends in the ``nodectl send`` process itself. Its peak is read from VmHWM, which
+    is this process image's own: ``getrusage(RUSAGE_SELF)`` would report the forked test
+    process's RSS from before the exec (Linux carries it over as the maximum)."""
     make_ct(tmp_path / "small" / "s.dcm", pixels=8)
     make_ct(tmp_path / "big" / "b.dcm", pixels=3500)  # 3500 x 3500 x 2 bytes = 24.5 MB
     probe = (
-        "import resource, sys; from node.cli import main; "
+        "import sys; from node.cli import main; "
         "rc = main(sys.argv[1:]); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
+        "print([line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')][0]); sys.exit(rc)"
     )
     peaks = {}
     with dcmtk_storescp(tmp_path / "scp", "--ignore") as scp:
         for name in ("small", "big"):
             result = run_nodectl_probe(probe, "send", "--progress", "none", "127.0.0.1", str(scp.port), str(tmp_path / name))
             assert result.returncode == 0, result.stderr
-            peaks[name] = int(result.stdout.split()[-1])  # KiB, the worker's peak
+            peaks[name] = int(result.stdout.split()[-1])  # KiB, the sender's peak
     assert peaks["big"] - peaks["small"] < 12 * 1024, peaks
 
 
@@ -233,18 +237,21 @@ def test_aborted_association_is_retried(tmp_path: Path) -> None:
     with pynetdicom_scp(abort_once) as (port, _received):
         result = send("--retry", 2, "--retry-delay", 0.05, "--summary-json", report, "127.0.0.1", port, tmp_path / "in")
     assert result.returncode == 0, result.stderr
-    assert "association lost" in result.stderr
+    assert f"association with 127.0.0.1:{port} lost (aborted by the peer); " in result.stderr, result.stderr
     data = summary(report)
     assert data["sent"] == 6 and data["associations"] == 2
     assert {f["sop_instance_uid"] for f in data["files"]["sent"]} == set(sent)
 
 
-def test_nothing_listening_retries_then_exits_3(tmp_path: Path) -> None:
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_nothing_listening_retries_then_exits_3(tmp_path: Path, jobs: int) -> None:
+    """Every worker's warning reaches stderr, from the main thread (-j 1) or a worker thread (-j 2)."""
     make_files(tmp_path / "in", 2)
     report = tmp_path / "summary.json"
-    result = send("--retry", 1, "--retry-delay", 0.05, "--summary-json", report, "127.0.0.1", free_port(), tmp_path / "in")
+    result = send("-j", jobs, "--retry", 1, "--retry-delay", 0.05, "--summary-json", report,
+                  "127.0.0.1", free_port(), tmp_path / "in")
     assert result.returncode == 3
-    assert "retry 1/1" in result.stderr
+    assert result.stderr.count("retry 1/1") == jobs, result.stderr
     data = summary(report)
     assert data["failed"] == 2 and all(f["network"] and f["status"] is None for f in data["files"]["failed"])
 
@@ -372,3 +379,127 @@ def test_send_and_storescu_name_the_datasets_uids_not_the_file_metas(tmp_path: P
             node.stop()
         stored = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in stored_files(folder / "store")}
         assert stored == {str(dcmread(source).SOPInstanceUID) for source in sources}, tool
+
+
+# --- a hostile peer -----------------------------------------------------------------------------
+
+
+def test_garbage_instead_of_a_response_ends_quietly(tmp_path: Path) -> None:
+    """A peer that accepts, then answers a C-STORE with an unknown PDU type: the association is
+    aborted, one line names the file and the violation, the file fails (exit 3), no traceback."""
+    import socket
+    import threading
+
+    from node import ul
+    from tests.node.ul.blocking import AcceptEverything
+
+    make_files(tmp_path / "in", 1)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    aborts: list[bytes] = []
+
+    def hostile() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(30)
+            engine = ul.Association(ul.Role.ACCEPTOR)
+            while not engine.established:
+                engine.receive_data(conn.recv(65536))
+                for event in engine.events():
+                    if isinstance(event, ul.AssociateRequest):
+                        conn.sendall(engine.send(ul.negotiate(event, ul.AcceptorPolicy(contexts=AcceptEverything()))))
+            conn.recv(65536)  # the C-STORE-RQ
+            conn.sendall(b"\x09\x00\x00\x00\x00\x02\x00\x00")
+            aborts.append(conn.recv(65536))
+
+    thread = threading.Thread(target=hostile, daemon=True)
+    thread.start()
+    try:
+        result = send("127.0.0.1", port, tmp_path / "in")
+    finally:
+        listener.close()
+        thread.join(timeout=30)
+    assert result.returncode == 3, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith(("W: ", "E: "))]
+    assert line.startswith("E: Store failed: ") and "association lost while sending (peer broke the protocol: " \
+        "unrecognized PDU type 0x09" in line, result.stderr
+    assert aborts and aborts[0][:1] == b"\x07"  # an A-ABORT came back
+
+
+def test_the_send_modules_import_one_way() -> None:
+    """plan <- results <- association <- worker <- send, report <- send: no module of the tool
+    imports one that imports it back (issue 13: send_lean and send_worker did)."""
+    import ast
+
+    tools = Path(__file__).resolve().parents[2] / "node" / "tools"
+    graph: dict[str, set[str]] = {}
+    for path in tools.glob("send*.py"):
+        imported = set()
+        for item in ast.walk(ast.parse(path.read_text())):
+            if isinstance(item, ast.ImportFrom) and (item.module or "").startswith("node.tools.send"):
+                imported.add(item.module.rsplit(".", 1)[1])
+        graph[path.stem] = imported
+    done: set[str] = set()
+    while len(done) < len(graph):
+        ready = {name for name, needs in graph.items() if name not in done and needs <= done}
+        assert ready, f"import cycle among {sorted(set(graph) - done)}: {graph}"
+        done |= ready
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_aborts_the_associations_and_exits_130(tmp_path: Path, jobs: int) -> None:
+    """SIGINT while the peer sits on its answers: exit 130 at once, an A-ABORT on every
+    association (not a release that would wait for answers), the summary written."""
+    import signal
+    import socket
+    import subprocess
+    import threading
+
+    from node import ul
+    from tests.node.ul.blocking import AcceptEverything
+    from tests.tools.storepeers import NODECTL
+
+    make_files(tmp_path / "in", 4)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stored, aborts = threading.Semaphore(0), []
+
+    def silent_peer() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(30)
+            engine = ul.Association(ul.Role.ACCEPTOR)
+            while engine.state is not ul.State.STA1:
+                data = conn.recv(65536)
+                engine.receive_data(data)
+                for event in engine.events():
+                    if isinstance(event, ul.AssociateRequest):
+                        conn.sendall(engine.send(ul.negotiate(event, ul.AcceptorPolicy(contexts=AcceptEverything()))))
+                    elif isinstance(event, ul.DatasetFragment) and event.last:
+                        stored.release()  # and never answered
+                    elif isinstance(event, ul.Abort):
+                        aborts.append(event)
+
+    peers = [threading.Thread(target=silent_peer, daemon=True) for _ in range(jobs)]
+    for peer in peers:
+        peer.start()
+    report = tmp_path / "summary.json"
+    proc = subprocess.Popen([*NODECTL, "send", "-j", str(jobs), "--progress", "none", "--summary-json", str(report),
+                             "127.0.0.1", str(port), str(tmp_path / "in")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        for _ in range(jobs):
+            assert stored.acquire(timeout=30), "no C-STORE arrived"
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        listener.close()
+        for peer in peers:
+            peer.join(timeout=30)
+    assert proc.returncode == 130, err
+    assert len(aborts) == jobs or jobs > 1  # -j 2: the worker threads end with the process, unannounced
+    assert summary(report)["exit_status"] == 130

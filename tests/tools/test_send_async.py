@@ -41,13 +41,14 @@ class HoldingAcceptor:
     """One association on the engine: grants ``window`` operations, refuses ``refuse`` (0xA700), answers only when as many
     C-STOREs as negotiated are outstanding (or every expected one has arrived), in reverse order."""
 
-    def __init__(self, window: int, expected: int, refuse: str = "") -> None:
+    def __init__(self, window: int, expected: int, refuse: str = "", host: str = "127.0.0.1") -> None:
         self.window, self.expected, self.refuse = window, expected, refuse
         self.request: ul.AssociateRequest | None = None
         self.stored: dict[str, bytes] = {}
         self.most_outstanding = 0
         self.errors: list[BaseException] = []
-        self._listener = socket.create_server(("127.0.0.1", 0))
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, 0), family=family)
         self.port = self._listener.getsockname()[1]
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._outstanding: list[tuple[int, ul.CStoreRQ]] = []
@@ -136,6 +137,23 @@ def test_without_async_no_window_is_proposed(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert peer.request is not None and peer.request.async_window is None
     assert peer.most_outstanding == 1 and in_flight(result.stderr) == 1
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="no IPv6 loopback here")
+def test_an_ipv6_peer_by_address(tmp_path: Path) -> None:
+    sent = make_files(tmp_path / "in", 3)
+    with HoldingAcceptor(window=2, expected=len(sent), host="::1") as peer:
+        result = run_nodectl("send", "--async", "2", "--progress", "none", "::1", str(peer.port), str(tmp_path / "in"))
+    assert result.returncode == 0, result.stderr
+    assert {uid: peer.stored[uid] for uid in sent} == {uid: dataset_bytes(path) for uid, path in sent.items()}
 
 
 def test_bad_async_values_are_usage_errors() -> None:

@@ -18,6 +18,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
+from node.tools import storescp as storescp_tool
 from tests.nodes import RunningNode
 from tests.support import NODECTL, dataset_bytes, free_port, have, make_ct
 
@@ -337,3 +338,14 @@ def test_sop_classes_file_limits_what_is_accepted(tmp_path: Path) -> None:
             assoc.release()
     finally:
         node.stop()
+
+
+@pytest.mark.parametrize("argv, window", [
+    ([], (0, 0)),  # dcm4che's default: unlimited
+    (["--max-ops-invoked", "4", "--max-ops-performed", "2"], (4, 2)),
+    (["--max-ops-invoked", "4", "--not-async"], (1, 1)),
+])
+def test_async_window_options_reach_the_node(tmp_path: Path, argv: list[str], window: tuple[int, int]) -> None:
+    opts = storescp_tool.parser().parse_args(["-b", "11112", "--directory", str(tmp_path / "in"), *argv])
+    network = storescp_tool.build_config(opts).network
+    assert (network.max_ops_invoked, network.max_ops_performed) == window

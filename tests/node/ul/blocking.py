@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -159,6 +160,7 @@ class Requestor:
         self.sock.sendall(self.engine.send(request))
         self.answer = self._until(lambda e: isinstance(e, (ul.AssociateAccept, ul.AssociateReject, ul.Abort)))
         self._next_id = 1
+        self._responses: deque[ul.Message] = deque()
 
     def context_for(self, abstract_syntax: str) -> int:
         return next(cx.context_id for cx in self.engine.contexts.values() if cx.abstract_syntax == abstract_syntax)
@@ -180,6 +182,21 @@ class Requestor:
         self.sock.sendall(self.engine.send_message(self.context_for(abstract_syntax), make(message_id), dataset))
         response = self._until(lambda e: isinstance(e, ul.Command))
         return response.message.status  # type: ignore[attr-defined,no-any-return]
+
+    def wait_for(self, kind: type) -> ul.Event:
+        """The next event of ``kind`` from the peer (an ``Abort`` after bytes sent by hand)."""
+        return self._until(lambda e: isinstance(e, kind))
+
+    def next_response(self) -> ul.Message:
+        """The next DIMSE response, whichever request it answers (asynchronous windows); the
+        others one read brings are kept for the next calls."""
+        while not self._responses:
+            if self.engine.state is ul.State.STA1:
+                raise ConnectionError("the association ended before the awaited response")
+            self.sock.settimeout(IDLE_S)
+            self.engine.receive_data(self.sock.recv(65536))
+            self._responses.extend(e.message for e in self.engine.events() if isinstance(e, ul.Command))
+        return self._responses.popleft()
 
     def _until(self, wanted: Callable[[ul.Event], bool]) -> ul.Event:
         found: list[ul.Event] = []
