@@ -97,6 +97,7 @@ COMMIT_BATCH = 10_000  # instances per N-ACTION when --commit-batch does not say
 BATCH_FILES = 64
 BATCH_SECONDS = 0.1  # the progress display (and the journal) move at least this often
 JOIN_GRACE = 10.0  # seconds a worker thread that has said its last word gets to end
+STOP_GRACE = 0.5  # seconds, on Ctrl-C, for worker threads to hand over their last results
 
 EXIT_HELP = """\
 exit status:
@@ -291,7 +292,12 @@ def check_request(peer: PeerOptions) -> None:
         raise ConfigError(str(exc)) from None
 
 
-def start_threads(tasks: list[Task], workers: int, peer: PeerOptions, results: queue.SimpleQueue) -> list[threading.Thread]:
+class Stopped(Exception):
+    """Raised in a worker thread after Ctrl-C: its association is aborted, it sends no more."""
+
+
+def start_threads(tasks: list[Task], workers: int, peer: PeerOptions, results: queue.SimpleQueue,
+                  stop: threading.Event) -> list[threading.Thread]:
     """One thread per worker with tasks, each putting its results and last word on ``results``.
 
     Threads, not processes: measured here (2 cores, 5,000 x 5 KiB into storescp --fork), four
@@ -302,19 +308,22 @@ def start_threads(tasks: list[Task], workers: int, peer: PeerOptions, results: q
     for worker in range(workers):
         mine = tasks_for_worker(tasks, worker)
         if mine:
-            thread = threading.Thread(target=_worker_thread, args=(worker, mine, peer, results),
+            thread = threading.Thread(target=_worker_thread, args=(worker, mine, peer, results, stop),
                                       name=f"send-worker-{worker}", daemon=True)
             thread.start()
             threads.append(thread)
     return threads
 
 
-def _worker_thread(worker: int, tasks: list[Task], peer: PeerOptions, results: queue.SimpleQueue) -> None:
+def _worker_thread(worker: int, tasks: list[Task], peer: PeerOptions, results: queue.SimpleQueue,
+                   stop: threading.Event) -> None:
     """A worker thread's body: its last word is put even if it fails (the main thread stops waiting)."""
     finished = WorkerFinished(worker=worker, associations=0)
-    batch = Batch(results)
+    batch = Batch(results, stop)
     try:
         finished = run_tasks(worker, tasks, peer, batch)
+    except Stopped:  # Ctrl-C: the main thread takes what the batch holds, then exits
+        pass
     except Exception:  # a bug: reported, its files counted as unreported below
         LOGGER.exception(f"worker {worker} failed")
     finally:
@@ -324,15 +333,23 @@ def _worker_thread(worker: int, tasks: list[Task], peer: PeerOptions, results: q
 
 class Batch:
     """A worker thread's ``report``: results go to the main thread in lists of up to 64 (or
-    after 0.1 s), so it wakes, and takes the GIL from the workers, once a batch, not once a file."""
+    after 0.1 s), so it wakes, and takes the GIL from the workers, once a batch, not once a file.
 
-    def __init__(self, results: queue.SimpleQueue) -> None:
+    Once ``stop`` is set (Ctrl-C), the next result is handed over with the batch and
+    ``Stopped`` raised: the association is aborted, so no file is sent that the journal would
+    not hear of before the process exits."""
+
+    def __init__(self, results: queue.SimpleQueue, stop: threading.Event) -> None:
         self.results = results
+        self.stop = stop
         self.items: list[FileResult] = []
         self.since = time.monotonic()
 
     def __call__(self, result: FileResult) -> None:
         self.items.append(result)
+        if self.stop.is_set():
+            self.flush()
+            raise Stopped
         if len(self.items) >= BATCH_FILES or time.monotonic() - self.since >= BATCH_SECONDS:
             self.flush()
 
@@ -495,18 +512,30 @@ def send_pass(args: argparse.Namespace, entries: Sequence[FileEntry], collector:
     )
     peer = peer_options(args, tls, workers)
     results: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+    threads: list[threading.Thread] = []
     try:
         if workers == 1:  # no thread at all: the main thread is the worker
             collector(run_tasks(0, tasks, peer, collector))
             return False
         with records_via(results, collector.printer):
-            collect_results(results, start_threads(tasks, workers, peer, results), collector)
+            threads = start_threads(tasks, workers, peer, results, stop)
+            collect_results(results, threads, collector)
     except KeyboardInterrupt:  # the worker threads are daemons: they end with the process
+        stop.set()
+        join_all(threads, STOP_GRACE)  # a thread waiting on a silent peer is not waited for longer
         take_waiting(results, collector)
         return True
     finally:
         collector.recorder.flush()
     return False
+
+
+def join_all(threads: list[threading.Thread], seconds: float) -> None:
+    """Wait for ``threads`` to end, ``seconds`` at most in all."""
+    deadline = time.monotonic() + seconds
+    for thread in threads:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 def take_waiting(results: queue.SimpleQueue, collector: Collector) -> None:
