@@ -6,13 +6,13 @@ returns how long to wait first (0 when they are there). No clock of its own and 
 the caller passes ``now`` (``time.monotonic()``) and sleeps, so tests drive time.
 
 A sender has up to two buckets, files and bytes, and waits for the longer of the two
-(``Pacer``). Each of N workers gets ``1/N`` of the rate: they are dealt the same number of
-files.
+(``Pacer``). Each of N worker threads gets ``1/N`` of the rate in a pacer of its own: they
+are dealt the same number of files, and no lock is shared between them.
 """
 
 from __future__ import annotations
 
-import functools
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,10 +63,18 @@ class Pacer:
         return delay
 
 
-@functools.cache
+_PER_THREAD = threading.local()
+
+
 def pacer(files_per_s: float, bytes_per_s: float) -> Pacer:
-    """One pacer per process and limits, so that a new association does not start a full bucket."""
-    return Pacer(files_per_s, bytes_per_s)
+    """One pacer per thread and limits: a worker thread's next association does not start a
+    full bucket, and N worker threads each keep their own share (one pacer shared by all of
+    them would hold the whole job to a single share)."""
+    pacers: dict[tuple[float, float], Pacer] = _PER_THREAD.__dict__.setdefault("pacers", {})
+    key = (files_per_s, bytes_per_s)
+    if key not in pacers:
+        pacers[key] = Pacer(files_per_s, bytes_per_s)
+    return pacers[key]
 
 
 def parse_rate(text: str) -> float:
