@@ -43,6 +43,7 @@ import argparse
 import itertools
 import logging
 import queue
+import signal
 import sys
 import threading
 import time
@@ -437,13 +438,17 @@ class Collector:
         return sum(self.finished.values())
 
 
-def collect_results(results: queue.SimpleQueue, threads: list[threading.Thread], collector: Collector) -> int:
-    """Take worker messages until every worker thread has said its last word; return associations.
+def collect_results(results: queue.SimpleQueue, threads: list[threading.Thread], collector: Collector,
+                    stop: threading.Event) -> int:
+    """Take worker messages until every worker thread has said its last word, or ``stop``
+    (Ctrl-C) is set; return associations.
 
     Bounded: each wait is 0.2 s, and the loop also ends once no worker thread is alive and
     the queue is empty.
     """
     while len(collector.finished) < len(threads):
+        if stop.is_set():
+            return collector.associations
         try:
             collector(results.get(timeout=0.2))
         except queue.Empty:
@@ -513,22 +518,37 @@ def send_pass(args: argparse.Namespace, entries: Sequence[FileEntry], collector:
     peer = peer_options(args, tls, workers)
     results: queue.SimpleQueue = queue.SimpleQueue()
     stop = threading.Event()
-    threads: list[threading.Thread] = []
     try:
         if workers == 1:  # no thread at all: the main thread is the worker
             collector(run_tasks(0, tasks, peer, collector))
             return False
-        with records_via(results, collector.printer):
+        with records_via(results, collector.printer), ctrl_c_sets(stop):
             threads = start_threads(tasks, workers, peer, results, stop)
-            collect_results(results, threads, collector)
-    except KeyboardInterrupt:  # the worker threads are daemons: they end with the process
-        stop.set()
-        join_all(threads, STOP_GRACE)  # a thread waiting on a silent peer is not waited for longer
-        take_waiting(results, collector)
+            collect_results(results, threads, collector, stop)
+            if stop.is_set():  # Ctrl-C: the worker threads are daemons, they end with the process
+                join_all(threads, STOP_GRACE)  # a thread waiting on a silent peer is not waited for longer
+                take_waiting(results, collector)
+                return True
+    except KeyboardInterrupt:  # -j 1: its association was aborted on the way out
         return True
     finally:
         collector.recorder.flush()
     return False
+
+
+@contextmanager
+def ctrl_c_sets(stop: threading.Event) -> Iterator[None]:
+    """While worker threads run, Ctrl-C sets ``stop`` instead of raising KeyboardInterrupt: an
+    exception landing in the middle of a batch would lose the batch's rest from the journal.
+    Only in the main thread (the only one that may set handlers), and not where SIGINT is ignored."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda _signum, _frame: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def join_all(threads: list[threading.Thread], seconds: float) -> None:
@@ -543,11 +563,9 @@ def take_waiting(results: queue.SimpleQueue, collector: Collector) -> None:
     gave; take them into the tally and the journal, so the next run does not send them again."""
     while True:
         try:
-            item = results.get_nowait()
+            collector(results.get_nowait())
         except queue.Empty:
             return
-        if not isinstance(item, logging.LogRecord):
-            collector(item)
 
 
 def open_journal(args: argparse.Namespace, peer: dict[str, Any]) -> SendJournal | None:
