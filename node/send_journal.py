@@ -128,7 +128,8 @@ def file_identity(path: str) -> tuple[int, int] | None:
 
 
 class SendJournal:
-    """A job's journal, opened by the ``nodectl send`` parent only (workers report to it)."""
+    """A job's journal, opened and written by the ``nodectl send`` main thread only (worker
+    threads hand it their results: one SQLite connection, never shared between threads)."""
 
     def __init__(self, path: str, *, readonly: bool = False) -> None:
         self.path = path
