@@ -140,6 +140,16 @@ def test_each_thread_has_its_own_pacer() -> None:
     assert theirs and theirs[0] is not pacer(10.0, 0.0)
 
 
+def test_exit_statuses_combine_3_then_1_then_5_then_4() -> None:
+    """Chunks and the commitment phase each end with a status; the job's is the worst of them."""
+    from node.tools.send import worse
+
+    ranked = [3, 1, 5, 4, 0]
+    for i, better in enumerate(ranked):
+        for worst in ranked[:i + 1]:
+            assert worse(better, worst) == worse(worst, better) == worst
+
+
 def test_rate_spellings() -> None:
     assert parse_rate("50/s") == parse_rate("50") == parse_rate("3000/min") == 50
     with pytest.raises(ValueError):
