@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
+from node.rate_limit import pacer
 from node.tools.send_plan import FileEntry
 from node.tools.send_results import FileResult, store_result
 from node.tools.tls_options import ClientTls
@@ -62,6 +63,8 @@ class PeerOptions:
     retry_delay: float = 1.0
     async_ops: int = 1  # --async: C-STOREs in flight at once, if the peer agrees
     tls: ClientTls | None = None  # --tls-*: each worker builds its own SSLContext from it
+    files_per_s: float = 0.0  # --rate, this worker's share (0: no limit)
+    bytes_per_s: float = 0.0  # --max-mbps, this worker's share (0: no limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +92,7 @@ class SendAssociation:
         self.window = max(1, min(peer.async_ops, engine.max_invoked or peer.async_ops))
         self.lost_because = ""  # why the association was lost, once it was
         self._next_id = 1
+        self.pace = pacer(peer.files_per_s, peer.bytes_per_s)
 
     @property
     def is_established(self) -> bool:
@@ -106,6 +110,7 @@ class SendAssociation:
             while position < len(files) and len(in_flight) < self.window:
                 entry = files[position]
                 position += 1
+                self.pace.wait(entry.size)
                 try:
                     message_id = self._store(entry, in_flight)
                 except Lost as exc:

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from node.send_journal import JobTotals
 from node.tools.send_plan import FileEntry, Skipped
 from node.tools.send_results import FileResult
 
@@ -48,12 +49,19 @@ class Progress:
         self.bytes = 0
         self.stream = stream
         self.started = time.monotonic()
+        self.limit = ""  # --rate/--max-mbps as shown, e.g. "limit 50 files/s"
 
     def advance(self, result: FileResult, size: int) -> None:
         """Count one finished file; ``size`` is its dataset size, sent or not."""
         self.files += 1
         self.failed += 0 if result.sent else 1
         self.bytes += size
+
+    def expect(self, files: int, size: int) -> None:
+        """Count ``files`` more files of ``size`` dataset bytes in the totals (a job is planned
+        chunk by chunk)."""
+        self.total_files += files
+        self.total_bytes += size
 
     def write(self, line: str) -> None:
         """Print a log line without disturbing the progress display."""
@@ -90,6 +98,7 @@ class PlainProgress(Progress):
             f"{tqdm.format_sizeof(self.bytes, 'B', 1024)}/{tqdm.format_sizeof(self.total_bytes, 'B', 1024)}, "
             f"{self.files / elapsed:.1f} files/s, {tqdm.format_sizeof(rate, 'B/s', 1024)}, "
             f"ETA {tqdm.format_interval(eta)}, {self.failed} failed"
+            + (f", {self.limit}" if self.limit else "")
         )
 
     def close(self) -> None:
@@ -110,12 +119,19 @@ class BarProgress(Progress):
         self._postfix()
 
     def _postfix(self) -> None:
-        self.bar.set_postfix_str(f"files {self.files}/{self.total_files}, {self.failed} failed", refresh=False)
+        limit = f", {self.limit}" if self.limit else ""
+        self.bar.set_postfix_str(f"files {self.files}/{self.total_files}, {self.failed} failed{limit}", refresh=False)
 
     def advance(self, result: FileResult, size: int) -> None:
         super().advance(result, size)
         self._postfix()
         self.bar.update(size)
+
+    def expect(self, files: int, size: int) -> None:
+        super().expect(files, size)
+        self.bar.total = self.total_bytes
+        self._postfix()
+        self.bar.refresh()
 
     def write(self, line: str) -> None:
         self.bar.write(line, file=self.stream)
@@ -237,3 +253,55 @@ def write_summary(path: str, data: dict[str, Any]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+def tally_totals(tally: Tally, skipped: Sequence[Skipped], seconds: float) -> JobTotals:
+    """One run's outcomes as the job table counts them, for a run without a journal."""
+    totals = JobTotals(runs=1, seconds=seconds, bytes=tally.bytes)
+    totals.acknowledged = totals.sent_last_run = len(tally.sent())
+    for result in tally.failed():
+        key = "no status" if result.status is None else f"0x{result.status:04X}"
+        totals.failed_by_status[key] = totals.failed_by_status.get(key, 0) + 1
+    for item in skipped:
+        totals.skipped_by_reason[item.reason] = totals.skipped_by_reason.get(item.reason, 0) + 1
+    totals.files = len(tally.results) + len(skipped)
+    return totals
+
+
+def job_table(totals: JobTotals) -> str:
+    """The short table a person reads at the end of a job (and ``nodectl send --report``)::
+
+        sent (this run)          120
+        already there            880
+        failed 0xA700              2
+        skipped: not DICOM         1
+        committed               1000
+        not committed              0
+        MB/s                    4.21
+    """
+    rows: list[tuple[str, str]] = [
+        ("sent (this run)", str(totals.sent_last_run)),
+        ("already there", str(totals.already_there)),
+        ("acknowledged (job)", str(totals.acknowledged)),
+    ]
+    rows += [(f"failed {status}", str(count)) for status, count in sorted(totals.failed_by_status.items())]
+    if not totals.failed_by_status:
+        rows.append(("failed", "0"))
+    rows += [(f"skipped: {reason}", str(count)) for reason, count in sorted(totals.skipped_by_reason.items())]
+    rows += [("committed", str(totals.committed)), ("not committed", str(totals.not_committed))]
+    if totals.commit_failed:
+        rows.append(("commitment failed", str(totals.commit_failed)))
+    rate = totals.bytes / totals.seconds / 1e6 if totals.seconds > 0 else 0.0
+    rows += [("MB", f"{totals.bytes / 1e6:.2f}"), ("MB/s", f"{rate:.2f}"), ("runs", str(totals.runs))]
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"  {label:<{width}}  {value:>10}" for label, value in rows)
+
+
+def add_totals(into: JobTotals, part: JobTotals) -> None:
+    """Add one chunk's counts to a run's (without a journal, the run's table is built so)."""
+    for name in ("files", "acknowledged", "sent_last_run", "already_there", "committed", "commit_failed", "bytes"):
+        setattr(into, name, getattr(into, name) + getattr(part, name))
+    into.runs = 1
+    for mine, theirs in ((into.failed_by_status, part.failed_by_status), (into.skipped_by_reason, part.skipped_by_reason)):
+        for key, count in theirs.items():
+            mine[key] = mine.get(key, 0) + count

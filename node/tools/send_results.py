@@ -1,8 +1,8 @@
 """What ``nodectl send``'s workers report: one ``FileResult`` per file, ``WorkerFinished`` last.
 
-Plain frozen data, so it crosses from a forked worker to the parent; imported by the
+Plain frozen data, handed from a worker thread to the main thread; imported by the
 association loop (``send_association``), the workers (``send_worker``), the display
-(``send_report``) and the parent (``send``), and importing none of them.
+(``send_report``) and the main thread (``send``), and importing none of them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,135 @@
+"""``nodectl send``'s job layer: the journal's resume filter and recording, transient retries.
+
+Why a separate module: ``send.py`` orchestrates one run; what makes a run part of a job
+(skip what an earlier run got acknowledged, record every outcome, retry 0xA7xx statuses on a
+later association) lives here, next to the core's journal (``node.send_journal``), and the
+throughput loop (``send_association``) knows nothing of it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from node.send_journal import ACKNOWLEDGED, FAILED, SKIPPED, Outcome, SendJournal, file_identity
+from node.tools.send_plan import FileEntry, Skipped
+from node.tools.send_results import FileResult
+
+ALREADY_ACKNOWLEDGED = "already acknowledged (journal)"
+
+
+def collect_files(paths: Sequence[str], recurse: bool) -> tuple[Iterator[str], list[str]]:
+    """The files named or found under ``paths``, streamed, in the order and with the rules of
+    ``storescu.collect_files`` (sorted, de-duplicated, ``recurse`` for subdirectories); and the
+    paths that are neither file nor directory, at once.
+
+    Streamed so that a job of 1,000,000 files never holds its list: each directory is listed
+    and sorted on its own, a subdirectory ordered as its name plus ``/`` (which is where its
+    files fall in a sort of whole paths), and the named paths' streams merged.
+    """
+    streams: list[Iterator[str]] = []
+    missing: list[str] = []
+    for path in paths:
+        if os.path.isfile(path):
+            streams.append(iter([path]))
+        elif os.path.isdir(path):
+            streams.append(_walk(path, recurse))
+        else:
+            missing.append(path)
+    merged = heapq.merge(*streams)
+    return (path for path, _same in itertools.groupby(merged)), missing
+
+
+def _walk(directory: str, recurse: bool) -> Iterator[str]:
+    """Files under ``directory`` in whole-path sort order (symlinked directories not followed)."""
+    try:
+        with os.scandir(directory) as listing:
+            entries = [(entry.name + "/" if recurse and entry.is_dir(follow_symlinks=False) else entry.name, entry.path)
+                       for entry in listing]
+    except OSError:
+        return
+    for key, path in sorted(entries):
+        if key.endswith("/"):
+            yield from _walk(path, recurse)
+        elif os.path.isfile(path):
+            yield path
+
+
+def chunks(paths: Iterable[str], size: int) -> Iterator[list[str]]:
+    """``paths`` in lists of at most ``size``."""
+    stream = iter(paths)
+    while chunk := list(itertools.islice(stream, size)):
+        yield chunk
+
+
+def is_transient(status: int | None) -> bool:
+    """0xA7xx, Refused: Out of Resources (PS3.4 B.2.3): the peer may take it later.
+    0xA900 (data set does not match SOP class) and the rest are final."""
+    return status is not None and 0xA700 <= status <= 0xA7FF
+
+
+@dataclass(slots=True)
+class Resume:
+    """What a journal says of this run's files: those to send, and how many it already has."""
+
+    to_send: list[str] = field(default_factory=list)
+    already: int = 0
+    identities: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (size, mtime_ns)
+
+
+def resume(journal: SendJournal | None, paths: Iterable[str]) -> Resume:
+    """The files not yet acknowledged, or changed (size, mtime) since they were; without a
+    journal, every file (and no stat)."""
+    if journal is None:
+        return Resume(to_send=list(paths))
+    found = Resume()
+    for path in paths:
+        identity = file_identity(path)
+        if identity is None:
+            found.to_send.append(path)  # the scan says why it cannot be read
+            continue
+        if journal.acknowledged(os.path.abspath(path), identity):
+            found.already += 1
+            continue
+        found.to_send.append(path)
+        found.identities[path] = identity
+    return found
+
+
+class JobRecorder:
+    """Writes each outcome to the journal (a no-op without ``--journal``)."""
+
+    def __init__(self, journal: SendJournal | None, identities: dict[str, tuple[int, int]]) -> None:
+        self.journal = journal
+        self.identities = identities
+
+    def _identity(self, path: str) -> tuple[int, int]:
+        return self.identities.get(path) or file_identity(path) or (-1, -1)
+
+    def file(self, entry: FileEntry, result: FileResult) -> None:
+        if self.journal is None:
+            return
+        size, mtime_ns = self._identity(entry.path)
+        self.journal.record(Outcome(
+            path=os.path.abspath(entry.path), size=size, mtime_ns=mtime_ns,
+            outcome=ACKNOWLEDGED if result.sent else FAILED, sop_class_uid=entry.sop_class_uid,
+            sop_instance_uid=entry.sop_instance_uid, status=result.status, reason=result.reason, bytes=result.bytes))
+
+    def skipped(self, items: Sequence[Skipped]) -> None:
+        if self.journal is None:
+            return
+        for item in items:
+            size, mtime_ns = self._identity(item.path)
+            self.journal.record(Outcome(path=os.path.abspath(item.path), size=size, mtime_ns=mtime_ns,
+                                        outcome=SKIPPED, reason=item.reason))
+
+    def flush_due(self) -> None:
+        if self.journal is not None:
+            self.journal.flush_due()
+
+    def flush(self) -> None:
+        if self.journal is not None:
+            self.journal.flush()
