@@ -205,3 +205,22 @@ def test_into_the_node_as_many_in_flight_as_it_negotiates(tmp_path: Path) -> Non
             assert dataset_bytes(node.cwd / "store" / uid) == dataset_bytes(path)
     finally:
         node.stop()
+
+
+def test_into_a_node_that_grants_a_window_it_is_used(tmp_path: Path) -> None:
+    """A node configured as dcm4che storescp --max-ops-invoked 4 --max-ops-performed 4: send
+    proposing 8 gets 4, keeps 4 C-STOREs in flight, and every file is stored once."""
+    sent = make_files(tmp_path / "in", 24)
+    (tmp_path / "node.toml").write_text("[network]\nmax_ops_invoked = 4\nmax_ops_performed = 4\n")
+    node = serve(tmp_path, "--config", str(tmp_path / "node.toml"), workers=1)
+    try:
+        assert node_window(node.port, 8) == 4
+        result = run_nodectl("send", "-v", "--async", "8", "-aec", "NODE", "--progress", "none",
+                             "127.0.0.1", str(node.port), str(tmp_path / "in"))
+        assert result.returncode == 0, result.stderr
+        assert in_flight(result.stderr) == 4
+        node.materialised()
+        for uid, path in sent.items():
+            assert dataset_bytes(node.cwd / "store" / uid) == dataset_bytes(path)
+    finally:
+        node.stop()
