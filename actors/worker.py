@@ -61,14 +61,15 @@ class _Live:
 
     assoc: Any  # an EngineAssociation (actors/_ul_association.py)
     handoff: HandOff
-    stores: int = 0  # instances stored (success returned), for the summary line at its end
+    stores: int = 0  # C-STOREs received: the k of dcm4che's per-store delay lists (engine shell)
+    stored: int = 0  # instances stored (success returned), for the summary line at its end
     dealers: dict[int, zmq.Socket] = field(default_factory=dict)
     calling: str | None = None  # set once its A-ASSOCIATE-RQ was admitted (node.access)
     lock: threading.Lock = field(default_factory=threading.Lock)  # an asynchronous window stores from several threads
 
     def count_stored(self) -> None:
         with self.lock:
-            self.stores += 1
+            self.stored += 1
 
     def close(self) -> None:
         for dealer in self.dealers.values():
@@ -416,8 +417,8 @@ class Worker:
         for aid in ended:
             live = self.live.pop(aid)
             live.close()
-            if live.stores:
-                log.info("assoc=%s stored %d instance(s)", aid, live.stores)
+            if live.stored:
+                log.info("assoc=%s stored %d instance(s)", aid, live.stored)
             handoffs.append(live.handoff)
         return handoffs
 
