@@ -251,11 +251,15 @@ class EngineAssociation(threading.Thread):
         if self._report is not None:
             report_wait = max(0.0, self._report.deadline - time.monotonic())
         if engine.artim_running:  # Sta2: the request timeout; Sta13: the wait for the peer to close
-            self.conn.settimeout(self.acse_timeout if engine.state is ul.State.STA2 else CLOSE_WAIT_S)
+            timeout = self.acse_timeout if engine.state is ul.State.STA2 else CLOSE_WAIT_S
         elif report_wait is not None:
-            self.conn.settimeout(min(report_wait, self.idle_timeout) if self.idle_timeout else report_wait)
+            timeout = min(report_wait, self.idle_timeout) if self.idle_timeout else report_wait
         else:
-            self.conn.settimeout(self.idle_timeout or None)
+            timeout = self.idle_timeout or None
+        # settimeout is a system call (ioctl FIONBIO) even when nothing changes: once per read
+        # it was one more syscall per C-STORE.
+        if self.conn.gettimeout() != timeout:
+            self.conn.settimeout(timeout)
         try:
             data = self.conn.recv(READ_SIZE)
         except TimeoutError:

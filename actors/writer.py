@@ -252,10 +252,15 @@ class Writer:
                 olds = [self.pending.get(r.message.sop_instance_uid) for _slot, r, _f in accepted]
                 for record in records:
                     self.pending[record.body["uid"]] = _Pending(record.body["path"], record.data_length, record.seq)
+                idle = not self.queue
                 self.queue.extend(records)
                 self.appended_seq = records[-1].seq
                 self.last_append = time.monotonic()
-                self.cond.notify_all()
+                # Only a materialiser waiting for an empty queue needs waking: one that paces
+                # a batch wakes on its own deadline, and waking it per group only cost two
+                # thread switches (futex calls, the GIL) per instance on one association.
+                if idle:
+                    self.cond.notify_all()
             for (slot, r, final), record, old in zip(accepted, records, olds):
                 msg = r.message
                 replaced = old is not None or (self.config.store.duplicates == "overwrite" and self.index.get(msg.sop_instance_uid) is not None)

@@ -1,4 +1,4 @@
-"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``memory`` | ``engine`` | ``startstop`` | ``cluster`` | ``send``."""
+"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``cpu`` | ``memory`` | ``engine`` | ``startstop`` | ``cluster`` | ``send``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,16 @@ def parser() -> argparse.ArgumentParser:
     prof.add_argument("--duration", type=int, default=20, help="seconds of recording (default 20)")
     prof.add_argument("--top", type=int, default=15, help="entries to print (default 15)")
     prof.add_argument("--node-source", metavar="DIR", help="run node/ and actors/ from DIR (default: this work tree)")
+    cpu = sub.add_parser("cpu", help="receiver CPU per 5 KiB instance, split by node process (1 and 4 associations)")
+    cpu.add_argument("--files", type=int, default=2000, help="5 KiB files per run (default 2000)")
+    cpu.add_argument("--runs", type=int, default=3, help="runs per sender (default 3)")
+    cpu.add_argument("--senders", nargs="+", choices=["dcmtk-1", "dcmtk-4"], default=["dcmtk-1", "dcmtk-4"])
+    cpu.add_argument("--node-source", metavar="DIR", help="run node/ and actors/ from DIR (default: this work tree)")
+    cpu.add_argument("--baseline", metavar="DIR",
+                     help="also run node/ and actors/ from DIR (a git archive) in every round: before/after under the same load")
+    cpu.add_argument("--scratch", metavar="DIR", help="where the node stores (default: the system temp directory)")
+    cpu.add_argument("--log-level", choices=["debug", "info", "warning"], default="warning",
+                     help="the node's log level (default warning, as in bench ingest; info is the node's default)")
     startstop = sub.add_parser("startstop", help="exec to first C-ECHO answered, and SIGINT to nothing left running")
     startstop.add_argument("--runs", type=int, default=10, help="runs of each command (default 10)")
     startstop.add_argument("--only", action="append", choices=["echoscp", "storescp", "serve"], help="only this command (repeatable)")
@@ -111,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import profile
 
         return profile.main(opts)
+    if opts.command == "cpu":
+        from bench import cpu as cpu_bench
+
+        return cpu_bench.main(opts)
     if opts.command == "send":
         from bench import send as send_bench
 

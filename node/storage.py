@@ -23,6 +23,7 @@ import ctypes
 import errno
 import os
 import random
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -78,12 +79,35 @@ class Store:
         """Join a relative path to the store, refusing anything that would leave it."""
         # String operations on os.path.realpath (symlinks still followed): pathlib's resolve()
         # and .parents were a tenth of the writer's CPU per small instance.
-        target = os.path.realpath(os.path.join(self._root, relpath))
+        target = self._resolve(relpath)
         if not target.startswith(self._root + os.sep):
             raise PathError(f"path {relpath!r} would leave the store")
         if target == self._incoming or target.startswith(self._incoming + os.sep):
             raise PathError(f"path {relpath!r} is inside the reserved .incoming directory")
         return Path(target)
+
+    def _resolve(self, relpath: str) -> str:
+        """``os.path.realpath(root/relpath)`` for a root that is already resolved.
+
+        realpath lstats every component of the whole path (six or more system calls per
+        instance in the writer); only the components below the root can be symlinks we have
+        not resolved, and nothing below the first missing one exists. A path with ``..`` or
+        a symlink below the root takes realpath itself, so the result is always realpath's.
+        """
+        parts = relpath.split(os.sep)
+        if os.path.isabs(relpath) or ".." in parts or (os.altsep and os.altsep in relpath):
+            return os.path.realpath(os.path.join(self._root, relpath))
+        parts = [part for part in parts if part not in ("", ".")]
+        path = self._root
+        for n, part in enumerate(parts):
+            path = path + os.sep + part
+            try:
+                mode = os.lstat(path).st_mode
+            except OSError:  # missing (or under a file): realpath keeps the rest as written
+                return os.sep.join([path, *parts[n + 1:]])
+            if stat.S_ISLNK(mode):
+                return os.path.realpath(os.path.join(self._root, relpath))
+        return path
 
     def commit(self, writes: Sequence[PendingWrite]) -> list[WriteOutcome]:
         """Make every write durable; one outcome per write, in order.
@@ -215,9 +239,12 @@ class Store:
         """
         errors: list[StorageError | None] = []
         temps: list[tuple[Path, Path] | None] = []
+        present: set[Path] = set()  # directories seen or made in this batch: one stat each, not one per file
         for final, offset, length in items:
             try:
-                self._make_parents(final.parent)
+                if final.parent not in present:
+                    self._make_parents(final.parent)
+                    present.add(final.parent)
                 fd, tmp = self._open_temp(final.name)
             except StorageError as exc:
                 errors.append(exc)

@@ -94,3 +94,21 @@ def test_prepare_removes_temp_files_left_by_a_crash(tmp_path: Path) -> None:
     (store.tmp_dir / "1.2.3123.part").write_bytes(b"half")
     assert Store(store.directory).prepare() == 1
     assert list(store.tmp_dir.iterdir()) == []
+
+
+RESOLVE_CASES = ["x", "a/x", "a/b/x", "a/b", "f/x", "out/x", "in/x", "in/lb/y", "a/lb/../x", "a/./b//x", "./x", "x/.",
+                 "a/", "nope/deeper/x", "a/../../x", "out", "in", "in/lb"]
+
+
+@pytest.mark.parametrize("relpath", RESOLVE_CASES)
+def test_final_paths_resolve_as_realpath_does(tmp_path: Path, relpath: str) -> None:
+    """The writer's short resolve (lstat below the root only) gives realpath's answer, through
+    symlinks inside the store, out of it, relative ones, ``..`` and paths under a file."""
+    store = Store(tmp_path / "store")
+    store.prepare()
+    (tmp_path / "store" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "store" / "f").write_text("a file")
+    os.symlink(tmp_path, tmp_path / "store" / "out")
+    os.symlink("a", tmp_path / "store" / "in")
+    os.symlink("b", tmp_path / "store" / "a" / "lb")
+    assert store._resolve(relpath) == os.path.realpath(os.path.join(store._root, relpath))

@@ -1,0 +1,126 @@
+"""``python -m bench cpu``: receiver CPU per 5 KiB instance, split by node process.
+
+The ingest benchmark's CPU column is one number for the whole tree; to know what to cut we
+need it per process (supervisord, listener, workers, writer, tracker, metrics). Each sample
+starts ``nodectl serve`` fresh, reads the user+system time of every process in its tree,
+sends the files with DCMTK storescu (TCP_NODELAY=1) over 1 or 4 associations, waits until
+every instance is materialised, reads the times again and stops the node by PID. CPU time is
+meaningful on a loaded machine (wall time is not), so only the CPU is reported as a figure;
+the wall time and the load average are printed beside it for context.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from bench import corpus, peers, procs
+
+
+def process_times(root: int) -> dict[int, tuple[str, float, float]]:
+    """pid -> (label, user s, system s, reaped children included) for the tree under ``root``:
+    user time is what Python code costs, system time what the syscalls (files, sockets) cost."""
+    out: dict[int, tuple[str, float, float]] = {}
+    for proc in procs.tree(root):
+        try:
+            t = proc.cpu_times()
+            out[proc.pid] = (procs.label(proc), t.user + t.children_user, t.system + t.children_system)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def role(label: str) -> str:
+    """The actor a process label names (workers pooled), or the program."""
+    for name in ("listener", "worker", "writer", "tracker", "metrics"):
+        if name in label:
+            return name
+    return "supervisord" if "supervisord" in label else label
+
+
+class Serve(peers.NodectlServe):
+    """``nodectl serve`` at a chosen log level: the ingest benchmark runs it at ``warning``,
+    an operator's node runs at ``info``, where per-instance lines would cost CPU."""
+
+    log_level: str = "warning"
+
+    def command(self, directory: Path) -> list[str]:
+        cmd = super().command(directory)
+        cmd[cmd.index("--log-level") + 1] = self.log_level
+        return cmd
+
+
+def sample(files: corpus.FileSet, senders: str, scratch: Path, node_source: Path | None, log_level: str) -> dict:
+    """One run: CPU ms per instance for every role and in total, plus wall time and load."""
+    env = peers.base_env(True, node_source)
+    receiver = Serve("nodectl serve")
+    receiver.log_level = log_level
+    workdir = Path(tempfile.mkdtemp(prefix="cpu-", dir=scratch))
+    started: list[subprocess.Popen] = []
+    try:
+        receiver.start(workdir / "rx", env)
+        time.sleep(0.5)  # every actor is up; their start-up CPU is not the per-instance cost
+        before = process_times(receiver.pid)
+        load = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        for i, cmd in enumerate(peers.sender_commands(senders, files.files, receiver.aet, receiver.port)):
+            started.append(procs.start(cmd, log=workdir / f"sender-{i}.log", cwd=workdir, env=env))
+        codes = [proc.wait(timeout=60 + 0.25 * files.count) for proc in started]
+        receiver.settle(files.count)
+        wall = time.perf_counter() - t0
+        after = process_times(receiver.pid)
+        stored = receiver.stored()
+        if any(codes) or stored != files.count:
+            raise RuntimeError(f"senders exited {codes}, node holds {stored} of {files.count}:\n{receiver.log_tail()}")
+        per_role: dict[str, float] = {}
+        for pid, (label, user, system) in after.items():
+            _, user0, system0 = before.get(pid, (label, 0.0, 0.0))
+            for kind, spent in (("user", user - user0), ("sys", system - system0)):
+                key = f"{role(label)} {kind}"
+                per_role[key] = per_role.get(key, 0.0) + spent * 1000 / files.count
+        return {"ms": per_role, "total_ms": sum(per_role.values()), "wall_s": wall, "load_1m": load}
+    finally:
+        for proc in started:
+            procs.stop(proc, grace=5)
+        receiver.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def report(name: str, senders: str, count: int, log_level: str, runs: list[dict]) -> None:
+    """Median CPU per instance in total and per role and process kind, with the load beside it."""
+    roles = sorted({r for run in runs for r in run["ms"]})
+    print(f"\n{name}, {senders}: {count} x 5 KiB, log level {log_level}, {len(runs)} runs, load (1 min) at start "
+          + ", ".join(f"{run['load_1m']:.1f}" for run in runs))
+    print(f"  total CPU ms/instance: median {statistics.median(r['total_ms'] for r in runs):.3f}  runs "
+          + ", ".join(f"{r['total_ms']:.3f}" for r in runs))
+    for role_kind in roles:
+        values = [r["ms"].get(role_kind, 0.0) for r in runs]
+        if max(values) >= 0.01:
+            print(f"  {role_kind:12s} {statistics.median(values):.3f}")
+    print("  wall s (not a claim under load): " + ", ".join(f"{r['wall_s']:.1f}" for r in runs))
+
+
+def main(opts) -> int:
+    """Every run of every source in turn (run 1 of each, then run 2, ...): a before/after
+    comparison shares the machine's load instead of meeting a different one."""
+    files = corpus.ensure("sc", opts.files)
+    scratch = Path(opts.scratch) if opts.scratch else Path(tempfile.gettempdir())
+    sources: dict[str, Path | None] = {"this tree" if not opts.node_source else opts.node_source:
+                                       Path(opts.node_source) if opts.node_source else None}
+    if opts.baseline:
+        sources[f"baseline {opts.baseline}"] = Path(opts.baseline)
+    for senders in opts.senders:
+        runs: dict[str, list[dict]] = {name: [] for name in sources}
+        for _ in range(opts.runs):
+            for name, source in sources.items():
+                runs[name].append(sample(files, senders, scratch, source, opts.log_level))
+        for name in sources:
+            report(name, senders, files.count, opts.log_level, runs[name])
+    return 0
