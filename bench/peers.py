@@ -162,6 +162,7 @@ class NodectlServe(Receiver):
                 address = text.split(marker, 1)[1].split()[0]
                 self.port = int(address.rsplit(":", 1)[1])
                 procs.wait_for_port(self.port, 10, self.proc)
+                procs.await_idle(self.pid)  # the actors that start after the first listener is ready
                 return
             time.sleep(0.05)
         raise TimeoutError(f"nodectl serve not ready after {START_TIMEOUT:.0f} s:\n{self.log_tail()}")

@@ -111,6 +111,29 @@ def tree(pid: int) -> list[psutil.Process]:
     return [root, *descendants(pid)]
 
 
+# An idle node: its whole tree spends under IDLE_CPU_S over IDLE_WINDOW_S.
+IDLE_WINDOW_S = 0.3
+IDLE_CPU_S = 0.02
+IDLE_TIMEOUT_S = 15.0
+
+
+def await_idle(pid: int) -> float:
+    """Wait (at most IDLE_TIMEOUT_S) until the tree rooted at ``pid`` is idle; the seconds waited.
+
+    A node answers its first association before its writer, tracker, metrics and further
+    workers have started (issue 14): their start-up must not be counted in what a benchmark
+    sample measures after it."""
+    started = time.monotonic()
+    before = tree_cpu(pid)
+    while time.monotonic() - started < IDLE_TIMEOUT_S:
+        time.sleep(IDLE_WINDOW_S)
+        now = tree_cpu(pid)
+        if now - before < IDLE_CPU_S:
+            break
+        before = now
+    return time.monotonic() - started
+
+
 def tree_cpu(pid: int) -> float:
     """User + system seconds of the live tree and of the descendants it has reaped."""
     total = 0.0

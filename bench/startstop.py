@@ -11,8 +11,8 @@ Issue 14's two figures, for ``nodectl echoscp``, ``nodectl storescp`` and ``node
 - stop: from SIGINT to the moment the ``nodectl`` process has exited, every process it
   started (supervisord and each actor) is gone and the port can be bound again. SIGINT goes
   to an idle node: once the first echo is answered, the run waits until the whole tree has
-  spent under ``IDLE_CPU_S`` over ``IDLE_WINDOW_S`` (the actors that start only after a
-  listener accepts are done starting), at most ``IDLE_TIMEOUT_S``.
+  spent under ``procs.IDLE_CPU_S`` over ``procs.IDLE_WINDOW_S`` (the actors that start only
+  after a listener accepts are done starting), at most ``procs.IDLE_TIMEOUT_S``.
 
 Each run uses a fresh free loopback port and a fresh directory; the median of ``--runs`` and
 the spread (min..max) are printed with the load average, and optionally written as JSON.
@@ -36,9 +36,6 @@ from bench import procs
 
 COMMANDS = ("echoscp", "storescp", "serve")
 TIMEOUT_S = 60.0
-IDLE_WINDOW_S = 0.3
-IDLE_CPU_S = 0.02
-IDLE_TIMEOUT_S = 15.0
 
 
 def command(name: str, port: int, root: Path) -> list[str]:
@@ -166,7 +163,7 @@ def one_run(name: str, rq: bytes, pdata: bytes, log: Path) -> dict:
                 time.sleep(0.01)
             started = time.monotonic() - t0
             cpu = procs.tree_cpu(proc.pid)  # the work of starting, less sensitive to the load than the wall clock
-            settled = _await_idle(proc.pid)
+            settled = procs.await_idle(proc.pid)
             tree = procs.tree(proc.pid)
             t1 = time.monotonic()
             os.kill(proc.pid, signal.SIGINT)
@@ -180,19 +177,6 @@ def one_run(name: str, rq: bytes, pdata: bytes, log: Path) -> dict:
                     "exit": proc.returncode, "left_running": left}
         finally:
             procs.stop(proc)
-
-
-def _await_idle(pid: int) -> float:
-    """Wait until the tree rooted at ``pid`` is idle (see the module docstring); the seconds waited."""
-    started = time.monotonic()
-    before = procs.tree_cpu(pid)
-    while time.monotonic() - started < IDLE_TIMEOUT_S:
-        time.sleep(IDLE_WINDOW_S)
-        now = procs.tree_cpu(pid)
-        if now - before < IDLE_CPU_S:
-            break
-        before = now
-    return time.monotonic() - started
 
 
 def _alive(proc: psutil.Process) -> bool:
