@@ -79,6 +79,16 @@ def have(program: str) -> bool:
     return shutil.which(program) is not None
 
 
+def interruptible() -> None:
+    """In a child: SIGINT back to its default, as for a program started at a terminal.
+
+    A test run that a non-interactive shell started in the background (``bash .ci/run &``)
+    has SIGINT ignored, and an ignored signal is inherited: a Python child then never raises
+    KeyboardInterrupt, so a test of what Ctrl-C does would test nothing but the shell.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def die_with_parent() -> None:
     """In a child: SIGTERM when the test process dies, even if its ``finally`` never runs.
 

@@ -18,7 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.tools.send_plan import MAX_CONTEXTS, FileEntry, context_groups, plan, scan
 from tests.peers.orthanc import Orthanc, orthanc_available
-from tests.support import dataset_bytes, free_port, make_ct, stored_files
+from tests.support import dataset_bytes, free_port, interruptible, make_ct, stored_files
 from tests.tools.storepeers import dcmtk_available, dcmtk_storescp, pynetdicom_scp, run_nodectl
 
 needs_dcmtk = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK storescp not installed")
@@ -487,7 +487,7 @@ def test_ctrl_c_aborts_the_associations_and_exits_130(tmp_path: Path, jobs: int)
     report = tmp_path / "summary.json"
     proc = subprocess.Popen([*NODECTL, "send", "-j", str(jobs), "--progress", "none", "--summary-json", str(report),
                              "127.0.0.1", str(port), str(tmp_path / "in")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=Path(__file__).resolve().parents[2])
+                            text=True, cwd=Path(__file__).resolve().parents[2], preexec_fn=interruptible)
     try:
         for _ in range(jobs):
             assert stored.acquire(timeout=30), "no C-STORE arrived"

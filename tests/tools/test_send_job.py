@@ -22,7 +22,7 @@ from node.rate_limit import Pacer, TokenBucket, pacer, parse_rate
 from node.send_journal import ACKNOWLEDGED, FAILED, Outcome, SendJournal
 from node.tools.send import BATCH_SECONDS
 from tests.nodes import serve
-from tests.support import NODECTL, make_ct, wait_until
+from tests.support import NODECTL, interruptible, make_ct, wait_until
 from tests.tools.storepeers import dcmtk_available, dcmtk_storescp, pynetdicom_scp, run_nodectl
 
 needs_dcmtk = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK storescp not installed")
@@ -484,7 +484,7 @@ def test_ctrl_c_ends_the_run_with_130_and_its_outcomes_kept(tmp_path: Path) -> N
         job = ["send", "-j", "2", "--progress", "none", "--journal", str(journal), "127.0.0.1", str(scp.port),
                str(tmp_path / "in")]
         sender = subprocess.Popen([*NODECTL, *job[:1], "--rate", "300/s", *job[1:]], cwd=REPO, stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=interruptible)
         try:
             wait_until(lambda: len(journal_rows(journal)) >= 100 or sender.poll() is not None, timeout=60,
                        what="100 outcomes in the journal")
