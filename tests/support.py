@@ -79,6 +79,17 @@ def have(program: str) -> bool:
     return shutil.which(program) is not None
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True when ``host:port`` can be bound (as a new listener would, with SO_REUSEADDR)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def interruptible() -> None:
     """In a child: SIGINT back to its default, as for a program started at a terminal.
 

@@ -14,7 +14,7 @@ import pytest
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from tests.nodes import RunningNode
-from tests.support import NODECTL, free_port, have, wait_until
+from tests.support import NODECTL, free_port, have, port_free, wait_until
 
 pytestmark = pytest.mark.skipif(not have("/usr/bin/echoscu"), reason="DCMTK (Debian package dcmtk) is not installed")
 
@@ -220,17 +220,8 @@ def test_sigkill_of_nodectl_takes_the_whole_node_down_and_frees_the_port(tmp_pat
     # The kernel closes a killed process's sockets as it reaps it; the next pynetdicom test
     # starts its app 0.5 s later at the earliest, so that is the budget.
     try:
-        wait_until(lambda: _bindable(node.port), 0.5, f"port {node.port} free")
+        wait_until(lambda: port_free(node.port), 0.5, f"port {node.port} free")
     except TimeoutError:
         holders = subprocess.run(["ss", "-Htanp", f"sport = :{node.port}"], capture_output=True, text=True).stdout
         raise AssertionError(f"port {node.port} still bound after the node died:\n{holders}") from None
 
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True

@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -34,7 +33,7 @@ import pytest
 
 import pynetdicom
 
-from tests.support import die_with_parent
+from tests.support import die_with_parent, port_free
 
 APPS = Path(pynetdicom.__file__).parent / "apps"
 PACKAGE_DATA = Path(pynetdicom.__file__).parent / "tests" / "dicom_files"
@@ -80,15 +79,6 @@ def _netns_available() -> bool:
     return probe.returncode == 0
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
 
 @dataclass
 class Suite:
@@ -108,7 +98,7 @@ class Suite:
     def counts(self) -> dict[str, int]:
         """Wait for it; assert it passed whole; its pytest counts (passed, skipped...)."""
         if self.proc is None:
-            if not _port_free(11112):
+            if not port_free(11112):
                 pytest.skip("port 11112 is taken and no network namespace of our own can be made (needs root and unshare)")
             self.start()
         assert self.proc is not None
