@@ -16,8 +16,8 @@ node-wide caps (``AdmitAssociation``): it answers them one at a time from the ad
 made itself, so a cap holds exactly however associations spread over workers. When the
 node's association limit is reached, a new connection gets an A-ASSOCIATE-RJ (transient,
 service-provider presentation, local limit exceeded). A worker not heard from for
-``WORKER_EXPIRY_S`` is forgotten with its associations: supervisor restarts it and it
-announces itself again.
+``WORKER_EXPIRY_S`` is handed nothing more; the associations it admitted count until it
+speaks again or supervisor's restart of it announces a new PID.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from node.access import AssociateRequest, within_caps
 from node.config import LISTEN_FROM_ENV, ListenerConfig, NodeConfig
 from node.errors import ConfigError
 from node.messages import (
-    AdmitAnswer, AdmitAssociation, AssociationEnded, HandOff, ListenerStatus, NodeLoad, Ping, Pong, StatusRequest,
+    AdmitAnswer, AdmitAssociation, AssociationEnded, HandOff, ListenerStatus, Ping, Pong, StatusRequest,
     WorkerReady, new_id, pack,
 )
 
@@ -150,15 +150,6 @@ class Listener:
         """Running associations of every worker (each reports its total over all listeners)."""
         return sum(w.counted for w in self.workers.values())
 
-    def load_for(self, worker: str) -> NodeLoad:
-        """What the other workers run: a worker adds its own to check the node-wide caps."""
-        others = [w for w in self.workers.values() if w.name != worker]
-        aets: dict[str, int] = {}
-        for w in others:
-            for aet, n in w.aets.items():
-                aets[aet] = aets.get(aet, 0) + n
-        return NodeLoad(associations=sum(w.counted for w in others), aets=aets)
-
     def on_message(self, message: object) -> None:
         if isinstance(message, WorkerReady):
             self._on_ready(message)
@@ -182,13 +173,14 @@ class Listener:
             total, per_aet = slot.admitted_counts()
             node_total += total
             aet_totals.update(per_aet)
+        slot = self.workers.get(request.worker)
+        if slot is None:  # cannot happen for a worker we handed the connection to; never admit uncounted
+            return AdmitAnswer(admitted=False, result=2, source=3, reason=2, why=f"{request.worker} is not known to {self.name}")
         rq = AssociateRequest(called=request.called, calling=request.calling)
         refusal = within_caps(rq, self.config, node_total=node_total, aet_totals=aet_totals)
         if refusal is not None:
             return AdmitAnswer(admitted=False, result=refusal.result, source=refusal.source, reason=refusal.reason, why=refusal.why)
-        slot = self.workers.get(request.worker)
-        if slot is not None:
-            slot.admitted[request.assoc_id] = request.calling
+        slot.admitted[request.assoc_id] = request.calling
         return AdmitAnswer(admitted=True)
 
     def _on_ready(self, msg: WorkerReady) -> None:
@@ -211,12 +203,23 @@ class Listener:
         slot.last_seen = time.monotonic()
 
     def expire(self) -> None:
-        """Forget workers that stopped sending heartbeats (dead or hung)."""
+        """Stop handing connections to workers that stopped sending heartbeats (hung or dead).
+
+        Silence proves nothing: a worker that is only slow may still read the hand-offs in its
+        socket and runs the associations it admitted. So what it holds stays where it is and
+        keeps counting against the caps; it is handed back (``_forget``) only on proof of
+        death: the hand-off socket hangs up, or a restart announces a new PID. A silent worker
+        holding nothing is dropped.
+        """
         now = time.monotonic()
         for name, slot in list(self.workers.items()):
-            if now - slot.last_seen > WORKER_EXPIRY_S:
-                log.warning("%s silent for %.1f s: forgetting it and %d association(s)", name, now - slot.last_seen, len(slot.assocs))
-                self._forget(slot)
+            if now - slot.last_seen <= WORKER_EXPIRY_S:
+                continue
+            if slot.capacity:
+                log.warning("%s silent for %.1f s: handing it nothing more (%d association(s) still counted)",
+                            name, now - slot.last_seen, len(slot.admitted))
+                slot.capacity = 0
+            if not slot.admitted and not slot.unacked and slot.conn is None:
                 del self.workers[name]
 
     def _forget(self, slot: WorkerSlot) -> None:
@@ -486,17 +489,6 @@ def _drain_router(router: zmq.Socket, state: Listener) -> None:
             bus.reply(router, identity, state.admit(envelope.message), sender=state.name, corr=envelope.id)
             continue
         state.on_message(envelope.message)
-        if isinstance(envelope.message, WorkerReady):
-            _send_load(router, identity, state.load_for(envelope.message.worker), state.name)
-
-
-def _send_load(router: zmq.Socket, identity: list[bytes], load: NodeLoad, sender: str) -> None:
-    """Never block on a worker that stopped reading: its next heartbeat brings a fresh one."""
-    try:
-        router.send_multipart([*identity, *pack(load, sender=sender)], flags=zmq.NOBLOCK, copy=False)
-    except zmq.error.ZMQError as exc:
-        if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
-            raise
 
 
 def _accept(tcp: socket.socket, state: Listener, config: NodeConfig) -> None:

@@ -39,15 +39,15 @@ from actors import metrics, reload
 from actors._ul_association import EngineAssociation
 from node.config import ListenerConfig, NodeConfig
 from node.errors import NodeError, STATUS_OUT_OF_RESOURCES, MessageError
-from node.access import AssociateRequest, Refusal, allowed, within_caps
-from node.messages import AdmitAnswer, AdmitAssociation, AssociationEnded, ErrorReply, HandOff, InstanceWritten, NodeLoad, WorkerReady, unpack
+from node.access import AssociateRequest, Refusal, allowed
+from node.messages import AdmitAnswer, AdmitAssociation, AssociationEnded, ErrorReply, HandOff, InstanceWritten, WorkerReady, unpack
 from node.paths import FilePathPattern
 from node.receive import FileMetaCache, acceptor_policy, check_dataset, context_rules, delay_ms, plan_write, read_in_memory, read_spooled
 
 log = logging.getLogger("actors.worker")
 
 HEARTBEAT_S = 1.0
-ADMIT_TIMEOUT_S = 2.0  # past it, a worker admits on its own view of the node's load
+ADMIT_TIMEOUT_S = 2.0  # past it, an association is refused (transient): only the listener counts exactly
 
 
 @dataclass
@@ -99,8 +99,6 @@ class Worker:
         self.spool_dir = config.spool_dir / "spool" / self.name
         self._policies: dict[str, Any] = {}  # node.ul.AcceptorPolicy per listener
         # What the other workers run, as the listeners last told us (node-wide caps).
-        self.load = NodeLoad(associations=0, aets={})
-        self._admit_lock = threading.Lock()
         # DEALERs to listeners for admissions, taken by one association thread at a time.
         self._admission_sockets: dict[str, queue.SimpleQueue[zmq.Socket]] = {}
         # TLS listeners: handshakes run in short threads and report here (issue 7).
@@ -187,23 +185,16 @@ class Worker:
         return refusal
 
     def _caps(self, live: _Live, rq: AssociateRequest) -> Refusal | None:
-        """Ask the listener (exact); if it does not answer, decide on our own view (the other
-        workers' load as last reported, at most a heartbeat old)."""
+        """Ask the listener that handed the association over: it alone counts every admission
+        of its port, so the caps hold exactly. If it does not answer in time the association is
+        refused as transient (the peer retries): admitting on a stale view could overshoot."""
         answer = self._ask_listener(live, rq)
-        if answer is not None:
-            if answer.admitted:
-                live.calling = rq.calling
-                return None
-            return Refusal(answer.result, answer.source, answer.reason, answer.why)
-        with self._admit_lock:
-            own = self.running()
-            aets = dict(self.load.aets)
-            for aet, n in own.items():
-                aets[aet] = aets.get(aet, 0) + n
-            refusal = within_caps(rq, self.config, node_total=self.load.associations + sum(own.values()), aet_totals=aets)
-            if refusal is None:
-                live.calling = rq.calling
-            return refusal
+        if answer is None:
+            return Refusal(2, 3, 2, f"listener-{live.handoff.listener} did not answer the admission within {ADMIT_TIMEOUT_S:.0f} s")
+        if answer.admitted:
+            live.calling = rq.calling
+            return None
+        return Refusal(answer.result, answer.source, answer.reason, answer.why)
 
     def _ask_listener(self, live: _Live, rq: AssociateRequest) -> AdmitAnswer | None:
         key = live.handoff.listener
@@ -216,7 +207,7 @@ class Worker:
         try:
             envelope = _bus.request(sock, request, sender=self.name, timeout=ADMIT_TIMEOUT_S)
         except TimeoutError:
-            log.warning("assoc=%s listener-%s did not answer the admission within %.0f s: using this worker's view",
+            log.warning("assoc=%s listener-%s did not answer the admission within %.0f s: refusing it",
                         live.handoff.assoc_id, key, ADMIT_TIMEOUT_S)
             sock.close(0)
             return None
@@ -429,20 +420,6 @@ class Worker:
             return 0
         return max(0, self.config.network.worker_capacity - len(self.live))
 
-    def take_load(self, listeners: dict[str, zmq.Socket]) -> None:
-        """Read the listeners' NodeLoad answers (non-blocking); keep the latest."""
-        for sock in listeners.values():
-            for _ in range(64):
-                if not sock.poll(0, zmq.POLLIN):
-                    break
-                try:
-                    message = unpack(sock.recv_multipart()).message
-                except MessageError as exc:
-                    log.warning("bad message from a listener: %s", exc)
-                    continue
-                if isinstance(message, NodeLoad):
-                    self.load = message
-
     def abort_all(self) -> None:
         for live in list(self.live.values()):
             try:
@@ -576,7 +553,6 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
                 log.info("assoc=%s ended", handoff.assoc_id)
                 _send(listeners.get(handoff.listener), AssociationEnded(worker=worker.name, assoc_id=handoff.assoc_id), worker.name)
             now = time.monotonic()
-            worker.take_load(listeners)
             running = worker.running()
             # A changed ``received`` matters too: silent connections leave capacity as it is,
             # and the listener counts hand-offs we have not acknowledged against our room.

@@ -58,15 +58,6 @@ class WorkerReady:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class NodeLoad:
-    """A listener's answer to ``WorkerReady``: what the *other* workers run (node-wide caps)."""
-
-    kind: ClassVar[str] = "node.load"
-    associations: int
-    aets: dict[str, int] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class HandOff:
     """Sent by a listener with an accepted socket's descriptor over the worker's Unix socket."""
 
@@ -385,7 +376,7 @@ Message = WorkerReady | HandOff | AssociationEnded | WriteInstance | InstanceWri
 KINDS: dict[str, type] = {
     cls.kind: cls
     for cls in (
-        WorkerReady, NodeLoad, HandOff, AssociationEnded, AdmitAssociation, AdmitAnswer, WriteInstance, InstanceWritten,
+        WorkerReady, HandOff, AssociationEnded, AdmitAssociation, AdmitAnswer, WriteInstance, InstanceWritten,
         SyncStore, StoreSynced, VerifyInstances, InstancesVerified, ErrorReply, Ping, Pong,
         StatusRequest, ListenerStatus, *COMMITMENT_MESSAGES,
     )
