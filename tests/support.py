@@ -210,3 +210,26 @@ def stored_files(store: Path) -> list[Path]:
     """The instance files of a node's store: everything but its reserved ``.incoming``
     directory (the writer's journal, temp files, spools)."""
     return sorted(p for p in store.rglob("*") if p.is_file() and ".incoming" not in p.relative_to(store).parts)
+
+
+def associate_or_rejection(ae, host: str, port: int, **kwargs):  # noqa: ANN001, ANN201
+    """``ae.associate(host, port, **kwargs)`` and the A-ASSOCIATE-RJ's (result, source, reason)
+    as pynetdicom's DUL decoded it, or None if none came.
+
+    ``assoc.is_rejected`` alone is not reliable: pynetdicom's requestor (3.0.4) checks that its
+    socket is still connected only after it sent the A-ASSOCIATE-RQ, so a rejection that arrives
+    (and closes the connection) before that thread runs again is reported as an abort; seen
+    under CPU load. The PDU itself is seen on its reactor thread whatever the timing.
+    """
+    from pynetdicom import evt
+    from pynetdicom.pdu import A_ASSOCIATE_RJ
+
+    seen: list[tuple[int, int, int]] = []
+
+    def on_pdu(event) -> None:  # noqa: ANN001
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            seen.append((event.pdu.result, event.pdu.source, event.pdu.reason_diagnostic))
+
+    handlers = [*kwargs.pop("evt_handlers", []), (evt.EVT_PDU_RECV, on_pdu)]
+    assoc = ae.associate(host, port, evt_handlers=handlers, **kwargs)
+    return assoc, (seen[0] if seen else None)

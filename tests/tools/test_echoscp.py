@@ -107,6 +107,12 @@ def test_silent_at_the_default_level(default_node: RunningNode) -> None:
 
 
 def test_the_eleventh_association_is_rejected_transient_reason_2(default_node: RunningNode) -> None:
+    """Ten held open by pynetdicom (its echoscp's default maximum), the eleventh asked by DCMTK.
+
+    Not by pynetdicom: its requestor checks that its socket is still connected only after it
+    sent the A-ASSOCIATE-RQ, so an A-ASSOCIATE-RJ that comes back (and closes the connection)
+    before that thread runs again is reported as an abort (seen under CPU load, pynetdicom 3.0.4).
+    """
     from pynetdicom import AE
 
     ae = AE()
@@ -118,10 +124,11 @@ def test_the_eleventh_association_is_rejected_transient_reason_2(default_node: R
             assoc = ae.associate("127.0.0.1", default_node.port)
             assert assoc.is_established
             open_ones.append(assoc)
-        eleventh = ae.associate("127.0.0.1", default_node.port)
-        assert eleventh.is_rejected
-        rj = eleventh.acceptor.primitive
-        assert (rj.result, rj.result_source, rj.diagnostic) == (2, 3, 2)
+        eleventh = subprocess.run([DCMTK_ECHOSCU, "127.0.0.1", str(default_node.port)], capture_output=True, text=True, timeout=30)
+        assert eleventh.returncode == 1, eleventh.stdout + eleventh.stderr
+        assert "Association Rejected" in eleventh.stdout + eleventh.stderr
+        assert "Result: Rejected Transient, Source: Service Provider (Presentation Related)" in eleventh.stdout + eleventh.stderr
+        assert "Reason: Local Limit Exceeded" in eleventh.stdout + eleventh.stderr
     finally:
         for assoc in open_ones:
             assoc.release()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from node import config as configuration
 from tests.nodes import RunningNode
-from tests.support import free_port, wait_for_port, wait_until
+from tests.support import associate_or_rejection, free_port, wait_for_port, wait_until
 
 VERIFICATION = "1.2.840.10008.1.1"
 
@@ -102,8 +102,8 @@ def test_sighup_reloads_the_access_table_in_the_workers(tmp_path: Path) -> None:
         workers = {p.pid for p in node.children("run worker")}
         ae = AE(ae_title="LATECOMER")
         ae.add_requested_context(VERIFICATION)
-        refused = ae.associate("127.0.0.1", port, ae_title="NODE")
-        assert refused.is_rejected and refused.acceptor.primitive.diagnostic == 3
+        _, rejected = associate_or_rejection(ae, "127.0.0.1", port, ae_title="NODE")
+        assert rejected == (1, 1, 3)
 
         write(["MODALITY", "LATECOMER"])
         os.kill(node.proc.pid, signal.SIGHUP)

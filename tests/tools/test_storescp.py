@@ -20,7 +20,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate
 
 from node.tools import storescp as storescp_tool
 from tests.nodes import RunningNode
-from tests.support import NODECTL, dataset_bytes, free_port, have, make_ct
+from tests.support import NODECTL, associate_or_rejection, dataset_bytes, free_port, have, make_ct
 
 pytestmark = pytest.mark.skipif(not have("/usr/bin/storescu"), reason="DCMTK (Debian package dcmtk) is not installed")
 
@@ -54,6 +54,20 @@ def associate(port: int, contexts: list[tuple[str, str]], *, aet: str = "PYSCU",
     for abstract, ts in contexts:
         ae.add_requested_context(abstract, ts)
     return ae.associate("127.0.0.1", port, ae_title=aec)
+
+
+def rejection(port: int, contexts: list[tuple[str, str]], *, aet: str = "PYSCU", aec: str = "ANY-SCP") -> tuple[int, int, int] | None:
+    """The A-ASSOCIATE-RJ's (result, source, reason) an association request got, or None."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=aet)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 15
+    for abstract, ts in contexts:
+        ae.add_requested_context(abstract, ts)
+    assoc, rejected = associate_or_rejection(ae, "127.0.0.1", port, ae_title=aec)
+    if assoc.is_established:
+        assoc.release()
+    return rejected
 
 
 def stored_files(directory: Path) -> list[Path]:
@@ -215,7 +229,7 @@ def test_unparseable_dataset_gets_a_failure_and_nothing_is_stored(pattern_node: 
 def test_dataset_without_sop_instance_uid_is_refused(pattern_node: tuple[RunningNode, Path], tmp_path: Path) -> None:
     node, store = pattern_node
     path = tmp_path / "nouid.dcm"
-    ds = make_ct(path, patient_id="P-NOUID")
+    make_ct(path, patient_id="P-NOUID")
     raw = dcmread(path)
     del raw.SOPInstanceUID
     raw.save_as(path, enforce_file_format=False)
@@ -227,7 +241,7 @@ def test_dataset_without_sop_instance_uid_is_refused(pattern_node: tuple[Running
 def test_sending_the_same_instance_twice_keeps_one_file(pattern_node: tuple[RunningNode, Path], tmp_path: Path) -> None:
     node, store = pattern_node
     path = tmp_path / "twice.dcm"
-    ds = make_ct(path, patient_id="P-TWICE")
+    make_ct(path, patient_id="P-TWICE")
     first = raw_store(node.port, path, aec="STORESCP")
     second = raw_store(node.port, path, aec="STORESCP")
     assert first["results"][0]["status"] == second["results"][0]["status"] == 0
@@ -240,9 +254,7 @@ def test_wrong_called_ae_title_is_rejected_with_reason_7(pattern_node: tuple[Run
     result = subprocess.run([DCMTK_ECHOSCU, "-v", "-aec", "OTHER", "127.0.0.1", str(node.port)], capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "Called AE Title Not Recognized" in result.stdout + result.stderr
-    assoc = associate(node.port, [(VERIFICATION, ImplicitVRLittleEndian)], aec="OTHER")
-    assert assoc.is_rejected
-    assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.result_source, assoc.acceptor.primitive.diagnostic) == (1, 1, 7)
+    assert rejection(node.port, [(VERIFICATION, ImplicitVRLittleEndian)], aec="OTHER") == (1, 1, 7)
 
 
 def test_echo_is_accepted_with_implicit_only(pattern_node: tuple[RunningNode, Path]) -> None:
@@ -286,9 +298,7 @@ def policy_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runn
 
 def test_calling_ae_not_in_accept_is_rejected_with_reason_3(policy_node: tuple[RunningNode, Path]) -> None:
     node, _ = policy_node
-    assoc = associate(node.port, [(VERIFICATION, ImplicitVRLittleEndian)], aet="X")
-    assert assoc.is_rejected
-    assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.diagnostic) == (1, 3)
+    assert rejection(node.port, [(VERIFICATION, ImplicitVRLittleEndian)], aet="X") == (1, 1, 3)
     dcmtk = subprocess.run([DCMTK_ECHOSCU, "-aet", "MODALITY2", "127.0.0.1", str(node.port)], capture_output=True, text=True, timeout=30)
     assert dcmtk.returncode == 0
 
