@@ -57,7 +57,6 @@ from node.errors import ConfigError
 from node.rate_limit import parse_rate
 from node.send_journal import JobTotals, JournalError, SendJournal
 from node.tools.send_association import Lost, PeerOptions, associate_request
-from node.tools.send_commit import CommitUnsupported, run_commitment
 from node.tools.send_job import JobRecorder, chunks, is_transient, resume
 from node.tools.send_job import collect_files as stream_files
 from node.tools.send_plan import FileEntry, Scan, Task, plan, scan, tasks_for_worker
@@ -708,6 +707,10 @@ def send_chunk(args: argparse.Namespace, paths: list[str], missing: list[str], j
 def commit(args: argparse.Namespace, journal: SendJournal, tls: ClientTls | None) -> int:
     """The commitment phase for what the journal has acknowledged and not committed: 5 unless
     every acknowledged instance of the job is committed, else 0."""
+    # here, not at module top: send_commit imports pydicom (0.1 s of CPU, 20 us a file of a
+    # 5,000-file job), which a job without --commit never needs (measured, docs/benchmarks.md)
+    from node.tools.send_commit import CommitUnsupported, run_commitment
+
     journal.flush()
     peer = peer_options(args, tls)
     started = time.monotonic()

@@ -447,6 +447,19 @@ def test_the_send_modules_import_one_way() -> None:
         done |= ready
 
 
+def test_a_job_without_commit_imports_no_pydicom() -> None:
+    """pydicom costs ~0.1 s of CPU to import, 20 us a file of a 5,000-file job (issue 13 item 6):
+    only --commit (and a file the quick scan cannot read) may load it."""
+    import subprocess
+    import sys
+
+    code = "import sys, node.cli, node.tools.send; print(sorted(m for m in sys.modules if m.startswith('pydicom'))[:3])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_ctrl_c_aborts_the_associations_and_exits_130(tmp_path: Path, jobs: int) -> None:
     """SIGINT while the peer sits on its answers: exit 130 at once, an A-ABORT on every
