@@ -73,9 +73,9 @@ from node.tools.send_report import (
 )
 from node.tools.send_results import FileResult, WorkerFinished
 from node.tools.send_worker import backoff, run_tasks
-from node.tools.storescu import (
+from node.tools.scu_options import (
     LOG_LEVELS,
-    _Parser,
+    ToolParser,
     add_logging_options,
     add_network_options,
 )
@@ -158,7 +158,7 @@ def _rate(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """storescu's spellings for what both tools share, plus the options of bulk sending."""
-    parser = _Parser(
+    parser = ToolParser(
         prog="nodectl send",
         usage="nodectl send [options] addr port path [path ...]",
         description=(
