@@ -332,6 +332,43 @@ def encode_dataset(ds: Any, transfer_syntax: str) -> bytes:
 def _log_sending(logger: logging.Logger, request: ul.CStoreRQ) -> None:
     kind = {CT_IMAGE: ", (CT)", MR_IMAGE: ", (MR)"}.get(request.affected_sop_class_uid, "")
     logger.info(f"Sending Store Request: MsgID {request.message_id}{kind}")
+    if logger.isEnabledFor(logging.DEBUG):
+        for line in outgoing_store_dump(request):
+            logger.debug(line)
+
+
+def outgoing_store_dump(request: ul.CStoreRQ) -> list[str]:
+    """The C-STORE-RQ as pynetdicom's ``-d`` dumps one it sends (``_handlers._send_c_store_rq``)."""
+    priority = {2: "Low", 0: "Medium", 1: "High"}.get(request.priority, str(request.priority))
+    return [f"{' OUTGOING DIMSE MESSAGE ':=^76}",
+            "Message Type                  : C-STORE RQ",
+            f"Message ID                    : {request.message_id}",
+            f"Affected SOP Class UID        : {uid_name(request.affected_sop_class_uid)}",
+            f"Affected SOP Instance UID     : {request.affected_sop_instance_uid}",
+            "Data Set                      : Present",
+            f"Priority                      : {priority}",
+            f"{' END DIMSE MESSAGE ':=^76}"]
+
+
+def incoming_store_dump(context_id: int, response: ul.CStoreRSP, status_text: str) -> list[str]:
+    """The C-STORE-RSP as pynetdicom's ``-d`` dumps one it receives (``_handlers._recv_c_store_rsp``):
+    the optional UIDs only when the peer sent them."""
+    lines = [f"{' INCOMING DIMSE MESSAGE ':=^76}",
+             "Message Type                  : C-STORE RSP",
+             f"Presentation Context ID       : {context_id}",
+             f"Message ID Being Responded To : {response.message_id_being_responded_to}"]
+    if response.affected_sop_class_uid is not None:
+        lines.append(f"Affected SOP Class UID        : {uid_name(response.affected_sop_class_uid)}")
+    if response.affected_sop_instance_uid is not None:
+        lines.append(f"Affected SOP Instance UID     : {response.affected_sop_instance_uid}")
+    return [*lines, f"Status                        : {status_text}", f"{' END DIMSE MESSAGE ':=^76}"]
+
+
+def uid_name(uid: str) -> str:
+    """pydicom's name of a UID (``Secondary Capture Image Storage``), the UID itself if unknown."""
+    from pydicom.uid import UID
+
+    return str(UID(uid).name)
 
 
 def _await_store_response(assoc: Requestor, msg_id: int, sop_class: str, logger: logging.Logger) -> None:
@@ -348,8 +385,14 @@ def _await_store_response(assoc: Requestor, msg_id: int, sop_class: str, logger:
         else:
             logger.error("Connection closed while waiting for DIMSE message")
         return
-    status = int(response.message.status)  # type: ignore[union-attr]
-    logger.info(f"Received Store Response (Status: {store_status_text(status, sop_class)})")
+    debug = logger.isEnabledFor(logging.DEBUG)
+    if debug:  # pynetdicom decodes each command set with pydicom, and says so
+        logger.debug('pydicom.read_dataset() TransferSyntax="Little Endian Implicit"')
+    status_text = store_status_text(int(response.message.status), sop_class)  # type: ignore[union-attr]
+    logger.info(f"Received Store Response (Status: {status_text})")
+    if debug and isinstance(response.message, ul.CStoreRSP):
+        for line in incoming_store_dump(response.context_id, response.message, status_text):
+            logger.debug(line)
 
 
 def store_status_text(status: int, sop_class: str) -> str:
