@@ -197,17 +197,18 @@ class SendAssociation:
         command = ul.Command(context_id=context_id, message=ul.CStoreRQ(
             message_id=message_id, affected_sop_class_uid=entry.sop_class_uid,
             affected_sop_instance_uid=entry.sop_instance_uid))
+        if entry.data is not None:  # the scan kept it: no file to open
+            self._send_whole(command, entry.data, entry.path)
+            return message_id
         try:
             fd = os.open(entry.path, os.O_RDONLY)
         except OSError as exc:
             raise _FileFailed(f"cannot read {entry.path}: {exc.strerror}") from None
         try:
-            set_timeout(self.sock, self.peer.network_timeout)
             if entry.size <= STREAM_ABOVE:
-                data = os.pread(fd, entry.size, entry.offset)
-                self._write(self.engine.send(command) + self.engine.send(
-                    ul.DatasetFragment(context_id=context_id, data=data, last=True)))
+                self._send_whole(command, os.pread(fd, entry.size, entry.offset), entry.path)
             else:
+                set_timeout(self.sock, self.peer.network_timeout)
                 self._write(self.engine.send(command))
                 for piece, last in _pieces(fd, entry.offset):
                     self._write(self.engine.send(ul.DatasetFragment(context_id=context_id, data=piece, last=last)))
@@ -216,6 +217,15 @@ class SendAssociation:
         finally:
             os.close(fd)
         return message_id
+
+    def _send_whole(self, command: ul.Command, data: bytes, path: str) -> None:
+        """The command and its whole dataset in one write."""
+        try:
+            set_timeout(self.sock, self.peer.network_timeout)
+            self._write(self.engine.send(command) + self.engine.send(
+                ul.DatasetFragment(context_id=command.context_id, data=data, last=True)))
+        except OSError as exc:
+            raise Lost(f"while sending {path}: {exc}") from None
 
     def _message_id(self, in_flight: dict[int, FileEntry]) -> int:
         """The next Message ID (1..65535, wrapping), skipping those still awaiting a response."""
