@@ -56,8 +56,7 @@ from node import ul
 from node.errors import ConfigError
 from node.rate_limit import parse_rate
 from node.send_journal import JobTotals, JournalError, SendJournal
-from node.tools.send_association import Lost, PeerOptions, associate_request
-from node.tools.send_commit import CommitUnsupported, run_commitment
+from node.tools.send_association import Interrupt, Interrupted, Lost, PeerOptions, associate_request
 from node.tools.send_job import JobRecorder, chunks, is_transient, resume
 from node.tools.send_job import collect_files as stream_files
 from node.tools.send_plan import FileEntry, Scan, Task, plan, scan, tasks_for_worker
@@ -74,9 +73,9 @@ from node.tools.send_report import (
 )
 from node.tools.send_results import FileResult, WorkerFinished
 from node.tools.send_worker import backoff, run_tasks
-from node.tools.storescu import (
+from node.tools.scu_options import (
     LOG_LEVELS,
-    _Parser,
+    ToolParser,
     add_logging_options,
     add_network_options,
 )
@@ -159,7 +158,7 @@ def _rate(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """storescu's spellings for what both tools share, plus the options of bulk sending."""
-    parser = _Parser(
+    parser = ToolParser(
         prog="nodectl send",
         usage="nodectl send [options] addr port path [path ...]",
         description=(
@@ -293,12 +292,8 @@ def check_request(peer: PeerOptions) -> None:
         raise ConfigError(str(exc)) from None
 
 
-class Stopped(Exception):
-    """Raised in a worker thread after Ctrl-C: its association is aborted, it sends no more."""
-
-
 def start_threads(tasks: list[Task], workers: int, peer: PeerOptions, results: queue.SimpleQueue,
-                  stop: threading.Event) -> list[threading.Thread]:
+                  stop: Interrupt) -> list[threading.Thread]:
     """One thread per worker with tasks, each putting its results and last word on ``results``.
 
     Threads, not processes: measured here (2 cores, 5,000 x 5 KiB into storescp --fork), four
@@ -317,13 +312,13 @@ def start_threads(tasks: list[Task], workers: int, peer: PeerOptions, results: q
 
 
 def _worker_thread(worker: int, tasks: list[Task], peer: PeerOptions, results: queue.SimpleQueue,
-                   stop: threading.Event) -> None:
+                   stop: Interrupt) -> None:
     """A worker thread's body: its last word is put even if it fails (the main thread stops waiting)."""
     finished = WorkerFinished(worker=worker, associations=0)
     batch = Batch(results, stop)
     try:
-        finished = run_tasks(worker, tasks, peer, batch)
-    except Stopped:  # Ctrl-C: the main thread takes what the batch holds, then exits
+        finished = run_tasks(worker, tasks, peer, batch, stop)
+    except Interrupted:  # Ctrl-C: its association was aborted; the main thread takes what the batch holds, then exits
         pass
     except Exception:  # a bug: reported, its files counted as unreported below
         LOGGER.exception(f"worker {worker} failed")
@@ -337,10 +332,10 @@ class Batch:
     after 0.1 s), so it wakes, and takes the GIL from the workers, once a batch, not once a file.
 
     Once ``stop`` is set (Ctrl-C), the next result is handed over with the batch and
-    ``Stopped`` raised: the association is aborted, so no file is sent that the journal would
+    ``Interrupted`` raised: the association is aborted, so no file is sent that the journal would
     not hear of before the process exits."""
 
-    def __init__(self, results: queue.SimpleQueue, stop: threading.Event) -> None:
+    def __init__(self, results: queue.SimpleQueue, stop: Interrupt) -> None:
         self.results = results
         self.stop = stop
         self.items: list[FileResult] = []
@@ -350,7 +345,7 @@ class Batch:
         self.items.append(result)
         if self.stop.is_set():
             self.flush()
-            raise Stopped
+            raise Interrupted
         if len(self.items) >= BATCH_FILES or time.monotonic() - self.since >= BATCH_SECONDS:
             self.flush()
 
@@ -439,7 +434,7 @@ class Collector:
 
 
 def collect_results(results: queue.SimpleQueue, threads: list[threading.Thread], collector: Collector,
-                    stop: threading.Event) -> int:
+                    stop: Interrupt) -> int:
     """Take worker messages until every worker thread has said its last word, or ``stop``
     (Ctrl-C) is set; return associations.
 
@@ -517,7 +512,7 @@ def send_pass(args: argparse.Namespace, entries: Sequence[FileEntry], collector:
     )
     peer = peer_options(args, tls, workers)
     results: queue.SimpleQueue = queue.SimpleQueue()
-    stop = threading.Event()
+    stop = Interrupt()  # Ctrl-C: wakes every worker thread, each aborts its association
     try:
         if workers == 1:  # no thread at all: the main thread is the worker
             collector(run_tasks(0, tasks, peer, collector))
@@ -526,7 +521,7 @@ def send_pass(args: argparse.Namespace, entries: Sequence[FileEntry], collector:
             threads = start_threads(tasks, workers, peer, results, stop)
             collect_results(results, threads, collector, stop)
             if stop.is_set():  # Ctrl-C: the worker threads are daemons, they end with the process
-                join_all(threads, STOP_GRACE)  # a thread waiting on a silent peer is not waited for longer
+                join_all(threads, STOP_GRACE)  # each writes its A-ABORT; one stuck writing is not waited for longer
                 take_waiting(results, collector)
                 return True
     except KeyboardInterrupt:  # -j 1: its association was aborted on the way out
@@ -537,7 +532,7 @@ def send_pass(args: argparse.Namespace, entries: Sequence[FileEntry], collector:
 
 
 @contextmanager
-def ctrl_c_sets(stop: threading.Event) -> Iterator[None]:
+def ctrl_c_sets(stop: Interrupt) -> Iterator[None]:
     """While worker threads run, Ctrl-C sets ``stop`` instead of raising KeyboardInterrupt: an
     exception landing in the middle of a batch would lose the batch's rest from the journal.
     Only in the main thread (the only one that may set handlers), and not where SIGINT is ignored."""
@@ -708,6 +703,10 @@ def send_chunk(args: argparse.Namespace, paths: list[str], missing: list[str], j
 def commit(args: argparse.Namespace, journal: SendJournal, tls: ClientTls | None) -> int:
     """The commitment phase for what the journal has acknowledged and not committed: 5 unless
     every acknowledged instance of the job is committed, else 0."""
+    # here, not at module top: send_commit imports pydicom (0.1 s of CPU, 20 us a file of a
+    # 5,000-file job), which a job without --commit never needs (measured, docs/benchmarks.md)
+    from node.tools.send_commit import CommitUnsupported, run_commitment
+
     journal.flush()
     peer = peer_options(args, tls)
     started = time.monotonic()

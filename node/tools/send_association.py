@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -80,11 +81,64 @@ class Lost(Exception):
     """The association is gone (peer abort, closed connection, timeout, protocol violation)."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C while worker threads send: this worker aborts its association and sends no more."""
+
+
+class Interrupt:
+    """Ctrl-C for the worker threads of ``nodectl send -j N``.
+
+    The main thread calls ``set``; every socket a worker has registered with ``watch`` gets its
+    reading side shut, so a worker waiting for a response wakes at once (rather than after
+    the DIMSE timeout), sees ``is_set`` and aborts its own association. Only the worker writes
+    to its socket: an A-ABORT from the main thread could land inside a P-DATA PDU the worker
+    is writing. The lock is taken per association (watch, forget), never per file.
+    """
+
+    def __init__(self) -> None:
+        self._set = False
+        self._lock = threading.Lock()
+        self._sockets: set[socket.socket] = set()
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+            waiting = list(self._sockets)
+        for sock in waiting:
+            _wake(sock)
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.add(sock)
+            now = self._set
+        if now:
+            _wake(sock)
+
+    def forget(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.discard(sock)
+
+
+def _wake(sock: socket.socket) -> None:
+    """Make a blocked (or the next) ``recv`` on ``sock`` return b"" while writing still works.
+    ``socket.socket.shutdown``, not the SSL socket's own: that one drops the TLS session, and
+    the A-ABORT still has to go through it."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RD)
+    except OSError:
+        pass
+
+
 class SendAssociation:
     """One established association of a send worker."""
 
-    def __init__(self, sock: socket.socket, engine: ul.Association, peer: PeerOptions) -> None:
+    def __init__(self, sock: socket.socket, engine: ul.Association, peer: PeerOptions,
+                 interrupt: Interrupt | None = None) -> None:
         self.sock = sock
+        self.interrupt = interrupt
         self.engine = engine
         self.peer = peer
         self.by_syntax = {(cx.abstract_syntax, cx.transfer_syntax): cx.context_id
@@ -93,6 +147,8 @@ class SendAssociation:
         self.lost_because = ""  # why the association was lost, once it was
         self._next_id = 1
         self.pace = pacer(peer.files_per_s, peer.bytes_per_s)
+        if interrupt is not None:
+            interrupt.watch(sock)
 
     @property
     def is_established(self) -> bool:
@@ -141,17 +197,18 @@ class SendAssociation:
         command = ul.Command(context_id=context_id, message=ul.CStoreRQ(
             message_id=message_id, affected_sop_class_uid=entry.sop_class_uid,
             affected_sop_instance_uid=entry.sop_instance_uid))
+        if entry.data is not None:  # the scan kept it: no file to open
+            self._send_whole(command, entry.data, entry.path)
+            return message_id
         try:
             fd = os.open(entry.path, os.O_RDONLY)
         except OSError as exc:
             raise _FileFailed(f"cannot read {entry.path}: {exc.strerror}") from None
         try:
-            set_timeout(self.sock, self.peer.network_timeout)
             if entry.size <= STREAM_ABOVE:
-                data = os.pread(fd, entry.size, entry.offset)
-                self._write(self.engine.send(command) + self.engine.send(
-                    ul.DatasetFragment(context_id=context_id, data=data, last=True)))
+                self._send_whole(command, os.pread(fd, entry.size, entry.offset), entry.path)
             else:
+                set_timeout(self.sock, self.peer.network_timeout)
                 self._write(self.engine.send(command))
                 for piece, last in _pieces(fd, entry.offset):
                     self._write(self.engine.send(ul.DatasetFragment(context_id=context_id, data=piece, last=last)))
@@ -160,6 +217,15 @@ class SendAssociation:
         finally:
             os.close(fd)
         return message_id
+
+    def _send_whole(self, command: ul.Command, data: bytes, path: str) -> None:
+        """The command and its whole dataset in one write."""
+        try:
+            set_timeout(self.sock, self.peer.network_timeout)
+            self._write(self.engine.send(command) + self.engine.send(
+                ul.DatasetFragment(context_id=command.context_id, data=data, last=True)))
+        except OSError as exc:
+            raise Lost(f"while sending {path}: {exc}") from None
 
     def _message_id(self, in_flight: dict[int, FileEntry]) -> int:
         """The next Message ID (1..65535, wrapping), skipping those still awaiting a response."""
@@ -188,23 +254,25 @@ class SendAssociation:
         self.sock.sendall(data)
 
     def _read(self, timeout: float) -> list[ul.Event]:
-        return read_events(self.sock, self.engine, timeout)
+        return read_events(self.sock, self.engine, timeout, self.interrupt)
 
     # ----- ending -------------------------------------------------------------------------------
 
     def release(self) -> None:
-        """A-RELEASE-RQ, then wait (ACSE timeout) for the A-RELEASE-RP, then close."""
-        if self.engine.established:
-            try:
+        """A-RELEASE-RQ, then wait (ACSE timeout) for the A-RELEASE-RP, then close (also when
+        ``Interrupted`` ends the wait)."""
+        try:
+            if self.engine.established:
                 set_timeout(self.sock, self.peer.acse_timeout)
                 self._write(self.engine.send(ul.ReleaseRequest()))
                 for _ in range(MAX_RELEASE_READS):
                     events = self._read(self.peer.acse_timeout)
                     if any(isinstance(e, (ul.ReleaseReply, ul.Abort, ul.ConnectionClosed)) for e in events):
                         break
-            except (OSError, Lost):
-                pass
-        self._close()
+        except (OSError, Lost):
+            pass
+        finally:
+            self._close()
 
     def abort(self) -> None:
         """A-ABORT (service user) if the association is still up, then close."""
@@ -223,15 +291,19 @@ class SendAssociation:
         send_quietly(self.sock, data)
 
     def _close(self) -> None:
+        if self.interrupt is not None:
+            self.interrupt.forget(self.sock)
         try:
             self.sock.close()
         except OSError:
             pass
 
 
-def read_events(sock: socket.socket, engine: ul.Association, timeout: float) -> list[ul.Event]:
+def read_events(sock: socket.socket, engine: ul.Association, timeout: float,
+                interrupt: Interrupt | None = None) -> list[ul.Event]:
     """The events one read makes; a timeout, a reset or a protocol violation loses the association
-    (after a violation the engine's A-ABORT is sent first)."""
+    (after a violation the engine's A-ABORT is sent first). A read ended by ``interrupt`` raises
+    ``Interrupted`` before the engine hears of it, so the association is still up to abort."""
     set_timeout(sock, timeout)
     try:
         data = sock.recv(RECV_BYTES)
@@ -241,6 +313,8 @@ def read_events(sock: socket.socket, engine: ul.Association, timeout: float) -> 
         data = b""
     except OSError as exc:
         raise Lost(str(exc)) from None
+    if not data and interrupt is not None and interrupt.is_set():
+        raise Interrupted
     engine.receive_data(data)
     try:
         return list(engine.events())
@@ -298,7 +372,8 @@ def associate_request(peer: PeerOptions, contexts: Sequence[tuple[str, str]]) ->
                                implementation_version_name=IMPLEMENTATION_VERSION_NAME, async_window=window)
 
 
-def connect(peer: PeerOptions, contexts: Sequence[tuple[str, str]], tls_context: ssl.SSLContext | None) -> SendAssociation | Refusal:
+def connect(peer: PeerOptions, contexts: Sequence[tuple[str, str]], tls_context: ssl.SSLContext | None,
+            interrupt: Interrupt | None = None) -> SendAssociation | Refusal:
     """Open the TCP (and TLS) connection and negotiate; the refusal says whether to retry."""
     request = associate_request(peer, contexts)
     try:
@@ -326,7 +401,7 @@ def connect(peer: PeerOptions, contexts: Sequence[tuple[str, str]], tls_context:
     if isinstance(answer, ul.Abort):
         sock.close()
         return Refusal("association aborted", retryable=True)
-    scu = SendAssociation(sock, engine, peer)
+    scu = SendAssociation(sock, engine, peer, interrupt)
     LOGGER.info("association accepted by %s:%d: %d of %d context(s), peer max PDU %d, %d C-STORE(s) in flight",
                 peer.host, peer.port, len(scu.by_syntax), len(request.contexts), engine.peer_max_pdu, scu.window)
     if not scu.by_syntax:

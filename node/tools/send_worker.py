@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from node.tools.send_association import PeerOptions, Refusal, connect
+from node.tools.send_association import Interrupt, PeerOptions, Refusal, connect
 from node.tools.send_plan import FileEntry, Task
 from node.tools.send_results import FileResult, WorkerFinished
 from node.tools.tls_options import client_context
@@ -40,14 +40,15 @@ def fail_all(files: Sequence[FileEntry], reason: str, network: bool, report: Rep
         report(FileResult(index=entry.index, sent=False, reason=reason, network=network, worker=worker))
 
 
-def run_task(task: Task, peer: PeerOptions, report: Report, worker: int, tls_context: Any = None) -> int:
+def run_task(task: Task, peer: PeerOptions, report: Report, worker: int, tls_context: Any = None,
+             interrupt: Interrupt | None = None) -> int:
     """Send one task's files, re-associating as --retry allows; return associations opened."""
     pending = list(task.files)
     refused = 0  # consecutive association failures
     strikes: dict[int, int] = {}  # file index -> associations lost while it was in flight
     opened = 0
     while pending:
-        scu = connect(peer, task.contexts, tls_context)
+        scu = connect(peer, task.contexts, tls_context, interrupt)
         if isinstance(scu, Refusal):
             refused += 1
             if not scu.retryable or refused > peer.retry:
@@ -60,8 +61,8 @@ def run_task(task: Task, peer: PeerOptions, report: Report, worker: int, tls_con
         refused = 0
         try:
             pending = scu.send_files(pending, report, worker)
-        except BaseException:  # Ctrl-C in the main thread, or a bug: the peer hears an A-ABORT, not a
-            scu.abort()        # release that would wait for the answer to a C-STORE maybe cut in half
+        except BaseException:  # Ctrl-C (in the main thread, or Interrupted in a worker thread), or a bug: the peer
+            scu.abort()        # hears an A-ABORT, not a release that would wait for the answer to a C-STORE maybe cut in half
             raise
         if scu.is_established:
             scu.release()
@@ -90,10 +91,12 @@ def _after_loss(
     return pending
 
 
-def run_tasks(worker: int, tasks: list[Task], peer: PeerOptions, report: Report) -> WorkerFinished:
-    """Every task of one worker in turn, in the thread that calls it."""
+def run_tasks(worker: int, tasks: list[Task], peer: PeerOptions, report: Report,
+              interrupt: Interrupt | None = None) -> WorkerFinished:
+    """Every task of one worker in turn, in the thread that calls it; ``interrupt`` (worker
+    threads) ends it with ``Interrupted`` after aborting the association."""
     tls_context = client_context(peer.tls) if peer.tls is not None else None  # send.py checked it already
     opened = 0
     for task in tasks:
-        opened += run_task(task, peer, report, worker, tls_context)
+        opened += run_task(task, peer, report, worker, tls_context, interrupt)
     return WorkerFinished(worker=worker, associations=opened)

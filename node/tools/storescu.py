@@ -33,18 +33,17 @@ from typing import Any
 from actors import ul_requestor as rq
 from actors.ul_requestor import Requestor
 from node import ul
+from node.tools.scu_options import (
+    DEFAULT_MAX_PDU,
+    LOG_FORMAT,
+    LOG_LEVELS,
+    ToolParser,
+    add_logging_options,
+    add_network_options,
+)
 
 __version__ = "0.3.0"  # the version pynetdicom 3.0.4's storescu reports
 
-DEFAULT_MAX_PDU = 16382  # pynetdicom._globals.DEFAULT_MAX_LENGTH
-LOG_FORMAT = "%(levelname).1s: %(message)s"
-LOG_LEVELS = {
-    "critical": logging.CRITICAL,
-    "error": logging.ERROR,
-    "warn": logging.WARNING,
-    "info": logging.INFO,
-    "debug": logging.DEBUG,
-}
 APP_LOGGER_NAME = "storescu"  # pynetdicom's app logger name, kept for identical output
 
 # Explicit VR LE first: the code's order, not the manual's (see spec/storescu.md).
@@ -60,68 +59,9 @@ CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argparse parser that raises instead of exiting, so ``main`` returns the code."""
-
-    def exit(self, status: int = 0, message: str | None = None) -> None:  # type: ignore[override]
-        if message:
-            self._print_message(message, sys.stderr)
-        raise SystemExit(status)
-
-
-def add_logging_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """The pynetdicom family's General Options: --version, -q/-v/-d (exclusive), -ll."""
-    gen_opts = parser.add_argument_group("General Options")
-    gen_opts.add_argument(
-        "--version", help="print version information and exit", action="store_true"
-    )
-    output = gen_opts.add_mutually_exclusive_group()
-    for short, long, const, text in (
-        ("-q", "--quiet", "q", "quiet mode, print no warnings and errors"),
-        ("-v", "--verbose", "v", "verbose mode, print processing details"),
-        ("-d", "--debug", "d", "debug mode, print debug information"),
-    ):
-        output.add_argument(
-            short, long, help=text, action="store_const", dest="log_type", const=const
-        )
-    gen_opts.add_argument(
-        "-ll",
-        "--log-level",
-        metavar="[l]",
-        help="use level l for the logger (critical, error, warn, info, debug)",
-        type=str,
-        choices=list(LOG_LEVELS),
-    )
-    return gen_opts
-
-
-def add_network_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """Network Options shared with ``nodectl send``: -aet -aec -ta -td -tn -pdu."""
-    net_opts = parser.add_argument_group("Network Options")
-    net_opts.add_argument(
-        "-aet", "--calling-aet", metavar="[a]etitle", type=str, default="STORESCU",
-        help="set my calling AE title (default: STORESCU)",
-    )
-    net_opts.add_argument(
-        "-aec", "--called-aet", metavar="[a]etitle", type=str, default="ANY-SCP",
-        help="set called AE title of peer (default: ANY-SCP)",
-    )
-    for short, long, text in (
-        ("-ta", "--acse-timeout", "timeout for ACSE messages (default: 30 s)"),
-        ("-td", "--dimse-timeout", "timeout for DIMSE messages (default: 30 s)"),
-        ("-tn", "--network-timeout", "timeout for the network (default: 30 s)"),
-    ):
-        net_opts.add_argument(short, long, metavar="[s]econds", help=text, type=float, default=30)
-    net_opts.add_argument(
-        "-pdu", "--max-pdu", metavar="[n]umber of bytes", type=int, default=DEFAULT_MAX_PDU,
-        help=f"set max receive pdu to n bytes (0 for unlimited, default: {DEFAULT_MAX_PDU})",
-    )
-    return net_opts
-
-
 def build_parser() -> argparse.ArgumentParser:
     """pynetdicom 3.0.4 storescu's parser: same options, groups, help and error texts."""
-    parser = _Parser(
+    parser = ToolParser(
         prog="storescu",
         description=(
             "The storescu application implements a Service Class User "
@@ -392,6 +332,43 @@ def encode_dataset(ds: Any, transfer_syntax: str) -> bytes:
 def _log_sending(logger: logging.Logger, request: ul.CStoreRQ) -> None:
     kind = {CT_IMAGE: ", (CT)", MR_IMAGE: ", (MR)"}.get(request.affected_sop_class_uid, "")
     logger.info(f"Sending Store Request: MsgID {request.message_id}{kind}")
+    if logger.isEnabledFor(logging.DEBUG):
+        for line in outgoing_store_dump(request):
+            logger.debug(line)
+
+
+def outgoing_store_dump(request: ul.CStoreRQ) -> list[str]:
+    """The C-STORE-RQ as pynetdicom's ``-d`` dumps one it sends (``_handlers._send_c_store_rq``)."""
+    priority = {2: "Low", 0: "Medium", 1: "High"}.get(request.priority, str(request.priority))
+    return [f"{' OUTGOING DIMSE MESSAGE ':=^76}",
+            "Message Type                  : C-STORE RQ",
+            f"Message ID                    : {request.message_id}",
+            f"Affected SOP Class UID        : {uid_name(request.affected_sop_class_uid)}",
+            f"Affected SOP Instance UID     : {request.affected_sop_instance_uid}",
+            "Data Set                      : Present",
+            f"Priority                      : {priority}",
+            f"{' END DIMSE MESSAGE ':=^76}"]
+
+
+def incoming_store_dump(context_id: int, response: ul.CStoreRSP, status_text: str) -> list[str]:
+    """The C-STORE-RSP as pynetdicom's ``-d`` dumps one it receives (``_handlers._recv_c_store_rsp``):
+    the optional UIDs only when the peer sent them."""
+    lines = [f"{' INCOMING DIMSE MESSAGE ':=^76}",
+             "Message Type                  : C-STORE RSP",
+             f"Presentation Context ID       : {context_id}",
+             f"Message ID Being Responded To : {response.message_id_being_responded_to}"]
+    if response.affected_sop_class_uid is not None:
+        lines.append(f"Affected SOP Class UID        : {uid_name(response.affected_sop_class_uid)}")
+    if response.affected_sop_instance_uid is not None:
+        lines.append(f"Affected SOP Instance UID     : {response.affected_sop_instance_uid}")
+    return [*lines, f"Status                        : {status_text}", f"{' END DIMSE MESSAGE ':=^76}"]
+
+
+def uid_name(uid: str) -> str:
+    """pydicom's name of a UID (``Secondary Capture Image Storage``), the UID itself if unknown."""
+    from pydicom.uid import UID
+
+    return str(UID(uid).name)
 
 
 def _await_store_response(assoc: Requestor, msg_id: int, sop_class: str, logger: logging.Logger) -> None:
@@ -408,8 +385,14 @@ def _await_store_response(assoc: Requestor, msg_id: int, sop_class: str, logger:
         else:
             logger.error("Connection closed while waiting for DIMSE message")
         return
-    status = int(response.message.status)  # type: ignore[union-attr]
-    logger.info(f"Received Store Response (Status: {store_status_text(status, sop_class)})")
+    debug = logger.isEnabledFor(logging.DEBUG)
+    if debug:  # pynetdicom decodes each command set with pydicom, and says so
+        logger.debug('pydicom.read_dataset() TransferSyntax="Little Endian Implicit"')
+    status_text = store_status_text(int(response.message.status), sop_class)  # type: ignore[union-attr]
+    logger.info(f"Received Store Response (Status: {status_text})")
+    if debug and isinstance(response.message, ul.CStoreRSP):
+        for line in incoming_store_dump(response.context_id, response.message, status_text):
+            logger.debug(line)
 
 
 def store_status_text(status: int, sop_class: str) -> str:

@@ -41,3 +41,21 @@ def test_truncated_head_and_no_preamble_are_skipped(tmp_path: Path) -> None:
         item = send_plan.scan_file(index, str(tmp_path / name))
         assert isinstance(item, send_plan.Skipped), item
         assert item == send_plan._scan_with_pydicom(index, str(tmp_path / name))
+
+
+def test_scan_keeps_small_datasets_within_its_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file the scan's one read held whole keeps its dataset bytes (exactly what follows the
+    file meta), until the scan's budget is spent; a larger file is left to be read when sent."""
+    for n in range(3):
+        make_ct(tmp_path / f"small-{n}.dcm", pixels=8)
+    make_ct(tmp_path / "large.dcm", pixels=128)  # 32 KiB of pixels: more than one read of the head
+    paths = [str(path) for path in sorted(tmp_path.glob("*.dcm"))]  # large.dcm first
+    found = send_plan.scan(paths)
+    for entry in found.entries:
+        whole = Path(entry.path).read_bytes()
+        expected = None if entry.path.endswith("large.dcm") else whole[entry.offset:]
+        assert entry.data == expected, entry.path
+        assert len(whole) - entry.offset == entry.size
+    monkeypatch.setattr(send_plan, "KEEP_BYTES", 1)  # spent by the first small file
+    kept = [entry.data is not None for entry in send_plan.scan(paths).entries]
+    assert kept == [False, True, False, False]

@@ -288,3 +288,27 @@ def test_tls_combined_mode_listener_takes_the_report_only_from_a_trusted_certifi
     assert "TLS handshake failed" in result.stderr  # the worker's warning, shown by stcomscu
     uid = (out / "tx.txt").read_text().strip()
     assert dcmread(out / f"{uid}.rsp.OK.dcm").TransactionUID == uid
+
+
+def test_the_commitment_code_map_names_what_stcomscu_runs_on() -> None:
+    """docs/commitment.md's code map names every actors/ module stcomscu imports, and says of
+    actors/commitment_io.py only what stcomscu takes from it (it once named that module as
+    stcomscu's association handler after the tool had moved to the engine's shells)."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    tree = ast.parse((root / "node" / "tools" / "stcomscu.py").read_text())
+    modules = set()
+    for item in ast.walk(tree):
+        if isinstance(item, ast.ImportFrom) and item.module == "actors":
+            modules |= {alias.name for alias in item.names}
+        elif isinstance(item, ast.ImportFrom) and (item.module or "").startswith("actors."):
+            modules.add(item.module.split(".")[1])
+    code_map = (root / "docs" / "commitment.md").read_text().split("## Flows")[0]
+    assert modules, "stcomscu imports nothing from actors/?"
+    for module in sorted(modules - {"tracker", "inproc", "tls", "bus"}):  # in-process node, TLS, bus: not commitment code
+        assert f"`actors/{module}.py`" in code_map, f"actors/{module}.py, imported by stcomscu, missing from the code map"
+    used = {node.attr for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "commitment_io"}
+    row = next(line for line in code_map.splitlines() if line.startswith("| `actors/commitment_io.py`"))
+    assert f"stcomscu uses only its `{'`, `'.join(sorted(used))}`" in row, (used, row)

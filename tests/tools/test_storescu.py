@@ -139,6 +139,32 @@ def test_ct_file_arrives_intact_at_dcmtk_storescp(tmp_path: Path) -> None:
     assert dataset_bytes(stored) == dataset_bytes(tmp_path / "in" / "ct.dcm")
 
 
+@needs_dcmtk
+def test_debug_dumps_every_c_store_as_pynetdicom_storescu_does(tmp_path: Path) -> None:
+    """``-d``: each C-STORE-RQ sent and C-STORE-RSP received is dumped (Message Type, Message ID,
+    Affected SOP Class/Instance UID, Status...), line for line as pynetdicom's own storescu
+    prints them against the same receiver."""
+    import subprocess
+    import sys
+
+    files = [tmp_path / "in" / "ct.dcm", tmp_path / "in" / "mr.dcm"]
+    make_ct(files[0])
+    make_ct(files[1], SOPClassUID=MRImageStorage, Modality="MR")
+
+    def association_part(log: str) -> list[str]:
+        lines = log.splitlines()
+        return lines[lines.index("I: Association Accepted"):]
+
+    with dcmtk_storescp(tmp_path / "scp") as scp:
+        ours = storescu("-d", "127.0.0.1", scp.port, *files)
+        theirs = subprocess.run([sys.executable, "-m", "pynetdicom", "storescu", "-d", "127.0.0.1", str(scp.port),
+                                 *map(str, files)], capture_output=True, text=True, timeout=60)
+    assert ours.returncode == 0 and theirs.returncode == 0, ours.stderr + theirs.stderr
+    assert "D: Message Type                  : C-STORE RQ" in ours.stderr
+    assert "D: Message Type                  : C-STORE RSP" in ours.stderr
+    assert association_part(ours.stderr) == association_part(theirs.stderr)
+
+
 def test_failure_status_still_exits_0(tmp_path: Path) -> None:
     make_ct(tmp_path / "ct.dcm")
     with pynetdicom_scp(lambda ds, event: 0xA700) as (port, _received):
