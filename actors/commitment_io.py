@@ -3,7 +3,8 @@
 Used by the association worker's engine shell (actors/_ul_association.py) and by ``nodectl
 stcomscu``, so every process that may receive an N-ACTION or an N-EVENT-REPORT treats it the
 same way. ``request_commitment``, ``forward_report`` and ``report_delivered`` know no
-association library; ``on_n_event_report`` is a pynetdicom handler built on them (stcomscu's).
+association library (stcomscu, on actors/ul_requestor.py and actors/report_listener.py, uses only
+``TrackerClient``).
 
 * N-ACTION-RQ -> ``RequestCommitment`` to the tracker -> N-ACTION-RSP with its status. The
   tracker has put the report in its outbox before it answers. When it says ``deliver_here``,
@@ -106,35 +107,3 @@ def report_delivered(client: TrackerClient, answer: CommitmentAnswer, status: in
         client.ask(ReportDelivered(transaction_uid=answer.transaction_uid, status=status, assoc_id=assoc_id))
     except TimeoutError:
         log.warning("assoc=%s txn=%s tracker did not take the delivery outcome; the outbox will resend", assoc_id, answer.transaction_uid)
-
-
-# ----- pynetdicom's handler (stcomscu's own association) -----------------------------------
-
-
-def _raw(buffer: Any) -> bytes | None:
-    """The bytes of a received Action/Event Information (a BytesIO), or None."""
-    if buffer is None:
-        return None
-    return bytes(buffer.getvalue())
-
-
-def _syntax(context: Any) -> str:
-    """The negotiated transfer syntax of an accepted context (a list or a single UID)."""
-    ts = context.transfer_syntax
-    return str(ts[0] if isinstance(ts, (list, tuple)) else ts)
-
-
-def on_n_event_report(event: Any, client: TrackerClient, assoc_id: str) -> tuple[int, None]:
-    """EVT_N_EVENT_REPORT: forward to the tracker, answer with its status (0x0110 if none)."""
-    req = event.request
-    assoc = event.assoc
-    message = ForwardReport(
-        event_type=int(req.EventTypeID if req.EventTypeID is not None else -1),
-        sop_class_uid=str(req.AffectedSOPClassUID or ""),
-        sop_instance_uid=str(req.AffectedSOPInstanceUID or ""),
-        transfer_syntax=_syntax(event.context),
-        calling_aet=assoc.requestor.ae_title if assoc.is_acceptor else assoc.acceptor.ae_title,
-        called_aet=assoc.acceptor.ae_title if assoc.is_acceptor else assoc.requestor.ae_title,
-        assoc_id=assoc_id,
-    )
-    return forward_report(client, message, _raw(req.EventInformation)), None
