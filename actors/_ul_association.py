@@ -87,6 +87,7 @@ SPOOL_BUFFER = 1 << 20
 
 
 def _open_spool(path: str, flags: int) -> int:
+    """``open``'s opener: a spool is created 0644 (before umask), like the writer's temp files."""
     return os.open(path, flags, 0o644)
 
 
