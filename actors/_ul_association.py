@@ -83,6 +83,14 @@ MAX_IN_FLIGHT = 16
 MAX_COMMITMENT_INFO = 64 << 20
 
 
+SPOOL_BUFFER = 1 << 20
+
+
+def _open_spool(path: str, flags: int) -> int:
+    """``open``'s opener: a spool is created 0644 (before umask), like the writer's temp files."""
+    return os.open(path, flags, 0o644)
+
+
 @dataclass
 class _Incoming:
     """One C-STORE's dataset arriving: bytes in memory, spilled to a spool file when large."""
@@ -105,7 +113,10 @@ class _Incoming:
         self.buffer += data
         if len(self.buffer) > self.threshold:
             # The spool has the layout read_spooled expects: preamble, file meta, dataset.
-            self.spool = open(self.spool_path, "wb")  # noqa: SIM115 - closed in finish/discard
+            # A 1 MiB buffer: one write(2) per MiB instead of one per P-DATA fragment (16 KiB
+            # from most peers). Mode 0644 as the writer's temp files: the writer may rename
+            # this very file to its final path (node.storage.Store._adopt_spool).
+            self.spool = open(self.spool_path, "wb", buffering=SPOOL_BUFFER, opener=_open_spool)  # noqa: SIM115 - closed in finish/discard
             self.spool.write(PREAMBLE)
             self.spool.write(self.meta)
             self.spool.write(self.buffer)

@@ -42,7 +42,7 @@ from node.errors import NodeError, STATUS_OUT_OF_RESOURCES, MessageError
 from node.access import AssociateRequest, Refusal, allowed
 from node.messages import AdmitAnswer, AdmitAssociation, AssociationEnded, ErrorReply, HandOff, InstanceWritten, WorkerReady, unpack
 from node.paths import FilePathPattern
-from node.receive import FileMetaCache, acceptor_policy, check_dataset, context_rules, delay_ms, plan_write, read_in_memory, read_spooled
+from node.receive import FileMetaCache, acceptor_policy, check_dataset, context_rules, delay_ms, plan_write, read_in_memory, read_own_spool
 
 log = logging.getLogger("actors.worker")
 
@@ -264,11 +264,9 @@ class Worker:
         try:
             spool: str | None = None
             data: bytes | None
-            if job.spool is not None:
-                spool = job.spool_path
-                meta = job.meta
-                ds, offset = read_spooled(spool)
-                data = self._payload(spool, offset)
+            if job.spool is not None:  # larger than the inline threshold: the writer takes the file
+                spool, meta, data = job.spool_path, job.meta, None
+                ds, offset = read_own_spool(spool, meta, job.size, received.transfer_syntax)
             else:
                 data, meta = bytes(job.buffer), job.meta
                 ds, offset = read_in_memory(data, meta, received.transfer_syntax), 0
@@ -302,15 +300,6 @@ class Worker:
                         message.reason)
             return message.status
         return STATUS_OUT_OF_RESOURCES
-
-    def _payload(self, spool: str, offset: int) -> bytes | None:
-        """Small datasets travel inline; large ones stay in the spool file (None)."""
-        size = os.path.getsize(spool) - offset
-        if size > self.config.store.inline_threshold:
-            return None
-        with open(spool, "rb") as fh:
-            fh.seek(offset)
-            return fh.read()
 
     def _dealer(self, live: _Live) -> zmq.Socket:
         """This thread's DEALER to the writer for the association, opened on its first C-STORE."""

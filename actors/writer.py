@@ -565,8 +565,8 @@ def _drain(sock: zmq.Socket, deadline_s: float) -> tuple[list[_Request], list[tu
     batch: list[_Request] = []
     immediate: list[tuple[list[bytes], object, str]] = []
     syncs: list[tuple[list[bytes], str]] = []
-    while len(batch) < BATCH and sock.poll(0, zmq.POLLIN):
-        identity, envelope = bus.receive(sock)
+    while len(batch) < BATCH and (received := bus.receive_queued(sock)) is not None:
+        identity, envelope = received
         if isinstance(envelope, MessageError):
             immediate.append((identity, ErrorReply(status=envelope.status, reason=str(envelope)), ""))
         elif isinstance(envelope.message, WriteInstance) and time.time() - envelope.sent > deadline_s:

@@ -1,4 +1,4 @@
-"""``python -m bench cpu``: receiver CPU per 5 KiB instance, split by node process.
+"""``python -m bench cpu``: receiver CPU per 5 KiB (``--kind ct``: 512 KiB) instance, split by node process.
 
 The ingest benchmark's CPU column is one number for the whole tree; to know what to cut we
 need it per process (supervisord, listener, workers, writer, tracker, metrics). Each sample
@@ -93,10 +93,11 @@ def sample(files: corpus.FileSet, senders: str, scratch: Path, node_source: Path
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def report(name: str, senders: str, count: int, log_level: str, runs: list[dict]) -> None:
+def report(name: str, senders: str, kind: str, count: int, log_level: str, runs: list[dict]) -> None:
     """Median CPU per instance in total and per role and process kind, with the load beside it."""
     roles = sorted({r for run in runs for r in run["ms"]})
-    print(f"\n{name}, {senders}: {count} x 5 KiB, log level {log_level}, {len(runs)} runs, load (1 min) at start "
+    size = "512 KiB" if kind == "ct" else "5 KiB"
+    print(f"\n{name}, {senders}: {count} x {size}, log level {log_level}, {len(runs)} runs, load (1 min) at start "
           + ", ".join(f"{run['load_1m']:.1f}" for run in runs))
     print(f"  total CPU ms/instance: median {statistics.median(r['total_ms'] for r in runs):.3f}  runs "
           + ", ".join(f"{r['total_ms']:.3f}" for r in runs))
@@ -110,7 +111,7 @@ def report(name: str, senders: str, count: int, log_level: str, runs: list[dict]
 def main(opts) -> int:
     """Every run of every source in turn (run 1 of each, then run 2, ...): a before/after
     comparison shares the machine's load instead of meeting a different one."""
-    files = corpus.ensure("sc", opts.files)
+    files = corpus.ensure(opts.kind, opts.files)
     scratch = Path(opts.scratch) if opts.scratch else Path(tempfile.gettempdir())
     sources: dict[str, Path | None] = {"this tree" if not opts.node_source else opts.node_source:
                                        Path(opts.node_source) if opts.node_source else None}
@@ -122,5 +123,5 @@ def main(opts) -> int:
             for name, source in sources.items():
                 runs[name].append(sample(files, senders, scratch, source, opts.log_level))
         for name in sources:
-            report(name, senders, files.count, opts.log_level, runs[name])
+            report(name, senders, opts.kind, files.count, opts.log_level, runs[name])
     return 0

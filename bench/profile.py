@@ -1,7 +1,8 @@
 """``python -m bench profile``: py-spy on ``nodectl serve``'s processes during a small-file run.
 
 Starts ``nodectl serve --workers 1`` (so the one association lands on a known worker),
-starts ``py-spy record`` on the worker and on the writer, sends the 5 KiB files with DCMTK
+starts ``py-spy record`` on the worker and on the writer, sends the 5 KiB files (``--kind ct``:
+512 KiB) with DCMTK
 storescu over one association (TCP_NODELAY=1) in a bounded loop until the recording ends,
 then prints the top functions by own samples and by inclusive samples. Everything started
 here is stopped by PID in ``finally``. Needs ``pip install py-spy`` and ptrace rights.
@@ -46,7 +47,7 @@ def main(opts) -> int:
     if shutil.which("py-spy") is None:
         print("python -m bench profile: py-spy is not installed (pip install py-spy)")
         return 2
-    files = corpus.ensure("sc", opts.files)
+    files = corpus.ensure(opts.kind, opts.files)
     scratch = Path(tempfile.mkdtemp(prefix="bench-profile-"))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -64,7 +65,8 @@ def main(opts) -> int:
                     out = RESULTS / f"profile-{stamp}-{role}.txt"
                     outputs[role] = out
                     spies.append(procs.start(["py-spy", "record", "--pid", str(proc.pid), "--duration", str(opts.duration),
-                                              "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"],
+                                              "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking",
+                                              *(["--gil"] if opts.gil else [])],
                                              log=scratch / f"py-spy-{role}.log"))
         time.sleep(1.0)  # py-spy attaches
         deadline = time.monotonic() + opts.duration

@@ -210,7 +210,8 @@ class Association:
             self._violation(Evt.EVT19, ProtocolViolation(f"{reason} 0x{pdu_type:02X}", code))
         if len(buf) < 6 + length:
             return False
-        body = bytes(buf[6 : 6 + length])
+        with memoryview(buf) as view:  # one copy (a bytearray slice, then bytes(), made two)
+            body = bytes(view[6 : 6 + length])
         del buf[: 6 + length]
         action, _ = self._entry(event)
         if action in ("AA-1", "AA-7", "AA-8"):

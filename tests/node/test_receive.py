@@ -9,7 +9,7 @@ import pytest
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from node.errors import STATUS_CANNOT_UNDERSTAND, DatasetError
-from node.receive import Received, file_meta_bytes, read_in_memory, read_spooled
+from node.receive import Received, file_meta_bytes, read_in_memory, read_own_spool, read_spooled
 from node.storage import PREAMBLE
 from tests.support import dataset_bytes, make_ct
 
@@ -38,3 +38,28 @@ def test_a_dataset_cut_short_cannot_be_understood(tmp_path: Path, cut: int) -> N
     with pytest.raises(DatasetError) as broken:
         read_in_memory(data[:-cut], meta, ExplicitVRLittleEndian)
     assert broken.value.status == STATUS_CANNOT_UNDERSTAND
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian])
+def test_a_workers_own_spool_parses_as_dcmread_does(tmp_path: Path, syntax: str) -> None:
+    data, meta, uid = received_parts(tmp_path, syntax)
+    spool = tmp_path / "spool.dcm"
+    spool.write_bytes(PREAMBLE + meta + data)
+    ds, offset = read_own_spool(str(spool), meta, len(data), syntax)
+    assert offset == len(PREAMBLE) + len(meta)
+    assert str(ds.SOPInstanceUID) == uid and "PixelData" not in ds
+
+
+@pytest.mark.parametrize("cut", [1, 7, 200])
+def test_a_spool_cut_short_cannot_be_understood(tmp_path: Path, cut: int) -> None:
+    data, meta, _uid = received_parts(tmp_path, ExplicitVRLittleEndian)
+    spool = tmp_path / "spool.dcm"
+    spool.write_bytes(PREAMBLE + meta + data[:-cut])
+    with pytest.raises(DatasetError) as broken:
+        read_own_spool(str(spool), meta, len(data) - cut, ExplicitVRLittleEndian)
+    assert broken.value.status == STATUS_CANNOT_UNDERSTAND
+
+
+def test_a_missing_spool_is_a_dataset_error(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="unreadable"):
+        read_own_spool(str(tmp_path / "gone.dcm"), b"meta", 10, ExplicitVRLittleEndian)

@@ -71,6 +71,56 @@ def test_target_that_is_a_directory_fails_with_processing_failure(tmp_path: Path
     assert list(store.tmp_dir.iterdir()) == []
 
 
+def worker_spool(store: Store, head: bytes, data: bytes) -> Path:
+    """A spool where a worker writes one: ``.incoming/spool/<worker>/``."""
+    directory = store.directory / ".incoming" / "spool" / "worker-0"
+    directory.mkdir(parents=True, exist_ok=True)
+    spool = directory / "a-1.dcm"
+    spool.write_bytes(head + data)
+    return spool
+
+
+def test_a_workers_spool_that_is_the_file_becomes_it_without_a_copy(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    data = os.urandom(300_000)
+    spool = worker_spool(store, PREAMBLE + b"META", data)
+    inode = spool.stat().st_ino
+    [outcome] = store.commit([PendingWrite("s/big.dcm", [b"META"], spool=str(spool), spool_offset=len(PREAMBLE) + 4)])
+    assert outcome.error is None and outcome.size == len(PREAMBLE) + 4 + len(data)
+    assert outcome.path.read_bytes() == PREAMBLE + b"META" + data
+    assert outcome.path.stat().st_ino == inode  # renamed, not copied
+    assert not spool.exists() and list(store.tmp_dir.iterdir()) == []
+
+
+def test_a_workers_spool_with_other_file_meta_is_copied(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    spool = worker_spool(store, PREAMBLE + b"OLDMETA", b"x" * 100_000)
+    [outcome] = store.commit([PendingWrite("big", [b"NEWMETA"], spool=str(spool), spool_offset=len(PREAMBLE) + 7)])
+    assert outcome.path.read_bytes() == PREAMBLE + b"NEWMETA" + b"x" * 100_000
+    assert spool.read_bytes() == PREAMBLE + b"OLDMETA" + b"x" * 100_000
+
+
+def test_a_spool_outside_the_workers_directory_is_copied_never_moved(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    spool = tmp_path / "elsewhere.dcm"
+    spool.write_bytes(PREAMBLE + b"META" + b"y" * 1000)
+    [outcome] = store.commit([PendingWrite("c", [b"META"], spool=str(spool), spool_offset=len(PREAMBLE) + 4)])
+    assert outcome.path.read_bytes() == spool.read_bytes()
+    assert outcome.path.stat().st_ino != spool.stat().st_ino
+
+
+def test_a_symlink_in_the_workers_directory_is_copied_never_moved(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    target = tmp_path / "target.dcm"
+    target.write_bytes(PREAMBLE + b"META" + b"z" * 1000)
+    link = worker_spool(store, b"", b"")
+    link.unlink()
+    link.symlink_to(target)
+    [outcome] = store.commit([PendingWrite("d", [b"META"], spool=str(link), spool_offset=len(PREAMBLE) + 4)])
+    assert not outcome.path.is_symlink() and outcome.path.read_bytes() == target.read_bytes()
+    assert target.exists()
+
+
 def test_a_missing_spool_fails_without_leftovers(tmp_path: Path) -> None:
     store = make_store(tmp_path)
     [outcome] = store.commit([PendingWrite("x", [b"m"], spool=str(tmp_path / "gone"))])
