@@ -15,11 +15,17 @@ Schema (one file per job; ``files.path`` is the key, the absolute path)::
            status, reason, bytes, run, at,
            commit   NULL | 'committed' | 'failed', commit_reason)
 
-Durability and cost: WAL with ``synchronous=NORMAL``. Outcomes are grouped into one
-transaction per ``flush`` (the sender flushes once per batch of results a worker reports, at
-most every ``GROUP_SECONDS``): a commit is then one write to the WAL, no fsync, and it
-survives a kill -9 of the sender (the kernel has it). A power loss may lose the last group;
-those files are sent again on resume, which a peer stores as the same instance again.
+Durability and cost: WAL with ``synchronous=NORMAL``: a commit is one write to the WAL, no
+fsync, and it survives a kill -9 of the sender (the kernel has it); a power cut may lose the
+commits since the last checkpoint (those files are sent again on resume, which a peer stores
+as the same instance again).
+
+An acknowledgment is committed at once (``record_now``), by the thread that received it and
+before that thread's next C-STORE goes out, so that a kill -9 leaves unjournaled at most the
+one instance in flight per association. To keep that commit cheap it is one row appended to
+``acks``, a table without index (one page written); the main thread moves ``acks`` into
+``files`` with the other outcomes in one grouped transaction (``flush``, at most every
+``GROUP_SECONDS``), and opening the journal moves what a killed run left there.
 The file list is never held here: lookups are one indexed query per file.
 """
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -51,16 +58,26 @@ _SCHEMA = (
         bytes INTEGER NOT NULL DEFAULT 0, run INTEGER NOT NULL, at REAL NOT NULL,
         commit_state TEXT, commit_reason TEXT NOT NULL DEFAULT '')""",
     "CREATE INDEX IF NOT EXISTS files_instance ON files (sop_instance_uid)",
+    """CREATE TABLE IF NOT EXISTS acks (
+        path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sop_class_uid TEXT NOT NULL,
+        sop_instance_uid TEXT NOT NULL, outcome TEXT NOT NULL, status INTEGER, reason TEXT NOT NULL,
+        bytes INTEGER NOT NULL, run INTEGER NOT NULL, at REAL NOT NULL)""",
 )
+_COLUMNS = "path, size, mtime_ns, sop_class_uid, sop_instance_uid, outcome, status, reason, bytes, run, at"
 
-_UPSERT = (
-    "INSERT INTO files (path, size, mtime_ns, sop_class_uid, sop_instance_uid, outcome, status, reason, bytes, run, at, "
-    "commit_state, commit_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,NULL,'') ON CONFLICT (path) DO UPDATE SET "
-    "size=excluded.size, mtime_ns=excluded.mtime_ns, sop_class_uid=excluded.sop_class_uid, "
+_ON_CONFLICT = (
+    " ON CONFLICT (path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns, sop_class_uid=excluded.sop_class_uid, "
     "sop_instance_uid=excluded.sop_instance_uid, outcome=excluded.outcome, status=excluded.status, "
     "reason=excluded.reason, bytes=excluded.bytes, run=excluded.run, at=excluded.at, "
     "commit_state=NULL, commit_reason=''"
 )
+_UPSERT = f"INSERT INTO files ({_COLUMNS}, commit_state, commit_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,NULL,'')" + _ON_CONFLICT
+_APPEND_ACK = f"INSERT INTO acks ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+_FOLD_ACKS = (f"INSERT INTO files ({_COLUMNS}, commit_state, commit_reason) SELECT {_COLUMNS}, NULL, '' FROM acks "
+              "WHERE true ORDER BY rowid" + _ON_CONFLICT)
+# what a reader sees: files, with the acknowledgments not yet moved out of acks in place of their rows
+_ALL_FILES = (f"(SELECT {_COLUMNS}, commit_state, commit_reason FROM files WHERE path NOT IN (SELECT path FROM acks) "
+              f"UNION ALL SELECT {_COLUMNS}, NULL AS commit_state, '' AS commit_reason FROM acks)")
 
 
 class JournalError(Exception):
@@ -128,8 +145,8 @@ def file_identity(path: str) -> tuple[int, int] | None:
 
 
 class SendJournal:
-    """A job's journal, opened and written by the ``nodectl send`` main thread only (worker
-    threads hand it their results: one SQLite connection, never shared between threads)."""
+    """A job's journal: one SQLite connection, opened by the ``nodectl send`` main thread;
+    worker threads call ``record_now`` on it, every write holds ``_lock``."""
 
     def __init__(self, path: str, *, readonly: bool = False) -> None:
         self.path = path
@@ -149,6 +166,14 @@ class SendJournal:
         self.run = 0
         self._pending: list[tuple[Any, ...]] = []
         self._since = time.monotonic()
+        self._lock = threading.Lock()
+        self._acks_waiting = True  # rows in acks, maybe: a killed run's, then record_now's
+        self.readonly = readonly
+        self._files = "files"  # what totals and failures read
+        if not readonly:
+            self.flush()  # acknowledgments a killed run left in acks
+        elif self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'acks'").fetchone():
+            self._files = _ALL_FILES  # --report after a kill: the last acknowledgments are still in acks
 
     # ----- runs ------------------------------------------------------------------------------
 
@@ -172,25 +197,42 @@ class SendJournal:
 
     def record(self, outcome: Outcome) -> None:
         """Queue one outcome; written with its group (``flush``)."""
-        self._pending.append((
-            outcome.path, outcome.size, outcome.mtime_ns, outcome.sop_class_uid, outcome.sop_instance_uid,
-            outcome.outcome, outcome.status, outcome.reason, outcome.bytes, self.run, time.time(),
-        ))
-        if len(self._pending) >= GROUP_FILES:
+        with self._lock:
+            self._pending.append(self._row(outcome))
+            full = len(self._pending) >= GROUP_FILES
+        if full:
             self.flush()
+
+    def record_now(self, outcome: Outcome) -> None:
+        """Commit one outcome before returning (an acknowledgment, before the next C-STORE):
+        one row appended to ``acks`` in its own transaction, safe from any thread."""
+        with self._lock:
+            self.conn.execute(_APPEND_ACK, self._row(outcome))
+            self._acks_waiting = True
+
+    def _row(self, outcome: Outcome) -> tuple[Any, ...]:
+        return (outcome.path, outcome.size, outcome.mtime_ns, outcome.sop_class_uid, outcome.sop_instance_uid,
+                outcome.outcome, outcome.status, outcome.reason, outcome.bytes, self.run, time.time())
 
     def flush_due(self) -> None:
         """Flush if the oldest waiting outcome has waited ``GROUP_SECONDS``."""
-        if self._pending and time.monotonic() - self._since >= GROUP_SECONDS:
+        if (self._pending or self._acks_waiting) and time.monotonic() - self._since >= GROUP_SECONDS:
             self.flush()
 
     def flush(self) -> None:
-        """Write every waiting outcome in one transaction."""
-        if self._pending:
+        """Write every waiting outcome, and move ``acks`` into ``files``, in one transaction."""
+        if self.readonly:
+            return
+        with self._lock:
             with self._transaction():
-                self.conn.executemany(_UPSERT, self._pending)
+                if self._acks_waiting:
+                    self.conn.execute(_FOLD_ACKS)
+                    self.conn.execute("DELETE FROM acks")
+                if self._pending:
+                    self.conn.executemany(_UPSERT, self._pending)
             self._pending.clear()
-        self._since = time.monotonic()
+            self._acks_waiting = False
+            self._since = time.monotonic()
 
     # ----- commitment ------------------------------------------------------------------------
 
@@ -218,7 +260,7 @@ class SendJournal:
         latest = self.conn.execute("SELECT max(run) FROM runs").fetchone()[0] or 0
         totals.runs = int(self.conn.execute("SELECT count(*) FROM runs").fetchone()[0])
         for outcome, status, reason, run, commit_state, count, size in self.conn.execute(
-            "SELECT outcome, status, reason, run = ?, commit_state, count(*), sum(bytes) FROM files "
+            f"SELECT outcome, status, reason, run = ?, commit_state, count(*), sum(bytes) FROM {self._files} "
             "GROUP BY outcome, status, CASE WHEN outcome = 'acknowledged' THEN '' ELSE reason END, run = ?, commit_state",
             (latest, latest)):
             totals.files += count
@@ -237,7 +279,7 @@ class SendJournal:
             else:
                 totals.skipped_by_reason[reason] = totals.skipped_by_reason.get(reason, 0) + count
         for started, ended in self.conn.execute(  # a killed run ended with its last outcome
-                "SELECT started, coalesce(ended, (SELECT max(at) FROM files WHERE files.run = runs.run)) FROM runs"):
+                f"SELECT started, coalesce(ended, (SELECT max(at) FROM {self._files} AS f WHERE f.run = runs.run)) FROM runs"):
             if ended is not None:
                 totals.seconds += max(0.0, ended - started)
         return totals
@@ -245,7 +287,7 @@ class SendJournal:
     def failures(self) -> Iterator[tuple[str, int | None, str]]:
         """(path, status, reason) of every failed file, streamed."""
         for path, status, reason in self.conn.execute(
-                "SELECT path, status, reason FROM files WHERE outcome = ? ORDER BY path", (FAILED,)):
+                f"SELECT path, status, reason FROM {self._files} WHERE outcome = ? ORDER BY path", (FAILED,)):
             yield str(path), status, str(reason)
 
     def close(self) -> None:
