@@ -96,6 +96,7 @@ def parser() -> argparse.ArgumentParser:
     sendjob.add_argument("--corpus", default="/dev/shm/bench-sendjob", metavar="DIR",
                          help="where the 5 KiB files are written (default /dev/shm/bench-sendjob)")
     sendjob.add_argument("--scratch", metavar="DIR", help="receivers and journals (default: the system temp directory)")
+    sendjob.add_argument("--journal-dir", metavar="DIR", help="where the jobs' journals go (default: the system temp directory)")
     sendjob.add_argument("--node-source", metavar="DIR", help="run nodectl from DIR (PYTHONPATH), e.g. a git archive")
     sendjob.add_argument("--json", metavar="FILE", help="write every sample and the summary as JSON")
     return p

@@ -2,7 +2,8 @@
 
 Files: 5 KiB Secondary Capture files made the way ``bench send`` makes them (``corpus``, set
 ``sc``), written under ``--corpus`` (default ``/dev/shm``) so that reading them costs no disk.
-Receivers and journals go under ``--scratch`` (default: the system temp directory, a disk).
+Receivers go under ``--scratch``, journals under ``--journal-dir`` (both by default the system
+temp directory, a disk here).
 
 a. **Journal overhead** (target ≤ 10%): ``nodectl send -j 4`` of ``--journal-files`` (5,000)
    into DCMTK storescp ``--fork``, with and without ``--journal``, taking turns within each
@@ -81,6 +82,15 @@ def corpus_dir(opts, count: int) -> Path:
     return directory
 
 
+JOURNAL_DIR: Path | None = None  # --journal-dir, set by main
+
+
+def journal_path(workdir: Path) -> str:
+    """A fresh journal for the job of ``workdir``: in --journal-dir (a disk, as a job's journal
+    would be, its checkpoints' fsyncs included) or else beside the receiver."""
+    return str((JOURNAL_DIR or workdir) / f"{workdir.name}.journal")
+
+
 # ----- a. journal overhead ------------------------------------------------------------------------
 
 
@@ -89,7 +99,7 @@ def journal_sample(directory: Path, count: int, journal: bool, env: dict[str, st
     workdir = Path(tempfile.mkdtemp(prefix="journal-", dir=scratch))
     receiver.start(workdir, {k: v for k, v in env.items() if k != "PYTHONPATH"} | {"TCP_NODELAY": "1"})
     load = os.getloadavg()[0]
-    extra = ["--journal", str(workdir / "job.journal")] if journal else []
+    extra = ["--journal", journal_path(workdir)] if journal else []
     try:
         seconds, code = run_sender(send_command(receiver.port, directory, "ANY-SCP", *extra), workdir / "sender.log", env)
         stored = settled(receiver.stored, count)
@@ -159,7 +169,7 @@ def commit_sample(directory: Path, count: int, commit: bool, env: dict[str, str]
     workdir = Path(tempfile.mkdtemp(prefix="commit-", dir=scratch))
     receiver.start(workdir / "receiver", env)
     load = os.getloadavg()[0]
-    extra = ["--journal", str(workdir / "job.journal")] + (["--commit", "--commit-timeout", "120", "-v"] if commit else [])
+    extra = ["--journal", journal_path(workdir)] + (["--commit", "--commit-timeout", "120", "-v"] if commit else [])
     try:
         seconds, code = run_sender(send_command(receiver.port, directory, receiver.aet, *extra), workdir / "sender.log", env)
         log = (workdir / "sender.log").read_text(errors="replace")
@@ -239,7 +249,7 @@ def job(opts, directory: Path, env: dict[str, str], workdir: Path, kills: list[f
     receiver = peers.NodectlServe("nodectl serve")
     receiver.start(workdir / "receiver", env)
     database = workdir / "receiver" / "node.sqlite"
-    journal = workdir / "job.journal"
+    journal = Path(journal_path(workdir))
     cmd = send_command(receiver.port, directory, receiver.aet, "--journal", str(journal))
     runs, snapshots = [], []
     try:
@@ -315,7 +325,9 @@ def print_summary(results: dict) -> None:
 
 
 def main(opts) -> int:
+    global JOURNAL_DIR
     env = peers.base_env(True, Path(opts.node_source) if opts.node_source else None)
+    JOURNAL_DIR = Path(tempfile.mkdtemp(prefix="bench-sendjob-journals-", dir=opts.journal_dir))
     results: dict = {"load_start": os.getloadavg(), "cpus": os.cpu_count(), "node_source": opts.node_source}
     with tempfile.TemporaryDirectory(prefix="bench-sendjob-", dir=opts.scratch) as scratch:
         if "journal" in opts.parts:
@@ -324,6 +336,7 @@ def main(opts) -> int:
             results["commit"] = commit_cost(opts, env, Path(scratch))
         if "resume" in opts.parts:
             results["resume"] = kill_and_resume(opts, env, Path(scratch))
+    shutil.rmtree(JOURNAL_DIR, ignore_errors=True)
     results["load_end"] = os.getloadavg()
     print_summary(results)
     if opts.json:
