@@ -17,8 +17,8 @@ Schema (one file per job; ``files.path`` is the key, the absolute path)::
 
 Durability and cost: WAL with ``synchronous=NORMAL``: a commit is one write to the WAL, no
 fsync, and it survives a kill -9 of the sender (the kernel has it); a power cut may lose the
-commits since the last checkpoint (those files are sent again on resume, which a peer stores
-as the same instance again).
+commits since the last checkpoint, about a second (``checkpoint``; those files are sent again
+on resume, which a peer stores as the same instance again).
 
 An acknowledgment is committed at once (``record_now``), by the thread that received it and
 before that thread's next C-STORE goes out, so that a kill -9 leaves unjournaled at most the
@@ -46,6 +46,8 @@ SKIPPED = "skipped"
 COMMITTED = "committed"
 GROUP_SECONDS = 0.1  # outcomes wait at most this long in memory before their transaction
 GROUP_FILES = 512  # ... or until this many are waiting
+CHECKPOINT_SECONDS = 1.0  # the WAL is copied into the database (with its fsyncs) this often
+WAL_LIMIT_BYTES = 64 << 20  # a WAL grown past this is truncated when it restarts
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS runs (
@@ -158,6 +160,8 @@ class SendJournal:
             if not readonly:
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoint() does it, off the senders' path
+                self.conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
                 for statement in _SCHEMA:
                     self.conn.execute(statement)
             self.conn.execute("SELECT count(*) FROM files").fetchone()
@@ -170,6 +174,10 @@ class SendJournal:
         self._acks_waiting = True  # rows in acks, maybe: a killed run's, then record_now's
         self.readonly = readonly
         self._files = "files"  # what totals and failures read
+        self._checkpointed = time.monotonic()
+        self._checkpointer: sqlite3.Connection | None = None  # a second connection: see checkpoint()
+        if not readonly and path != ":memory:":
+            self._checkpointer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         if not readonly:
             self.flush()  # acknowledgments a killed run left in acks
         elif self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'acks'").fetchone():
@@ -233,6 +241,27 @@ class SendJournal:
             self._pending.clear()
             self._acks_waiting = False
             self._since = time.monotonic()
+        if time.monotonic() - self._checkpointed >= CHECKPOINT_SECONDS:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database, then let the WAL start again from its beginning.
+
+        Why not SQLite's automatic checkpoint: it runs inside the commit that fills 1,000 WAL
+        pages, i.e. every few hundred acknowledgments, and with ``synchronous=NORMAL`` it fsyncs
+        the WAL and the database there: the sending thread that committed, and every other one
+        waiting for the journal, stalled for milliseconds. Here the copy and its fsyncs are done
+        on a second connection without the lock (a PASSIVE checkpoint lets the senders go on
+        appending), then the few pages appended meanwhile under the lock: a checkpoint that caught
+        up with the WAL lets the next commit start it again from its beginning, else it would
+        grow for ever under a stream of small commits. Both PASSIVE: never waiting for a reader
+        (a checkpoint that must wait would hold the senders)."""
+        self._checkpointed = time.monotonic()
+        if self._checkpointer is None:
+            return
+        self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        with self._lock:
+            self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     # ----- commitment ------------------------------------------------------------------------
 
@@ -294,6 +323,8 @@ class SendJournal:
         try:
             self.flush()
         finally:
+            if self._checkpointer is not None:
+                self._checkpointer.close()
             self.conn.close()
 
     def _transaction(self) -> Any:
