@@ -169,7 +169,8 @@ def commit_sample(directory: Path, count: int, commit: bool, env: dict[str, str]
     workdir = Path(tempfile.mkdtemp(prefix="commit-", dir=scratch))
     receiver.start(workdir / "receiver", env)
     load = os.getloadavg()[0]
-    extra = ["--journal", journal_path(workdir)] + (["--commit", "--commit-timeout", "120", "-v"] if commit else [])
+    # -v in both (the commitment phase's seconds are in its info line), so that only --commit differs
+    extra = ["-v", "--journal", journal_path(workdir)] + (["--commit", "--commit-timeout", "120"] if commit else [])
     try:
         seconds, code = run_sender(send_command(receiver.port, directory, receiver.aet, *extra), workdir / "sender.log", env)
         log = (workdir / "sender.log").read_text(errors="replace")
