@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 from bench import corpus, peers, procs
+from bench.send import _children_cpu as children_cpu
 
 SENDER_TIMEOUT_S = 3600.0
 JOBS = 4  # -j of every job here (the issue's journal target is at -j 4)
@@ -101,13 +102,15 @@ def journal_sample(directory: Path, count: int, journal: bool, env: dict[str, st
     load = os.getloadavg()[0]
     extra = ["--journal", journal_path(workdir)] if journal else []
     try:
+        cpu = children_cpu()
         seconds, code = run_sender(send_command(receiver.port, directory, "ANY-SCP", *extra), workdir / "sender.log", env)
+        cpu = children_cpu() - cpu  # the sender's (storescp and its forks are waited for later)
         stored = settled(receiver.stored, count)
     finally:
         receiver.stop()
     shutil.rmtree(workdir, ignore_errors=True)
     return {"journal": journal, "seconds": seconds, "files_s": count / seconds, "exit": code, "stored": stored,
-            "ok": code == 0 and stored == count, "load1": load}
+            "ok": code == 0 and stored == count, "load1": load, "sender_cpu_us_per_file": cpu / count * 1e6}
 
 
 def settled(count, expected: int, timeout: float = 30.0) -> int:
@@ -149,12 +152,15 @@ def journal_overhead(opts, env: dict[str, str], scratch: Path) -> dict:
     samples = interleaved(
         opts, opts.runs, opts.journal_files, lambda files, on: journal_sample(files, opts.journal_files, on, env, scratch),
         lambda s: f"a. journal={'on ' if s['journal'] else 'off'} {s['files_s']:7.0f} files/s {s['seconds']:6.2f} s "
+                  f"sender CPU {s['sender_cpu_us_per_file']:4.0f} us/file "
                   f"exit={s['exit']} stored={s['stored']}")
     good = [s for s in samples if s["ok"]]
     rounds = [on_s["files_s"] / off_s["files_s"] for on_s in good if on_s["journal"]
               for off_s in good if not off_s["journal"] and off_s["run"] == on_s["run"]]
     without, with_journal = medians(samples, "journal", "files_s")
+    cpu_without, cpu_with = medians(samples, "journal", "sender_cpu_us_per_file")
     result = {"files": opts.journal_files, "samples": samples, "without": without, "with": with_journal,
+              "cpu_us_per_file": {"without": cpu_without, "with": cpu_with},
               "round_ratio": statistics.median(rounds) if rounds else None}
     if result["without"] and result["with"]:
         result["overhead"] = 1 - result["with"] / result["without"]
@@ -313,7 +319,8 @@ def print_summary(results: dict) -> None:
     if a:
         print(f"\na. journal overhead, -j {JOBS}, {a['files']} files into storescp --fork: without {a['without']:.0f} "
               f"files/s, with {a['with']:.0f} files/s (medians): overhead {a.get('overhead', float('nan')):.1%}, "
-              f"per-round ratio {a['round_ratio']:.3f} (target: overhead <= 10%)")
+              f"per-round ratio {a['round_ratio']:.3f} (target: overhead <= 10%); sender CPU per file "
+              f"{a['cpu_us_per_file']['without']:.0f} us without, {a['cpu_us_per_file']['with']:.0f} us with")
     if b:
         print(f"b. --commit, {b['files']} files into nodectl serve: without {b['without_s']:.2f} s, with {b['with_s']:.2f} s "
               f"(medians): added {b.get('added_s', float('nan')):.2f} s, commitment phase {b['commit_phase_s']} s "
