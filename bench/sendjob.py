@@ -220,21 +220,17 @@ def index_receipts(database: Path) -> dict[str, float]:
 
 
 def journal_acknowledged(journal: Path) -> set[str]:
-    """SOP Instance UIDs the journal lists as acknowledged (its files and its acks table)."""
+    """SOP Instance UIDs the journal lists as acknowledged (its files and its acknowledgment log)."""
+    from node.send_journal import ACKS_SUFFIX, read_acks
+
     if not journal.exists():  # killed before it opened its journal
         return set()
     conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=10)
-    uids: set[str] = set()
     try:
-        for table in ("files", "acks"):
-            try:
-                uids.update(uid for (uid,) in conn.execute(
-                    f"SELECT sop_instance_uid FROM {table} WHERE outcome = 'acknowledged'"))
-            except sqlite3.OperationalError:  # a journal of before the acks table
-                pass
+        uids = {uid for (uid,) in conn.execute("SELECT sop_instance_uid FROM files WHERE outcome = 'acknowledged'")}
     finally:
         conn.close()
-    return uids
+    return uids | {row[4] for row in read_acks(str(journal) + ACKS_SUFFIX) if row[5] == "acknowledged"}
 
 
 def settled_index(database: Path) -> dict[str, float]:

@@ -430,8 +430,8 @@ class Collector:
             self.printer.handle(item)
         elif isinstance(item, WorkerFinished):
             self.finished[item.worker] = item.associations
-        # acknowledgments are in the journal already (JobRecorder.file); the rest, and moving
-        # them into the journal's files table, is grouped: one transaction per GROUP_SECONDS
+        # acknowledgments are in the journal's log already (JobRecorder.file); into its files
+        # table every outcome goes grouped: one transaction per GROUP_SECONDS
         self.recorder.flush_due()
 
     def result(self, item: FileResult) -> None:
@@ -710,6 +710,7 @@ def send_chunk(args: argparse.Namespace, paths: list[str], missing: list[str], j
     if status == EXIT_INTERRUPTED:
         done.status = status
     else:
+        recorder.settle()  # every worker thread has ended
         done.status = worse(done.status, status)
     if args.commit and args.commit_batch and journal is not None and status != EXIT_INTERRUPTED:
         done.status = worse(done.status, commit(args, journal, tls))

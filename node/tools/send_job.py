@@ -101,8 +101,9 @@ def resume(journal: SendJournal | None, paths: Iterable[str]) -> Resume:
 
 class JobRecorder:
     """Writes each outcome to the journal (a no-op without ``--journal``): an acknowledgment at
-    once, before the thread that received it sends its next C-STORE (so a kill -9 leaves at
-    most the instance in flight per association unjournaled); other outcomes grouped."""
+    once to its log, before the thread that received it sends its next C-STORE (so a kill -9
+    leaves at most the instance in flight per association unjournaled); all of them grouped
+    into its files table."""
 
     def __init__(self, journal: SendJournal | None, identities: dict[str, tuple[int, int]]) -> None:
         self.journal = journal
@@ -141,3 +142,8 @@ class JobRecorder:
     def flush(self) -> None:
         if self.journal is not None:
             self.journal.flush()
+
+    def settle(self) -> None:
+        """Once no worker runs: every outcome in the journal's files, its acknowledgment log emptied."""
+        if self.journal is not None:
+            self.journal.settle()
