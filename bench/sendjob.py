@@ -14,8 +14,8 @@ b. **--commit cost** (target ≤ 2 s added): ``--commit-files`` (10,000) into ``
 c. **Kill and resume** (targets: total ≤ 1.2x an uninterrupted job; the node received again at
    most one instance per association open at each kill): a job of ``--files`` (100,000) into
    ``nodectl serve`` at ``-j 4``: once uninterrupted, then with three SIGKILLs of the sender at
-   random moments of the uninterrupted timeline, each run started again with the same
-   ``--journal``. After each kill, once the node's index has settled, the instances it holds
+   random moments of the job (once the journal holds a random number of acknowledged files,
+   ``--seed``), each run started again with the same ``--journal``. After each kill, once the node's index has settled, the instances it holds
    that the journal does not list as acknowledged are the ones the next run sends again, i.e.
    received twice; their count is compared with the associations open at the kill (``-j``).
 
@@ -54,21 +54,37 @@ def send_command(port: int, directory: Path, aet: str, *extra: str) -> list[str]
             procs.LOOPBACK, str(port), str(directory)]
 
 
-def run_sender(cmd: list[str], log: Path, env: dict[str, str], kill_after: float | None = None) -> tuple[float, int | None]:
-    """(seconds, exit code) of one sender; SIGKILLed after ``kill_after`` seconds if given.
-    It runs in ``log``'s directory, where nothing may be called ``node`` (``python -m`` would
-    import that directory as the package)."""
+def run_sender(cmd: list[str], log: Path, env: dict[str, str], kill_when=None) -> tuple[float, int | None]:
+    """(seconds, exit code) of one sender; SIGKILLed as soon as ``kill_when()`` is true (polled
+    every 0.2 s) if given. It runs in ``log``'s directory, where nothing may be called ``node``
+    (``python -m`` would import that directory as the package)."""
     started = time.monotonic()
     proc = procs.start(cmd, log=log, cwd=log.parent, env=env)
+    while time.monotonic() - started < SENDER_TIMEOUT_S:
+        try:
+            code = proc.wait(timeout=0.2 if kill_when else SENDER_TIMEOUT_S)
+            return time.monotonic() - started, code
+        except subprocess.TimeoutExpired:
+            if kill_when is not None and kill_when():
+                os.kill(proc.pid, signal.SIGKILL)
+                code = proc.wait(timeout=30)
+                return time.monotonic() - started, code
+    procs.stop(proc)
+    return time.monotonic() - started, None
+
+
+def acknowledged_count(journal: Path) -> int:
+    """Files the journal's files table lists as acknowledged (0 before it exists); it lags the
+    acknowledgment log by at most 0.1 s, which is good enough to pick a moment of the job."""
+    if not journal.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=10)
     try:
-        code = proc.wait(timeout=kill_after if kill_after is not None else SENDER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        if kill_after is None:
-            procs.stop(proc)
-            return time.monotonic() - started, None
-        os.kill(proc.pid, signal.SIGKILL)
-        code = proc.wait(timeout=30)
-    return time.monotonic() - started, code
+        return int(conn.execute("SELECT count(*) FROM files WHERE outcome = 'acknowledged'").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
 
 
 def corpus_dir(opts, count: int) -> Path:
@@ -245,8 +261,9 @@ def received_again(before: dict[str, float], after: dict[str, float]) -> int:
     return sum(1 for uid, at in before.items() if after.get(uid, at) != at)
 
 
-def job(opts, directory: Path, env: dict[str, str], workdir: Path, kills: list[float]) -> dict:
-    """One job into a fresh node: runs killed after each of ``kills`` seconds, then one to the end.
+def job(opts, directory: Path, env: dict[str, str], workdir: Path, kills: list[int]) -> dict:
+    """One job into a fresh node: runs killed once the journal holds each of ``kills``
+    acknowledged files, then one to the end.
     After each kill (the index settled) and at the end, a snapshot of the index: a kill's
     duplicates are the instances its snapshot holds that the next run delivered again."""
     receiver = peers.NodectlServe("nodectl serve")
@@ -256,9 +273,10 @@ def job(opts, directory: Path, env: dict[str, str], workdir: Path, kills: list[f
     cmd = send_command(receiver.port, directory, receiver.aet, "--journal", str(journal))
     runs, snapshots = [], []
     try:
-        for number, kill_after in enumerate([*kills, None]):
+        for number, kill_at in enumerate([*kills, None]):
+            kill_when = None if kill_at is None else (lambda at=kill_at: acknowledged_count(journal) >= at)
             load = os.getloadavg()[0]
-            seconds, code = run_sender(cmd, workdir / f"sender-{number}.log", env, kill_after)
+            seconds, code = run_sender(cmd, workdir / f"sender-{number}.log", env, kill_when)
             run = {"seconds": seconds, "exit": code, "killed": code == -signal.SIGKILL, "load1": load}
             if code not in (0, -signal.SIGKILL):
                 run["log_tail"] = (workdir / f"sender-{number}.log").read_text(errors="replace")[-1500:]
@@ -294,15 +312,14 @@ def kill_and_resume(opts, env: dict[str, str], scratch: Path) -> dict:
         whole = job(opts, directory, env, workdir, [])
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    moments = sorted(rng.uniform(0.05, 0.95) * whole["seconds"] for _ in range(KILLS))
-    kills = [later - earlier for earlier, later in zip([0.0, *moments], moments)]
+    kills = sorted(int(rng.uniform(0.05, 0.95) * opts.files) for _ in range(KILLS))  # files acknowledged
     workdir = Path(tempfile.mkdtemp(prefix="killed-", dir=scratch))
     try:
         killed = job(opts, directory, env, workdir, kills)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     twice = [r["received_twice"] for r in killed["runs"] if r["killed"]]
-    return {"files": opts.files, "uninterrupted": whole, "interrupted": killed, "kill_after_s": kills,
+    return {"files": opts.files, "uninterrupted": whole, "interrupted": killed, "kill_at_acknowledged": kills,
             "ratio": killed["seconds"] / whole["seconds"], "received_twice": twice,
             "within_bound": all(n <= JOBS for n in twice)}
 
