@@ -1,4 +1,4 @@
-"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``cpu`` | ``memory`` | ``engine`` | ``startstop`` | ``cluster`` | ``send``."""
+"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``cpu`` | ``memory`` | ``engine`` | ``startstop`` | ``cluster`` | ``send`` | ``sendjob``."""
 
 from __future__ import annotations
 
@@ -88,6 +88,21 @@ def parser() -> argparse.ArgumentParser:
                       help="also run nodectl send -j 1/-j 4 from DIR (a git archive of node/ and actors/) in every round: before/after under the same load")
     send.add_argument("--scratch", metavar="DIR", help="where storescp writes (default: the system temp directory; /dev/shm for the sender alone)")
     send.add_argument("--json", metavar="FILE", help="write every sample and the summary as JSON")
+    sendjob = sub.add_parser("sendjob", help="issue 15's targets for nodectl send jobs: journal overhead, --commit cost, "
+                                              "kill -9 and resume")
+    sendjob.add_argument("--parts", nargs="+", choices=["journal", "commit", "resume"], default=["journal", "commit", "resume"])
+    sendjob.add_argument("--files", type=int, default=100_000, help="resume: files in the job (default 100000, the issue's)")
+    sendjob.add_argument("--journal-files", type=int, default=5000, help="journal: files per run (default 5000)")
+    sendjob.add_argument("--commit-files", type=int, default=10_000, help="commit: files per run (default 10000)")
+    sendjob.add_argument("--runs", type=int, default=5, help="journal: rounds, with and without once each (default 5)")
+    sendjob.add_argument("--commit-runs", type=int, default=3, help="commit: rounds (default 3)")
+    sendjob.add_argument("--seed", type=int, default=15, help="resume: seed of the random kill moments (default 15)")
+    sendjob.add_argument("--corpus", default="/dev/shm/bench-sendjob", metavar="DIR",
+                         help="where the 5 KiB files are written (default /dev/shm/bench-sendjob)")
+    sendjob.add_argument("--scratch", metavar="DIR", help="receivers and journals (default: the system temp directory)")
+    sendjob.add_argument("--journal-dir", metavar="DIR", help="where the jobs' journals go (default: the system temp directory)")
+    sendjob.add_argument("--node-source", metavar="DIR", help="run nodectl from DIR (PYTHONPATH), e.g. a git archive")
+    sendjob.add_argument("--json", metavar="FILE", help="write every sample and the summary as JSON")
     return p
 
 
@@ -133,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import send as send_bench
 
         return send_bench.main(opts)
+    if opts.command == "sendjob":
+        from bench import sendjob
+
+        return sendjob.main(opts)
     if opts.command == "startstop":
         from bench import startstop
 

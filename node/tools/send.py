@@ -293,7 +293,7 @@ def check_request(peer: PeerOptions) -> None:
 
 
 def start_threads(tasks: list[Task], workers: int, peer: PeerOptions, results: queue.SimpleQueue,
-                  stop: Interrupt) -> list[threading.Thread]:
+                  stop: Interrupt, recorder: JobRecorder) -> list[threading.Thread]:
     """One thread per worker with tasks, each putting its results and last word on ``results``.
 
     Threads, not processes: measured here (2 cores, 5,000 x 5 KiB into storescp --fork), four
@@ -304,7 +304,7 @@ def start_threads(tasks: list[Task], workers: int, peer: PeerOptions, results: q
     for worker in range(workers):
         mine = tasks_for_worker(tasks, worker)
         if mine:
-            thread = threading.Thread(target=_worker_thread, args=(worker, mine, peer, results, stop),
+            thread = threading.Thread(target=_worker_thread, args=(worker, mine, peer, results, stop, recorder),
                                       name=f"send-worker-{worker}", daemon=True)
             thread.start()
             threads.append(thread)
@@ -312,10 +312,10 @@ def start_threads(tasks: list[Task], workers: int, peer: PeerOptions, results: q
 
 
 def _worker_thread(worker: int, tasks: list[Task], peer: PeerOptions, results: queue.SimpleQueue,
-                   stop: Interrupt) -> None:
+                   stop: Interrupt, recorder: JobRecorder) -> None:
     """A worker thread's body: its last word is put even if it fails (the main thread stops waiting)."""
     finished = WorkerFinished(worker=worker, associations=0)
-    batch = Batch(results, stop)
+    batch = Batch(results, stop, JournalAcks(recorder, tasks))
     try:
         finished = run_tasks(worker, tasks, peer, batch, stop)
     except Interrupted:  # Ctrl-C: its association was aborted; the main thread takes what the batch holds, then exits
@@ -327,21 +327,37 @@ def _worker_thread(worker: int, tasks: list[Task], peer: PeerOptions, results: q
         results.put(finished)
 
 
+class JournalAcks:
+    """A worker thread's journal of acknowledgments: each committed as it comes, before the
+    worker's next C-STORE (``JobRecorder.file``); the main thread records the other outcomes."""
+
+    def __init__(self, recorder: JobRecorder, tasks: list[Task]) -> None:
+        self.recorder = recorder
+        self.entries = {entry.index: entry for task in tasks for entry in task.files} if recorder.journal else {}
+
+    def __call__(self, result: FileResult) -> None:
+        if result.sent and self.entries:
+            self.recorder.file(self.entries[result.index], result)
+
+
 class Batch:
     """A worker thread's ``report``: results go to the main thread in lists of up to 64 (or
-    after 0.1 s), so it wakes, and takes the GIL from the workers, once a batch, not once a file.
+    after 0.1 s), so it wakes, and takes the GIL from the workers, once a batch, not once a file;
+    an acknowledgment is journaled at once (``JournalAcks``), not with the batch.
 
     Once ``stop`` is set (Ctrl-C), the next result is handed over with the batch and
     ``Interrupted`` raised: the association is aborted, so no file is sent that the journal would
     not hear of before the process exits."""
 
-    def __init__(self, results: queue.SimpleQueue, stop: Interrupt) -> None:
+    def __init__(self, results: queue.SimpleQueue, stop: Interrupt, journal: JournalAcks) -> None:
         self.results = results
         self.stop = stop
+        self.journal = journal
         self.items: list[FileResult] = []
         self.since = time.monotonic()
 
     def __call__(self, result: FileResult) -> None:
+        self.journal(result)
         self.items.append(result)
         if self.stop.is_set():
             self.flush()
@@ -397,6 +413,7 @@ class Collector:
         self.retry_transient = retry_transient  # hold 0xA7xx answers back for a later pass
         self.later: list[int] = []  # indexes of files to send again
         self.finished: dict[int, int] = {}
+        self.acks_journaled = False  # worker threads journal their acknowledgments themselves (JournalAcks)
 
     def __call__(self, item: Any) -> None:
         if isinstance(item, FileResult):  # -j 1: the main thread's own results, one by one
@@ -408,9 +425,9 @@ class Collector:
             self.printer.handle(item)
         elif isinstance(item, WorkerFinished):
             self.finished[item.worker] = item.associations
-        # one journal transaction per batch the main thread receives (with -j 1, per file:
-        # a kill then loses nothing the peer acknowledged)
-        self.recorder.flush()
+        # acknowledgments are in the journal's log already (JobRecorder.file); into its files
+        # table every outcome goes grouped: one transaction per GROUP_SECONDS
+        self.recorder.flush_due()
 
     def result(self, item: FileResult) -> None:
         entry = self.tally.entries[item.index]
@@ -420,7 +437,8 @@ class Collector:
             self.later.append(item.index)
             return
         self.tally.add(item)
-        self.recorder.file(entry, item)
+        if not (item.sent and self.acks_journaled):
+            self.recorder.file(entry, item)
         self.progress.advance(item, entry.size)
         if not item.sent:
             status = "" if item.status is None else f" status=0x{item.status:04X}"
@@ -518,7 +536,8 @@ def send_pass(args: argparse.Namespace, entries: Sequence[FileEntry], collector:
             collector(run_tasks(0, tasks, peer, collector))
             return False
         with records_via(results, collector.printer), ctrl_c_sets(stop):
-            threads = start_threads(tasks, workers, peer, results, stop)
+            collector.acks_journaled = True
+            threads = start_threads(tasks, workers, peer, results, stop, collector.recorder)
             collect_results(results, threads, collector, stop)
             if stop.is_set():  # Ctrl-C: the worker threads are daemons, they end with the process
                 join_all(threads, STOP_GRACE)  # each writes its A-ABORT; one stuck writing is not waited for longer
@@ -686,6 +705,7 @@ def send_chunk(args: argparse.Namespace, paths: list[str], missing: list[str], j
     if status == EXIT_INTERRUPTED:
         done.status = status
     else:
+        recorder.settle()  # every worker thread has ended
         done.status = worse(done.status, status)
     if args.commit and args.commit_batch and journal is not None and status != EXIT_INTERRUPTED:
         done.status = worse(done.status, commit(args, journal, tls))

@@ -100,7 +100,10 @@ def resume(journal: SendJournal | None, paths: Iterable[str]) -> Resume:
 
 
 class JobRecorder:
-    """Writes each outcome to the journal (a no-op without ``--journal``)."""
+    """Writes each outcome to the journal (a no-op without ``--journal``): an acknowledgment at
+    once to its log, before the thread that received it sends its next C-STORE (so a kill -9
+    leaves at most the instance in flight per association unjournaled); all of them grouped
+    into its files table."""
 
     def __init__(self, journal: SendJournal | None, identities: dict[str, tuple[int, int]]) -> None:
         self.journal = journal
@@ -110,13 +113,19 @@ class JobRecorder:
         return self.identities.get(path) or file_identity(path) or (-1, -1)
 
     def file(self, entry: FileEntry, result: FileResult) -> None:
+        """Record one file's outcome; called from the thread that got it from the peer (for an
+        acknowledgment) or from the main thread (any outcome)."""
         if self.journal is None:
             return
         size, mtime_ns = self._identity(entry.path)
-        self.journal.record(Outcome(
+        outcome = Outcome(
             path=os.path.abspath(entry.path), size=size, mtime_ns=mtime_ns,
             outcome=ACKNOWLEDGED if result.sent else FAILED, sop_class_uid=entry.sop_class_uid,
-            sop_instance_uid=entry.sop_instance_uid, status=result.status, reason=result.reason, bytes=result.bytes))
+            sop_instance_uid=entry.sop_instance_uid, status=result.status, reason=result.reason, bytes=result.bytes)
+        if result.sent:
+            self.journal.record_now(outcome)
+        else:
+            self.journal.record(outcome)
 
     def skipped(self, items: Sequence[Skipped]) -> None:
         if self.journal is None:
@@ -133,3 +142,8 @@ class JobRecorder:
     def flush(self) -> None:
         if self.journal is not None:
             self.journal.flush()
+
+    def settle(self) -> None:
+        """Once no worker runs: every outcome in the journal's files, its acknowledgment log emptied."""
+        if self.journal is not None:
+            self.journal.settle()
