@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
 from actors import _app_log, commitment_io
+from actors.tcp import quick_ack
 from node import commitment as sc
 from node import ul
 from node.errors import STATUS_OUT_OF_RESOURCES
@@ -282,10 +283,7 @@ class EngineAssociation(threading.Thread):
             raise TimeoutError("timed out waiting for the peer") from None
         except ConnectionResetError:
             data = b""
-        try:  # a Nagle-on peer waits for our ACK of a partial PDU: do not delay it (up to 40 ms)
-            self.conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
-        except (OSError, AttributeError):
-            pass
+        quick_ack(self.conn)  # a Nagle-on peer waits for our ACK of a partial PDU (up to 40 ms)
         return data
 
     def _on_event(self, event: ul.Event) -> None:

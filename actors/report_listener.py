@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+from actors.tcp import quick_ack
 from node import ul
 from node.messages import ErrorReply, ForwardReport, ReportAnswer
 
@@ -150,6 +151,7 @@ class _Association:
                 continue
             except (ConnectionResetError, ssl.SSLError):
                 data = b""
+            quick_ack(self.sock)
             engine.receive_data(data)
             try:
                 for event in engine.events():

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from actors.tcp import quick_ack
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
 
 READ_SIZE = 1 << 16
@@ -257,6 +258,7 @@ class Requestor:
         except OSError as exc:
             self.close()
             raise AssociationError("closed", f"the connection failed: {os_text(exc)}", cause=exc) from None
+        quick_ack(self.sock)
         self.engine.receive_data(data)
         try:
             for event in self.engine.events():

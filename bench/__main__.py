@@ -87,6 +87,8 @@ def parser() -> argparse.ArgumentParser:
     send.add_argument("--baseline", metavar="DIR",
                       help="also run nodectl send -j 1/-j 4 from DIR (a git archive of node/ and actors/) in every round: before/after under the same load")
     send.add_argument("--scratch", metavar="DIR", help="where storescp writes (default: the system temp directory; /dev/shm for the sender alone)")
+    send.add_argument("--dcmtk-defaults", action="store_true",
+                      help="DCMTK's processes without TCP_NODELAY=1 (Nagle on, as DCMTK runs unless told): what a site's storescp does")
     send.add_argument("--json", metavar="FILE", help="write every sample and the summary as JSON")
     sendjob = sub.add_parser("sendjob", help="issue 15's targets for nodectl send jobs: journal overhead, --commit cost, "
                                               "kill -9 and resume")

@@ -9,7 +9,8 @@ included (that is what a scripted job pays), and counts only when the sender exi
 receiver holds every file; the receiver's directory is removed after each sample
 (``--scratch /dev/shm`` keeps a slow disk out of the figures). The sender's CPU (its own and
 its workers', from ``getrusage``) is recorded too. Every DCMTK process gets ``TCP_NODELAY=1``
-(see ``peers.py``); nodectl always sets it. The load average is recorded with every sample: on a shared machine
+(see ``peers.py``) unless ``--dcmtk-defaults``: then storescp and storescu run with Nagle on, as
+DCMTK does at a site unless told; nodectl always sets ``TCP_NODELAY`` on its own sockets. The load average is recorded with every sample: on a shared machine
 the figures are only comparable within one run.
 """
 
@@ -51,10 +52,12 @@ def sender_env(sender: str, env: dict[str, str], baseline: str | None) -> dict[s
 
 
 def one_sample(sender: str, files: list[Path], env: dict[str, str], scratch: Path) -> dict:
-    """Start a fresh storescp --fork, time the sender, count what arrived, stop the receiver."""
+    """Start a fresh storescp --fork, time the sender, count what arrived, stop the receiver.
+
+    The receiver gets the sender's ``TCP_NODELAY`` setting (``peers.base_env``)."""
     receiver = peers.DcmtkStorescp("DCMTK storescp --fork", fork=True)
     workdir = Path(tempfile.mkdtemp(prefix=f"{sender}-", dir=scratch))
-    receiver.start(workdir, {k: v for k, v in env.items() if k != "PYTHONPATH"} | {"TCP_NODELAY": "1"})
+    receiver.start(workdir, {k: v for k, v in env.items() if k != "PYTHONPATH"})
     load = os.getloadavg()[0]
     try:
         started, cpu = time.monotonic(), _children_cpu()
@@ -146,7 +149,7 @@ def main(opts) -> int:
     senders = ["dcmtk-1", "send-1", "send-4", *opts.extra]
     if opts.baseline:
         senders += ["base-send-1", "base-send-4"]
-    env = peers.base_env(True, Path(opts.node_source) if opts.node_source else None)
+    env = peers.base_env(not opts.dcmtk_defaults, Path(opts.node_source) if opts.node_source else None)
     samples: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-send-", dir=opts.scratch) as scratch:
         for run in range(opts.runs):

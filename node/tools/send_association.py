@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from actors.tcp import quick_ack
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
 from node.rate_limit import pacer
 from node.tools.send_plan import FileEntry
@@ -315,6 +316,7 @@ def read_events(sock: socket.socket, engine: ul.Association, timeout: float,
         raise Lost(str(exc)) from None
     if not data and interrupt is not None and interrupt.is_set():
         raise Interrupted
+    quick_ack(sock)
     engine.receive_data(data)
     try:
         return list(engine.events())
