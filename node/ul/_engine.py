@@ -153,6 +153,11 @@ class Association:
 
     # ----- receiving ------------------------------------------------------------------------
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received of a PDU not yet whole (a shell may want to hurry the rest)."""
+        return len(self._buffer)
+
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes read from the connection; b"" means the peer closed it (Evt17).
         Bytes after the end (Sta1), or after a PDU that could not be framed, are dropped."""
