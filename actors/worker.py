@@ -98,8 +98,7 @@ class Worker:
         self.received: dict[str, int] = {lc.key: 0 for lc in config.listeners}
         self.spool_dir = config.spool_dir / "spool" / self.name
         self._policies: dict[str, Any] = {}  # node.ul.AcceptorPolicy per listener
-        # What the other workers run, as the listeners last told us (node-wide caps).
-        # DEALERs to listeners for admissions, taken by one association thread at a time.
+        # DEALERs to listeners for admissions (node-wide caps), taken by one association thread at a time.
         self._admission_sockets: dict[str, queue.SimpleQueue[zmq.Socket]] = {}
         # TLS listeners: handshakes run in short threads and report here (issue 7).
         self.tls_context: Any = None

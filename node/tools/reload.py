@@ -19,6 +19,7 @@ than the listener list (they apply when it next starts).
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +31,7 @@ from node.supervision import render
 from node.tools._effective import check_bind, resolve
 
 LIVE_GROUPS = ("tracker", "listener-", "worker")  # programs that apply a SIGHUP (the writer would exit)
+STARTING_WAIT_S = 3.0  # supervisord's startsecs (1 s) and some: how long a reload waits for STARTING actors
 
 
 def prepare(running: NodeConfig, fresh: NodeConfig) -> NodeConfig:
@@ -57,14 +59,34 @@ def apply(running: NodeConfig, fresh: NodeConfig) -> NodeConfig:
         rpc.removeProcessGroup(name)
     for name in changed + added:
         rpc.addProcessGroup(name)
-    signalled = []
-    for info in rpc.getAllProcessInfo():
-        if info["group"].startswith(LIVE_GROUPS) and info["group"] not in added + changed and info["statename"] == "RUNNING":
-            rpc.signalProcess(f"{info['group']}:{info['name']}", "HUP")
-            signalled.append(info["name"])
+    signalled = signal_live(rpc, skip=set(added + changed))
     print(f"nodectl: configuration reloaded: added {added or '-'}, restarted {changed or '-'}, removed {removed or '-'},"
           f" signalled {signalled or '-'}", file=sys.stderr, flush=True)
     return fresh
+
+
+def signal_live(rpc: Any, skip: set[str], wait_s: float = STARTING_WAIT_S) -> list[str]:
+    """SIGHUP every live-reloading actor (not those just started: they read the new file).
+
+    Only RUNNING ones: an actor still STARTING (supervisord's ``startsecs``, 1 s) may not have
+    its SIGHUP handler yet, and the signal's default action would end it. It may also have read
+    the old file, so it is waited for (bounded) and signalled once RUNNING: a SIGHUP in a
+    node's first second used to reach only the actors already past it ("signalled -")."""
+    signalled: list[str] = []
+    deadline = time.monotonic() + wait_s
+    while True:
+        starting = False
+        for info in rpc.getAllProcessInfo():
+            if not info["group"].startswith(LIVE_GROUPS) or info["group"] in skip or info["name"] in signalled:
+                continue
+            if info["statename"] == "RUNNING":
+                rpc.signalProcess(f"{info['group']}:{info['name']}", "HUP")
+                signalled.append(info["name"])
+            elif info["statename"] == "STARTING":
+                starting = True
+        if not starting or time.monotonic() >= deadline:
+            return signalled
+        time.sleep(0.1)
 
 
 def reload(running: NodeConfig, load: Any) -> NodeConfig:

@@ -316,3 +316,12 @@ def test_the_engine_reports_closed_forever_after() -> None:
     feed(scp, scu.send(ul.Abort()))
     assert scp.state is S.STA1
     assert scp.next_event() == ul.ConnectionClosed() and scp.next_event() == ul.ConnectionClosed()
+
+
+def test_buffered_counts_the_bytes_of_a_pdu_not_yet_whole() -> None:
+    """What a shell looks at before hurrying the rest of a response with an immediate ACK."""
+    _, scp = established()
+    pdu = echo_rq_pdu()
+    assert feed(scp, pdu[:4]) == [] and scp.buffered == 4
+    events = feed(scp, pdu[4:])
+    assert [type(e).__name__ for e in events] == ["Command"] and scp.buffered == 0
