@@ -85,7 +85,14 @@ port = {metrics_port}
             except OSError:
                 return ""
 
-        wait_until(lambda: sample(scrape(), "nodectl_process_up", process="writer") == 1, 15, "the metrics endpoint")
+        processes = ("writer", "tracker", "worker-0", "worker-1", f"listener-{port}", "metrics")
+        # Every actor but the first worker and listener starts once the port is open (deferred
+        # start), and counts as up once supervisord has it RUNNING (startsecs, 1 s): wait for all.
+        def all_up() -> bool:
+            page = scrape()
+            return all(sample(page, "nodectl_process_up", process=name) == 1 for name in processes)
+
+        wait_until(all_up, 15, "every process up on the metrics endpoint")
         text = scrape()
         assert sample(text, "nodectl_cstore_total", status="success") == 3
         assert sample(text, "nodectl_cstore_bytes_total") > 3 * 64 * 64 * 2
@@ -93,7 +100,7 @@ port = {metrics_port}
         assert sample(text, "nodectl_durable_ack_seconds_count") == 3
         assert sample(text, "nodectl_associations_total", listener=str(port), outcome="accepted") >= 1
         assert sample(text, "nodectl_instances") == 3
-        for name in ("writer", "tracker", "worker-0", "worker-1", f"listener-{port}", "metrics"):
+        for name in processes:
             assert sample(text, "nodectl_process_up", process=name) == 1, name
             assert sample(text, "nodectl_process_restarts_total", process=name) == 0, name
         assert sample(text, "nodectl_associations_active", listener=str(port)) == 0
