@@ -12,6 +12,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import psutil
 import pytest
 
 from node.rate_limit import Pacer, TokenBucket, pacer, parse_rate
-from node.send_journal import ACKNOWLEDGED, ACKS_SUFFIX, FAILED, Outcome, SendJournal, read_acks
+from node.send_journal import ACKNOWLEDGED, ACKS_BYTES, ACKS_SUFFIX, FAILED, JournalError, Outcome, SendJournal, read_acks
+from node.tools.send_job import journal_key
 from tests.nodes import serve
 from tests.support import NODECTL, interruptible, make_ct, wait_until
 from tests.tools.storepeers import dcmtk_available, dcmtk_storescp, pynetdicom_scp, run_nodectl
@@ -66,12 +68,20 @@ def test_journal_acknowledged_only_while_unchanged(tmp_path: Path) -> None:
     journal.record(outcome("/a", bytes=10))
     journal.record(outcome("/b", kind=FAILED, status=0xC000, reason="Failure"))
     journal.end_run(1)
-    assert journal.acknowledged("/a", (10, 1))
-    assert not journal.acknowledged("/a", (10, 2)), "a file touched since is sent again"
-    assert not journal.acknowledged("/a", (11, 1)), "a file grown since is sent again"
-    assert not journal.acknowledged("/b", (10, 1)), "a failed file is sent again"
-    assert not journal.acknowledged("/c", (10, 1))
     journal.close()
+    again = SendJournal(str(tmp_path / "j"))
+    assert again.resuming
+    assert acknowledged(again, "/a", (10, 1))
+    assert not acknowledged(again, "/a", (10, 2)), "a file touched since is sent again"
+    assert not acknowledged(again, "/a", (11, 1)), "a file grown since is sent again"
+    assert not acknowledged(again, "/b", (10, 1)), "a failed file is sent again"
+    assert not acknowledged(again, "/c", (10, 1))
+    assert again.acknowledged_among({"/a": (10, 1), "/b": (10, 1), "/c": (1, 1)}) == {"/a"}
+    again.close()
+
+
+def acknowledged(journal: SendJournal, path: str, identity: tuple[int, int]) -> bool:
+    return path in journal.acknowledged_among({path: identity})
 
 
 def test_journal_totals_span_runs(tmp_path: Path) -> None:
@@ -227,29 +237,76 @@ def test_kill_9_mid_job_then_resume_sends_only_the_rest(tmp_path: Path) -> None:
         node.stop()
 
 
+KILLED_JOURNAL = """
+import os, signal, sys
+from node.send_journal import ACKNOWLEDGED, Outcome, SendJournal
+journal = SendJournal(sys.argv[1])
+journal.start_run({})
+journal.record(Outcome(path="/a", size=10, mtime_ns=1, outcome=ACKNOWLEDGED, sop_instance_uid="1.2.1", bytes=10))
+journal.flush()
+journal.record_now(Outcome(path="/b", size=10, mtime_ns=1, outcome=ACKNOWLEDGED, sop_instance_uid="1.2.2", bytes=20))
+journal.acks.append(("/c", 10, 1, "", "1.2.3", ACKNOWLEDGED, 0, "", 30, 1, 1764633600.25))
+with open(sys.argv[1] + "-acks", "r+b") as log:  # the kill cut /c's record: its last bytes never stored
+    log.seek(journal.acks.offset - 3)
+    log.write(bytes(3))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
 def test_acknowledgments_left_in_the_log_by_a_kill_are_read_and_kept(tmp_path: Path) -> None:
-    """``record_now`` appends to the log at once; a journal killed before the main thread wrote
-    them into ``files`` still resumes from them (a torn last line left out), and ``--report``
-    (read-only) counts them."""
+    """``record_now`` stores into the mapped log at once; a journal killed before the main
+    thread wrote them into ``files`` still resumes from them (a torn last record left out), and
+    ``--report`` (read-only) counts them."""
     path = tmp_path / "j"
-    journal = SendJournal(str(path))
-    journal.start_run({})
-    journal.record(outcome("/a", bytes=10))
-    journal.flush()
-    journal.record_now(outcome("/b", bytes=20))
-    with open(str(path) + ACKS_SUFFIX, "ab") as log:
-        log.write(b'["/c", 10, 1, "", "1.2.3"')  # a line the kill cut
-    journal.conn.close()  # as a kill leaves it: /b in the log only
+    killed = subprocess.run([sys.executable, "-c", KILLED_JOURNAL, str(path)], cwd=REPO, timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert [row[0] for row in read_acks(str(path) + ACKS_SUFFIX)] == ["/b"]
     readonly = SendJournal(str(path), readonly=True)
     totals = readonly.totals()
     assert (totals.acknowledged, totals.bytes) == (2, 30)
     readonly.conn.close()
     again = SendJournal(str(path))
-    assert again.acknowledged("/b", (10, 1)) and again.acknowledged("/a", (10, 1))
-    assert not again.acknowledged("/c", (10, 1))
-    assert os.path.getsize(str(path) + ACKS_SUFFIX) == 0, "the log's lines are in files now"
+    assert acknowledged(again, "/b", (10, 1)) and acknowledged(again, "/a", (10, 1))
+    assert not acknowledged(again, "/c", (10, 1))
+    assert read_acks(str(path) + ACKS_SUFFIX) == [], "the log's records are in files now"
     again.close()
     assert not os.path.exists(str(path) + ACKS_SUFFIX)
+
+
+def test_acknowledgment_log_grows_past_its_first_mapping(tmp_path: Path) -> None:
+    """More records than the first mapping holds: the log grows, and every record reads back."""
+    journal = SendJournal(str(tmp_path / "j"))
+    journal.start_run({})
+    count = ACKS_BYTES // 40
+    for n in range(count):
+        journal.record_now(outcome(f"/data/{n:06d}.dcm", bytes=n))
+    assert journal.acks is not None and journal.acks.offset > ACKS_BYTES
+    assert os.path.getsize(str(tmp_path / "j") + ACKS_SUFFIX) > ACKS_BYTES
+    rows = read_acks(str(tmp_path / "j") + ACKS_SUFFIX)
+    assert [row[0] for row in rows] == [f"/data/{n:06d}.dcm" for n in range(count)]
+    journal.close()
+
+
+def test_a_journal_in_use_is_refused(tmp_path: Path) -> None:
+    """Two jobs on one journal would each take the other's log for a killed run's: the second is refused."""
+    journal = SendJournal(str(tmp_path / "j"))
+    with pytest.raises(JournalError, match="in use by another nodectl send"):
+        SendJournal(str(tmp_path / "j"))
+    readonly = SendJournal(str(tmp_path / "j"), readonly=True)  # --report reads it meanwhile
+    readonly.conn.close()
+    make_files(tmp_path / "in", 1)
+    second = run_nodectl("send", "--journal", str(tmp_path / "j"), "127.0.0.1", "104", str(tmp_path / "in"))
+    assert second.returncode == 2
+    assert f"{tmp_path / 'j'}: the journal is in use by another nodectl send" in second.stderr
+    journal.close()
+    SendJournal(str(tmp_path / "j")).close()
+
+
+def test_journal_key_is_abspath() -> None:
+    for path in ["a.dcm", "./a.dcm", "d/../a.dcm", "/x/y/a.dcm", "/x//y/a.dcm", "//x/a.dcm", "/x/./a.dcm", ".hidden/a"]:
+        for cwd in ["/", "/work", "/work/sub"]:
+            expected = os.path.normpath(os.path.join(cwd, path))
+            assert journal_key(path, cwd) == expected, (path, cwd)
 
 
 @needs_dcmtk
