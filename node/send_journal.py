@@ -17,10 +17,10 @@ Schema (one file per job; ``files.path`` is the key, the absolute path)::
 
 Durability and cost: WAL with ``synchronous=NORMAL``: a commit is one write to the WAL, no
 fsync, and it survives a kill -9 of the sender (the kernel has it); a power cut may lose the
-commits since the last checkpoint and the log's last lines (those files are sent again on
+commits since the last checkpoint and the log's last records (those files are sent again on
 resume, which a peer stores as the same instance again).
 
-An acknowledgment is made durable at once (``record_ack``), by the thread that received it and
+An acknowledgment is made durable at once (``record_now``), by the thread that received it and
 before that thread's next C-STORE goes out, so that a kill -9 leaves unjournaled at most the
 one instance in flight per association: one framed record copied into ``FILE-acks`` beside the
 journal, a file mapped into memory (``AckLog``). A store into a shared file mapping survives
