@@ -43,7 +43,11 @@ def parser() -> argparse.ArgumentParser:
     memory.add_argument("--size-mib", type=int, default=1024, help="size of the instance (default 1024)")
     memory.add_argument("--send-files", type=int, metavar="N",
                         help="measure `nodectl send` of N 5 KiB files into DCMTK storescp --fork instead (issue: 10000)")
-    memory.add_argument("--jobs", type=int, default=4, help="with --send-files: nodectl send -j (default 4)")
+    memory.add_argument("--job-files", type=int, metavar="N",
+                        help="measure a `nodectl send --journal` job of N 5 KiB files (hard links under /dev/shm; issue 15: "
+                             "1000000), sent and then run again, instead")
+    memory.add_argument("--flat", action="store_true", help="with --job-files: every file in one directory")
+    memory.add_argument("--jobs", type=int, default=4, help="with --send-files/--job-files: nodectl send -j (default 4)")
     memory.add_argument("--runs", type=int, default=1, help="repetitions (default 1)")
     engine = sub.add_parser("engine", help="CPU per small C-STORE in the upper layer alone: node/ul against the lean codec")
     engine.add_argument("--instances", type=int, default=20000, help="C-STOREs decoded and answered (default 20000)")
@@ -133,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if opts.send_files:
             return memory.send_main(opts.send_files, opts.jobs, opts.runs)
+        if opts.job_files:
+            return memory.job_main(opts.job_files, opts.jobs, opts.flat)
         return memory.main(opts.size_mib, opts.runs)
     if opts.command == "engine":
         from bench import engine as engine_bench

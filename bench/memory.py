@@ -17,7 +17,13 @@ in its environment). Every process of the send (since issue 13 one: ``-j J`` run
 is sampled every 50 ms: the peak of each process and the peak of their sum at one poll. The
 receiver must hold N files afterwards and the send must exit 0.
 
-Each run writes ``bench/results/memory-<receive|send>-<timestamp>.json``.
+Job (``--job-files N``, issue 15: memory flat for 1,000,000 files): N paths under /dev/shm, hard
+links to the 5 KiB corpus (1,000 a directory, or one directory with ``--flat``), sent by
+``nodectl send -j J --journal`` named as one directory (the file list streamed), into storescp
+--fork; then the same command again, which finds every file acknowledged. The sender's RSS is
+read every 0.1 s: its peak per run, and a value every 5 s to show it flat.
+
+Each run writes ``bench/results/memory-<receive|send|job>-<timestamp>.json``.
 """
 
 from __future__ import annotations
@@ -226,4 +232,90 @@ def send_main(count: int, jobs: int, runs: int) -> int:
           f"sum of the send's processes {total['median']:.1f} MiB RSS ({total['min']:.1f}–{total['max']:.1f}), "
           f"{pss['median']:.1f} MiB PSS ({pss['min']:.1f}–{pss['max']:.1f}): "
           f"target < {TARGET_MIB} MiB per process {'met' if ok else 'MISSED'}; results {out}")
+    return 0 if ok else 1
+
+
+# ----- a job of a million files (issue 15: memory flat) -------------------------------------------
+
+JOB_DIR_FILES = 1000  # files per directory of the job's tree (a series-like layout)
+JOB_TIMEOUT_S = 3600.0
+
+
+def job_tree(count: int, flat: bool) -> Path:
+    """``count`` paths under /dev/shm, each a hard link to one of the corpus's 5 KiB secondary
+    captures (distinct paths, as a job sees them; links cost no data): ``JOB_DIR_FILES`` per
+    directory, or all in one directory with ``flat``. Made once, kept for later runs."""
+    files = corpus.ensure("sc", min(count, 100_000), root=Path("/dev/shm/bench-sendjob"))
+    root = Path("/dev/shm") / f"bench-job-{count}{'-flat' if flat else ''}"
+    done = root.with_name(root.name + ".complete")  # beside the tree: the job sends what is in it
+    if done.exists():
+        return root
+    for n in range(count):
+        directory = root if flat else root / f"series-{n // JOB_DIR_FILES:05d}"
+        if flat or n % JOB_DIR_FILES == 0:
+            directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"{n:07d}.dcm"
+        if not target.exists():
+            os.link(files.files[n % files.count], target)
+    done.touch()
+    return root
+
+
+def job_run(tree: Path, jobs: int, journal: Path, scratch: Path) -> dict:
+    """One run of ``nodectl send -j jobs --journal`` of the whole tree into storescp --fork;
+    the sender's peak RSS, and its RSS every 5 s (flat, or growing with the files done)."""
+    env = base_env(nodelay=True, node_source=None)
+    receiver = DcmtkStorescp("DCMTK storescp --fork", fork=True)
+    receiver.start(scratch / "rx", env)
+    cmd = [sys.executable, "-m", "node.cli", "send", "-j", str(jobs), "--progress", "none", "-aec", receiver.aet,
+           "--recurse", "--journal", str(journal), "--summary-json", str(scratch / "summary.json"),
+           procs.LOOPBACK, str(receiver.port), str(tree)]
+    series: list[tuple[float, float]] = []
+    peak = 0
+    started = time.monotonic()
+    try:
+        proc = procs.start(cmd, log=scratch / "send.log", cwd=scratch, env=env)
+        watched = psutil.Process(proc.pid)
+        try:
+            while proc.poll() is None and time.monotonic() - started < JOB_TIMEOUT_S:
+                try:
+                    rss = watched.memory_info().rss
+                except psutil.NoSuchProcess:
+                    break
+                peak = max(peak, rss)
+                if not series or time.monotonic() - started - series[-1][0] >= 5.0:
+                    series.append((round(time.monotonic() - started, 1), round(rss / 2**20, 1)))
+                time.sleep(0.1)
+            code = proc.wait(timeout=30)
+        finally:
+            procs.stop(proc)
+    finally:
+        receiver.stop()
+    summary = json.loads((scratch / "summary.json").read_text()) if (scratch / "summary.json").exists() else {}
+    return {"seconds": round(time.monotonic() - started, 1), "exit": code, "peak_rss_mib": round(peak / 2**20, 1),
+            "rss_every_5s_mib": series, "job": summary.get("job", {}), "already": summary.get("already_acknowledged")}
+
+
+def job_main(count: int, jobs: int, flat: bool) -> int:
+    """A ``count``-file job sent, then run again (every file already acknowledged: the resume
+    filter alone); the sender's peak RSS in each against the target."""
+    started = dt.datetime.now(dt.timezone.utc)
+    tree = job_tree(count, flat)
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-memory-job-") as scratch:
+        journal = Path(scratch) / "job.journal"
+        for label in ("first run", "run again"):
+            run_dir = Path(scratch) / label.replace(" ", "-")
+            run_dir.mkdir()
+            r = job_run(tree, jobs, journal, run_dir)
+            r["label"] = label
+            runs.append(r)
+            job = r["job"]
+            print(f"{label}: {count} files ({'one directory' if flat else f'{JOB_DIR_FILES} a directory'}) in {r['seconds']} s, "
+                  f"exit {r['exit']}, acknowledged {job.get('acknowledged')} (sent this run {job.get('sent_last_run')}, "
+                  f"already there {r['already']}); sender peak RSS {r['peak_rss_mib']} MiB; "
+                  f"RSS every 5 s: {[mib for _, mib in r['rss_every_5s_mib']]}", flush=True)
+    ok = all(r["exit"] == 0 and r["job"].get("acknowledged") == count and r["peak_rss_mib"] < TARGET_MIB for r in runs)
+    out = _save("job", started, {"files": count, "flat": flat, "jobs": jobs, "runs": runs, "met": ok})
+    print(f"target < {TARGET_MIB} MiB, every file acknowledged: {'met' if ok else 'MISSED'}; results {out}")
     return 0 if ok else 1

@@ -639,8 +639,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         tls = client_tls(args)
         check_request(peer_options(args, tls))
-        if args.commit and tls is not None:
-            raise ConfigError("--commit over TLS is not supported yet")
+        if args.commit and args.commit_port and tls is not None:
+            raise ConfigError("--commit-port over TLS is not supported yet (the report would come to a plain TCP "
+                              "listener); without --commit-port the report is asked for on the N-ACTION's TLS association")
         journal = open_journal(args, peer)
     except (ConfigError, JournalError) as exc:
         print(f"nodectl send: {exc}", file=sys.stderr)

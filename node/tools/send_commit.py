@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Sequence
@@ -32,6 +33,7 @@ from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
 from node import commitment as sc
 from node.send_journal import SendJournal
 from node.tools.send_association import Lost, PeerOptions, read_events, rejection_text, send_quietly, set_timeout
+from node.tools.tls_options import client_context
 
 LOGGER = logging.getLogger("node.tools.send")
 SYNTAXES = (ImplicitVRLittleEndian, ExplicitVRLittleEndian)
@@ -125,6 +127,12 @@ def open_association(peer: PeerOptions) -> _Link:
     except OSError as exc:
         raise Lost(f"cannot connect: {exc.strerror or exc}") from None
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if peer.tls is not None:  # the stores' TLS settings (--tls-*), the handshake within the connect timeout
+        try:
+            sock = client_context(peer.tls).wrap_socket(sock, server_side=False)
+        except (ssl.SSLError, OSError) as exc:
+            sock.close()
+            raise Lost(f"TLS handshake failed or certificate refused ({getattr(exc, 'reason', None) or exc})") from None
     link = _Link(sock, ul.Association(ul.Role.REQUESTOR), peer.acse_timeout)
     try:
         link.write(link.engine.send(commit_request(peer)))
@@ -318,7 +326,10 @@ def wait_reports(links: list[_Link], listener: socket.socket | None, waiting: di
         sockets: list[socket.socket] = [link.sock for link in links] + ([listener] if listener is not None else [])
         if not sockets:
             return
-        ready, _, _ = select.select(sockets, [], [], max(0.0, deadline - time.monotonic()))
+        # a TLS socket may hold decrypted bytes select() cannot see: those are read first
+        ready = [link.sock for link in links if isinstance(link.sock, ssl.SSLSocket) and link.sock.pending()]
+        if not ready:
+            ready, _, _ = select.select(sockets, [], [], max(0.0, deadline - time.monotonic()))
         for sock in ready:
             if sock is listener:
                 conn, _ = listener.accept()

@@ -351,6 +351,22 @@ def test_tls_send_into_our_tls_node(tmp_path: Path, tls_certs: Any, tls_node: An
     assert missing.returncode == 2 and "TLS" in missing.stderr, missing.stderr
 
 
+def test_tls_commit_into_our_tls_node(tmp_path: Path, tls_certs: Any, tls_node: Any) -> None:
+    """--commit over TLS: the N-ACTION and its report on a TLS association of the node's, every
+    instance committed; --commit-port (a plain listener) with TLS is refused before anything is sent."""
+    make_files(tmp_path / "in", 3)
+    summary = tmp_path / "s.json"
+    result = send("-v", "-aec", "NODE", *tls_client(tls_certs), "--commit", "--commit-timeout", "30",
+                  "--summary-json", summary, "127.0.0.1", tls_node.port, tmp_path / "in")
+    assert result.returncode == 0, result.stderr
+    job = json.loads(summary.read_text())["job"]
+    assert (job["acknowledged"], job["committed"], job["not_committed"]) == (3, 3, 0)
+    assert "commitment requested=3 committed=3" in result.stderr
+    refused = send("-aec", "NODE", *tls_client(tls_certs), "--commit", "--commit-port", free_port(),
+                   "127.0.0.1", tls_node.port, tmp_path / "in")
+    assert refused.returncode == 2 and "--commit-port over TLS is not supported yet" in refused.stderr, refused.stderr
+
+
 @pytest.mark.skipif(not dcmtk_available(), reason="DCMTK (Debian package dcmtk) is not installed")
 def test_send_and_storescu_name_the_datasets_uids_not_the_file_metas(tmp_path: Path) -> None:
     """pydicom's rtplan.dcm and rtdose.dcm have a file meta SOP Instance UID that is not the
