@@ -69,7 +69,7 @@ from node.tools.send_report import (
     make_progress,
     summary,
     tally_totals,
-    write_summary,
+    SummaryWriter,
 )
 from node.tools.send_results import FileResult, WorkerFinished
 from node.tools.send_worker import backoff, run_tasks
@@ -617,19 +617,7 @@ class RunSoFar:
     failed: int = 0
     skipped: int = 0
     totals: JobTotals = field(default_factory=JobTotals)  # without a journal: this run's table
-    summary: dict[str, Any] | None = None  # --summary-json, merged chunk by chunk
-
-    def absorb(self, part: dict[str, Any] | None) -> None:
-        """Merge one chunk's summary into the run's."""
-        if part is None:
-            return
-        if self.summary is None:
-            self.summary = part
-            return
-        for key in ("sent", "failed", "skipped", "bytes", "associations"):
-            self.summary[key] += part[key]
-        for key in ("sent", "failed", "skipped"):
-            self.summary["files"][key].extend(part["files"][key])
+    summary: SummaryWriter | None = None  # --summary-json, written out chunk by chunk
 
 
 def run(args: argparse.Namespace) -> int:
@@ -679,12 +667,12 @@ def run(args: argparse.Namespace) -> int:
         totals = journal.totals() if journal is not None else done.totals
         if args.progress != "none" and level <= logging.CRITICAL:
             print(job_table(totals), file=sys.stderr)
-        if args.summary_json and done.summary is not None:
-            done.summary.update(seconds=round(seconds, 3), exit_status=done.status, already_acknowledged=done.already)
-            if journal is not None:
-                done.summary["job"] = totals.as_dict()
-            write_summary(args.summary_json, done.summary)
+        if done.summary is not None:
+            job = {"job": totals.as_dict()} if journal is not None else {}
+            done.summary.write(seconds=round(seconds, 3), exit_status=done.status, already_acknowledged=done.already, **job)
     finally:
+        if done.summary is not None:
+            done.summary.close()
         if journal is not None:
             journal.close()
     return done.status
@@ -717,7 +705,9 @@ def send_chunk(args: argparse.Namespace, paths: list[str], missing: list[str], j
     done.skipped += len(found.skipped)
     add_totals(done.totals, tally_totals(tally, found.skipped, 0.0))
     if args.summary_json:
-        done.absorb(summary(tally=tally, skipped=found.skipped, missing=missing, seconds=0.0,
+        if done.summary is None:
+            done.summary = SummaryWriter(args.summary_json)
+        done.summary.add(summary(tally=tally, skipped=found.skipped, missing=missing, seconds=0.0,
                             exit_status=status, peer=peer, associations=associations))
 
 

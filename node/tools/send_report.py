@@ -25,7 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -240,19 +242,66 @@ def summary(
     }
 
 
-def write_summary(path: str, data: dict[str, Any]) -> None:
-    """Write the summary atomically (temp file, rename), or to stdout for ``-``."""
-    text = json.dumps(data, indent=2) + "\n"
-    if path == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+class SummaryWriter:
+    """``--summary-json`` built chunk by chunk without holding its file lists: each chunk's
+    entries go, JSON-encoded, to an unnamed temporary file per list, and the object is written
+    once at the end, atomically (temp file, fsync, rename), or to stdout for ``-``. Holding the
+    lists as dicts took 1.4 GiB for a 1,000,000-file job (``python -m bench memory --job-files``)."""
+
+    LISTS = ("sent", "failed", "skipped")
+    COUNTS = ("sent", "failed", "skipped", "bytes", "associations")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.head: dict[str, Any] = {}  # the first chunk's version and peer, then the counts
+        self.missing: list[str] = []
+        self.lists = {name: tempfile.TemporaryFile("w+", encoding="utf-8") for name in self.LISTS}
+        self.items = dict.fromkeys(self.LISTS, 0)
+
+    def add(self, part: dict[str, Any]) -> None:
+        """One chunk's summary (``summary``): its counts added, its file entries written out."""
+        if not self.head:
+            self.head = {key: value for key, value in part.items() if key != "files"}
+        else:
+            for key in self.COUNTS:
+                self.head[key] += part[key]
+        self.missing.extend(part["files"]["missing"])
+        for name in self.LISTS:
+            out = self.lists[name]
+            for item in part["files"][name]:
+                out.write(("," if self.items[name] else "") + "\n      " + json.dumps(item))
+                self.items[name] += 1
+
+    def write(self, **final: Any) -> None:
+        """The whole object, with ``final`` (seconds, exit status, the job's table...) set."""
+        head = self.head | final
+        if self.path == "-":
+            self._write_to(sys.stdout, head)
+            sys.stdout.flush()
+            return
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as out:
+            self._write_to(out, head)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.path)
+
+    def _write_to(self, out: TextIO, head: dict[str, Any]) -> None:
+        out.write("{\n")
+        for key, value in head.items():
+            out.write(f"  {json.dumps(key)}: {json.dumps(value)},\n")
+        out.write('  "files": {\n')
+        for name in self.LISTS:
+            out.write(f'    "{name}": [')
+            part = self.lists[name]
+            part.seek(0)
+            shutil.copyfileobj(part, out)
+            out.write("\n    ],\n" if self.items[name] else "],\n")
+        out.write(f'    "missing": {json.dumps(self.missing)}\n  }}\n}}\n')
+
+    def close(self) -> None:
+        for part in self.lists.values():
+            part.close()
 
 
 def tally_totals(tally: Tally, skipped: Sequence[Skipped], seconds: float) -> JobTotals:
