@@ -20,7 +20,7 @@ fsync, and it survives a kill -9 of the sender (the kernel has it); a power cut 
 commits since the last checkpoint and the log's last records (those files are sent again on
 resume, which a peer stores as the same instance again).
 
-An acknowledgment is made durable at once (``record_now``), by the thread that received it and
+An acknowledgment is made durable at once (``record_ack``), by the thread that received it and
 before that thread's next C-STORE goes out, so that a kill -9 leaves unjournaled at most the
 one instance in flight per association: one framed record copied into ``FILE-acks`` beside the
 journal, a file mapped into memory (``AckLog``). A store into a shared file mapping survives
@@ -159,7 +159,7 @@ def file_identity(path: str) -> tuple[int, int] | None:
 
 class SendJournal:
     """A job's journal: one SQLite connection, opened by the ``nodectl send`` main thread;
-    worker threads call ``record_now`` on it, every write holds ``_lock``."""
+    worker threads call ``record_ack`` on it, every write holds ``_lock``."""
 
     resuming = False  # earlier runs left acknowledged files (at opening): the resume filter looks them up
 
@@ -240,10 +240,12 @@ class SendJournal:
         if full:
             self.flush()
 
-    def record_now(self, outcome: Outcome) -> None:
-        """Make one outcome survive a kill before returning (an acknowledgment, before the next
-        C-STORE): one record copied into the log, from any thread; then queued as ``record`` does."""
-        row = self._row(outcome)
+    def record_ack(self, path: str, size: int, mtime_ns: int, sop_class_uid: str, sop_instance_uid: str,
+                   status: int | None, nbytes: int) -> None:
+        """Make one acknowledgment survive a kill before returning (before the next C-STORE):
+        one record copied into the log, from any thread; then queued as ``record`` does. The
+        row is built here, not from an ``Outcome``: this runs once a file in a sender thread."""
+        row = (path, size, mtime_ns, sop_class_uid, sop_instance_uid, ACKNOWLEDGED, status, "", nbytes, self.run, time.time())
         if self.acks is not None:
             self.acks.append(row)
         with self._lock:

@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from node.send_journal import ACKNOWLEDGED, FAILED, SKIPPED, Outcome, SendJournal, file_identity
+from node.send_journal import FAILED, SKIPPED, Outcome, SendJournal, file_identity
 from node.tools.send_plan import FileEntry, Skipped
 from node.tools.send_results import FileResult
 
@@ -151,14 +151,12 @@ class JobRecorder:
         if self.journal is None:
             return
         key, size, mtime_ns = self._identity(entry.path)
-        outcome = Outcome(
-            path=key, size=size, mtime_ns=mtime_ns,
-            outcome=ACKNOWLEDGED if result.sent else FAILED, sop_class_uid=entry.sop_class_uid,
-            sop_instance_uid=entry.sop_instance_uid, status=result.status, reason=result.reason, bytes=result.bytes)
         if result.sent:
-            self.journal.record_now(outcome)
+            self.journal.record_ack(key, size, mtime_ns, entry.sop_class_uid, entry.sop_instance_uid, result.status, result.bytes)
         else:
-            self.journal.record(outcome)
+            self.journal.record(Outcome(
+                path=key, size=size, mtime_ns=mtime_ns, outcome=FAILED, sop_class_uid=entry.sop_class_uid,
+                sop_instance_uid=entry.sop_instance_uid, status=result.status, reason=result.reason, bytes=result.bytes))
 
     def skipped(self, items: Sequence[Skipped]) -> None:
         if self.journal is None:

@@ -244,7 +244,7 @@ journal = SendJournal(sys.argv[1])
 journal.start_run({})
 journal.record(Outcome(path="/a", size=10, mtime_ns=1, outcome=ACKNOWLEDGED, sop_instance_uid="1.2.1", bytes=10))
 journal.flush()
-journal.record_now(Outcome(path="/b", size=10, mtime_ns=1, outcome=ACKNOWLEDGED, sop_instance_uid="1.2.2", bytes=20))
+journal.record_ack("/b", 10, 1, "", "1.2.2", 0, 20)
 journal.acks.append(("/c", 10, 1, "", "1.2.3", ACKNOWLEDGED, 0, "", 30, 1, 1764633600.25))
 with open(sys.argv[1] + "-acks", "r+b") as log:  # the kill cut /c's record: its last bytes never stored
     log.seek(journal.acks.offset - 3)
@@ -254,7 +254,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 
 
 def test_acknowledgments_left_in_the_log_by_a_kill_are_read_and_kept(tmp_path: Path) -> None:
-    """``record_now`` stores into the mapped log at once; a journal killed before the main
+    """``record_ack`` stores into the mapped log at once; a journal killed before the main
     thread wrote them into ``files`` still resumes from them (a torn last record left out), and
     ``--report`` (read-only) counts them."""
     path = tmp_path / "j"
@@ -279,7 +279,7 @@ def test_acknowledgment_log_grows_past_its_first_mapping(tmp_path: Path) -> None
     journal.start_run({})
     count = ACKS_BYTES // 40
     for n in range(count):
-        journal.record_now(outcome(f"/data/{n:06d}.dcm", bytes=n))
+        journal.record_ack(f"/data/{n:06d}.dcm", 10, 1, "1.2.840.10008.5.1.4.1.1.7", f"1.2.{n}", 0, n)
     assert journal.acks is not None and journal.acks.offset > ACKS_BYTES
     assert os.path.getsize(str(tmp_path / "j") + ACKS_SUFFIX) > ACKS_BYTES
     rows = read_acks(str(tmp_path / "j") + ACKS_SUFFIX)
