@@ -73,7 +73,9 @@ _SCHEMA = (
         outcome TEXT NOT NULL, status INTEGER, reason TEXT NOT NULL DEFAULT '',
         bytes INTEGER NOT NULL DEFAULT 0, run INTEGER NOT NULL, at REAL NOT NULL,
         commit_state TEXT, commit_reason TEXT NOT NULL DEFAULT '')""",
-    "CREATE INDEX IF NOT EXISTS files_instance ON files (sop_instance_uid)",
+    # a journal of an earlier version had this index (commitment answers were matched by UID): every
+    # acknowledgment's insert touched a random page of it, one WAL page written per file (strace)
+    "DROP INDEX IF EXISTS files_instance",
 )
 _ACKS_TABLE = """CREATE TEMP TABLE acks (
     path TEXT NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, sop_class_uid TEXT NOT NULL,
@@ -279,20 +281,22 @@ class SendJournal:
 
     # ----- commitment ------------------------------------------------------------------------
 
-    def uncommitted(self, limit: int) -> list[tuple[str, str, str]]:
-        """Up to ``limit`` acknowledged, not yet committed files: (path, SOP class, SOP instance)."""
+    def uncommitted(self, after: int, limit: int) -> list[tuple[int, str, str, str]]:
+        """Up to ``limit`` acknowledged, not yet committed files past row ``after``, in the order
+        they were first recorded: (row, path, SOP class, SOP instance). The caller moves ``after``
+        on, so one commitment phase asks for each file once and holds nothing of the job."""
         rows = self.conn.execute(
-            "SELECT path, sop_class_uid, sop_instance_uid FROM files WHERE outcome = ? AND "
+            "SELECT rowid, path, sop_class_uid, sop_instance_uid FROM files WHERE rowid > ? AND outcome = ? AND "
             "(commit_state IS NULL OR commit_state != ?) ORDER BY rowid LIMIT ?",
-            (ACKNOWLEDGED, COMMITTED, limit))
-        return [(str(a), str(b), str(c)) for a, b, c in rows]
+            (after, ACKNOWLEDGED, COMMITTED, limit))
+        return [(int(n), str(a), str(b), str(c)) for n, a, b, c in rows]
 
     def record_commit(self, results: list[tuple[str, bool, str]]) -> None:
-        """(SOP Instance UID, committed, reason) for each instance a report named."""
+        """(path, committed, reason) for each file whose instance a report named."""
         with self._transaction():
             self.conn.executemany(
-                "UPDATE files SET commit_state = ?, commit_reason = ? WHERE sop_instance_uid = ? AND outcome = ?",
-                [(COMMITTED if ok else FAILED, reason, uid, ACKNOWLEDGED) for uid, ok, reason in results])
+                "UPDATE files SET commit_state = ?, commit_reason = ? WHERE path = ? AND outcome = ?",
+                [(COMMITTED if ok else FAILED, reason, path, ACKNOWLEDGED) for path, ok, reason in results])
 
     # ----- reading ---------------------------------------------------------------------------
 

@@ -393,27 +393,34 @@ def run_commitment(journal: SendJournal, peer: PeerOptions, *, batch: int, timeo
     outcome = CommitOutcome()
     listener = socket.create_server(("", commit_port)) if commit_port else None
     try:
-        asked: set[str] = set()
-        while True:
-            rows = [row for row in journal.uncommitted(batch + len(asked)) if row[2] not in asked][:batch]
-            if not rows:
-                return outcome
-            refs = [sc.Ref(cls, uid) for _path, cls, uid in rows]
-            asked.update(uid for _path, _cls, uid in rows)
+        after = 0
+        while rows := journal.uncommitted(after, batch):
+            after = rows[-1][0]
+            paths: dict[str, list[str]] = {}  # SOP Instance UID -> the files holding it (a copy sent twice)
+            refs = []
+            for _row, path, cls, uid in rows:
+                if uid not in paths:
+                    paths[uid] = []
+                    refs.append(sc.Ref(cls, uid))
+                paths[uid].append(path)
             outcome.requested += len(refs)
             pending = commit_batch(peer, refs, listener, timeout)
-            record(journal, pending, outcome, timeout)
+            record(journal, pending, paths, outcome, timeout)
+        return outcome
     finally:
         if listener is not None:
             listener.close()
 
 
-def record(journal: SendJournal, pending: _Pending, outcome: CommitOutcome, timeout: float) -> None:
-    """Each instance of a transaction: committed, failed with the reason, or not answered."""
+def record(journal: SendJournal, pending: _Pending, paths: dict[str, list[str]], outcome: CommitOutcome,
+           timeout: float) -> None:
+    """Each instance of a transaction, for each of its files: committed, failed with the
+    reason, or not answered."""
     if pending.report is None:
         outcome.unanswered += len(pending.refs)
         outcome.errors.append(f"no Storage Commitment report within {timeout:g} s for {len(pending.refs)} instance(s)")
-        journal.record_commit([(r.sop_instance_uid, False, f"no report within {timeout:g} s") for r in pending.refs])
+        journal.record_commit([(path, False, f"no report within {timeout:g} s")
+                               for ref in pending.refs for path in paths[ref.sop_instance_uid]])
         return
     report = pending.report
     committed = {r.sop_instance_uid for r in report.committed}
@@ -422,11 +429,12 @@ def record(journal: SendJournal, pending: _Pending, outcome: CommitOutcome, time
     for ref in pending.refs:
         uid = ref.sop_instance_uid
         if uid in committed and uid not in failed:
-            results.append((uid, True, ""))
+            ok, reason = True, ""
         elif uid in failed:
-            results.append((uid, False, f"0x{failed[uid]:04X} {sc.reason_text(failed[uid])}"))
+            ok, reason = False, f"0x{failed[uid]:04X} {sc.reason_text(failed[uid])}"
         else:
-            results.append((uid, False, "not in the report"))
-    outcome.committed += sum(ok for _uid, ok, _why in results)
-    outcome.failed += sum(not ok for _uid, ok, _why in results)
+            ok, reason = False, "not in the report"
+        outcome.committed += ok
+        outcome.failed += not ok
+        results += [(path, ok, reason) for path in paths[uid]]
     journal.record_commit(results)

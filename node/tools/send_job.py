@@ -30,16 +30,17 @@ def collect_files(paths: Sequence[str], recurse: bool) -> tuple[Iterator[str], l
     and sorted on its own, a subdirectory ordered as its name plus ``/`` (which is where its
     files fall in a sort of whole paths), and the named paths' streams merged.
     """
-    streams: list[Iterator[str]] = []
+    named: list[str] = []  # files named one by one: one sorted stream (not a stream each: heapq.merge over
+    streams: list[Iterator[str]] = []  # 5,000 one-file streams cost 4 ms)
     missing: list[str] = []
     for path in paths:
         if os.path.isfile(path):
-            streams.append(iter([path]))
+            named.append(path)
         elif os.path.isdir(path):
             streams.append(_walk(path, recurse))
         else:
             missing.append(path)
-    merged = heapq.merge(*streams)
+    merged = heapq.merge(iter(sorted(named)), *streams)
     return (path for path, _same in itertools.groupby(merged)), missing
 
 

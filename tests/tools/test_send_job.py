@@ -94,7 +94,10 @@ def test_journal_totals_span_runs(tmp_path: Path) -> None:
     journal.record(outcome("/b", bytes=50))
     journal.record(outcome("/c", kind="skipped", reason="not DICOM"))
     journal.end_run(0)
-    journal.record_commit([(journal.uncommitted(10)[0][2], True, "")])
+    first = journal.uncommitted(0, 10)
+    assert [path for _row, path, _cls, _uid in first] == ["/a", "/b"]
+    assert [path for _row, path, _cls, _uid in journal.uncommitted(first[0][0], 10)] == ["/b"]
+    journal.record_commit([("/a", True, "")])
     totals = journal.totals()
     assert (totals.runs, totals.acknowledged, totals.sent_last_run, totals.already_there) == (2, 2, 1, 1)
     assert totals.failed_by_status == {}
@@ -418,6 +421,28 @@ def test_commit_on_the_same_association_with_nodectl_serve(tmp_path: Path) -> No
         third = run_nodectl(*args)
         assert third.returncode == 0, third.stderr
         assert "commitment requested=1 committed=1" in third.stderr
+    finally:
+        node.stop()
+
+
+def test_commit_of_a_copy_sent_twice_marks_both_files(tmp_path: Path) -> None:
+    """Two files holding one instance (a copy) are both acknowledged; the instance is asked for
+    once a transaction and both files are committed, in one transaction and in batches of one."""
+    import shutil
+
+    make_files(tmp_path / "in", 2)
+    shutil.copy(tmp_path / "in" / "00000.dcm", tmp_path / "in" / "copy.dcm")
+    (tmp_path / "node").mkdir()
+    node = serve(tmp_path / "node", workers=1)
+    try:
+        for batch in ("100", "1"):
+            journal = tmp_path / f"job-{batch}.journal"
+            result = run_nodectl("send", "-v", "--progress", "plain", "--commit", "--commit-batch", batch,
+                                 "--commit-timeout", "30", "--journal", str(journal), "-aec", "NODE",
+                                 "--summary-json", str(tmp_path / "s.json"), "127.0.0.1", str(node.port), str(tmp_path / "in"))
+            assert result.returncode == 0, result.stderr + node.log()[-3000:]
+            job = job_summary(tmp_path / "s.json")["job"]
+            assert (job["acknowledged"], job["committed"], job["not_committed"]) == (3, 3, 0), batch
     finally:
         node.stop()
 
