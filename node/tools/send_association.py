@@ -21,8 +21,10 @@ import os
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TypeVar, Union
 
 from actors.tcp import quick_ack
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
@@ -38,6 +40,10 @@ STREAM_PIECE = 1 << 20  # bytes read from the file at a time when streaming (the
 MAX_RELEASE_READS = 64  # reads after our A-RELEASE-RQ before giving up on the RP
 
 Report = Callable[[FileResult], None]
+T = TypeVar("T")
+# what a step yields: an association whose socket it reads next, or seconds to sleep (a back-off)
+Wait = Union["SendAssociation", float]
+Steps = Generator[Wait, None, T]
 
 # A-ASSOCIATE-RJ wording (PS3.8 9.3.4), in pynetdicom's words where it has them
 _RESULTS = {1: "Rejected Permanent", 2: "Rejected Transient"}
@@ -161,6 +167,12 @@ class SendAssociation:
         """C-STORE ``files`` in order, up to ``window`` awaiting a response at once; report each
         outcome. Returns the files left without a response when the association was lost, the
         oldest one in flight first (an empty list when every file got its answer)."""
+        return drive(self.store_steps(files, report, worker))
+
+    def store_steps(self, files: Sequence[FileEntry], report: Report, worker: int) -> Steps[list[FileEntry]]:
+        """``send_files`` as steps: yields ``self`` before each read of responses, so that one
+        thread can drive several associations (``send_multiplex``) and resume this one when its
+        socket is readable; ``drive`` just reads (blocking, the DIMSE timeout on the socket)."""
         in_flight: dict[int, FileEntry] = {}
         position = 0
         while position < len(files) or in_flight:
@@ -180,7 +192,7 @@ class SendAssociation:
             if not in_flight:
                 continue
             try:
-                answers = self._responses()
+                answers = yield from self._responses()
             except Lost as exc:
                 self._lose(str(exc))
                 return [*in_flight.values(), *files[position:]]
@@ -236,10 +248,12 @@ class SendAssociation:
             if message_id not in in_flight:
                 return message_id
 
-    def _responses(self) -> list[ul.CStoreRSP]:
-        """Every C-STORE-RSP the next reads bring, at least one (waits up to the DIMSE timeout)."""
+    def _responses(self) -> Steps[list[ul.CStoreRSP]]:
+        """Every C-STORE-RSP the next reads bring, at least one (waits up to the DIMSE timeout
+        for each read; yields ``self`` before each)."""
         answers: list[ul.CStoreRSP] = []
         while not answers:
+            yield self
             for event in self._read(self.peer.dimse_timeout):
                 if isinstance(event, ul.Command) and isinstance(event.message, ul.CStoreRSP):
                     answers.append(event.message)
@@ -298,6 +312,19 @@ class SendAssociation:
             self.sock.close()
         except OSError:
             pass
+
+
+def drive(steps: Steps[T]) -> T:
+    """Run ``steps`` in this thread, blocking: a read waits on its socket (with its timeout),
+    a back-off sleeps."""
+    try:
+        wait = next(steps)
+        while True:
+            if not isinstance(wait, SendAssociation):
+                time.sleep(wait)
+            wait = next(steps)
+    except StopIteration as done:
+        return done.value
 
 
 def read_events(sock: socket.socket, engine: ul.Association, timeout: float,
