@@ -41,8 +41,18 @@ MAX_RELEASE_READS = 64  # reads after our A-RELEASE-RQ before giving up on the R
 
 Report = Callable[[FileResult], None]
 T = TypeVar("T")
-# what a step yields: an association whose socket it reads next, or seconds to sleep (a back-off)
-Wait = Union["SendAssociation", float]
+
+
+@dataclass(frozen=True, slots=True)
+class Readable:
+    """A step's wait for bytes on ``sock``, at most ``timeout`` seconds (0: no limit)."""
+
+    sock: socket.socket
+    timeout: float
+
+
+# what a step yields: the socket it reads next, or seconds to sleep (a back-off)
+Wait = Union[Readable, float]
 Steps = Generator[Wait, None, T]
 
 # A-ASSOCIATE-RJ wording (PS3.8 9.3.4), in pynetdicom's words where it has them
@@ -154,6 +164,7 @@ class SendAssociation:
         self.lost_because = ""  # why the association was lost, once it was
         self._next_id = 1
         self.pace = pacer(peer.files_per_s, peer.bytes_per_s)
+        self.readable = Readable(sock, peer.dimse_timeout)  # what its steps yield before reading responses
         if interrupt is not None:
             interrupt.watch(sock)
 
@@ -170,9 +181,9 @@ class SendAssociation:
         return drive(self.store_steps(files, report, worker))
 
     def store_steps(self, files: Sequence[FileEntry], report: Report, worker: int) -> Steps[list[FileEntry]]:
-        """``send_files`` as steps: yields ``self`` before each read of responses, so that one
-        thread can drive several associations (``send_multiplex``) and resume this one when its
-        socket is readable; ``drive`` just reads (blocking, the DIMSE timeout on the socket)."""
+        """``send_files`` as steps: yields ``self.readable`` before each read of responses, so
+        that one thread can drive several associations (``send_multiplex``) and resume this one
+        when its socket is readable; ``drive`` just reads (blocking, the DIMSE timeout on the socket)."""
         in_flight: dict[int, FileEntry] = {}
         position = 0
         while position < len(files) or in_flight:
@@ -250,10 +261,10 @@ class SendAssociation:
 
     def _responses(self) -> Steps[list[ul.CStoreRSP]]:
         """Every C-STORE-RSP the next reads bring, at least one (waits up to the DIMSE timeout
-        for each read; yields ``self`` before each)."""
+        for each read; yields ``self.readable`` before each)."""
         answers: list[ul.CStoreRSP] = []
         while not answers:
-            yield self
+            yield self.readable
             for event in self._read(self.peer.dimse_timeout):
                 if isinstance(event, ul.Command) and isinstance(event.message, ul.CStoreRSP):
                     answers.append(event.message)
@@ -276,11 +287,16 @@ class SendAssociation:
     def release(self) -> None:
         """A-RELEASE-RQ, then wait (ACSE timeout) for the A-RELEASE-RP, then close (also when
         ``Interrupted`` ends the wait)."""
+        drive(self.release_steps())
+
+    def release_steps(self) -> Steps[None]:
+        """``release`` as steps: the wait before each read is yielded."""
         try:
             if self.engine.established:
                 set_timeout(self.sock, self.peer.acse_timeout)
                 self._write(self.engine.send(ul.ReleaseRequest()))
                 for _ in range(MAX_RELEASE_READS):
+                    yield Readable(self.sock, self.peer.acse_timeout)
                     events = self._read(self.peer.acse_timeout)
                     if any(isinstance(e, (ul.ReleaseReply, ul.Abort, ul.ConnectionClosed)) for e in events):
                         break
@@ -320,7 +336,7 @@ def drive(steps: Steps[T]) -> T:
     try:
         wait = next(steps)
         while True:
-            if not isinstance(wait, SendAssociation):
+            if not isinstance(wait, Readable):
                 time.sleep(wait)
             wait = next(steps)
     except StopIteration as done:
@@ -404,8 +420,10 @@ def associate_request(peer: PeerOptions, contexts: Sequence[tuple[str, str]]) ->
 
 
 def connect(peer: PeerOptions, contexts: Sequence[tuple[str, str]], tls_context: ssl.SSLContext | None,
-            interrupt: Interrupt | None = None) -> SendAssociation | Refusal:
-    """Open the TCP (and TLS) connection and negotiate; the refusal says whether to retry."""
+            interrupt: Interrupt | None = None) -> Steps[SendAssociation | Refusal]:
+    """Open the TCP (and TLS) connection and negotiate; the refusal says whether to retry.
+    Steps: the wait for the A-ASSOCIATE answer is yielded (the TCP connection and the TLS
+    handshake are made blocking, within the network and ACSE timeouts)."""
     request = associate_request(peer, contexts)
     try:
         raw = socket.create_connection((peer.host, peer.port), timeout=peer.network_timeout or None)
@@ -419,7 +437,7 @@ def connect(peer: PeerOptions, contexts: Sequence[tuple[str, str]], tls_context:
             sock = tls_context.wrap_socket(raw, server_side=False)
         sock.settimeout(peer.acse_timeout or None)
         sock.sendall(engine.send(request))
-        answer = _answer(sock, engine, peer.acse_timeout)
+        answer = yield from _answer(sock, engine, peer.acse_timeout)
     except ssl.SSLError as exc:
         sock.close()
         return Refusal(f"association failed: TLS handshake failed or certificate refused ({exc.reason or exc})", retryable=True)
@@ -441,9 +459,11 @@ def connect(peer: PeerOptions, contexts: Sequence[tuple[str, str]], tls_context:
     return scu
 
 
-def _answer(sock: socket.socket, engine: ul.Association, timeout: float) -> ul.AssociateAccept | ul.AssociateReject | ul.Abort:
+def _answer(sock: socket.socket, engine: ul.Association,
+            timeout: float) -> Steps[ul.AssociateAccept | ul.AssociateReject | ul.Abort]:
     """The peer's answer to our A-ASSOCIATE-RQ, each read within the ACSE timeout."""
     while True:
+        yield Readable(sock, timeout)
         for event in read_events(sock, engine, timeout):
             if isinstance(event, (ul.AssociateAccept, ul.AssociateReject, ul.Abort)):
                 return event

@@ -54,7 +54,7 @@ def task_steps(task: Task, peer: PeerOptions, report: Report, worker: int, tls_c
     strikes: dict[int, int] = {}  # file index -> associations lost while it was in flight
     opened = 0
     while pending:
-        scu = connect(peer, task.contexts, tls_context, interrupt)
+        scu = yield from connect(peer, task.contexts, tls_context, interrupt)
         if isinstance(scu, Refusal):
             refused += 1
             if not scu.retryable or refused > peer.retry:
@@ -71,7 +71,7 @@ def task_steps(task: Task, peer: PeerOptions, report: Report, worker: int, tls_c
             scu.abort()        # closed: the peer hears an A-ABORT, not a release that would wait for the answer to
             raise              # a C-STORE maybe cut in half
         if scu.is_established:
-            scu.release()
+            yield from scu.release_steps()
         if pending:
             pending, delay = _after_loss(pending, strikes, peer, report, worker, scu.lost_because)
             if pending:
@@ -103,8 +103,14 @@ def run_tasks(worker: int, tasks: list[Task], peer: PeerOptions, report: Report,
               interrupt: Interrupt | None = None) -> WorkerFinished:
     """Every task of one worker in turn, in the thread that calls it; ``interrupt`` (worker
     threads) ends it with ``Interrupted`` after aborting the association."""
+    return drive(worker_steps(worker, tasks, peer, report, interrupt))
+
+
+def worker_steps(worker: int, tasks: list[Task], peer: PeerOptions, report: Report,
+                 interrupt: Interrupt | None = None) -> Steps[WorkerFinished]:
+    """``run_tasks`` as steps, for ``send_multiplex`` to drive several workers in one thread."""
     tls_context = client_context(peer.tls) if peer.tls is not None else None  # send.py checked it already
     opened = 0
     for task in tasks:
-        opened += run_task(task, peer, report, worker, tls_context, interrupt)
+        opened += yield from task_steps(task, peer, report, worker, tls_context, interrupt)
     return WorkerFinished(worker=worker, associations=opened)
