@@ -79,8 +79,8 @@ class Scan:
 
 
 _REQUIRED_META = ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID")
-_META_TAGS = {0x00020002: "MediaStorageSOPClassUID", 0x00020003: "MediaStorageSOPInstanceUID",
-              0x00020010: "TransferSyntaxUID"}
+_META_ELEMENTS = {0x0002: "MediaStorageSOPClassUID", 0x0003: "MediaStorageSOPInstanceUID",
+                  0x0010: "TransferSyntaxUID"}  # of group 0002
 _DATASET_TAGS = {0x00080016: 0, 0x00080018: 1}  # SOP Class UID, SOP Instance UID
 _HEAD_BYTES = 8192  # what the fast scan reads; a file whose meta and first elements need more goes to pydicom
 KEEP_BYTES = 32 << 20  # small files' datasets kept from the scan, at most, per scanned chunk of the file list
@@ -169,15 +169,21 @@ def _fast_head(head: bytes) -> tuple[dict[str, str], int, tuple[str, str]]:
     are read in Implicit or Explicit VR Little Endian up to (0008,0018).
     """
     meta: dict[str, str] = {}
-    pos = 132
-    while pos + 8 <= len(head):
+    pos, end = 132, len(head)
+    while pos + 8 <= end:  # _explicit_value inlined: ~9 elements a file, 5,000 files before the first C-STORE
         group, element, vr, length = _EXPLICIT.unpack_from(head, pos)
         if group != 0x0002:
             break
-        pos, value = _explicit_value(head, pos, vr, length)
-        name = _META_TAGS.get(0x00020000 | element)
+        start = pos + 8
+        if vr in _LONG_VRS:
+            (length,) = _U32.unpack_from(head, start)
+            start += 4
+        pos = start + length
+        if length == 0xFFFFFFFF or pos > end:
+            raise _Unusual("undefined length or value past the head")
+        name = _META_ELEMENTS.get(element)
         if name:
-            meta[name] = _text(value)
+            meta[name] = head[start:pos].decode("ascii").rstrip("\0 ")
     else:
         raise _Unusual("file meta runs past the head")
     syntax = meta.get("TransferSyntaxUID", "")
