@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
@@ -38,6 +39,7 @@ RECV_BYTES = 1 << 16
 STREAM_ABOVE = 1 << 20  # a dataset up to this size is read whole; a larger one in pieces
 STREAM_PIECE = 1 << 20  # bytes read from the file at a time when streaming (then framed by the engine)
 MAX_RELEASE_READS = 64  # reads after our A-RELEASE-RQ before giving up on the RP
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds (Linux)
 
 Report = Callable[[FileResult], None]
 T = TypeVar("T")
@@ -165,6 +167,10 @@ class SendAssociation:
         self._next_id = 1
         self.pace = pacer(peer.files_per_s, peer.bytes_per_s)
         self.readable = Readable(sock, peer.dimse_timeout)  # what its steps yield before reading responses
+        self.kernel_timeouts = not isinstance(sock, ssl.SSLSocket)
+        self._recv_timeout = peer.dimse_timeout
+        if self.kernel_timeouts:
+            kernel_timeouts(sock, peer.network_timeout, peer.dimse_timeout)
         if interrupt is not None:
             interrupt.watch(sock)
 
@@ -232,7 +238,6 @@ class SendAssociation:
             if entry.size <= STREAM_ABOVE:
                 self._send_whole(command, os.pread(fd, entry.size, entry.offset), entry.path)
             else:
-                set_timeout(self.sock, self.peer.network_timeout)
                 self._write(self.engine.send(command))
                 for piece, last in _pieces(fd, entry.offset):
                     self._write(self.engine.send(ul.DatasetFragment(context_id=context_id, data=piece, last=last)))
@@ -245,7 +250,6 @@ class SendAssociation:
     def _send_whole(self, command: ul.Command, data: bytes, path: str) -> None:
         """The command and its whole dataset in one write."""
         try:
-            set_timeout(self.sock, self.peer.network_timeout)
             self._write(self.engine.send(command) + self.engine.send(
                 ul.DatasetFragment(context_id=command.context_id, data=data, last=True)))
         except OSError as exc:
@@ -277,10 +281,20 @@ class SendAssociation:
     # ----- socket -------------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
+        """Write all of ``data`` within the network timeout (the kernel's, or set here)."""
+        if not self.kernel_timeouts:
+            set_timeout(self.sock, self.peer.network_timeout)
         self.sock.sendall(data)
 
     def _read(self, timeout: float) -> list[ul.Event]:
-        return read_events(self.sock, self.engine, timeout, self.interrupt)
+        """The events of one read within ``timeout``; the kernel's receive timeout is set
+        only when it changes (the DIMSE timeout for responses, the ACSE one at release)."""
+        if not self.kernel_timeouts:
+            return read_events(self.sock, self.engine, timeout, self.interrupt)
+        if timeout != self._recv_timeout:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
+            self._recv_timeout = timeout
+        return read_events(self.sock, self.engine, timeout, self.interrupt, kernel=True)
 
     # ----- ending -------------------------------------------------------------------------------
 
@@ -293,7 +307,6 @@ class SendAssociation:
         """``release`` as steps: the wait before each read is yielded."""
         try:
             if self.engine.established:
-                set_timeout(self.sock, self.peer.acse_timeout)
                 self._write(self.engine.send(ul.ReleaseRequest()))
                 for _ in range(MAX_RELEASE_READS):
                     yield Readable(self.sock, self.peer.acse_timeout)
@@ -344,14 +357,17 @@ def drive(steps: Steps[T]) -> T:
 
 
 def read_events(sock: socket.socket, engine: ul.Association, timeout: float,
-                interrupt: Interrupt | None = None) -> list[ul.Event]:
+                interrupt: Interrupt | None = None, *, kernel: bool = False) -> list[ul.Event]:
     """The events one read makes; a timeout, a reset or a protocol violation loses the association
     (after a violation the engine's A-ABORT is sent first). A read ended by ``interrupt`` raises
-    ``Interrupted`` before the engine hears of it, so the association is still up to abort."""
-    set_timeout(sock, timeout)
+    ``Interrupted`` before the engine hears of it, so the association is still up to abort.
+    ``kernel``: the socket is blocking and the kernel keeps ``timeout`` (``SO_RCVTIMEO``:
+    its expiry is EAGAIN, ``BlockingIOError``); else it is set here as the socket's timeout."""
+    if not kernel:
+        set_timeout(sock, timeout)
     try:
         data = sock.recv(RECV_BYTES)
-    except TimeoutError:
+    except (TimeoutError, BlockingIOError):
         raise Lost(f"no answer within {timeout:g} s") from None
     except ConnectionResetError:
         data = b""
@@ -376,6 +392,22 @@ def set_timeout(sock: socket.socket, seconds: float) -> None:
     value = seconds or None
     if sock.gettimeout() != value:
         sock.settimeout(value)
+
+
+def kernel_timeouts(sock: socket.socket, send_seconds: float, receive_seconds: float) -> None:
+    """Make ``sock`` blocking with its timeouts kept by the kernel (``SO_SNDTIMEO``,
+    ``SO_RCVTIMEO``; 0: none). Why: a Python socket timeout costs a ``poll`` before every
+    ``send`` and ``recv``, two syscalls a C-STORE (strace -c: 2 polls a file; measured in
+    docs/benchmarks.md). Not for an SSL socket: OpenSSL would meet EAGAIN inside a record."""
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(send_seconds))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(receive_seconds))
+
+
+def _timeval(seconds: float) -> bytes:
+    """A ``struct timeval`` (0: no timeout)."""
+    whole = int(seconds)
+    return _TIMEVAL.pack(whole, int((seconds - whole) * 1e6))
 
 
 def send_quietly(sock: socket.socket, data: bytes) -> None:

@@ -15,12 +15,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 
 from node import ul
 from node.tools.send_association import PeerOptions
 from node.tools.send_multiplex import can_multiplex, run_lanes
 from node.tools.send_plan import plan, scan, tasks_for_worker
 from node.tools.send_results import FileResult
+from node.tools.send_worker import run_tasks
 from node.tools.tls_options import ClientTls
 from tests.node.ul.blocking import AcceptEverything
 from tests.tools.test_send import make_files
@@ -49,32 +51,37 @@ def _silent_peer(listener: socket.socket, stored: threading.Semaphore) -> None:
                     stored.release()
 
 
-def test_a_silent_peer_is_lost_at_the_dimse_timeout_on_every_lane(tmp_path: Path) -> None:
-    """Two workers wait on sockets that never become readable: each is given up at its DIMSE
-    timeout (the selector's deadline, no read blocks), its files failed as lost."""
-    make_files(tmp_path / "in", 4)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_silent_peer_is_lost_at_the_dimse_timeout(tmp_path: Path, workers: int) -> None:
+    """Workers whose sockets never become readable: each association is given up at the DIMSE
+    timeout, its files failed as lost. Two workers: the multiplexer's deadlines (no read
+    blocks); one: drive()'s blocking read, the timeout kept by the kernel (SO_RCVTIMEO)."""
+    make_files(tmp_path / "in", 2 * workers)
     found = scan(sorted(str(p) for p in (tmp_path / "in").iterdir()))
-    tasks = plan(found.entries, 2)
+    tasks = plan(found.entries, workers)
     listener = socket.create_server(("127.0.0.1", 0))
     stored = threading.Semaphore(0)
-    peers = [threading.Thread(target=_silent_peer, args=(listener, stored), daemon=True) for _ in range(2)]
+    peers = [threading.Thread(target=_silent_peer, args=(listener, stored), daemon=True) for _ in range(workers)]
     for peer in peers:
         peer.start()
     results: list[FileResult] = []
     options = PeerOptions(host="127.0.0.1", port=listener.getsockname()[1], dimse_timeout=0.5, acse_timeout=0.4)
     started = time.monotonic()
     try:
-        finished = run_lanes({w: tasks_for_worker(tasks, w) for w in range(2)}, options, results.append)
+        if workers == 1:
+            finished = [run_tasks(0, tasks, options, results.append)]
+        else:
+            finished = run_lanes({w: tasks_for_worker(tasks, w) for w in range(workers)}, options, results.append)
     finally:
         listener.close()
         for peer in peers:
             peer.join(timeout=30)
     assert time.monotonic() - started < 10
-    assert sorted(f.worker for f in finished) == [0, 1] and all(f.associations == 1 for f in finished)
-    assert sorted(r.index for r in results) == [0, 1, 2, 3]
+    assert sorted(f.worker for f in finished) == list(range(workers)) and all(f.associations == 1 for f in finished)
+    assert sorted(r.index for r in results) == list(range(2 * workers))
     assert all(not r.sent and r.network for r in results)
-    # the file in flight on each lane; then the next association (the listener's backlog takes
-    # it, nobody answers) refused at the ACSE timeout, with the lane's other file
+    # the file in flight on each association; then the next association (the listener's backlog
+    # takes it, nobody answers) refused at the ACSE timeout, with the worker's other file
     lost = [r for r in results if "association lost while sending (no answer within 0.5 s)" in r.reason]
     refused = [r for r in results if "association request failed (no answer within 0.4 s)" in r.reason]
-    assert len(lost) == 2 and len(refused) == 2, results
+    assert len(lost) == workers and len(refused) == workers, results
