@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import ssl
 import struct
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar, Union
+from typing import TYPE_CHECKING, TypeVar, Union
 
 from actors.tcp import quick_ack
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
@@ -33,6 +32,9 @@ from node.rate_limit import pacer
 from node.tools.send_plan import FileEntry
 from node.tools.send_results import FileResult, store_result
 from node.tools.tls_options import ClientTls
+
+if TYPE_CHECKING:  # ssl itself only where TLS is asked for: ~5 ms of start-up (importtime) a plain job never needs
+    import ssl
 
 LOGGER = logging.getLogger("node.tools.send")
 RECV_BYTES = 1 << 16
@@ -155,7 +157,7 @@ class SendAssociation:
     """One established association of a send worker."""
 
     def __init__(self, sock: socket.socket, engine: ul.Association, peer: PeerOptions,
-                 interrupt: Interrupt | None = None) -> None:
+                 interrupt: Interrupt | None = None, *, tls: bool = False) -> None:
         self.sock = sock
         self.interrupt = interrupt
         self.engine = engine
@@ -167,7 +169,7 @@ class SendAssociation:
         self._next_id = 1
         self.pace = pacer(peer.files_per_s, peer.bytes_per_s)
         self.readable = Readable(sock, peer.dimse_timeout)  # what its steps yield before reading responses
-        self.kernel_timeouts = not isinstance(sock, ssl.SSLSocket)
+        self.kernel_timeouts = not tls  # a TLS socket keeps Python's timeouts (kernel_timeouts)
         self._recv_timeout = peer.dimse_timeout
         if self.kernel_timeouts:
             kernel_timeouts(sock, peer.network_timeout, peer.dimse_timeout)
@@ -470,11 +472,12 @@ def connect(peer: PeerOptions, contexts: Sequence[tuple[str, str]], tls_context:
         sock.settimeout(peer.acse_timeout or None)
         sock.sendall(engine.send(request))
         answer = yield from _answer(sock, engine, peer.acse_timeout)
-    except ssl.SSLError as exc:
-        sock.close()
-        return Refusal(f"association failed: TLS handshake failed or certificate refused ({exc.reason or exc})", retryable=True)
     except (OSError, Lost) as exc:
         sock.close()
+        if tls_context is not None and _tls_failure(exc):
+            return Refusal(f"association failed: TLS handshake failed or certificate refused "
+                           f"({getattr(exc, 'reason', None) or exc})",
+                           retryable=True)
         return Refusal(f"association request failed ({exc})", retryable=True)
     if isinstance(answer, ul.AssociateReject):
         sock.close()
@@ -482,13 +485,21 @@ def connect(peer: PeerOptions, contexts: Sequence[tuple[str, str]], tls_context:
     if isinstance(answer, ul.Abort):
         sock.close()
         return Refusal("association aborted", retryable=True)
-    scu = SendAssociation(sock, engine, peer, interrupt)
+    scu = SendAssociation(sock, engine, peer, interrupt, tls=tls_context is not None)
     LOGGER.info("association accepted by %s:%d: %d of %d context(s), peer max PDU %d, %d C-STORE(s) in flight",
                 peer.host, peer.port, len(scu.by_syntax), len(request.contexts), engine.peer_max_pdu, scu.window)
     if not scu.by_syntax:
         scu.release()
         return Refusal("no accepted presentation context", retryable=False, network=False)
     return scu
+
+
+def _tls_failure(exc: Exception) -> bool:
+    """Whether ``exc`` is the TLS layer's (``ssl.SSLError``); asked only with a TLS context,
+    so ssl is imported by then (``tls_options.client_context``)."""
+    import ssl
+
+    return isinstance(exc, ssl.SSLError)
 
 
 def _answer(sock: socket.socket, engine: ul.Association,

@@ -457,12 +457,13 @@ def test_the_send_modules_import_one_way() -> None:
 
 def test_a_plain_job_imports_only_what_it_uses() -> None:
     """Start-up counts in a scripted job's time (issue 13 item 6): pydicom (~0.1 s of CPU, only
-    for --commit or a file the quick scan cannot read), node.config (~30 ms, TLS for serve) and
-    storescu's requestor shell (~12 ms) are not imported by a job that does not need them."""
+    for --commit or a file the quick scan cannot read), node.config (~30 ms, TLS for serve),
+    storescu's requestor shell (~12 ms) and ssl (~5 ms, --tls-*) are not imported by a job that
+    does not need them."""
     import subprocess
     import sys
 
-    unwanted = ("pydicom", "node.config", "node.tools.storescu", "actors.ul_requestor")
+    unwanted = ("pydicom", "node.config", "node.tools.storescu", "actors.ul_requestor", "ssl")
     code = ("import sys, node.cli, node.tools.send; "
             f"print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydicom' or m in {unwanted!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
