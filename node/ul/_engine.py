@@ -433,7 +433,7 @@ class Association:
             raise LocalProtocolError(f"the A-ASSOCIATE-AC answers contexts {answered}, proposed were {sorted(proposed)}")
 
     def _send_data(self, event: Command | DatasetFragment) -> bytes:
-        if (Evt.EVT9, self.state) not in TRANSITIONS:
+        if self.state is not State.STA6 and (Evt.EVT9, self.state) not in TRANSITIONS:  # Sta6: the common case
             raise LocalProtocolError(f"cannot send P-DATA in {self.state.name} ({self.state.value})")
         if event.context_id not in self.contexts:
             raise LocalProtocolError(f"presentation context {event.context_id} was not accepted")
@@ -442,13 +442,13 @@ class Association:
                 raise LocalProtocolError("a dataset fragment without a command announcing one on its context")
             if event.last:
                 self._tx_dataset_context = None
-            return b"".join(_pdu.fragment(event.context_id, False, event.data, self._send_limit(), event.last))
+            return _pdu.p_data(event.context_id, False, event.data, self._send_limit(), event.last)
         if self._tx_dataset_context is not None:
             raise LocalProtocolError("the previous command's dataset is not finished")
         self._count_sent(event.message)
         if event.message.has_dataset:
             self._tx_dataset_context = event.context_id
-        return b"".join(_pdu.fragment(event.context_id, True, encode_command(event.message), self._send_limit()))
+        return _pdu.p_data(event.context_id, True, encode_command(event.message), self._send_limit())
 
     def _send_limit(self) -> int:
         """The P-DATA size we send: the peer's maximum, lowered to our cap (0: no limit)."""

@@ -157,6 +157,14 @@ def encode_p_data(context_id: int, is_command: bool, data: bytes | memoryview, i
     return HEADER.pack(P_DATA_TF, len(data) + 6) + PDV_HEADER.pack(len(data) + 2, context_id, control) + data
 
 
+def p_data(context_id: int, is_command: bool, data: bytes, max_pdu: int, last: bool = True) -> bytes:
+    """``fragment``'s PDUs as one byte string; the common case, data that fits one PDU, without
+    the generator (every C-STORE of a small file sends two: its command and its dataset)."""
+    if data and (not max_pdu or len(data) <= max_pdu - 6):
+        return encode_p_data(context_id, is_command, data, last)
+    return b"".join(fragment(context_id, is_command, data, max_pdu, last))
+
+
 def fragment(context_id: int, is_command: bool, data: bytes, max_pdu: int, last: bool = True) -> Iterator[bytes]:
     """P-DATA-TF PDUs carrying ``data`` in PDVs that fit the peer's maximum length.
 
