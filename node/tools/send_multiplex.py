@@ -77,11 +77,20 @@ def run_lanes(work: dict[int, list[Task]], peer: PeerOptions, report: Report) ->
                     _resume(lane, selector, finished, _timeout(lane))
     except BaseException:
         for lane in lanes:
-            lane.steps.close()  # GeneratorExit in its step: task_steps aborts its association
+            _close(lane)
         raise
     finally:
         selector.close()
     return finished
+
+
+def _close(lane: Lane) -> None:
+    """End a lane's steps where they wait (GeneratorExit there: task_steps aborts its association);
+    a failure to do so is logged, so that every other lane is still closed."""
+    try:
+        lane.steps.close()
+    except Exception:  # noqa: BLE001 - the exception being raised out of run_lanes matters more
+        LOGGER.exception(f"worker {lane.worker} did not end cleanly")
 
 
 def _timeout(lane: Lane) -> Lost | None:
