@@ -326,17 +326,11 @@ class Association:
     def _on_command_fragment(self, pdv: _pdu.PDV) -> None:
         if self._rx_dataset_context is not None:
             self._dimse_violation("a command fragment arrived while a dataset was expected")
-        if self._rx_command is None:
-            self._rx_command, self._rx_command_context = bytearray(), pdv.context_id
-        elif pdv.context_id != self._rx_command_context:
-            self._dimse_violation("a command's fragments changed presentation context")
-        self._rx_command += pdv.data
-        if len(self._rx_command) > _MAX_COMMAND_SET:
-            self._dimse_violation("command set longer than 64 KiB")
-        if not pdv.is_last:
+        command = self._command_set(pdv)
+        if command is None:
             return
         try:
-            message = decode_command(bytes(self._rx_command))
+            message = decode_command(command)
         except ProtocolViolation as exc:
             self._violation(Evt.EVT19, exc)
         self._rx_command = None
@@ -344,6 +338,23 @@ class Association:
         if message.has_dataset:
             self._rx_dataset_context = pdv.context_id
         self._pending.append(Command(context_id=pdv.context_id, message=message))
+
+    def _command_set(self, pdv: _pdu.PDV) -> bytes | None:
+        """The whole command set once ``pdv`` ends it, else None (more fragments to come). A
+        command set in one PDV, as most come, is taken as it is: no buffer, no copy."""
+        command: bytes | bytearray
+        if self._rx_command is None and pdv.is_last:
+            command = pdv.data
+        else:
+            if self._rx_command is None:
+                self._rx_command, self._rx_command_context = bytearray(), pdv.context_id
+            elif pdv.context_id != self._rx_command_context:
+                self._dimse_violation("a command's fragments changed presentation context")
+            self._rx_command += pdv.data
+            command = self._rx_command
+        if len(command) > _MAX_COMMAND_SET:
+            self._dimse_violation("command set longer than 64 KiB")
+        return bytes(command) if pdv.is_last else None
 
     def _on_dataset_fragment(self, pdv: _pdu.PDV) -> None:
         if self._rx_dataset_context is None:
