@@ -8,8 +8,8 @@ CLI form::
 Compared with ``nodectl storescu`` (which keeps pynetdicom's exit 0 whatever happens):
 
 - ``-j N`` associations are driven by the main thread at once (``send_multiplex.py``), or
-  with TLS or pacing by N threads of this process (``send_worker.py``): no interpreter to
-  start per worker; ``-j 1`` runs in the main thread;
+  with TLS, pacing or datasets over 16 KiB by N threads of this process (``send_worker.py``):
+  no interpreter to start per worker; ``-j 1`` runs in the main thread;
 - each file's preamble and file meta are read to plan (``send_plan.py``); datasets are
   streamed from their files onto the core's association engine (``send_association.py``),
   never decoded, so memory stays flat;
@@ -297,7 +297,7 @@ def check_request(peer: PeerOptions) -> None:
 def start_threads(tasks: list[Task], workers: int, peer: PeerOptions, results: queue.SimpleQueue,
                   stop: Interrupt, recorder: JobRecorder) -> list[threading.Thread]:
     """One thread per worker with tasks, each putting its results and last word on ``results``
-    (for what one thread cannot multiplex: TLS, pacing; ``send_multiplex.can_multiplex``).
+    (for what one thread should not multiplex: TLS, pacing, large datasets; ``send_multiplex.can_multiplex``).
 
     Threads, not processes: measured here (2 cores, 5,000 x 5 KiB into storescp --fork), four
     threads took less CPU and less time than four forked workers; the socket calls release
@@ -543,7 +543,7 @@ def send_pass(args: argparse.Namespace, entries: Sequence[FileEntry], collector:
         if workers == 1:  # no thread at all: the main thread is the worker
             collector(run_tasks(0, tasks, peer, collector))
             return False
-        if can_multiplex(peer):  # one thread, one selector, every association (send_multiplex.py)
+        if can_multiplex(peer, entries):  # one thread, one selector, every association (send_multiplex.py)
             work = {worker: tasks_for_worker(tasks, worker) for worker in range(workers)}
             for finished in run_lanes(work, peer, collector):
                 collector(finished)

@@ -16,9 +16,13 @@ readable socket does not wait in its read, and a C-STORE's write blocks only whi
 kernel's send buffer is full, which the peer empties. The TCP connect is a blocking wait
 (within the network timeout).
 
-Not for TLS (an SSL socket can hold decrypted bytes that no selector sees) or ``--rate`` /
-``--max-mbps`` (a worker's pacer sleeps in the thread that calls it): those run in worker
-threads (``send.start_threads``).
+Not for TLS (an SSL socket can hold decrypted bytes that no selector sees), ``--rate`` /
+``--max-mbps`` (a worker's pacer sleeps in the thread that calls it) or datasets over
+``MAX_DATASET``: those run in worker threads (``send.start_threads``). A small C-STORE is
+written at once into the socket's send buffer (16 KiB to start with on Linux, tcp_wmem); a
+large one's write waits while the peer reads, and in the one thread that wait would hold up
+every other association (all of them, for up to the network timeout, behind a peer that stops
+reading), where a worker thread holds up only its own.
 """
 
 from __future__ import annotations
@@ -28,22 +32,26 @@ import math
 import selectors
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from node.tools.send_association import Lost, PeerOptions, Readable, Steps, Wait
-from node.tools.send_plan import Task
+from node.tools.send_plan import FileEntry, Task
 from node.tools.send_results import FileResult, WorkerFinished
 from node.tools.send_worker import worker_steps
 
 LOGGER = logging.getLogger("node.tools.send")
+MAX_DATASET = 16 << 10  # bytes: larger datasets are sent by worker threads (module docstring)
 
 Report = Callable[[FileResult], None]
 
 
-def can_multiplex(peer: PeerOptions) -> bool:
-    """Whether one thread can drive the associations: no TLS, no pacing (module docstring)."""
-    return peer.tls is None and not peer.files_per_s and not peer.bytes_per_s
+def can_multiplex(peer: PeerOptions, entries: Iterable[FileEntry]) -> bool:
+    """Whether one thread can drive the associations for ``entries``: no TLS, no pacing, no
+    dataset over ``MAX_DATASET`` (module docstring)."""
+    if peer.tls is not None or peer.files_per_s or peer.bytes_per_s:
+        return False
+    return all(entry.size <= MAX_DATASET for entry in entries)
 
 
 @dataclass(slots=True)

@@ -19,8 +19,8 @@ import pytest
 
 from node import ul
 from node.tools.send_association import PeerOptions
-from node.tools.send_multiplex import can_multiplex, run_lanes
-from node.tools.send_plan import plan, scan, tasks_for_worker
+from node.tools.send_multiplex import MAX_DATASET, can_multiplex, run_lanes
+from node.tools.send_plan import FileEntry, plan, scan, tasks_for_worker
 from node.tools.send_results import FileResult
 from node.tools.send_worker import run_tasks
 from node.tools.tls_options import ClientTls
@@ -28,12 +28,18 @@ from tests.node.ul.blocking import AcceptEverything
 from tests.tools.test_send import make_files
 
 
-def test_plain_tcp_without_pacing_is_multiplexed_tls_and_pacing_are_not() -> None:
-    plain = PeerOptions(host="127.0.0.1", port=104)
-    assert can_multiplex(plain)
-    assert not can_multiplex(PeerOptions(host="127.0.0.1", port=104, tls=ClientTls(ca="ca.pem")))
-    assert not can_multiplex(PeerOptions(host="127.0.0.1", port=104, files_per_s=10.0))
-    assert not can_multiplex(PeerOptions(host="127.0.0.1", port=104, bytes_per_s=1e6))
+def _entry(size: int) -> FileEntry:
+    return FileEntry(index=0, path="x.dcm", sop_class_uid="1.2", sop_instance_uid="1.2.3",
+                     transfer_syntax_uid="1.2.840.10008.1.2.1", offset=132, size=size)
+
+
+def test_small_files_over_plain_tcp_without_pacing_are_multiplexed_the_rest_are_not() -> None:
+    plain, small = PeerOptions(host="127.0.0.1", port=104), [_entry(5120), _entry(MAX_DATASET)]
+    assert can_multiplex(plain, small)
+    assert not can_multiplex(plain, [*small, _entry(MAX_DATASET + 1)])
+    assert not can_multiplex(PeerOptions(host="127.0.0.1", port=104, tls=ClientTls(ca="ca.pem")), small)
+    assert not can_multiplex(PeerOptions(host="127.0.0.1", port=104, files_per_s=10.0), small)
+    assert not can_multiplex(PeerOptions(host="127.0.0.1", port=104, bytes_per_s=1e6), small)
 
 
 def _silent_peer(listener: socket.socket, stored: threading.Semaphore) -> None:
