@@ -22,7 +22,8 @@ Not for TLS (an SSL socket can hold decrypted bytes that no selector sees), ``--
 written at once into the socket's send buffer (16 KiB to start with on Linux, tcp_wmem); a
 large one's write waits while the peer reads, and in the one thread that wait would hold up
 every other association (all of them, for up to the network timeout, behind a peer that stops
-reading), where a worker thread holds up only its own.
+reading), where a worker thread holds up only its own. (With ``--async N`` up to N small
+C-STOREs can await their peer at once; a peer that grants a window reads on while it works.)
 """
 
 from __future__ import annotations
