@@ -93,6 +93,9 @@ def parser() -> argparse.ArgumentParser:
     send.add_argument("--scratch", metavar="DIR", help="where storescp writes (default: the system temp directory; /dev/shm for the sender alone)")
     send.add_argument("--dcmtk-defaults", action="store_true",
                       help="DCMTK's processes without TCP_NODELAY=1 (Nagle on, as DCMTK runs unless told): what a site's storescp does")
+    send.add_argument("--from-source", action="store_true",
+                      help="leave node/ and actors/ uncompiled: with PYTHONDONTWRITEBYTECODE set, every sender then "
+                           "compiles its modules at start, which no installed nodectl does (default: compiled first)")
     send.add_argument("--json", metavar="FILE", help="write every sample and the summary as JSON")
     sendjob = sub.add_parser("sendjob", help="issue 15's targets for nodectl send jobs: journal overhead, --commit cost, "
                                               "kill -9 and resume")

@@ -8,7 +8,8 @@ directory. A sample's time runs from starting the sender to its exit, interprete
 included (that is what a scripted job pays), and counts only when the sender exited 0 and the
 receiver holds every file; the receiver's directory is removed after each sample
 (``--scratch /dev/shm`` keeps a slow disk out of the figures). The sender's CPU (its own and
-its workers', from ``getrusage``) is recorded too. Every DCMTK process gets ``TCP_NODELAY=1``
+its workers', from ``getrusage``) is recorded too. The node's modules are compiled to bytecode
+first, as an installed nodectl has them (``compile_bytecode``; ``--from-source`` leaves them). Every DCMTK process gets ``TCP_NODELAY=1``
 (see ``peers.py``) unless ``--dcmtk-defaults``: then storescp and storescu run with Nagle on, as
 DCMTK does at a site unless told; nodectl always sets ``TCP_NODELAY`` on its own sockets. The load average is recorded with every sample: on a shared machine
 the figures are only comparable within one run.
@@ -16,6 +17,7 @@ the figures are only comparable within one run.
 
 from __future__ import annotations
 
+import compileall
 import json
 import os
 import resource
@@ -143,12 +145,27 @@ def print_table(summary: dict, files: int) -> None:
               f"  load1 {row['load1']}{verdict}")
 
 
+def compile_bytecode(trees: list[Path]) -> None:
+    """Compile node/ and actors/ of every tree that senders run from, as ``pip install`` does for
+    an installed nodectl. Why: this machine's environment sets PYTHONDONTWRITEBYTECODE=1, under
+    which each sender compiled its ~40 modules from source at every start (import CPU 70 -> 50
+    ms, ``time`` of ``import node.cli, node.tools.send``), a cost no installed copy pays and
+    DCMTK's storescu has no counterpart of. The work tree and the baseline alike."""
+    for tree in trees:
+        for package in ("node", "actors"):
+            if (tree / package).is_dir():
+                compileall.compile_dir(str(tree / package), quiet=1)
+
+
 def main(opts) -> int:
     """Rounds of every sender in turn; print and optionally save medians, spread, load."""
     fileset = corpus.ensure("sc", opts.files)
     senders = ["dcmtk-1", "send-1", "send-4", *opts.extra]
     if opts.baseline:
         senders += ["base-send-1", "base-send-4"]
+    if not opts.from_source:
+        compile_bytecode([Path(opts.node_source) if opts.node_source else Path(__file__).resolve().parents[1],
+                          *([Path(opts.baseline)] if opts.baseline else [])])
     env = peers.base_env(not opts.dcmtk_defaults, Path(opts.node_source) if opts.node_source else None)
     samples: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-send-", dir=opts.scratch) as scratch:
@@ -165,6 +182,7 @@ def main(opts) -> int:
     print_table(summary, fileset.count)
     if opts.json:
         Path(opts.json).write_text(json.dumps({"files": fileset.count, "digest": corpus.digest(fileset),
+                                               "bytecode": "source" if opts.from_source else "compiled",
                                                "node_source": opts.node_source, "baseline": opts.baseline, "versions": peers.versions(),
                                                "cpus": os.cpu_count(), "summary": summary, "samples": samples},
                                               indent=2))

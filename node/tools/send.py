@@ -7,8 +7,9 @@ CLI form::
 
 Compared with ``nodectl storescu`` (which keeps pynetdicom's exit 0 whatever happens):
 
-- ``-j N`` associations run in N threads of this process (``send_worker.py``): no
-  interpreter to start per worker; ``-j 1`` runs in the main thread;
+- ``-j N`` associations are driven by the main thread at once (``send_multiplex.py``), or
+  with TLS, pacing or datasets over 16 KiB by N threads of this process (``send_worker.py``):
+  no interpreter to start per worker; ``-j 1`` runs in the main thread;
 - each file's preamble and file meta are read to plan (``send_plan.py``); datasets are
   streamed from their files onto the core's association engine (``send_association.py``),
   never decoded, so memory stays flat;
@@ -59,6 +60,7 @@ from node.send_journal import JobTotals, JournalError, SendJournal
 from node.tools.send_association import Interrupt, Interrupted, Lost, PeerOptions, associate_request
 from node.tools.send_job import JobRecorder, chunks, is_transient, resume
 from node.tools.send_job import collect_files as stream_files
+from node.tools.send_multiplex import can_multiplex, run_lanes
 from node.tools.send_plan import FileEntry, Scan, Task, plan, scan, tasks_for_worker
 from node.tools.send_report import (
     Progress,
@@ -294,7 +296,8 @@ def check_request(peer: PeerOptions) -> None:
 
 def start_threads(tasks: list[Task], workers: int, peer: PeerOptions, results: queue.SimpleQueue,
                   stop: Interrupt, recorder: JobRecorder) -> list[threading.Thread]:
-    """One thread per worker with tasks, each putting its results and last word on ``results``.
+    """One thread per worker with tasks, each putting its results and last word on ``results``
+    (for what one thread should not multiplex: TLS, pacing, large datasets; ``send_multiplex.can_multiplex``).
 
     Threads, not processes: measured here (2 cores, 5,000 x 5 KiB into storescp --fork), four
     threads took less CPU and less time than four forked workers; the socket calls release
@@ -471,9 +474,14 @@ def collect_results(results: queue.SimpleQueue, threads: list[threading.Thread],
         collector(results.get())
     for thread in threads:
         thread.join(timeout=JOIN_GRACE)
+    report_unreported(collector)
+    return collector.associations
+
+
+def report_unreported(collector: Collector) -> None:
+    """Files no worker reported on (a worker failed): failed, as lost with their association."""
     for entry in collector.tally.unreported():
         collector.result(FileResult(index=entry.index, sent=False, reason="worker ended without reporting", network=True))
-    return collector.associations
 
 
 def exit_status(tally: Tally, missing: list[str]) -> int:
@@ -534,6 +542,12 @@ def send_pass(args: argparse.Namespace, entries: Sequence[FileEntry], collector:
     try:
         if workers == 1:  # no thread at all: the main thread is the worker
             collector(run_tasks(0, tasks, peer, collector))
+            return False
+        if can_multiplex(peer, entries):  # one thread, one selector, every association (send_multiplex.py)
+            work = {worker: tasks_for_worker(tasks, worker) for worker in range(workers)}
+            for finished in run_lanes(work, peer, collector):
+                collector(finished)
+            report_unreported(collector)
             return False
         with records_via(results, collector.printer), ctrl_c_sets(stop):
             collector.acks_journaled = True

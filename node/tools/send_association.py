@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import ssl
+import struct
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar, Union
 
 from actors.tcp import quick_ack
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
@@ -31,13 +33,31 @@ from node.tools.send_plan import FileEntry
 from node.tools.send_results import FileResult, store_result
 from node.tools.tls_options import ClientTls
 
+if TYPE_CHECKING:  # ssl itself only where TLS is asked for: ~5 ms of start-up (importtime) a plain job never needs
+    import ssl
+
 LOGGER = logging.getLogger("node.tools.send")
 RECV_BYTES = 1 << 16
 STREAM_ABOVE = 1 << 20  # a dataset up to this size is read whole; a larger one in pieces
 STREAM_PIECE = 1 << 20  # bytes read from the file at a time when streaming (then framed by the engine)
 MAX_RELEASE_READS = 64  # reads after our A-RELEASE-RQ before giving up on the RP
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds (Linux)
 
 Report = Callable[[FileResult], None]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Readable:
+    """A step's wait for bytes on ``sock``, at most ``timeout`` seconds (0: no limit)."""
+
+    sock: socket.socket
+    timeout: float
+
+
+# what a step yields: the socket it reads next, or seconds to sleep (a back-off)
+Wait = Union[Readable, float]
+Steps = Generator[Wait, None, T]
 
 # A-ASSOCIATE-RJ wording (PS3.8 9.3.4), in pynetdicom's words where it has them
 _RESULTS = {1: "Rejected Permanent", 2: "Rejected Transient"}
@@ -137,7 +157,7 @@ class SendAssociation:
     """One established association of a send worker."""
 
     def __init__(self, sock: socket.socket, engine: ul.Association, peer: PeerOptions,
-                 interrupt: Interrupt | None = None) -> None:
+                 interrupt: Interrupt | None = None, *, tls: bool = False) -> None:
         self.sock = sock
         self.interrupt = interrupt
         self.engine = engine
@@ -148,6 +168,11 @@ class SendAssociation:
         self.lost_because = ""  # why the association was lost, once it was
         self._next_id = 1
         self.pace = pacer(peer.files_per_s, peer.bytes_per_s)
+        self.readable = Readable(sock, peer.dimse_timeout)  # what its steps yield before reading responses
+        self.kernel_timeouts = not tls  # a TLS socket keeps Python's timeouts (kernel_timeouts)
+        self._recv_timeout = peer.dimse_timeout
+        if self.kernel_timeouts:
+            kernel_timeouts(sock, peer.network_timeout, peer.dimse_timeout)
         if interrupt is not None:
             interrupt.watch(sock)
 
@@ -161,6 +186,12 @@ class SendAssociation:
         """C-STORE ``files`` in order, up to ``window`` awaiting a response at once; report each
         outcome. Returns the files left without a response when the association was lost, the
         oldest one in flight first (an empty list when every file got its answer)."""
+        return drive(self.store_steps(files, report, worker))
+
+    def store_steps(self, files: Sequence[FileEntry], report: Report, worker: int) -> Steps[list[FileEntry]]:
+        """``send_files`` as steps: yields ``self.readable`` before each read of responses, so
+        that one thread can drive several associations (``send_multiplex``) and resume this one
+        when its socket is readable; ``drive`` just reads (blocking, the DIMSE timeout on the socket)."""
         in_flight: dict[int, FileEntry] = {}
         position = 0
         while position < len(files) or in_flight:
@@ -180,7 +211,7 @@ class SendAssociation:
             if not in_flight:
                 continue
             try:
-                answers = self._responses()
+                answers = yield from self._responses()
             except Lost as exc:
                 self._lose(str(exc))
                 return [*in_flight.values(), *files[position:]]
@@ -209,7 +240,6 @@ class SendAssociation:
             if entry.size <= STREAM_ABOVE:
                 self._send_whole(command, os.pread(fd, entry.size, entry.offset), entry.path)
             else:
-                set_timeout(self.sock, self.peer.network_timeout)
                 self._write(self.engine.send(command))
                 for piece, last in _pieces(fd, entry.offset):
                     self._write(self.engine.send(ul.DatasetFragment(context_id=context_id, data=piece, last=last)))
@@ -222,7 +252,6 @@ class SendAssociation:
     def _send_whole(self, command: ul.Command, data: bytes, path: str) -> None:
         """The command and its whole dataset in one write."""
         try:
-            set_timeout(self.sock, self.peer.network_timeout)
             self._write(self.engine.send(command) + self.engine.send(
                 ul.DatasetFragment(context_id=command.context_id, data=data, last=True)))
         except OSError as exc:
@@ -236,10 +265,12 @@ class SendAssociation:
             if message_id not in in_flight:
                 return message_id
 
-    def _responses(self) -> list[ul.CStoreRSP]:
-        """Every C-STORE-RSP the next reads bring, at least one (waits up to the DIMSE timeout)."""
+    def _responses(self) -> Steps[list[ul.CStoreRSP]]:
+        """Every C-STORE-RSP the next reads bring, at least one (waits up to the DIMSE timeout
+        for each read; yields ``self.readable`` before each)."""
         answers: list[ul.CStoreRSP] = []
         while not answers:
+            yield self.readable
             for event in self._read(self.peer.dimse_timeout):
                 if isinstance(event, ul.Command) and isinstance(event.message, ul.CStoreRSP):
                     answers.append(event.message)
@@ -252,21 +283,35 @@ class SendAssociation:
     # ----- socket -------------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
+        """Write all of ``data`` within the network timeout (the kernel's, or set here)."""
+        if not self.kernel_timeouts:
+            set_timeout(self.sock, self.peer.network_timeout)
         self.sock.sendall(data)
 
     def _read(self, timeout: float) -> list[ul.Event]:
-        return read_events(self.sock, self.engine, timeout, self.interrupt)
+        """The events of one read within ``timeout``; the kernel's receive timeout is set
+        only when it changes (the DIMSE timeout for responses, the ACSE one at release)."""
+        if not self.kernel_timeouts:
+            return read_events(self.sock, self.engine, timeout, self.interrupt)
+        if timeout != self._recv_timeout:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
+            self._recv_timeout = timeout
+        return read_events(self.sock, self.engine, timeout, self.interrupt, kernel=True)
 
     # ----- ending -------------------------------------------------------------------------------
 
     def release(self) -> None:
         """A-RELEASE-RQ, then wait (ACSE timeout) for the A-RELEASE-RP, then close (also when
         ``Interrupted`` ends the wait)."""
+        drive(self.release_steps())
+
+    def release_steps(self) -> Steps[None]:
+        """``release`` as steps: the wait before each read is yielded."""
         try:
             if self.engine.established:
-                set_timeout(self.sock, self.peer.acse_timeout)
                 self._write(self.engine.send(ul.ReleaseRequest()))
                 for _ in range(MAX_RELEASE_READS):
+                    yield Readable(self.sock, self.peer.acse_timeout)
                     events = self._read(self.peer.acse_timeout)
                     if any(isinstance(e, (ul.ReleaseReply, ul.Abort, ul.ConnectionClosed)) for e in events):
                         break
@@ -300,15 +345,31 @@ class SendAssociation:
             pass
 
 
+def drive(steps: Steps[T]) -> T:
+    """Run ``steps`` in this thread, blocking: a read waits on its socket (with its timeout),
+    a back-off sleeps."""
+    try:
+        wait = next(steps)
+        while True:
+            if not isinstance(wait, Readable):
+                time.sleep(wait)
+            wait = next(steps)
+    except StopIteration as done:
+        return done.value
+
+
 def read_events(sock: socket.socket, engine: ul.Association, timeout: float,
-                interrupt: Interrupt | None = None) -> list[ul.Event]:
+                interrupt: Interrupt | None = None, *, kernel: bool = False) -> list[ul.Event]:
     """The events one read makes; a timeout, a reset or a protocol violation loses the association
     (after a violation the engine's A-ABORT is sent first). A read ended by ``interrupt`` raises
-    ``Interrupted`` before the engine hears of it, so the association is still up to abort."""
-    set_timeout(sock, timeout)
+    ``Interrupted`` before the engine hears of it, so the association is still up to abort.
+    ``kernel``: the socket is blocking and the kernel keeps ``timeout`` (``SO_RCVTIMEO``:
+    its expiry is EAGAIN, ``BlockingIOError``); else it is set here as the socket's timeout."""
+    if not kernel:
+        set_timeout(sock, timeout)
     try:
         data = sock.recv(RECV_BYTES)
-    except TimeoutError:
+    except (TimeoutError, BlockingIOError):
         raise Lost(f"no answer within {timeout:g} s") from None
     except ConnectionResetError:
         data = b""
@@ -333,6 +394,22 @@ def set_timeout(sock: socket.socket, seconds: float) -> None:
     value = seconds or None
     if sock.gettimeout() != value:
         sock.settimeout(value)
+
+
+def kernel_timeouts(sock: socket.socket, send_seconds: float, receive_seconds: float) -> None:
+    """Make ``sock`` blocking with its timeouts kept by the kernel (``SO_SNDTIMEO``,
+    ``SO_RCVTIMEO``; 0: none). Why: a Python socket timeout costs a ``poll`` before every
+    ``send`` and ``recv``, two syscalls a C-STORE (strace -c: 2 polls a file; measured in
+    docs/benchmarks.md). Not for an SSL socket: OpenSSL would meet EAGAIN inside a record."""
+    sock.settimeout(None)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(send_seconds))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(receive_seconds))
+
+
+def _timeval(seconds: float) -> bytes:
+    """A ``struct timeval`` (0: no timeout)."""
+    whole = int(seconds)
+    return _TIMEVAL.pack(whole, int((seconds - whole) * 1e6))
 
 
 def send_quietly(sock: socket.socket, data: bytes) -> None:
@@ -377,8 +454,10 @@ def associate_request(peer: PeerOptions, contexts: Sequence[tuple[str, str]]) ->
 
 
 def connect(peer: PeerOptions, contexts: Sequence[tuple[str, str]], tls_context: ssl.SSLContext | None,
-            interrupt: Interrupt | None = None) -> SendAssociation | Refusal:
-    """Open the TCP (and TLS) connection and negotiate; the refusal says whether to retry."""
+            interrupt: Interrupt | None = None) -> Steps[SendAssociation | Refusal]:
+    """Open the TCP (and TLS) connection and negotiate; the refusal says whether to retry.
+    Steps: the wait for the A-ASSOCIATE answer is yielded (the TCP connection and the TLS
+    handshake are made blocking, within the network and ACSE timeouts)."""
     request = associate_request(peer, contexts)
     try:
         raw = socket.create_connection((peer.host, peer.port), timeout=peer.network_timeout or None)
@@ -392,12 +471,13 @@ def connect(peer: PeerOptions, contexts: Sequence[tuple[str, str]], tls_context:
             sock = tls_context.wrap_socket(raw, server_side=False)
         sock.settimeout(peer.acse_timeout or None)
         sock.sendall(engine.send(request))
-        answer = _answer(sock, engine, peer.acse_timeout)
-    except ssl.SSLError as exc:
-        sock.close()
-        return Refusal(f"association failed: TLS handshake failed or certificate refused ({exc.reason or exc})", retryable=True)
+        answer = yield from _answer(sock, engine, peer.acse_timeout)
     except (OSError, Lost) as exc:
         sock.close()
+        if tls_context is not None and _tls_failure(exc):
+            return Refusal(f"association failed: TLS handshake failed or certificate refused "
+                           f"({getattr(exc, 'reason', None) or exc})",
+                           retryable=True)
         return Refusal(f"association request failed ({exc})", retryable=True)
     if isinstance(answer, ul.AssociateReject):
         sock.close()
@@ -405,7 +485,7 @@ def connect(peer: PeerOptions, contexts: Sequence[tuple[str, str]], tls_context:
     if isinstance(answer, ul.Abort):
         sock.close()
         return Refusal("association aborted", retryable=True)
-    scu = SendAssociation(sock, engine, peer, interrupt)
+    scu = SendAssociation(sock, engine, peer, interrupt, tls=tls_context is not None)
     LOGGER.info("association accepted by %s:%d: %d of %d context(s), peer max PDU %d, %d C-STORE(s) in flight",
                 peer.host, peer.port, len(scu.by_syntax), len(request.contexts), engine.peer_max_pdu, scu.window)
     if not scu.by_syntax:
@@ -414,9 +494,19 @@ def connect(peer: PeerOptions, contexts: Sequence[tuple[str, str]], tls_context:
     return scu
 
 
-def _answer(sock: socket.socket, engine: ul.Association, timeout: float) -> ul.AssociateAccept | ul.AssociateReject | ul.Abort:
+def _tls_failure(exc: Exception) -> bool:
+    """Whether ``exc`` is the TLS layer's (``ssl.SSLError``); asked only with a TLS context,
+    so ssl is imported by then (``tls_options.client_context``)."""
+    import ssl
+
+    return isinstance(exc, ssl.SSLError)
+
+
+def _answer(sock: socket.socket, engine: ul.Association,
+            timeout: float) -> Steps[ul.AssociateAccept | ul.AssociateReject | ul.Abort]:
     """The peer's answer to our A-ASSOCIATE-RQ, each read within the ACSE timeout."""
     while True:
+        yield Readable(sock, timeout)
         for event in read_events(sock, engine, timeout):
             if isinstance(event, (ul.AssociateAccept, ul.AssociateReject, ul.Abort)):
                 return event

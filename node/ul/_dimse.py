@@ -42,6 +42,8 @@ _REQUESTED_INSTANCE = (0x1001, "requested_sop_instance_uid", "UI")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CEchoRQ:
+    """C-ECHO-RQ (PS3.7 9.3.5.1)."""
+
     FIELD: ClassVar[int] = C_ECHO_RQ
     ELEMENTS: ClassVar[tuple] = (_AFFECTED_CLASS, _MESSAGE_ID)
     message_id: int
@@ -51,6 +53,8 @@ class CEchoRQ:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CEchoRSP:
+    """C-ECHO-RSP (PS3.7 9.3.5.2)."""
+
     FIELD: ClassVar[int] = C_ECHO_RSP
     ELEMENTS: ClassVar[tuple] = (_AFFECTED_CLASS, _RESPONDED_TO, _STATUS, _ERROR_COMMENT)
     message_id_being_responded_to: int
@@ -62,6 +66,8 @@ class CEchoRSP:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CStoreRQ:
+    """C-STORE-RQ (PS3.7 9.3.1.1); its dataset follows as ``DatasetFragment`` events."""
+
     FIELD: ClassVar[int] = C_STORE_RQ
     ELEMENTS: ClassVar[tuple] = (_AFFECTED_CLASS, _MESSAGE_ID, (0x0700, "priority", "US"), _AFFECTED_INSTANCE,
                                  (0x1030, "move_originator_aet", "AE"), (0x1031, "move_originator_message_id", "US"))
@@ -76,6 +82,8 @@ class CStoreRQ:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CStoreRSP:
+    """C-STORE-RSP (PS3.7 9.3.1.2)."""
+
     FIELD: ClassVar[int] = C_STORE_RSP
     ELEMENTS: ClassVar[tuple] = (_AFFECTED_CLASS, _RESPONDED_TO, _STATUS, (0x0901, "offending_element", "AT"),
                                  _ERROR_COMMENT, _AFFECTED_INSTANCE)
@@ -90,6 +98,8 @@ class CStoreRSP:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NEventReportRQ:
+    """N-EVENT-REPORT-RQ (PS3.7 10.3.1.1); the event information follows as a dataset."""
+
     FIELD: ClassVar[int] = N_EVENT_REPORT_RQ
     ELEMENTS: ClassVar[tuple] = (_AFFECTED_CLASS, _MESSAGE_ID, _AFFECTED_INSTANCE, (0x1002, "event_type_id", "US"))
     message_id: int
@@ -101,6 +111,8 @@ class NEventReportRQ:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NEventReportRSP:
+    """N-EVENT-REPORT-RSP (PS3.7 10.3.1.2)."""
+
     FIELD: ClassVar[int] = N_EVENT_REPORT_RSP
     ELEMENTS: ClassVar[tuple] = (_AFFECTED_CLASS, _RESPONDED_TO, _STATUS, _ERROR_COMMENT, _AFFECTED_INSTANCE,
                                  (0x1002, "event_type_id", "US"))
@@ -115,6 +127,8 @@ class NEventReportRSP:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NActionRQ:
+    """N-ACTION-RQ (PS3.7 10.3.4.1); the action information follows as a dataset."""
+
     FIELD: ClassVar[int] = N_ACTION_RQ
     ELEMENTS: ClassVar[tuple] = (_REQUESTED_CLASS, _MESSAGE_ID, _REQUESTED_INSTANCE, (0x1008, "action_type_id", "US"))
     message_id: int
@@ -126,6 +140,8 @@ class NActionRQ:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NActionRSP:
+    """N-ACTION-RSP (PS3.7 10.3.4.2)."""
+
     FIELD: ClassVar[int] = N_ACTION_RSP
     ELEMENTS: ClassVar[tuple] = (_AFFECTED_CLASS, _RESPONDED_TO, _STATUS, _ERROR_COMMENT, _AFFECTED_INSTANCE,
                                  (0x1008, "action_type_id", "US"))
@@ -140,6 +156,8 @@ class NActionRSP:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CCancelRQ:
+    """C-CANCEL-RQ (PS3.7 9.3.2.3): not counted in the asynchronous operations window."""
+
     FIELD: ClassVar[int] = C_CANCEL_RQ
     ELEMENTS: ClassVar[tuple] = (_RESPONDED_TO,)
     message_id_being_responded_to: int

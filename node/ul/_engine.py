@@ -326,17 +326,11 @@ class Association:
     def _on_command_fragment(self, pdv: _pdu.PDV) -> None:
         if self._rx_dataset_context is not None:
             self._dimse_violation("a command fragment arrived while a dataset was expected")
-        if self._rx_command is None:
-            self._rx_command, self._rx_command_context = bytearray(), pdv.context_id
-        elif pdv.context_id != self._rx_command_context:
-            self._dimse_violation("a command's fragments changed presentation context")
-        self._rx_command += pdv.data
-        if len(self._rx_command) > _MAX_COMMAND_SET:
-            self._dimse_violation("command set longer than 64 KiB")
-        if not pdv.is_last:
+        command = self._command_set(pdv)
+        if command is None:
             return
         try:
-            message = decode_command(bytes(self._rx_command))
+            message = decode_command(command)
         except ProtocolViolation as exc:
             self._violation(Evt.EVT19, exc)
         self._rx_command = None
@@ -344,6 +338,23 @@ class Association:
         if message.has_dataset:
             self._rx_dataset_context = pdv.context_id
         self._pending.append(Command(context_id=pdv.context_id, message=message))
+
+    def _command_set(self, pdv: _pdu.PDV) -> bytes | None:
+        """The whole command set once ``pdv`` ends it, else None (more fragments to come). A
+        command set in one PDV, as most come, is taken as it is: no buffer, no copy."""
+        command: bytes | bytearray
+        if self._rx_command is None and pdv.is_last:
+            command = pdv.data
+        else:
+            if self._rx_command is None:
+                self._rx_command, self._rx_command_context = bytearray(), pdv.context_id
+            elif pdv.context_id != self._rx_command_context:
+                self._dimse_violation("a command's fragments changed presentation context")
+            self._rx_command += pdv.data
+            command = self._rx_command
+        if len(command) > _MAX_COMMAND_SET:
+            self._dimse_violation("command set longer than 64 KiB")
+        return bytes(command) if pdv.is_last else None
 
     def _on_dataset_fragment(self, pdv: _pdu.PDV) -> None:
         if self._rx_dataset_context is None:
@@ -433,7 +444,7 @@ class Association:
             raise LocalProtocolError(f"the A-ASSOCIATE-AC answers contexts {answered}, proposed were {sorted(proposed)}")
 
     def _send_data(self, event: Command | DatasetFragment) -> bytes:
-        if (Evt.EVT9, self.state) not in TRANSITIONS:
+        if self.state is not State.STA6 and (Evt.EVT9, self.state) not in TRANSITIONS:  # Sta6: the common case
             raise LocalProtocolError(f"cannot send P-DATA in {self.state.name} ({self.state.value})")
         if event.context_id not in self.contexts:
             raise LocalProtocolError(f"presentation context {event.context_id} was not accepted")
@@ -442,13 +453,13 @@ class Association:
                 raise LocalProtocolError("a dataset fragment without a command announcing one on its context")
             if event.last:
                 self._tx_dataset_context = None
-            return b"".join(_pdu.fragment(event.context_id, False, event.data, self._send_limit(), event.last))
+            return _pdu.p_data(event.context_id, False, event.data, self._send_limit(), event.last)
         if self._tx_dataset_context is not None:
             raise LocalProtocolError("the previous command's dataset is not finished")
         self._count_sent(event.message)
         if event.message.has_dataset:
             self._tx_dataset_context = event.context_id
-        return b"".join(_pdu.fragment(event.context_id, True, encode_command(event.message), self._send_limit()))
+        return _pdu.p_data(event.context_id, True, encode_command(event.message), self._send_limit())
 
     def _send_limit(self) -> int:
         """The P-DATA size we send: the peer's maximum, lowered to our cap (0: no limit)."""

@@ -23,6 +23,10 @@ from enum import Enum
 
 
 class State(Enum):
+    # members are singletons compared by identity: hash them so too (Enum's own __hash__ is a
+    # Python call, hash(name)); the table is looked up by (event, state) several times a PDU
+    __hash__ = object.__hash__
+
     STA1 = "idle: close the transport connection"
     STA2 = "transport open, awaiting A-ASSOCIATE-RQ PDU"
     STA3 = "awaiting local A-ASSOCIATE response primitive"
@@ -39,6 +43,8 @@ class State(Enum):
 
 
 class Evt(Enum):
+    __hash__ = object.__hash__  # as State's
+
     EVT2 = "transport connection confirm (local): send the A-ASSOCIATE-RQ"
     EVT3 = "A-ASSOCIATE-AC PDU received"
     EVT4 = "A-ASSOCIATE-RJ PDU received"

@@ -118,7 +118,10 @@ def test_parallel_send_into_dcmtk_loses_nothing(tmp_path: Path) -> None:
 
 
 @needs_dcmtk
-def test_more_than_128_contexts_open_further_associations(tmp_path: Path) -> None:
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_more_than_128_contexts_open_further_associations(tmp_path: Path, jobs: int) -> None:
+    """-j 2: each worker runs two associations one after the other; in the multiplexer the
+    second socket takes the first one's place (it may get the same descriptor number)."""
     sent: dict[str, Path] = {}
     for n in range(140):  # 70 private SOP classes x 2 transfer syntaxes = 140 contexts
         path = tmp_path / "in" / f"{n:03d}.dcm"
@@ -127,13 +130,13 @@ def test_more_than_128_contexts_open_further_associations(tmp_path: Path) -> Non
         sent[ds.SOPInstanceUID] = path
     report = tmp_path / "summary.json"
     with dcmtk_storescp(tmp_path / "scp", "-pm", "+xa") as scp:
-        result = send("--summary-json", report, "127.0.0.1", scp.port, tmp_path / "in")
+        result = send("-j", jobs, "--summary-json", report, "127.0.0.1", scp.port, tmp_path / "in")
         received = scp.received()
     assert result.returncode == 0, result.stderr
     assert set(received) == set(sent)
     for uid, path in sent.items():
         assert dataset_bytes(received[uid]) == dataset_bytes(path)
-    assert summary(report)["associations"] == 2
+    assert summary(report)["associations"] == 2 * jobs
 
 
 @needs_dcmtk
@@ -223,7 +226,10 @@ def test_failure_status_is_reported_per_file_and_exits_1(tmp_path: Path) -> None
     assert failed["reason"] == "Failure: Refused: Out of Resources"
 
 
-def test_aborted_association_is_retried(tmp_path: Path) -> None:
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_aborted_association_is_retried(tmp_path: Path, jobs: int) -> None:
+    """One association aborted by the peer is re-opened for its files (-j 2: one lane of the
+    multiplexer re-associates while the other carries on)."""
     sent = make_files(tmp_path / "in", 6)
     aborted: list[str] = []
 
@@ -235,17 +241,19 @@ def test_aborted_association_is_retried(tmp_path: Path) -> None:
 
     report = tmp_path / "summary.json"
     with pynetdicom_scp(abort_once) as (port, _received):
-        result = send("--retry", 2, "--retry-delay", 0.05, "--summary-json", report, "127.0.0.1", port, tmp_path / "in")
+        result = send("-j", jobs, "--retry", 2, "--retry-delay", 0.05, "--summary-json", report, "127.0.0.1", port,
+                      tmp_path / "in")
     assert result.returncode == 0, result.stderr
     assert f"association with 127.0.0.1:{port} lost (aborted by the peer); " in result.stderr, result.stderr
     data = summary(report)
-    assert data["sent"] == 6 and data["associations"] == 2
+    assert data["sent"] == 6 and data["associations"] == jobs + 1
     assert {f["sop_instance_uid"] for f in data["files"]["sent"]} == set(sent)
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_nothing_listening_retries_then_exits_3(tmp_path: Path, jobs: int) -> None:
-    """Every worker's warning reaches stderr, from the main thread (-j 1) or a worker thread (-j 2)."""
+    """Every worker's warning reaches stderr, from the main thread (-j 1) or from its lane of the
+    main thread's multiplexer (-j 2), each back-off a wait of its own lane."""
     make_files(tmp_path / "in", 2)
     report = tmp_path / "summary.json"
     result = send("-j", jobs, "--retry", 1, "--retry-delay", 0.05, "--summary-json", report,
@@ -465,12 +473,13 @@ def test_the_send_modules_import_one_way() -> None:
 
 def test_a_plain_job_imports_only_what_it_uses() -> None:
     """Start-up counts in a scripted job's time (issue 13 item 6): pydicom (~0.1 s of CPU, only
-    for --commit or a file the quick scan cannot read), node.config (~30 ms, TLS for serve) and
-    storescu's requestor shell (~12 ms) are not imported by a job that does not need them."""
+    for --commit or a file the quick scan cannot read), node.config (~30 ms, TLS for serve),
+    storescu's requestor shell (~12 ms) and ssl (~5 ms, --tls-*) are not imported by a job that
+    does not need them."""
     import subprocess
     import sys
 
-    unwanted = ("pydicom", "node.config", "node.tools.storescu", "actors.ul_requestor")
+    unwanted = ("pydicom", "node.config", "node.tools.storescu", "actors.ul_requestor", "ssl")
     code = ("import sys, node.cli, node.tools.send; "
             f"print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydicom' or m in {unwanted!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
@@ -533,5 +542,5 @@ def test_ctrl_c_aborts_the_associations_and_exits_130(tmp_path: Path, jobs: int)
         for peer in peers:
             peer.join(timeout=30)
     assert proc.returncode == 130, err
-    assert len(aborts) == jobs  # -j 2 too: each worker thread, woken from its read, aborts its own association
+    assert len(aborts) == jobs  # -j 2 too: the multiplexer closes each worker's steps, each aborts its association
     assert summary(report)["exit_status"] == 130

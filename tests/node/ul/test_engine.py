@@ -285,6 +285,19 @@ def test_dimse_violations(name: str) -> None:
     assert scp.state is S.STA13 and abort_fields(caught.value.abort_pdu)[0] == 2
 
 
+@pytest.mark.parametrize("fragments", [1, 8])
+def test_a_command_set_over_64_kib_is_a_violation(fragments: int) -> None:
+    """In one PDV (taken as it is, without a buffer) or in several (gathered): refused either way."""
+    _, scp = established(policy=ul.AcceptorPolicy(contexts=POLICY.contexts, max_pdu=0))
+    command = bytes(70_000)
+    step = -(-len(command) // fragments)
+    pdus = b"".join(_pdu.encode_p_data(1, True, command[i : i + step], i + step >= len(command))
+                    for i in range(0, len(command), step))
+    with pytest.raises(ul.ProtocolViolation, match="command set longer than 64 KiB"):
+        feed(scp, pdus)
+    assert scp.state is S.STA13
+
+
 def test_a_request_id_already_open_is_a_violation() -> None:
     policy = ul.AcceptorPolicy(contexts=POLICY.contexts, async_window=ul.AsyncWindow(max_invoked=0, max_performed=0))
     _, scp = established(policy=policy, window=ul.AsyncWindow(max_invoked=0, max_performed=0))
