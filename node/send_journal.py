@@ -248,10 +248,10 @@ class SendJournal:
         one record copied into the log, from any thread; then queued as ``record`` does. The
         row is built here, not from an ``Outcome``: this runs once a file in a sender thread."""
         row = (path, size, mtime_ns, sop_class_uid, sop_instance_uid, ACKNOWLEDGED, status, "", nbytes, self.run, time.time())
+        with self._lock:  # queued first: a KeyboardInterrupt between the two still leaves it for close()
+            self._pending.append(row)
         if self.acks is not None:
             self.acks.append(row)
-        with self._lock:
-            self._pending.append(row)
 
     def _row(self, outcome: Outcome) -> tuple[Any, ...]:
         return (outcome.path, outcome.size, outcome.mtime_ns, outcome.sop_class_uid, outcome.sop_instance_uid,
