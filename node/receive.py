@@ -17,15 +17,19 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pydicom import dcmread
+from pydicom.charset import convert_encodings, default_encoding
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.filereader import read_dataset
 from pydicom._uid_dict import UID_dictionary
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.tag import BaseTag
 from pydicom.errors import InvalidDicomError
 from pydicom.filewriter import write_file_meta_info
 from pydicom import uid as uids
 
 from node import ul
 from node.config import NodeConfig
+from node import dataset_walk
 from node.dataset_walk import check_complete
 from node.errors import ConfigError, DatasetError, STATUS_CANNOT_UNDERSTAND, STATUS_DATASET_MISMATCH
 from node.messages import WriteInstance
@@ -164,17 +168,72 @@ _PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _NEEDS_FILE_META = frozenset({uids.DeflatedExplicitVRLittleEndian, uids.ExplicitVRBigEndian})
 
 
-def read_in_memory(data: bytes, meta: bytes, transfer_syntax: str) -> Dataset:
+def read_in_memory(data: bytes, meta: bytes, transfer_syntax: str, wanted: frozenset[int] | None = None) -> Dataset:
     """Parse a dataset received whole in memory up to Pixel Data, and check it is complete.
 
     The same checks as ``read_spooled`` without re-reading the file meta we just built:
     ``read_dataset`` goes straight at the bytes in the negotiated syntax (a small C-STORE's
-    dataset parse was a fifth of a worker's CPU through ``dcmread``).
+    dataset parse was a fifth of a worker's CPU through ``dcmread``). With ``wanted`` (the
+    tags the node reads: ``wanted_tags``), the header walk that proves the dataset complete
+    also keeps those elements, and the Dataset holds only them (``_from_walk``).
     """
     if transfer_syntax in _NEEDS_FILE_META:
         return read_spooled(BytesIO(PREAMBLE + meta + data))[0]
+    if wanted is not None and _first_element_agrees(data, transfer_syntax):
+        ds = _from_walk(data, transfer_syntax, wanted)
+        if ds is not None:
+            return ds
     with BytesIO(data) as fh:
         return _read_dataset_at(fh, 0, len(data), transfer_syntax)
+
+
+# What check_dataset and plan_write read (Specific Character Set decodes PatientID).
+_NODE_TAGS = frozenset({0x00080005, 0x00080018, 0x0020000D, 0x0020000E, 0x00100020})
+
+
+def wanted_tags(pattern: FilePathPattern | None) -> frozenset[int] | None:
+    """The top-level tags the node reads from a received dataset with this path pattern; None
+    when the pattern reaches into a sequence (then pydicom parses the whole dataset)."""
+    if pattern is None:
+        return _NODE_TAGS
+    tags = pattern.top_level_tags
+    return None if tags is None else _NODE_TAGS | tags
+
+
+def _first_element_agrees(data: bytes, transfer_syntax: str) -> bool:
+    """False when the first element looks explicit under an implicit syntax, or the other way
+    round: pydicom then reads the dataset in the encoding it found (``_is_implicit_vr``),
+    so it takes pydicom's parse."""
+    if len(data) < 6:
+        return True
+    looks_implicit = not (0x40 < data[4] < 0x5B and 0x40 < data[5] < 0x5B)
+    return looks_implicit == (transfer_syntax == uids.ImplicitVRLittleEndian)
+
+
+def _from_walk(data: bytes, transfer_syntax: str, wanted: frozenset[int]) -> Dataset | None:
+    """The Dataset pydicom's ``read_dataset`` would give, holding only the ``wanted`` elements
+    (raw, decoded by pydicom when read, in the dataset's character set as it would be).
+
+    None when pydicom's parse could judge the dataset otherwise than the walk: it parses
+    undefined-length sequences (and values) before Pixel Data eagerly and may refuse what
+    the walk only frames, so such datasets take pydicom's parse and keep their status.
+    """
+    found = dataset_walk.scan(data, transfer_syntax, wanted)
+    if found.undefined_before_pixels:
+        return None
+    implicit = transfer_syntax == uids.ImplicitVRLittleEndian
+    try:
+        raw = {BaseTag(tag): RawDataElement(BaseTag(tag), e.vr, len(e.value), e.value, e.offset, e.implicit, True)
+               for tag, e in found.elements.items()}
+        ds = Dataset(raw)
+        encoding: str | list[str] = default_encoding
+        charset = raw.get(BaseTag(0x00080005))
+        if charset is not None:
+            encoding = convert_encodings(convert_raw_data_element(charset).value)
+        ds.set_original_encoding(implicit, True, encoding)
+    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, OverflowError, NotImplementedError) as exc:
+        raise DatasetError(f"dataset cannot be parsed: {exc}", status=STATUS_CANNOT_UNDERSTAND) from None
+    return ds
 
 
 def read_own_spool(path: str, meta: bytes, size: int, transfer_syntax: str) -> tuple[Dataset, int]:
@@ -198,12 +257,14 @@ def read_own_spool(path: str, meta: bytes, size: int, transfer_syntax: str) -> t
 
 def _read_dataset_at(fh: BinaryIO, start: int, end: int, transfer_syntax: str) -> Dataset:
     """The dataset in bytes ``start..end`` of ``fh`` up to Pixel Data, its completeness checked."""
+    # The walk first: pydicom reading a sequence cut short raises OSError or struct.error
+    # (which would have cost the peer 0xA700 and the log a traceback), not a parse error.
+    check_complete(fh, start, end, transfer_syntax)
     try:
         fh.seek(start)
         ds = read_dataset(fh, is_implicit_VR=transfer_syntax == uids.ImplicitVRLittleEndian, is_little_endian=True,
                           stop_when=lambda tag, _vr, _length: tag in _PIXEL_TAGS, defer_size=64 * 1024)
-        check_complete(fh, start, end, transfer_syntax)
-    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, OverflowError, NotImplementedError) as exc:
+    except (InvalidDicomError, ValueError, EOFError, KeyError, TypeError, OverflowError, NotImplementedError, struct.error) as exc:
         raise DatasetError(f"dataset cannot be parsed: {exc}", status=STATUS_CANNOT_UNDERSTAND) from None
     return ds
 
