@@ -163,7 +163,7 @@ def read_spooled(source: str | BinaryIO) -> tuple[Dataset, int]:
     return ds, offset
 
 
-_PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_PIXEL_TAGS = dataset_walk.PIXEL_TAGS
 # Parsed through the file meta (dcmread): pydicom inflates or byte-swaps these itself.
 _NEEDS_FILE_META = frozenset({uids.DeflatedExplicitVRLittleEndian, uids.ExplicitVRBigEndian})
 
