@@ -83,7 +83,9 @@ def request(sock: zmq.Socket, message: Any, *, sender: str, timeout: float, data
             if envelope.corr == msg_id:
                 return envelope
     finally:
-        sock.rcvtimeo = -1  # the socket's other readers block as before
+        # The socket's other readers block as before. setsockopt, not ``sock.rcvtimeo =``:
+        # pyzmq's attribute setter cost 2.7 us against 0.6 (twice per C-STORE in a worker).
+        sock.setsockopt(zmq.RCVTIMEO, -1)
 
 
 def _receive_until(sock: zmq.Socket, deadline: float) -> list[zmq.Frame] | None:
@@ -93,7 +95,7 @@ def _receive_until(sock: zmq.Socket, deadline: float) -> list[zmq.Frame] | None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         return None
-    sock.rcvtimeo = int(remaining * 1000) + 1
+    sock.setsockopt(zmq.RCVTIMEO, int(remaining * 1000) + 1)
     try:
         return sock.recv_multipart(copy=False)
     except zmq.Again:
@@ -108,6 +110,10 @@ def receive(sock: zmq.Socket) -> tuple[list[bytes], Envelope | MessageError]:
 def receive_queued(sock: zmq.Socket) -> tuple[list[bytes], Envelope | MessageError] | None:
     """What ``receive`` gives for a message already queued on a ROUTER, else None at once
     (a non-blocking receive: ``Socket.poll(0)`` before each made a Poller and a poll(2))."""
+    # ZMQ_EVENTS first: the zmq.Again that ended every drain (once per group in the writer)
+    # cost an exception object and its message, 3.0 us against 1.8.
+    if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        return None
     try:
         return _routed(sock.recv_multipart(zmq.NOBLOCK, copy=False))
     except zmq.Again:

@@ -42,7 +42,7 @@ from node.errors import NodeError, STATUS_OUT_OF_RESOURCES, MessageError
 from node.access import AssociateRequest, Refusal, allowed
 from node.messages import AdmitAnswer, AdmitAssociation, AssociationEnded, ErrorReply, HandOff, InstanceWritten, WorkerReady, unpack
 from node.paths import FilePathPattern
-from node.receive import FileMetaCache, acceptor_policy, check_dataset, context_rules, delay_ms, plan_write, read_in_memory, read_own_spool
+from node.receive import FileMetaCache, acceptor_policy, check_dataset, context_rules, delay_ms, plan_write, read_in_memory, read_own_spool, wanted_tags
 
 log = logging.getLogger("actors.worker")
 
@@ -91,6 +91,7 @@ class Worker:
         self.name = f"worker-{worker_id}"
         self.ctx = ctx
         self.pattern = FilePathPattern.compile(config.store.filepath) if config.store.filepath else None
+        self.wanted = wanted_tags(self.pattern)  # what a small dataset's header walk keeps
         self.rules = context_rules(config)
         self.live: dict[str, _Live] = {}
         # Handed sockets whose peer has not sent its first byte yet: no thread until it does.
@@ -268,7 +269,7 @@ class Worker:
                 ds, offset = read_own_spool(spool, meta, job.size, received.transfer_syntax)
             else:
                 data, meta = bytes(job.buffer), job.meta
-                ds, offset = read_in_memory(data, meta, received.transfer_syntax), 0
+                ds, offset = read_in_memory(data, meta, received.transfer_syntax, self.wanted), 0
             check_dataset(ds, received)
             write = plan_write(received, ds, self.pattern)
             if data is None:

@@ -51,6 +51,13 @@ _SEQ_LENS = struct.Struct("<QIQ")
 # After a restart the next lap starts this far above the last number seen, so that a record
 # a crash left behind a shorter new record can never continue the new lap's chain.
 RESTART_GAP = 1 << 32
+# An append that grows the file costs its fdatasync the new blocks' allocation and the inode
+# (size, extents, bitmaps: several writes where an overwrite needs one; on this machine's
+# ext4 0.28 against 0.21 ms per 5 KiB record). When a group passes the end of the file, the
+# file is extended by this much of zeros in the same flush, so the next ~700 small groups
+# overwrite blocks already written. A scan stops at the zeros (no record magic).
+PREALLOCATE = 4 << 20
+_ZEROS = bytes(1 << 20)
 
 
 def path_for(store_directory: Path) -> Path:
@@ -103,6 +110,7 @@ class Journal:
         self.fd = -1
         self.journal_id = ""
         self.offset = HEADER_SIZE  # where the next record goes
+        self.allocated = 0  # the file's size: appends below it overwrite blocks already written
         self.next_seq = 1
         self.lap_start = True  # the next record starts a lap (any seq allowed)
 
@@ -115,6 +123,7 @@ class Journal:
                 self._create()
             self.fd = os.open(self.path, os.O_RDWR)
             header = os.pread(self.fd, 44, 0)
+            self.allocated = os.fstat(self.fd).st_size
         except OSError as exc:
             raise StorageError(f"cannot open journal {self.path}: {exc.strerror}") from None
         if header[:8] != MAGIC or struct.unpack("<I", header[8:12])[0] != VERSION:
@@ -168,6 +177,8 @@ class Journal:
             seq += 1
         try:
             _pwritev_all(self.fd, buffers, self.offset)
+            if offset > self.allocated:
+                self._preallocate(offset)
             os.fdatasync(self.fd)
         except OSError as exc:
             raise StorageError(f"journal write failed: {exc.strerror}") from None
@@ -175,6 +186,15 @@ class Journal:
         self.next_seq = seq
         self.lap_start = False
         return records
+
+    def _preallocate(self, end: int) -> None:
+        """Zeros from ``end`` (the group's end, past the file's) for PREALLOCATE bytes, flushed
+        with the group. Best effort: on a full disk the group is written all the same."""
+        try:
+            _pwritev_all(self.fd, [memoryview(_ZEROS)] * (PREALLOCATE // len(_ZEROS)), end)
+            self.allocated = end + PREALLOCATE
+        except OSError:
+            self.allocated = end
 
     def restart_lap(self) -> None:
         """Append from the start again (every record so far is materialised and checkpointed)."""

@@ -145,6 +145,15 @@ class FilePathPattern:
         """The pattern text as given."""
         return self._pattern
 
+    @property
+    def top_level_tags(self) -> frozenset[int] | None:
+        """The tags ``format`` reads from a dataset's top level; None when a field reaches
+        into a sequence (a worker then has pydicom parse the whole dataset)."""
+        paths = [field.tag_path for field in self._fields if field.tag_path is not None]
+        if any(len(path) > 1 for path in paths):
+            return None
+        return frozenset(path[0] for path in paths)
+
     def format(self, ds: Dataset, *, now: datetime | None = None) -> str:
         """The raw dcm4che result for ``ds``, unsanitised (see ``safe_relative_path``).
 

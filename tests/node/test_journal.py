@@ -127,3 +127,18 @@ def test_check_target_refuses_what_a_later_rename_could_not_do(tmp_path: Path) -
     with pytest.raises(PathError):
         store.check_target("../outside.dcm")
     assert store.check_target("new/dir/x.dcm") == (tmp_path / "store" / "new" / "dir" / "x.dcm").resolve()
+
+
+def test_a_group_past_the_end_extends_the_file_with_zeros_that_end_the_scan(tmp_path: Path) -> None:
+    """Preallocation: later small groups overwrite blocks already written (no growth per flush),
+    and a reopened journal's scan stops at the zeros after the last record."""
+    j = _open(tmp_path)
+    first = j.append([_entry(1)])
+    size = os.fstat(j.fd).st_size
+    assert size == first[-1].end + journal.PREALLOCATE
+    second = j.append([_entry(2, 5000), _entry(3, 5000)])
+    assert os.fstat(j.fd).st_size == size and second[-1].end < size
+    j.close()
+    again = _open(tmp_path)
+    assert [r.seq for r in again.records()] == [1, 2, 3] and again.allocated == size
+    again.close()
