@@ -679,8 +679,9 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
             # Only a group the journal takes gains from waiting: spooled instances go the
             # direct path, one flush each, and a wait only delays them.
             journaled = any(not r.message.spool for r in batch)
-            if journaled and writer.journal is not None and siblings.active(batch) >= COMMIT_SIBLINGS:
-                _wait_for_siblings(sock, config, batch, replies, new_syncs)
+            active = siblings.active(batch)
+            if journaled and writer.journal is not None and len(active) >= COMMIT_SIBLINGS:
+                _wait_for_siblings(sock, config, batch, replies, new_syncs, active)
             for identity, corr in new_syncs:
                 syncs.append((identity, corr, writer.appended_seq))
             try:
@@ -708,20 +709,27 @@ class _Siblings:
     def __init__(self) -> None:
         self.seen: dict[bytes, float] = {}
 
-    def active(self, batch: list[_Request]) -> int:
+    def active(self, batch: list[_Request]) -> set[bytes]:
+        """The requesters active now, those of ``batch`` included."""
         now = time.monotonic()
         for r in batch:
             self.seen[r.identity[0]] = now
         if len(self.seen) > 4 * BATCH:
             self.seen = {k: t for k, t in self.seen.items() if t > now - SIBLING_WINDOW_S}
-        return sum(1 for t in self.seen.values() if t > now - SIBLING_WINDOW_S)
+        return {k for k, t in self.seen.items() if t > now - SIBLING_WINDOW_S}
 
 
-def _wait_for_siblings(sock: zmq.Socket, config: NodeConfig, batch: list[_Request], replies: list, syncs: list) -> None:
+def _wait_for_siblings(sock: zmq.Socket, config: NodeConfig, batch: list[_Request], replies: list, syncs: list,
+                       active: set[bytes]) -> None:
     """PostgreSQL's commit_delay: with other associations storing, wait up to
-    ``store.commit_delay`` for their requests so that one flush covers them too."""
+    ``store.commit_delay`` for their requests so that one flush covers them too; no longer
+    than until every active requester has one in the group. An association waits for its
+    answer before it sends its next instance, so once all of them are in, nothing more can
+    come: waiting out the delay then only held each group 3 ms (4 associations, 5 KiB: 699
+    images/s, 0.41 flushes an instance; ``python -m bench ingest``, 2026-12-02 08:08)."""
     deadline = time.monotonic() + config.store.commit_delay
-    while len(batch) < BATCH:
+    waiting_for = active - {r.identity[0] for r in batch}
+    while len(batch) < BATCH and waiting_for:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not sock.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
             return
@@ -729,6 +737,7 @@ def _wait_for_siblings(sock: zmq.Socket, config: NodeConfig, batch: list[_Reques
         batch.extend(more)
         replies.extend(more_replies)
         syncs.extend(more_syncs)
+        waiting_for -= {r.identity[0] for r in more}
 
 
 def _answer_syncs(sock: zmq.Socket, writer: Writer, syncs: list[tuple[list[bytes], str, int]]) -> list[tuple[list[bytes], str, int]]:

@@ -385,3 +385,43 @@ def test_a_full_disk_answers_out_of_resources_and_loses_nothing_acknowledged(tmp
         if node is not None:
             node.stop()
         subprocess.run(["umount", "-l", str(store)], capture_output=True)
+
+
+# --- group commit: how long a group waits for the other associations (no node) -----------------
+
+
+def test_a_group_waits_for_absent_associations_only() -> None:
+    """commit_delay gathers the next requests of associations storing meanwhile; once every
+    active association has a request in the group nothing more can come (each waits for its
+    answer), so the flush goes at once instead of after the whole delay."""
+    import time
+    from dataclasses import replace
+
+    import zmq
+
+    from actors.writer import _Request, _Siblings, _wait_for_siblings
+    from node.config import NodeConfig
+
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.bind("inproc://writer-group-test")
+    try:
+        slow = replace(NodeConfig(), store=replace(NodeConfig().store, commit_delay=30.0))
+        siblings = _Siblings()
+        both = [_Request(identity=[b"association-a"], envelope=None), _Request(identity=[b"association-b"], envelope=None)]  # type: ignore[arg-type]
+        active = siblings.active(both)
+        started = time.monotonic()
+        _wait_for_siblings(router, slow, both, [], [], active)
+        assert time.monotonic() - started < 5.0, "every active association is in the group: no wait"
+
+        short = replace(NodeConfig(), store=replace(NodeConfig().store, commit_delay=0.3))
+        siblings.active([_Request(identity=[b"association-c"], envelope=None)])  # type: ignore[arg-type]
+        only_a = both[:1]
+        active = siblings.active(only_a)
+        assert active == {b"association-a", b"association-b", b"association-c"}
+        started = time.monotonic()
+        _wait_for_siblings(router, short, only_a, [], [], active)
+        assert time.monotonic() - started >= 0.25, "b and c may still send: the group waits for them"
+    finally:
+        router.close(0)
+        ctx.term()
