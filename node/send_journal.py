@@ -202,7 +202,12 @@ class SendJournal:
             if left:
                 with self._transaction():
                     self.conn.executemany(_UPSERT, left)
-            self.acks.reset()
+            try:
+                self.acks.reset()
+            except OSError as exc:  # ENOSPC from posix_fallocate: said before anything is sent
+                self.acks.close(remove=False)
+                raise JournalError(f"{path}: cannot make its acknowledgment log {self.acks_path}: "
+                                   f"{exc.strerror or exc}") from None
         # whether any file can be skipped: a first run looks nothing up (``acknowledged_among``)
         self.resuming = bool(self.conn.execute(
             "SELECT EXISTS (SELECT 1 FROM files WHERE outcome = ?)", (ACKNOWLEDGED,)).fetchone()[0])
@@ -356,9 +361,9 @@ _FRAME = struct.Struct("<II")  # an acknowledgment record's head: payload length
 
 class AckLog:
     """``FILE-acks``: acknowledgment rows, each a msgpack payload framed by its length and CRC,
-    stored into a shared mapping of the file. Zeros follow the last record (the file is
-    extended, sparse, before it is mapped); a record a kill tore fails its CRC, and reading
-    stops there."""
+    stored into a shared mapping of the file. Zeros follow the last record (the file's blocks
+    are allocated, zero-filled, before they are mapped); a record a kill tore fails its CRC,
+    and reading stops there."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -383,7 +388,7 @@ class AckLog:
         if self._map is not None:
             self._map.close()
         os.ftruncate(self.fd, 0)
-        os.ftruncate(self.fd, ACKS_BYTES)
+        os.posix_fallocate(self.fd, 0, ACKS_BYTES)  # blocks allocated now: see append
         self._map = mmap.mmap(self.fd, ACKS_BYTES)
         self.offset = 0
 
@@ -395,7 +400,11 @@ class AckLog:
             assert self._map is not None, "reset() maps the log"
             end = self.offset + len(record)
             if end > len(self._map):
-                self._map.resize(max(2 * len(self._map), end))  # the file grows with it, zero-filled
+                # allocated before it is mapped: a store into a hole of a full disk is a SIGBUS,
+                # while posix_fallocate says ENOSPC (an OSError the job reports)
+                size = max(2 * len(self._map), end)
+                os.posix_fallocate(self.fd, len(self._map), size - len(self._map))
+                self._map.resize(size)
             self._map[self.offset:end] = record
             self.offset = end
 

@@ -154,6 +154,13 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace
     return proc.returncode
 
 
+def mount_tmpfs(where: Path, size: str) -> bool:
+    """A tmpfs of ``size`` at ``where`` (a full disk on demand; root only): whether it mounted.
+    The caller unmounts it (``umount -l``) in its finally."""
+    where.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True).returncode == 0
+
+
 def make_ct(
     path: Path,
     *,

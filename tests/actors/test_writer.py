@@ -31,7 +31,9 @@ import pytest
 from pydicom import dcmread
 
 from tests.nodes import RunningNode, serve
-from tests.support import NODECTL, dataset_bytes, free_port, have, make_ct, start_process, stop_process, wait_for_port, wait_until
+from tests.support import (
+    NODECTL, dataset_bytes, free_port, have, make_ct, mount_tmpfs, start_process, stop_process, wait_for_port, wait_until,
+)
 
 pytestmark = pytest.mark.skipif(not have("/usr/bin/storescu"), reason="DCMTK not installed")
 DUPLICATE_REJECTED = 0x0111
@@ -320,11 +322,6 @@ def test_laps_restart_and_a_killed_writer_replays_what_it_acknowledged(tmp_path:
 OUT_OF_RESOURCES = "Refused: OutOfResources"
 
 
-def _mount_tmpfs(where: Path, size: str) -> bool:
-    where.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True).returncode == 0
-
-
 def _store_all(tmp_path: Path, node: RunningNode, paths: list[Path]) -> list[str | None]:
     """C-STORE every file on one association with DCMTK storescu (which goes on after a
     failed store); each file's status as storescu names it (None: no response)."""
@@ -351,7 +348,7 @@ def test_a_full_disk_answers_out_of_resources_and_loses_nothing_acknowledged(tmp
     refusing writes, and retries. Once the filesystem grows, every acknowledged instance reaches its final path byte-identical and indexed, the
     refused ones store on a second try, and nothing partial is left at a final path."""
     store = tmp_path / "store"
-    if not _mount_tmpfs(store, "3m"):
+    if not mount_tmpfs(store, "3m"):
         pytest.skip("cannot mount a tmpfs here")
     node: RunningNode | None = None
     try:

@@ -23,7 +23,7 @@ from node.rate_limit import Pacer, TokenBucket, pacer, parse_rate
 from node.send_journal import ACKNOWLEDGED, ACKS_BYTES, ACKS_SUFFIX, FAILED, JournalError, Outcome, SendJournal, read_acks
 from node.tools.send_job import journal_key
 from tests.nodes import serve
-from tests.support import NODECTL, interruptible, make_ct, wait_until
+from tests.support import NODECTL, interruptible, make_ct, mount_tmpfs, wait_until
 from tests.tools.storepeers import dcmtk_available, dcmtk_storescp, pynetdicom_scp, run_nodectl
 
 needs_dcmtk = pytest.mark.skipif(not dcmtk_available(), reason="DCMTK storescp not installed")
@@ -303,6 +303,22 @@ def test_a_journal_in_use_is_refused(tmp_path: Path) -> None:
     assert f"{tmp_path / 'j'}: the journal is in use by another nodectl send" in second.stderr
     journal.close()
     SendJournal(str(tmp_path / "j")).close()
+
+
+def test_a_journal_on_a_full_disk_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    """The acknowledgment log's blocks are allocated when the journal opens (a store into a
+    hole of a full disk would be a SIGBUS mid-job): no room is a clear error and exit 2."""
+    small = tmp_path / "small"
+    if not mount_tmpfs(small, "256k"):
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        make_files(tmp_path / "in", 1)
+        result = run_nodectl("send", "--journal", str(small / "job.journal"), "127.0.0.1", "104", str(tmp_path / "in"))
+        assert result.returncode == 2, result.stderr
+        assert "cannot make its acknowledgment log" in result.stderr and "No space left on device" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
 
 
 def test_journal_key_is_abspath() -> None:
