@@ -698,7 +698,7 @@ def send_chunk(args: argparse.Namespace, paths: list[str], missing: list[str], j
     """One chunk of the file list: skip what the journal has, scan, send, record; so that a job's
     memory grows with the chunk (``CHUNK_FILES``, or ``--commit-batch``), not with the job."""
     todo = resume(journal, paths)
-    found = scan(todo.to_send)
+    found = scan(todo.to_send, identities=journal is not None and not journal.resuming)
     recorder = JobRecorder(journal, todo.identities)
     recorder.skipped(found.skipped)
     progress.expect(len(found.entries), found.total_bytes)

@@ -94,8 +94,9 @@ class Resume:
 
 def resume(journal: SendJournal | None, paths: Iterable[str]) -> Resume:
     """The files not yet acknowledged, or changed (size, mtime) since they were; without a
-    journal, every file (and no stat)."""
-    if journal is None:
+    journal, or in a job's first run (nothing to skip), every file and no stat: the scan
+    takes each file's identity with its own fstat (``scan(..., identities=True)``)."""
+    if journal is None or not journal.resuming:
         return Resume(to_send=list(paths))
     cwd = os.getcwd()
     found = Resume()
@@ -137,6 +138,7 @@ class JobRecorder:
     def __init__(self, journal: SendJournal | None, identities: dict[str, tuple[str, int, int]]) -> None:
         self.journal = journal
         self.identities = identities
+        self.cwd = os.getcwd()
 
     def _identity(self, path: str) -> tuple[str, int, int]:
         """(absolute path, size, mtime_ns) of ``path``: from the resume filter's stat, or now."""
@@ -146,12 +148,18 @@ class JobRecorder:
         size, mtime_ns = file_identity(path) or (-1, -1)
         return os.path.abspath(path), size, mtime_ns
 
+    def _entry_identity(self, entry: FileEntry) -> tuple[str, int, int]:
+        """A sent file's identity: the scan's fstat (a first run), else the resume filter's."""
+        if entry.mtime_ns >= 0:
+            return journal_key(entry.path, self.cwd), entry.offset + entry.size, entry.mtime_ns
+        return self._identity(entry.path)
+
     def file(self, entry: FileEntry, result: FileResult) -> None:
         """Record one file's outcome; called from the thread that got it from the peer (for an
         acknowledgment) or from the main thread (any outcome)."""
         if self.journal is None:
             return
-        key, size, mtime_ns = self._identity(entry.path)
+        key, size, mtime_ns = self._entry_identity(entry)
         if result.sent:
             self.journal.record_ack(key, size, mtime_ns, entry.sop_class_uid, entry.sop_instance_uid, result.status, result.bytes)
         else:
