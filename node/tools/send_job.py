@@ -99,26 +99,18 @@ def resume(journal: SendJournal | None, paths: Iterable[str]) -> Resume:
     if journal is None or not journal.resuming:
         return Resume(to_send=list(paths))
     cwd = os.getcwd()
-    found = Resume()
-    known: dict[str, tuple[int, int]] = {}  # absolute path -> (size, mtime_ns)
-    for path in paths:
+    found = Resume(to_send=list(paths))  # a file without an identity too: the scan says why it cannot be read
+    for path in found.to_send:
         identity = file_identity(path)
-        found.to_send.append(path)  # without an identity: the scan says why it cannot be read
         if identity is not None:
-            key = journal_key(path, cwd)
-            known[key] = identity
-            found.identities[path] = (key, *identity)
-    earlier = journal.acknowledged_among(known)
+            found.identities[path] = (journal_key(path, cwd), *identity)
+    earlier = journal.acknowledged_among({key: (size, mtime_ns) for key, size, mtime_ns in found.identities.values()})
     if earlier:
-        kept = []
-        for path in found.to_send:
-            identity = found.identities.get(path)
-            if identity is not None and identity[0] in earlier:
-                found.already += 1
-                del found.identities[path]
-            else:
-                kept.append(path)
-        found.to_send = kept
+        skip = {path for path, (key, _size, _mtime) in found.identities.items() if key in earlier}
+        found.to_send = [path for path in found.to_send if path not in skip]
+        found.already = len(skip)
+        for path in skip:
+            del found.identities[path]
     return found
 
 
@@ -146,7 +138,7 @@ class JobRecorder:
         if known is not None:
             return known
         size, mtime_ns = file_identity(path) or (-1, -1)
-        return os.path.abspath(path), size, mtime_ns
+        return journal_key(path, self.cwd), size, mtime_ns
 
     def _entry_identity(self, entry: FileEntry) -> tuple[str, int, int]:
         """A sent file's identity: the scan's fstat (a first run), else the resume filter's."""
