@@ -22,18 +22,23 @@ resume, which a peer stores as the same instance again).
 
 An acknowledgment is made durable at once (``record_ack``), by the thread that received it and
 before that thread's next C-STORE goes out, so that a kill -9 leaves unjournaled at most the
-one instance in flight per association: one framed record copied into ``FILE-acks`` beside the
-journal, a file mapped into memory (``AckLog``). A store into a shared file mapping survives
-the process's kill -9 (the page is the kernel's) and costs no system call, so the receiving
-thread keeps the GIL: a SQLite commit per acknowledgment, tried first, cost its eight ``fcntl``
-locks and four ``pwrite`` calls (~70 µs of CPU per file at -j 4); one ``write()`` per
-acknowledgment, tried next, still cost ~20 µs per file and a GIL hand-off to another sender
-thread at each one (issue 15's journal target: ≤ 10% of the throughput at -j 4). The main thread
-writes every outcome into ``files`` grouped, one transaction at most every ``GROUP_SECONDS``
-(``flush``); the log is emptied when no worker runs (``settle``) and removed when the journal is
-closed; opening a journal moves the records a killed run left there into ``files`` (a torn last
-record is ignored: its file is sent again). The log's lock (``flock``) keeps a second
-``nodectl send`` off a journal in use.
+one instance in flight per association: one small framed record (the file's position in its
+chunk, the status, the bytes, the time) stored into ``FILE-acks`` beside the journal, a file
+mapped into memory (``AckLog``). What a position means (path, size, mtime, SOP class and
+instance) went into the log once per chunk before its first C-STORE (``manifest``: one
+record for 20,000 files, built in one loop). A store into a shared file mapping survives the
+process's kill -9 (the page is the kernel's) and costs no system call, so the receiving
+thread keeps the GIL. Why so little per acknowledgment (issue 15's journal target: ≤ 10% of
+the throughput at -j 4): a SQLite commit per acknowledgment, tried first, cost its eight
+``fcntl`` locks and four ``pwrite`` calls (~70 µs of CPU per file); one ``write()`` each, tried
+next, ~20 µs and a GIL hand-off; a whole row in msgpack each (path, UIDs: the previous log)
+still ~12 µs measured inside a sending job, where the network code keeps the caches cold
+(~3 µs in a loop of its own). The main thread writes every outcome into ``files`` grouped,
+one transaction at most every ``GROUP_SECONDS`` (``flush``: each group's pages written once,
+not rewritten by ten small commits); the log is emptied when no worker runs (``settle``) and
+removed when the journal is closed; opening a journal moves the records a killed run left
+there into ``files`` (a torn last record is ignored: its file is sent again). The log's lock
+(``flock``) keeps a second ``nodectl send`` off a journal in use.
 The file list is never held here: a chunk of it is looked up in one query (``acknowledged_among``).
 """
 
@@ -58,10 +63,10 @@ ACKNOWLEDGED = "acknowledged"
 FAILED = "failed"
 SKIPPED = "skipped"
 COMMITTED = "committed"
-GROUP_SECONDS = 0.1  # outcomes wait at most this long in memory before their transaction
+GROUP_SECONDS = 1.0  # outcomes wait at most this long in memory before their transaction (the log has the acks)
 GROUP_FILES = 512  # ... or until this many are waiting
 ACKS_SUFFIX = "-acks"  # the acknowledgment log beside the journal
-ACKS_BYTES = 1 << 20  # the log's mapping at first; doubled when full (~7,000 records a MiB)
+ACKS_BYTES = 1 << 20  # the log's mapping at first; doubled when full (a manifest takes ~200 bytes a file, an ack 37)
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS runs (
@@ -150,6 +155,10 @@ class JobTotals:
         }
 
 
+# what a chunk's manifest says of one file: (position in the chunk, path, size, mtime_ns, SOP class, SOP instance)
+ManifestFile = tuple[int, str, int, int, str, str]
+
+
 def file_identity(path: str) -> tuple[int, int] | None:
     """(size, mtime_ns) of a file, None if it cannot be stat'ed."""
     try:
@@ -181,7 +190,9 @@ class SendJournal:
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{path}: not a send journal ({exc})") from None
         self.run = 0
-        self._pending: list[tuple[Any, ...]] = []
+        self._pending: list[tuple[Any, ...]] = []  # rows of failed and skipped files
+        self._acked: list[tuple[int, int | None, int, float]] = []  # (position, status, bytes, at)
+        self._manifest: dict[int, tuple[str, int, int, str, str]] = {}  # the chunk's files by position
         self._since = time.monotonic()
         self._lock = threading.Lock()  # _pending
         self._writing = threading.Lock()  # the connection's transactions
@@ -247,16 +258,23 @@ class SendJournal:
         if full:
             self.flush()
 
-    def record_ack(self, path: str, size: int, mtime_ns: int, sop_class_uid: str, sop_instance_uid: str,
-                   status: int | None, nbytes: int) -> None:
-        """Make one acknowledgment survive a kill before returning (before the next C-STORE):
-        one record copied into the log, from any thread; then queued as ``record`` does. The
-        row is built here, not from an ``Outcome``: this runs once a file in a sender thread."""
-        row = (path, size, mtime_ns, sop_class_uid, sop_instance_uid, ACKNOWLEDGED, status, "", nbytes, self.run, time.time())
-        with self._lock:  # queued first: a KeyboardInterrupt between the two still leaves it for close()
-            self._pending.append(row)
+    def manifest(self, files: list[ManifestFile]) -> None:
+        """The files of the chunk about to be sent, before any is: into the log as one record,
+        so that an acknowledgment's record names its file by position (``record_ack``)."""
+        self.flush()  # the previous chunk's acknowledgments are rows by now
+        self._manifest = {position: rest for position, *rest in files}  # type: ignore[misc]
         if self.acks is not None:
-            self.acks.append(row)
+            self.acks.append_manifest(self.run, files)
+
+    def record_ack(self, position: int, status: int | None, nbytes: int) -> None:
+        """Make one acknowledgment survive a kill before returning (before the next C-STORE):
+        one small record stored into the log, from any thread; its row is written with the
+        group (``flush``). ``position`` is the file's in the chunk's ``manifest``."""
+        at = time.time()
+        with self._lock:  # queued first: a KeyboardInterrupt between the two still leaves it for close()
+            self._acked.append((position, status, nbytes, at))
+        if self.acks is not None:
+            self.acks.append_ack(position, status, nbytes, at)
 
     def _row(self, outcome: Outcome) -> tuple[Any, ...]:
         return (outcome.path, outcome.size, outcome.mtime_ns, outcome.sop_class_uid, outcome.sop_instance_uid,
@@ -264,7 +282,7 @@ class SendJournal:
 
     def flush_due(self) -> None:
         """Flush if the oldest waiting outcome has waited ``GROUP_SECONDS``."""
-        if self._pending and time.monotonic() - self._since >= GROUP_SECONDS:
+        if (self._acked or self._pending) and time.monotonic() - self._since >= GROUP_SECONDS:
             self.flush()
 
     def flush(self) -> None:
@@ -273,7 +291,11 @@ class SendJournal:
             return
         with self._lock:
             rows, self._pending = self._pending, []
+            acked, self._acked = self._acked, []
             self._since = time.monotonic()
+        if acked:
+            files, run = self._manifest, self.run
+            rows += [(*files[position], ACKNOWLEDGED, status, "", nbytes, run, at) for position, status, nbytes, at in acked]
         if rows:
             with self._writing, self._transaction():
                 self.conn.executemany(_UPSERT, rows)
@@ -356,14 +378,18 @@ class SendJournal:
         return _Transaction(self.conn)
 
 
-_FRAME = struct.Struct("<II")  # an acknowledgment record's head: payload length, CRC-32 of the payload
+_FRAME = struct.Struct("<II")  # a log record's head: payload length, CRC-32 of the payload
+_ACK = struct.Struct("<cIqqd")  # b"A", position in the manifest, status (-1: none), bytes, time
+MANIFEST = b"M"  # a manifest record's payload: this byte, then msgpack [run, [ManifestFile, ...]]
+_NO_STATUS = -1
 
 
 class AckLog:
-    """``FILE-acks``: acknowledgment rows, each a msgpack payload framed by its length and CRC,
-    stored into a shared mapping of the file. Zeros follow the last record (the file's blocks
-    are allocated, zero-filled, before they are mapped); a record a kill tore fails its CRC,
-    and reading stops there."""
+    """``FILE-acks``: records, each a payload framed by its length and CRC, stored into a
+    shared mapping of the file: a chunk's manifest (``append_manifest``), then one small record
+    per acknowledgment naming a file of it by position (``append_ack``). Zeros follow the last
+    record (the file's blocks are allocated, zero-filled, before they are mapped); a record a
+    kill tore fails its CRC, and reading stops there."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -388,13 +414,19 @@ class AckLog:
         if self._map is not None:
             self._map.close()
         os.ftruncate(self.fd, 0)
-        os.posix_fallocate(self.fd, 0, ACKS_BYTES)  # blocks allocated now: see append
+        os.posix_fallocate(self.fd, 0, ACKS_BYTES)  # blocks allocated now: see _store
         self._map = mmap.mmap(self.fd, ACKS_BYTES)
         self.offset = 0
 
-    def append(self, row: tuple[Any, ...]) -> None:
-        """Store one row's record (from any thread; no system call unless the mapping grows)."""
-        payload = msgpack.packb(row)
+    def append_manifest(self, run: int, files: list[ManifestFile]) -> None:
+        """Store a chunk's manifest: what the positions of the acknowledgments after it mean."""
+        self._store(MANIFEST + msgpack.packb([run, files]))
+
+    def append_ack(self, position: int, status: int | None, nbytes: int, at: float) -> None:
+        """Store one acknowledgment's record (from any thread; no system call unless the mapping grows)."""
+        self._store(_ACK.pack(b"A", position, _NO_STATUS if status is None else status, nbytes, at))
+
+    def _store(self, payload: bytes) -> None:
         record = _FRAME.pack(len(payload), zlib.crc32(payload)) + payload
         with self._lock:
             assert self._map is not None, "reset() maps the log"
@@ -427,21 +459,33 @@ def read_acks(path: str) -> list[tuple[Any, ...]]:
 
 
 def parse_acks(data: bytes) -> list[tuple[Any, ...]]:
-    """Rows from the records of ``data``, up to the first torn or empty one; a log of JSON
-    lines (nodectl before the mapped log) is read too."""
+    """Rows (as ``files`` has them) from the records of ``data``, up to the first torn or
+    empty one; logs of earlier nodectl versions are read too (a whole row in msgpack per
+    record; JSON lines before that)."""
     if data[:1] == b"[":
         return _json_lines(data)
-    rows = []
+    rows: list[tuple[Any, ...]] = []
+    files: dict[int, tuple[Any, ...]] = {}
+    run = 0
     at = 0
     while at + _FRAME.size <= len(data):
         length, crc = _FRAME.unpack_from(data, at)
         payload = data[at + _FRAME.size:at + _FRAME.size + length]
         if not length or len(payload) != length or zlib.crc32(payload) != crc:
             break
-        row = msgpack.unpackb(payload, use_list=False)
-        if isinstance(row, tuple) and len(row) == 11:
-            rows.append(row)
         at += _FRAME.size + length
+        kind = payload[:1]
+        if kind == b"A" and length == _ACK.size:
+            _kind, position, status, nbytes, when = _ACK.unpack(payload)
+            if position in files:
+                rows.append((*files[position], ACKNOWLEDGED, None if status == _NO_STATUS else status, "", nbytes, run, when))
+        elif kind == MANIFEST:
+            run, listed = msgpack.unpackb(payload[1:], use_list=False)
+            files = {position: tuple(rest) for position, *rest in listed}
+        else:  # an earlier version's record: the whole row
+            row = msgpack.unpackb(payload, use_list=False)
+            if isinstance(row, tuple) and len(row) == 11:
+                rows.append(row)
     return rows
 
 

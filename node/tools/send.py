@@ -701,6 +701,7 @@ def send_chunk(args: argparse.Namespace, paths: list[str], missing: list[str], j
     found = scan(todo.to_send, identities=journal is not None and not journal.resuming)
     recorder = JobRecorder(journal, todo.identities)
     recorder.skipped(found.skipped)
+    recorder.begin(found.entries)
     progress.expect(len(found.entries), found.total_bytes)
     for item in found.skipped:
         LOGGER.warning(f"Skipped: {item.path}: {item.reason}")

@@ -122,10 +122,10 @@ def journal_key(path: str, cwd: str) -> str:
 
 
 class JobRecorder:
-    """Writes each outcome to the journal (a no-op without ``--journal``): an acknowledgment at
-    once to its log, before the thread that received it sends its next C-STORE (so a kill -9
-    leaves at most the instance in flight per association unjournaled); all of them grouped
-    into its files table."""
+    """Writes each outcome to the journal (a no-op without ``--journal``): the chunk's files
+    once, before any is sent (``begin``); an acknowledgment at once to the journal's log, before
+    the thread that received it sends its next C-STORE (so a kill -9 leaves at most the instance
+    in flight per association unjournaled); all of them grouped into its files table."""
 
     def __init__(self, journal: SendJournal | None, identities: dict[str, tuple[str, int, int]]) -> None:
         self.journal = journal
@@ -146,18 +146,24 @@ class JobRecorder:
             return journal_key(entry.path, self.cwd), entry.offset + entry.size, entry.mtime_ns
         return self._identity(entry.path)
 
+    def begin(self, entries: Sequence[FileEntry]) -> None:
+        """The chunk's files, before any is sent: what its acknowledgments' records refer to."""
+        if self.journal is not None:
+            self.journal.manifest([(entry.index, *self._entry_identity(entry), entry.sop_class_uid, entry.sop_instance_uid)
+                                   for entry in entries])
+
     def file(self, entry: FileEntry, result: FileResult) -> None:
         """Record one file's outcome; called from the thread that got it from the peer (for an
         acknowledgment) or from the main thread (any outcome)."""
         if self.journal is None:
             return
-        key, size, mtime_ns = self._entry_identity(entry)
         if result.sent:
-            self.journal.record_ack(key, size, mtime_ns, entry.sop_class_uid, entry.sop_instance_uid, result.status, result.bytes)
-        else:
-            self.journal.record(Outcome(
-                path=key, size=size, mtime_ns=mtime_ns, outcome=FAILED, sop_class_uid=entry.sop_class_uid,
-                sop_instance_uid=entry.sop_instance_uid, status=result.status, reason=result.reason, bytes=result.bytes))
+            self.journal.record_ack(entry.index, result.status, result.bytes)
+            return
+        key, size, mtime_ns = self._entry_identity(entry)
+        self.journal.record(Outcome(
+            path=key, size=size, mtime_ns=mtime_ns, outcome=FAILED, sop_class_uid=entry.sop_class_uid,
+            sop_instance_uid=entry.sop_instance_uid, status=result.status, reason=result.reason, bytes=result.bytes))
 
     def skipped(self, items: Sequence[Skipped]) -> None:
         if self.journal is None:

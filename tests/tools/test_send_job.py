@@ -11,11 +11,14 @@ import json
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import psutil
 import pytest
 
@@ -247,8 +250,9 @@ journal = SendJournal(sys.argv[1])
 journal.start_run({})
 journal.record(Outcome(path="/a", size=10, mtime_ns=1, outcome=ACKNOWLEDGED, sop_instance_uid="1.2.1", bytes=10))
 journal.flush()
-journal.record_ack("/b", 10, 1, "", "1.2.2", 0, 20)
-journal.acks.append(("/c", 10, 1, "", "1.2.3", ACKNOWLEDGED, 0, "", 30, 1, 1764633600.25))
+journal.manifest([(0, "/b", 10, 1, "", "1.2.2"), (1, "/c", 10, 1, "", "1.2.3")])
+journal.record_ack(0, 0, 20)
+journal.record_ack(1, 0, 30)
 with open(sys.argv[1] + "-acks", "r+b") as log:  # the kill cut /c's record: its last bytes never stored
     log.seek(journal.acks.offset - 3)
     log.write(bytes(3))
@@ -281,12 +285,26 @@ def test_acknowledgment_log_grows_past_its_first_mapping(tmp_path: Path) -> None
     journal = SendJournal(str(tmp_path / "j"))
     journal.start_run({})
     count = ACKS_BYTES // 40
+    journal.manifest([(n, f"/data/{n:06d}.dcm", 10, 1, "1.2.840.10008.5.1.4.1.1.7", f"1.2.{n}") for n in range(count)])
     for n in range(count):
-        journal.record_ack(f"/data/{n:06d}.dcm", 10, 1, "1.2.840.10008.5.1.4.1.1.7", f"1.2.{n}", 0, n)
+        journal.record_ack(n, 0, n)
     assert journal.acks is not None and journal.acks.offset > ACKS_BYTES
     assert os.path.getsize(str(tmp_path / "j") + ACKS_SUFFIX) > ACKS_BYTES
     rows = read_acks(str(tmp_path / "j") + ACKS_SUFFIX)
     assert [row[0] for row in rows] == [f"/data/{n:06d}.dcm" for n in range(count)]
+    journal.close()
+
+
+def test_a_log_an_earlier_version_left_is_read(tmp_path: Path) -> None:
+    """A run of the previous nodectl killed mid-job left whole rows in the log (msgpack, each
+    framed by length and CRC): a resume with this version takes them as acknowledged."""
+    path = tmp_path / "j"
+    SendJournal(str(path)).close()
+    row = ("/old", 10, 1, "", "1.2.9", ACKNOWLEDGED, 0, "", 10, 1, 1764633600.25)
+    payload = msgpack.packb(row)
+    Path(str(path) + ACKS_SUFFIX).write_bytes(struct.pack("<II", len(payload), zlib.crc32(payload)) + payload + bytes(64))
+    journal = SendJournal(str(path))
+    assert acknowledged(journal, "/old", (10, 1))
     journal.close()
 
 
