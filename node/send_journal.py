@@ -65,6 +65,7 @@ SKIPPED = "skipped"
 COMMITTED = "committed"
 GROUP_SECONDS = 1.0  # outcomes wait at most this long in memory before their transaction (the log has the acks)
 GROUP_FILES = 512  # ... or until this many are waiting
+WRITE_SLICE = 16  # rows written at a time while the sender waits for its peers (``write_some``)
 ACKS_SUFFIX = "-acks"  # the acknowledgment log beside the journal
 ACKS_BYTES = 1 << 20  # the log's mapping at first; doubled when full (a manifest takes ~200 bytes a file, an ack 37)
 
@@ -282,23 +283,45 @@ class SendJournal:
 
     def flush_due(self) -> None:
         """Flush if the oldest waiting outcome has waited ``GROUP_SECONDS``."""
-        if (self._acked or self._pending) and time.monotonic() - self._since >= GROUP_SECONDS:
+        if (self._acked or self._pending or self.conn.in_transaction) and time.monotonic() - self._since >= GROUP_SECONDS:
             self.flush()
 
+    def queued(self) -> int:
+        """Outcomes waiting for their rows."""
+        return len(self._acked) + len(self._pending)
+
+    def write_some(self, limit: int = WRITE_SLICE) -> None:
+        """Write up to ``limit`` waiting outcomes into the group's open transaction (begun
+        here if none is), without committing it: a slice of ``flush``'s work done while the
+        sender waits for its peers (``send_multiplex.run_lanes``); ``flush`` commits the group."""
+        if self.readonly:
+            return
+        with self._lock:
+            acked, self._acked = self._acked[:limit], self._acked[limit:]
+            rows, self._pending = self._pending[:limit - len(acked)], self._pending[limit - len(acked):]
+        rows += self._ack_rows(acked)
+        if rows:
+            with self._writing:
+                if not self.conn.in_transaction:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.executemany(_UPSERT, rows)
+
     def flush(self) -> None:
-        """Write every waiting outcome in one transaction (worker threads go on queueing meanwhile)."""
+        """Write every waiting outcome and commit the group (worker threads go on queueing meanwhile)."""
         if self.readonly:
             return
         with self._lock:
             rows, self._pending = self._pending, []
             acked, self._acked = self._acked, []
             self._since = time.monotonic()
-        if acked:
-            files, run = self._manifest, self.run
-            rows += [(*files[position], ACKNOWLEDGED, status, "", nbytes, run, at) for position, status, nbytes, at in acked]
-        if rows:
+        rows += self._ack_rows(acked)
+        if rows or self.conn.in_transaction:
             with self._writing, self._transaction():
                 self.conn.executemany(_UPSERT, rows)
+
+    def _ack_rows(self, acked: list[tuple[int, int | None, int, float]]) -> list[tuple[Any, ...]]:
+        files, run = self._manifest, self.run
+        return [(*files[position], ACKNOWLEDGED, status, "", nbytes, run, at) for position, status, nbytes, at in acked]
 
     def settle(self) -> None:
         """Empty the acknowledgment log once every line of it is in ``files`` (no worker running)."""
@@ -502,13 +525,15 @@ def _json_lines(data: bytes) -> list[tuple[Any, ...]]:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection."""
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error) on an autocommit connection; a
+    transaction ``write_some`` left open is carried on and committed with it."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
     def __exit__(self, exc_type: Any, *exc: Any) -> None:

@@ -545,7 +545,8 @@ def send_pass(args: argparse.Namespace, entries: Sequence[FileEntry], collector:
             return False
         if can_multiplex(peer, entries):  # one thread, one selector, every association (send_multiplex.py)
             work = {worker: tasks_for_worker(tasks, worker) for worker in range(workers)}
-            for finished in run_lanes(work, peer, collector):
+            idle = collector.recorder if collector.recorder.journal is not None else None
+            for finished in run_lanes(work, peer, collector, idle):
                 collector(finished)
             report_unreported(collector)
             return False

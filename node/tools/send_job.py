@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
-from node.send_journal import FAILED, SKIPPED, Outcome, SendJournal, file_identity
+from node.send_journal import FAILED, SKIPPED, WRITE_SLICE, Outcome, SendJournal, file_identity
 from node.tools.send_plan import FileEntry, Skipped
 from node.tools.send_results import FileResult
 
@@ -176,6 +176,14 @@ class JobRecorder:
     def flush_due(self) -> None:
         if self.journal is not None:
             self.journal.flush_due()
+
+    def waiting(self) -> bool:
+        """Whether a slice of rows waits (``send_multiplex.Idle``: written while the peers work)."""
+        return self.journal is not None and self.journal.queued() >= WRITE_SLICE
+
+    def step(self) -> None:
+        assert self.journal is not None
+        self.journal.write_some(WRITE_SLICE)
 
     def flush(self) -> None:
         if self.journal is not None:

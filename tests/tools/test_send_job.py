@@ -295,6 +295,28 @@ def test_acknowledgment_log_grows_past_its_first_mapping(tmp_path: Path) -> None
     journal.close()
 
 
+def test_rows_written_in_slices_are_committed_with_their_group(tmp_path: Path) -> None:
+    """``write_some`` (while the sender waits for its peers) writes rows into the group's open
+    transaction: nobody else sees them until ``flush`` commits the group with the rest."""
+    path = tmp_path / "j"
+    journal = SendJournal(str(path))
+    journal.start_run({})
+    journal.manifest([(n, f"/data/{n:02d}.dcm", 10, 1, "1.2.840.10008.5.1.4.1.1.7", f"1.2.{n}") for n in range(40)])
+    for n in range(40):
+        journal.record_ack(n, 0, 10)
+    journal.record(outcome("/data/failed.dcm", kind=FAILED, status=0xA700))
+    journal.write_some(16)
+    journal.write_some(16)
+    assert journal.queued() == 41 - 32
+    reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    assert reader.execute("SELECT count(*) FROM files").fetchone()[0] == 0
+    journal.flush()
+    assert reader.execute("SELECT outcome, count(*) FROM files GROUP BY outcome ORDER BY outcome").fetchall() == [
+        (ACKNOWLEDGED, 40), (FAILED, 1)]
+    reader.close()
+    journal.close()
+
+
 def test_a_log_an_earlier_version_left_is_read(tmp_path: Path) -> None:
     """A run of the previous nodectl killed mid-job left whole rows in the log (msgpack, each
     framed by length and CRC): a resume with this version takes them as acknowledged."""

@@ -25,6 +25,7 @@ from node.tools.send_results import FileResult
 from node.tools.send_worker import run_tasks
 from node.tools.tls_options import ClientTls
 from tests.node.ul.blocking import AcceptEverything
+from tests.tools.storepeers import dcmtk_available, dcmtk_storescp
 from tests.tools.test_send import make_files
 
 
@@ -91,3 +92,37 @@ def test_a_silent_peer_is_lost_at_the_dimse_timeout(tmp_path: Path, workers: int
     lost = [r for r in results if "association lost while sending (no answer within 0.5 s)" in r.reason]
     refused = [r for r in results if "association request failed (no answer within 0.4 s)" in r.reason]
     assert len(lost) == workers and len(refused) == workers, results
+
+
+class _Slices:
+    """Background work of a fixed number of slices (``send_multiplex.Idle``)."""
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.steps = 0
+
+    def waiting(self) -> bool:
+        return self.left > 0
+
+    def step(self) -> None:
+        self.left -= 1
+        self.steps += 1
+
+
+@pytest.mark.skipif(not dcmtk_available(), reason="DCMTK storescp not installed")
+def test_idle_work_runs_in_slices_while_the_peers_work_and_every_file_is_answered(tmp_path: Path) -> None:
+    """A job's journal writes its rows while the associations wait for DCMTK storescp: the
+    slices run (the peer takes time to answer), and every file is still sent and answered."""
+    sent = make_files(tmp_path / "in", 40)
+    found = scan(sorted(str(p) for p in (tmp_path / "in").iterdir()))
+    tasks = plan(found.entries, 2)
+    results: list[FileResult] = []
+    idle = _Slices(10_000)
+    with dcmtk_storescp(tmp_path / "scp") as scp:
+        options = PeerOptions(host="127.0.0.1", port=scp.port, called_aet="STORESCP")
+        finished = run_lanes({w: tasks_for_worker(tasks, w) for w in range(2)}, options, results.append, idle)
+        stored = {path.name for path in scp.out.iterdir()}
+    assert sorted(f.worker for f in finished) == [0, 1]
+    assert sorted(r.index for r in results) == list(range(len(sent))) and all(r.sent for r in results)
+    assert len(stored) == len(sent)
+    assert idle.steps > 0, "no slice ran while the associations waited"
