@@ -111,6 +111,8 @@ def parser() -> argparse.ArgumentParser:
     sendjob.add_argument("--scratch", metavar="DIR", help="receivers and journals (default: the system temp directory)")
     sendjob.add_argument("--journal-dir", metavar="DIR", help="where the jobs' journals go (default: the system temp directory)")
     sendjob.add_argument("--node-source", metavar="DIR", help="run nodectl from DIR (PYTHONPATH), e.g. a git archive")
+    sendjob.add_argument("--from-source", action="store_true",
+                         help="leave node/ and actors/ uncompiled (as bench send --from-source; default: compiled first)")
     sendjob.add_argument("--json", metavar="FILE", help="write every sample and the summary as JSON")
     return p
 

@@ -41,6 +41,7 @@ from pathlib import Path
 
 from bench import corpus, peers, procs
 from bench.send import _children_cpu as children_cpu
+from bench.send import compile_bytecode
 
 SENDER_TIMEOUT_S = 3600.0
 JOBS = 4  # -j of every job here (the journal target is at -j 4)
@@ -347,9 +348,12 @@ def print_summary(results: dict) -> None:
 
 def main(opts) -> int:
     global JOURNAL_DIR
+    if not opts.from_source:  # as an installed nodectl runs (bench.send.compile_bytecode)
+        compile_bytecode([Path(opts.node_source) if opts.node_source else Path(__file__).resolve().parents[1]])
     env = peers.base_env(True, Path(opts.node_source) if opts.node_source else None)
     JOURNAL_DIR = Path(tempfile.mkdtemp(prefix="bench-sendjob-journals-", dir=opts.journal_dir))
-    results: dict = {"load_start": os.getloadavg(), "cpus": os.cpu_count(), "node_source": opts.node_source}
+    results: dict = {"load_start": os.getloadavg(), "cpus": os.cpu_count(), "node_source": opts.node_source,
+                     "bytecode": "source" if opts.from_source else "compiled"}
     with tempfile.TemporaryDirectory(prefix="bench-sendjob-", dir=opts.scratch) as scratch:
         if "journal" in opts.parts:
             results["journal"] = journal_overhead(opts, env, Path(scratch))
