@@ -31,12 +31,14 @@ process's kill -9 (the page is the kernel's) and costs no system call, so the re
 thread keeps the GIL. Why so little per acknowledgment (issue 15's journal target: ≤ 10% of
 the throughput at -j 4): a SQLite commit per acknowledgment, tried first, cost its eight
 ``fcntl`` locks and four ``pwrite`` calls (~70 µs of CPU per file); one ``write()`` each, tried
-next, ~20 µs and a GIL hand-off; a whole row in msgpack each (path, UIDs: the previous log)
-still ~12 µs measured inside a sending job, where the network code keeps the caches cold
-(~3 µs in a loop of its own). The main thread writes every outcome into ``files`` grouped,
-one transaction at most every ``GROUP_SECONDS`` (``flush``: each group's pages written once,
-not rewritten by ten small commits); the log is emptied when no worker runs (``settle``) and
-removed when the journal is closed; opening a journal moves the records a killed run left
+next, ~20 µs and a GIL hand-off; a whole row in msgpack each (path, UIDs: the previous log),
+15 µs of thread CPU around the call inside a sending job at -j 4 (~3 µs in a loop of its own:
+in a job the network code keeps the caches cold), the position record 8.5 µs so measured. The
+main thread writes every outcome into ``files`` grouped, one transaction at most every
+``GROUP_SECONDS`` (``flush``: each group's pages written once, not rewritten by ten small
+commits); at -j N most rows are written before that, ``WRITE_SLICE`` at a time, while every
+association waits for its peer (``write_some``), in the group's open transaction. The log is
+emptied when no worker runs (``settle``) and removed when the journal is closed; opening a journal moves the records a killed run left
 there into ``files`` (a torn last record is ignored: its file is sent again). The log's lock
 (``flock``) keeps a second ``nodectl send`` off a journal in use.
 The file list is never held here: a chunk of it is looked up in one query (``acknowledged_among``).
