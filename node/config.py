@@ -94,7 +94,7 @@ class StoreConfig:
     # instances keep coming, at once when none came for materialise_idle seconds (a batch
     # costs ~4 flushes: fewer batches, fewer flushes per instance).
     journal: bool = True
-    materialise_interval: float = 0.2
+    materialise_interval: float = 1.0
     materialise_idle: float = 0.2
     # With two or more associations storing, a group waits this long for more requests
     # before its flush (PostgreSQL's commit_delay); 0 turns it off.
