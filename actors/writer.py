@@ -384,7 +384,7 @@ class Writer:
         try:
             if not self._recover_until_done(index):
                 return
-            last = 0.0
+            last = float("-inf")  # the first batch at once (not only once the clock passed interval)
             failures = 0
             while True:
                 with self.cond:
