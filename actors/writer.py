@@ -59,7 +59,6 @@ STATUS_DUPLICATE_REJECTED = 0x0111
 LAP_BYTES = 16 << 20  # past this, start a new lap as soon as everything is materialised
 JOURNAL_MAX_BYTES = 256 << 20  # past this, wait for the materialiser, then start a new lap
 MATERIALISE_BATCH = 512
-MATERIALISE_BYTES = 8 << 20  # a backlog this large (journal bytes) is materialised without pacing
 MATERIALISE_RETRY_S = 1.0
 MATERIALISE_LOG_EVERY_S = 60.0  # a full disk fails every retry: one ERROR line a minute, not one a second
 STOP_ATTEMPTS = 3  # on SIGTERM, give up materialising after this many failures in a row (the journal keeps them)
@@ -257,11 +256,10 @@ class Writer:
                 self.queue.extend(records)
                 self.appended_seq = records[-1].seq
                 self.last_append = time.monotonic()
-                # Only a materialiser waiting for an empty queue, or pacing a whole batch,
-                # needs waking: one that paces a smaller batch wakes on its own deadline, and
-                # waking it per group only cost two thread switches (futex calls, the GIL)
-                # per instance on one association.
-                if idle or self._backlog_full():
+                # Only a materialiser waiting for an empty queue needs waking: one that paces
+                # a batch wakes on its own deadline, and waking it per group only cost two
+                # thread switches (futex calls, the GIL) per instance on one association.
+                if idle:
                     self.cond.notify_all()
             for (slot, r, final), record, old in zip(accepted, records, olds):
                 msg = r.message
@@ -384,7 +382,7 @@ class Writer:
         try:
             if not self._recover_until_done(index):
                 return
-            last = float("-inf")  # the first batch at once (not only once the clock passed interval)
+            last = 0.0
             failures = 0
             while True:
                 with self.cond:
@@ -397,7 +395,7 @@ class Writer:
                     # (``idle`` s without an append), a waiting SyncStore or shutdown: at once.
                     now = time.monotonic()
                     wait = min(last + self.interval - now, self.last_append + self.idle - now)
-                    if wait > 0 and not (self.urgent or self.stopping or self._backlog_full()):
+                    if wait > 0 and not (self.urgent or self.stopping):
                         self.cond.wait(wait)
                         continue
                     batch = self.queue[:MATERIALISE_BATCH]
@@ -434,12 +432,6 @@ class Writer:
                 self.cond.notify_all()
         finally:
             index.close()
-
-    def _backlog_full(self) -> bool:
-        """With ``self.cond`` held: a whole batch is waiting. Pacing it further would only let
-        the backlog grow (one batch per interval is slower than a busy association), up to
-        JOURNAL_MAX_BYTES, where every acknowledgment waits for the materialiser."""
-        return len(self.queue) >= MATERIALISE_BATCH or self.queue[-1].end - self.queue[0].offset >= MATERIALISE_BYTES
 
     def _recover_until_done(self, index: Index) -> bool:
         """The replay at start; while it fails (a full disk), the writer serves, refusing writes

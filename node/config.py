@@ -91,12 +91,10 @@ class StoreConfig:
     duplicates: str = "overwrite"
     # Issue 12: a success waits for one journal flush shared by the group; files reach their
     # final paths in background batches: at most every materialise_interval seconds while
-    # instances keep coming (or at once when a whole batch waits), at once when none came for
-    # materialise_idle seconds. A batch costs ~4 flushes, and the journal's fdatasync that
-    # every acknowledgment waits for queues behind each: 1 s, not 0.2, left 5x fewer of them
-    # (docs/benchmarks.md, "The materialiser's flushes and the acknowledgment path").
+    # instances keep coming, at once when none came for materialise_idle seconds (a batch
+    # costs ~4 flushes: fewer batches, fewer flushes per instance).
     journal: bool = True
-    materialise_interval: float = 1.0
+    materialise_interval: float = 0.2
     materialise_idle: float = 0.2
     # With two or more associations storing, a group waits this long for more requests
     # before its flush (PostgreSQL's commit_delay); 0 turns it off.

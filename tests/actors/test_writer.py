@@ -317,42 +317,6 @@ def test_laps_restart_and_a_killed_writer_replays_what_it_acknowledged(tmp_path:
         w.close()
 
 
-def test_a_whole_batch_waiting_is_materialised_without_pacing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Held back an hour between batches, the materialiser still takes a backlog as soon as it
-    fills a batch: one batch per interval would let a busy association outrun it."""
-    import time
-
-    from actors import writer
-    from node.config import NodeConfig, StoreConfig
-
-    monkeypatch.setattr(writer, "MATERIALISE_BATCH", 3)
-    config = NodeConfig(directory=tmp_path / "store", database=str(tmp_path / "node.sqlite"), run_dir=tmp_path / "run",
-                        store=StoreConfig(materialise_interval=3600.0, materialise_idle=3600.0))
-    w = writer.Writer(config)
-    w.prepare()
-
-    def materialised_within(seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while w.materialised_seq < w.appended_seq and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return w.materialised_seq == w.appended_seq
-
-    try:
-        requests = _requests(tmp_path, 4)
-        w.handle([requests[0][0]])
-        assert materialised_within(30)  # the first batch: nothing came before it
-        w.handle([requests[1][0]])
-        w.handle([requests[2][0]])
-        assert not materialised_within(0.5)  # two waiting: paced
-        w.handle([requests[3][0]])
-        assert materialised_within(30)  # three: a whole batch, at once
-        for _req, path in requests:
-            stored = _indexed(tmp_path, dcmread(path).SOPInstanceUID)
-            assert stored is not None and dataset_bytes(Path(stored)) == dataset_bytes(path)
-    finally:
-        w.close()
-
-
 # ----- a full disk ---------------------------------------------------------------------------------
 
 OUT_OF_RESOURCES = "Refused: OutOfResources"
