@@ -47,7 +47,7 @@ from node import ul
 from node.errors import STATUS_OUT_OF_RESOURCES
 from node.messages import CommitmentAnswer, ForwardReport, HandOff, RequestCommitment
 from node.receive import STORAGE_COMMITMENT, VERIFICATION, Received, refuse_commitment_without_scp_role
-from node.storage import PREAMBLE
+from node.storage import PREAMBLE, start_writeback
 
 if TYPE_CHECKING:
     from actors.worker import Worker, _Live
@@ -85,6 +85,10 @@ MAX_COMMITMENT_INFO = 64 << 20
 
 
 SPOOL_BUFFER = 1 << 20
+# Every this many spooled bytes, the buffered bytes are written and their write-out to disk
+# started (``start_writeback``) while the rest of the dataset still arrives, so that the
+# writer's fdatasync of the spool finds most of it on disk already.
+WRITEBACK_STEP = 128 << 10
 
 
 def _open_spool(path: str, flags: int) -> int:
@@ -105,11 +109,14 @@ class _Incoming:
     buffer: bytearray = field(default_factory=bytearray)
     spool: IO[bytes] | None = None
     size: int = 0
+    written: int = 0  # dataset bytes whose write-out has been started
 
     def add(self, data: bytes) -> None:
         self.size += len(data)
         if self.spool is not None:
             self.spool.write(data)
+            if self.size - self.written >= WRITEBACK_STEP:
+                self._write_out()
             return
         self.buffer += data
         if len(self.buffer) > self.threshold:
@@ -122,9 +129,19 @@ class _Incoming:
             self.spool.write(self.meta)
             self.spool.write(self.buffer)
             self.buffer = bytearray()
+            self._write_out()
+
+    def _write_out(self) -> None:
+        """Hand what is buffered to the kernel and start its write-out (not a flush: the
+        writer's fdatasync still makes the spool durable before any answer)."""
+        assert self.spool is not None
+        self.spool.flush()
+        start_writeback(self.spool.fileno())
+        self.written = self.size
 
     def finish(self) -> None:
         if self.spool is not None:
+            self._write_out()
             self.spool.close()
 
     def discard(self) -> None:
