@@ -38,7 +38,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from actors import _app_log, commitment_io
 from actors.tcp import quick_ack
@@ -84,21 +84,21 @@ MAX_IN_FLIGHT = 16
 MAX_COMMITMENT_INFO = 64 << 20
 
 
-SPOOL_BUFFER = 1 << 20
-# Every this many spooled bytes, the buffered bytes are written and their write-out to disk
-# started (``start_writeback``) while the rest of the dataset still arrives, so that the
-# writer's fdatasync of the spool finds most of it on disk already.
+# Every this many spooled bytes, the fragments held are written (one pwritev) and their
+# write-out to disk started (``start_writeback``) while the rest of the dataset still
+# arrives, so that the writer's fdatasync of the spool finds most of it on disk already.
 WRITEBACK_STEP = 128 << 10
-
-
-def _open_spool(path: str, flags: int) -> int:
-    """``open``'s opener: a spool is created 0644 (before umask), like the writer's temp files."""
-    return os.open(path, flags, 0o644)
+_IOV_MAX = 512
 
 
 @dataclass
 class _Incoming:
-    """One C-STORE's dataset arriving: bytes in memory, spilled to a spool file when large."""
+    """One C-STORE's dataset arriving: fragments in memory, spilled to a spool file when large.
+
+    The engine's fragments are kept as they come, not appended to one buffer: a dataset in
+    memory is joined once (``data``), a spooled one is written from them with ``pwritev``;
+    every extra pass over a 512 KiB dataset costs ~0.25 ms of CPU on this machine.
+    """
 
     context_id: int
     command: ul.CStoreRQ
@@ -106,52 +106,74 @@ class _Incoming:
     meta: bytes
     threshold: int
     spool_path: str
-    buffer: bytearray = field(default_factory=bytearray)
-    spool: IO[bytes] | None = None
+    fragments: list[bytes] = field(default_factory=list)  # not yet written to the spool
+    held: int = 0  # bytes in ``fragments``
+    spooled: bool = False  # the dataset passed ``threshold``: it goes to ``spool_path``
+    fd: int = -1  # the spool, open while the dataset arrives
+    offset: int = 0  # the spool's size so far
     size: int = 0
-    written: int = 0  # dataset bytes whose write-out has been started
 
     def add(self, data: bytes) -> None:
         self.size += len(data)
-        if self.spool is not None:
-            self.spool.write(data)
-            if self.size - self.written >= WRITEBACK_STEP:
-                self._write_out()
-            return
-        self.buffer += data
-        if len(self.buffer) > self.threshold:
+        self.fragments.append(data)
+        self.held += len(data)
+        if not self.spooled and self.size > self.threshold:
             # The spool has the layout read_spooled expects: preamble, file meta, dataset.
-            # A 1 MiB buffer: one write(2) per MiB instead of one per P-DATA fragment (16 KiB
-            # from most peers). Mode 0644 as the writer's temp files: the writer may rename
-            # this very file to its final path (node.storage.Store._adopt_spool).
-            self.spool = open(self.spool_path, "wb", buffering=SPOOL_BUFFER, opener=_open_spool)  # noqa: SIM115 - closed in finish/discard
-            self.spool.write(PREAMBLE)
-            self.spool.write(self.meta)
-            self.spool.write(self.buffer)
-            self.buffer = bytearray()
+            # Mode 0644 as the writer's temp files: the writer may rename this very file
+            # to its final path (node.storage.Store._adopt_spool).
+            self.fd = os.open(self.spool_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            self.spooled = True
+            self.fragments[:0] = [PREAMBLE, self.meta]
             self._write_out()
+        elif self.spooled and self.held >= WRITEBACK_STEP:
+            self._write_out()
+
+    def data(self) -> bytes:
+        """The whole dataset held in memory (not spooled), joined once."""
+        return b"".join(self.fragments)
 
     def _write_out(self) -> None:
-        """Hand what is buffered to the kernel and start its write-out (not a flush: the
-        writer's fdatasync still makes the spool durable before any answer)."""
-        assert self.spool is not None
-        self.spool.flush()
-        start_writeback(self.spool.fileno())
-        self.written = self.size
+        """Write the fragments held and start their write-out (not a flush: the writer's
+        fdatasync still makes the spool durable before any answer)."""
+        self.offset = _pwritev_all(self.fd, self.fragments, self.offset)
+        self.fragments, self.held = [], 0
+        start_writeback(self.fd)
 
     def finish(self) -> None:
-        if self.spool is not None:
-            self._write_out()
-            self.spool.close()
+        """The last fragment came: the spool complete and closed (the worker reads it by name)."""
+        if self.fd >= 0:
+            if self.fragments:
+                self._write_out()
+            self._close()
+
+    def _close(self) -> None:
+        fd, self.fd = self.fd, -1
+        os.close(fd)
 
     def discard(self) -> None:
-        if self.spool is not None:
-            self.spool.close()
-            self.spool = None
+        if self.fd >= 0:
+            self._close()
+        if self.spooled:
+            self.spooled = False
             try:
                 os.unlink(self.spool_path)
             except FileNotFoundError:
                 pass
+
+
+def _pwritev_all(fd: int, buffers: list[bytes], offset: int) -> int:
+    """Write ``buffers`` at ``offset`` (pwritev, going on after short writes); the end offset."""
+    views = [memoryview(b) for b in buffers if b]
+    while views:
+        n = os.pwritev(fd, views[:_IOV_MAX], offset)
+        offset += n
+        while n:
+            if n >= len(views[0]):
+                n -= len(views.pop(0))
+            else:
+                views[0] = views[0][n:]
+                n = 0
+    return offset
 
 
 @dataclass
