@@ -47,7 +47,7 @@ from node import ul
 from node.errors import STATUS_OUT_OF_RESOURCES
 from node.messages import CommitmentAnswer, ForwardReport, HandOff, RequestCommitment
 from node.receive import STORAGE_COMMITMENT, VERIFICATION, Received, refuse_commitment_without_scp_role
-from node.storage import PREAMBLE, start_writeback
+from node.storage import PREAMBLE
 
 if TYPE_CHECKING:
     from actors.worker import Worker, _Live
@@ -84,10 +84,9 @@ MAX_IN_FLIGHT = 16
 MAX_COMMITMENT_INFO = 64 << 20
 
 
-# Every this many spooled bytes, the fragments held are written (one pwritev) and their
-# write-out to disk started (``start_writeback``) while the rest of the dataset still
-# arrives, so that the writer's fdatasync of the spool finds most of it on disk already.
-WRITEBACK_STEP = 128 << 10
+# Spooled fragments are written in one pwritev per this many bytes (16 KiB fragments from
+# most peers: one system call for eight of them).
+WRITE_STEP = 128 << 10
 _IOV_MAX = 512
 
 
@@ -125,7 +124,7 @@ class _Incoming:
             self.spooled = True
             self.fragments[:0] = [PREAMBLE, self.meta]
             self._write_out()
-        elif self.spooled and self.held >= WRITEBACK_STEP:
+        elif self.spooled and self.held >= WRITE_STEP:
             self._write_out()
 
     def data(self) -> bytes:
@@ -133,11 +132,9 @@ class _Incoming:
         return b"".join(self.fragments)
 
     def _write_out(self) -> None:
-        """Write the fragments held and start their write-out (not a flush: the writer's
-        fdatasync still makes the spool durable before any answer)."""
+        """Write the fragments held to the spool (the writer's fdatasync makes it durable)."""
         self.offset = _pwritev_all(self.fd, self.fragments, self.offset)
         self.fragments, self.held = [], 0
-        start_writeback(self.fd)
 
     def finish(self) -> None:
         """The last fragment came: the spool complete and closed (the worker reads it by name)."""

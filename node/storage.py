@@ -383,18 +383,3 @@ def fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-_SYNC_FILE_RANGE_WRITE = 2
-_libc.sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-
-
-def start_writeback(fd: int) -> None:
-    """Start writing the file's dirty pages to disk without waiting (``sync_file_range`` with
-    SYNC_FILE_RANGE_WRITE), so that a later fdatasync waits only for what is still in flight.
-    Durability is unchanged: this flushes no disk cache and makes nothing durable by itself.
-    Best effort: where the call is missing or refused, the fdatasync does all the work."""
-    try:
-        _libc.sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-    except AttributeError:
-        pass
