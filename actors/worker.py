@@ -257,18 +257,18 @@ class Worker:
     def _store(self, job: Any, live: _Live) -> int:
         """Check the dataset, plan its path, and wait for the writer; return the DIMSE status.
 
-        ``job`` is an engine association's ``_Incoming``: the dataset in memory (``data()``), or spooled
+        ``job`` is an engine association's ``_Incoming``: the dataset in ``buffer``, or spooled
         with our file meta.
         """
         received = job.received
         try:
             spool: str | None = None
             data: bytes | None
-            if job.spooled:  # larger than the inline threshold: the writer takes the file
+            if job.spool is not None:  # larger than the inline threshold: the writer takes the file
                 spool, meta, data = job.spool_path, job.meta, None
                 ds, offset = read_own_spool(spool, meta, job.size, received.transfer_syntax)
             else:
-                data, meta = job.data(), job.meta
+                data, meta = bytes(job.buffer), job.meta
                 ds, offset = read_in_memory(data, meta, received.transfer_syntax, self.wanted), 0
             check_dataset(ds, received)
             write = plan_write(received, ds, self.pattern)

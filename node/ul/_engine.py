@@ -215,37 +215,20 @@ class Association:
             self._violation(Evt.EVT19, ProtocolViolation(f"{reason} 0x{pdu_type:02X}", code))
         if len(buf) < 6 + length:
             return False
+        with memoryview(buf) as view:  # one copy (a bytearray slice, then bytes(), made two)
+            body = bytes(view[6 : 6 + length])
+        del buf[: 6 + length]
         action, _ = self._entry(event)
         if action in ("AA-1", "AA-7", "AA-8"):
-            del buf[: 6 + length]
             self._violation(event, ProtocolViolation(f"{event.value} in {self.state.name}", REASON_UNEXPECTED_PDU))
         if action == "AA-6":
-            del buf[: 6 + length]
             return True
         try:
-            decoded = self._decode(pdu_type, length)
+            decoded = _pdu.decode(pdu_type, body)
         except ProtocolViolation as exc:
             self._violation(Evt.EVT19, exc)
         self._transition(event, decoded)
         return True
-
-    def _decode(self, pdu_type: int, length: int) -> object:
-        """Decode the buffered PDU of ``length`` body bytes, then drop it from the buffer.
-
-        A P-DATA-TF is decoded from a view of the buffer: its PDVs' data are then the only
-        copies of the dataset's bytes made here (a copy of the whole body first had been
-        one more pass over every byte of a large instance, ~0.25 ms per 512 KiB here).
-        """
-        buf = self._buffer
-        try:
-            if pdu_type == _pdu.P_DATA_TF:
-                with memoryview(buf) as view, view[6 : 6 + length] as body:
-                    return _pdu.decode(pdu_type, body)
-            with memoryview(buf) as view:
-                body = bytes(view[6 : 6 + length])
-            return _pdu.decode(pdu_type, body)
-        finally:
-            del buf[: 6 + length]
 
     def _entry(self, event: Evt) -> tuple[str, State | None]:
         """The table's entry for a received PDU; in Sta4, where PS3.8 has none (the peer spoke
