@@ -106,9 +106,9 @@ class NetworkConfig:
     """Association-level limits and timers; milliseconds follow dcm4che, seconds pynetdicom."""
 
     # 128 KiB (DCMTK's and Orthanc's upper bound) rather than dcm4che's 16378: a peer then
-    # sends a 512 KiB dataset in 4 PDUs instead of 32, and the worker wakes, reads and parses
-    # a PDU 8x less often (receiver CPU 5.45 -> 4.75 ms per 512 KiB instance, medians of 12
-    # runs, python -m bench ingest, 2026-12-02 11:18-11:25). ``nodectl storescp`` keeps 16378.
+    # sends a 512 KiB dataset in 5 PDUs instead of 33, fewer reads and passes through the
+    # upper layer for the worker (receiver CPU per 512 KiB instance 0.6-0.7 ms less:
+    # docs/benchmarks.md, 2026-12-02). ``nodectl storescp`` keeps dcm4che's 16378.
     max_pdu_receive: int = 131072
     max_pdu_send: int = 16378
     max_associations: int = 64
