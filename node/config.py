@@ -105,7 +105,11 @@ class StoreConfig:
 class NetworkConfig:
     """Association-level limits and timers; milliseconds follow dcm4che, seconds pynetdicom."""
 
-    max_pdu_receive: int = 16378
+    # 128 KiB (DCMTK's and Orthanc's upper bound) rather than dcm4che's 16378: a peer then
+    # sends a 512 KiB dataset in 5 PDUs instead of 33, fewer reads and passes through the
+    # upper layer for the worker (receiver CPU per 512 KiB instance 0.6-0.7 ms less:
+    # docs/benchmarks.md, 2026-12-02). ``nodectl storescp`` keeps dcm4che's 16378.
+    max_pdu_receive: int = 131072
     max_pdu_send: int = 16378
     max_associations: int = 64
     worker_capacity: int = 16
