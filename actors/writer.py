@@ -283,26 +283,43 @@ class Writer:
             self.cond.notify_all()
 
     def _make_room(self) -> None:
-        """Start a new lap when everything is materialised; wait for that past JOURNAL_MAX_BYTES."""
+        """Past LAP_BYTES, go on in the journal's other segment once everything it holds is
+        materialised; past JOURNAL_MAX_BYTES, wait for that. A steady stream keeps the queue
+        from ever running dry, so waiting for an empty queue (one file, before) let the
+        journal grow to its limit and then held every association while it drained."""
         assert self.journal is not None
         with self.cond:
-            if self.journal.offset > JOURNAL_MAX_BYTES and self.queue:
+            if self.journal.offset <= LAP_BYTES:
+                return
+            if self.journal.offset > JOURNAL_MAX_BYTES and self.journal.other_last_seq > self.materialised_seq:
                 log.warning("journal full (%d bytes): waiting for the materialiser", self.journal.offset)
-                self._wait_drained()
-            if not self.queue and self.journal.offset > LAP_BYTES:
-                self.journal.restart_lap()
+                self._wait_materialised(self.journal.other_last_seq)
+            if self.journal.other_last_seq <= self.materialised_seq:
+                self.journal.switch()
+
+    def _wait_materialised(self, seq: int) -> None:
+        """With ``self.cond`` held: until every record up to ``seq`` is materialised."""
+        self.urgent = True
+        self.cond.notify_all()
+        while self.materialised_seq < seq and self.queue:
+            self._check_materialiser()
+            self.cond.wait(1.0)
 
     def _wait_drained(self) -> None:
         """With ``self.cond`` held: until the queue is empty (the materialiser not paced)."""
         self.urgent = True
         self.cond.notify_all()
         while self.queue:
-            if self.failure is not None or (self.thread is not None and not self.thread.is_alive()):
-                raise StorageError(f"materialiser stopped: {self.failure}")
-            if self.materialise_error is not None:
-                raise StorageError(f"store not writable: {self.materialise_error}")
+            self._check_materialiser()
             self.cond.wait(1.0)
         self.urgent = False
+
+    def _check_materialiser(self) -> None:
+        """With ``self.cond`` held: StorageError when waiting for the materialiser is in vain."""
+        if self.failure is not None or (self.thread is not None and not self.thread.is_alive()):
+            raise StorageError(f"materialiser stopped: {self.failure}")
+        if self.materialise_error is not None:
+            raise StorageError(f"store not writable: {self.materialise_error}")
 
     def _barrier(self) -> None:
         """Everything journaled is materialised (before a direct write of the same store)."""
@@ -501,7 +518,7 @@ class Writer:
         previous = {uid: index.get(uid) for uid in last}
         obsolete = [Path(old.path) for uid, old in previous.items() if old is not None and old.path != last[uid].body["path"]]
         errors = self.store.materialise(
-            self.journal.fd, [(Path(r.body["path"]), r.data_offset, r.data_length) for r in records], obsolete=obsolete
+            [(Path(r.body["path"]), self.journal.fd_of(r), r.data_offset, r.data_length) for r in records], obsolete=obsolete
         )
         failed = [(r, e) for r, e in zip(records, errors) if e is not None]
         if failed:

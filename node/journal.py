@@ -8,22 +8,30 @@ in the writer's background thread); the index records, in the same transaction a
 the journal sequence number up to which everything is materialised (the checkpoint). On
 start the writer materialises every record past the checkpoint before it takes requests.
 
-File layout (little endian)::
+The journal is two files, segments (``journal`` and ``journal.1``), written in turn: once the
+segment being written holds more than the writer's lap size, the next group starts a new lap
+at the head of the other segment, provided every record of that one is materialised (its
+last number at or below the checkpoint). A steady stream thus never waits for the
+materialiser to run dry, as a single file had to before it could go back to its head: the
+materialiser only has to finish the older segment while the newer one fills.
+
+Segment layout (little endian)::
 
     [file header, HEADER_SIZE bytes]  b"NODEJRNL", u32 version, 32 ASCII hex journal id, zeros
-    [record][record]...               appended from HEADER_SIZE on; after a full checkpoint
-                                      the writer starts again at HEADER_SIZE (a new lap)
+                                      (both segments carry the id of ``journal``)
+    [record][record]...               appended from HEADER_SIZE on; a new lap starts there again
 
     record = RECORD header  magic b"NJR1", u32 crc32, u64 seq, u32 body length, u64 data length
              body           msgpack map: relpath, path (final, absolute), the index row fields
              data           the file's bytes: preamble, file meta, dataset
 
-The CRC covers seq, lengths, body and data. A scan starts at HEADER_SIZE and follows records
-while each one is whole (magic, lengths inside the file, CRC) and its seq is the previous one
-plus 1; the first record of a lap may have any seq. That stops at the end of the last group
-that was flushed: bytes of a group a crash interrupted fail the CRC, and records of an
-earlier lap further on have lower numbers. Nothing in this module flushes except
-``append`` (one fdatasync) and ``create`` (the new file and its directory).
+The CRC covers seq, lengths, body and data. Numbers grow across segments and laps. A scan of
+a segment starts at HEADER_SIZE and follows records while each one is whole (magic, lengths
+inside the file, CRC) and its seq is the previous one plus 1; the first record of a lap may
+have any seq. That stops at the end of the last group that was flushed: bytes of a group a
+crash interrupted fail the CRC, and records of an earlier lap further on have lower numbers.
+The journal's records are both segments' chains in order of their numbers. Nothing in this
+module flushes except ``append`` (one fdatasync) and ``open`` (a new segment and its directory).
 """
 
 from __future__ import annotations
@@ -61,8 +69,15 @@ _ZEROS = bytes(1 << 20)
 
 
 def path_for(store_directory: Path) -> Path:
-    """Where a store keeps its journal (inside the reserved ``.incoming`` directory)."""
+    """Where a store keeps its journal (inside the reserved ``.incoming`` directory): the
+    first segment's path, which names the journal (its id, ``nodectl status``)."""
     return Path(store_directory) / ".incoming" / "journal"
+
+
+def segment_paths(path: Path) -> list[Path]:
+    """The journal's segment files: ``path`` itself, then ``path.1``."""
+    path = Path(path)
+    return [path, path.with_name(path.name + ".1")]
 
 
 def enabled(config: NodeConfig) -> bool:
@@ -81,13 +96,14 @@ class Entry:
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One journaled instance: where its data lies in the journal file."""
+    """One journaled instance: where its data lies in the journal (segment and offset)."""
 
     seq: int
     offset: int  # of the record header
     data_offset: int
     data_length: int
     body: dict
+    segment: int = 0
 
     @property
     def end(self) -> int:
@@ -102,67 +118,88 @@ def _crc(seq: int, body: bytes, parts: Sequence[bytes | memoryview], data_length
     return crc
 
 
+@dataclass(slots=True)
+class _Segment:
+    """One segment file and where its current lap stands."""
+
+    path: Path
+    fd: int = -1
+    offset: int = HEADER_SIZE  # where its next record goes
+    allocated: int = 0  # the file's size: appends below it overwrite blocks already written
+    last_seq: int = 0  # the highest number of its current lap (0: nothing that must be kept)
+
+
 class Journal:
-    """The journal file of one store; only the writer's main thread appends to it."""
+    """The journal of one store; only the writer's main thread appends to it."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.fd = -1
+        self.segments = [_Segment(p) for p in segment_paths(self.path)]
+        self.current = 0  # the segment appends go to
         self.journal_id = ""
-        self.offset = HEADER_SIZE  # where the next record goes
-        self.allocated = 0  # the file's size: appends below it overwrite blocks already written
         self.next_seq = 1
-        self.lap_start = True  # the next record starts a lap (any seq allowed)
+
+    @property
+    def fd(self) -> int:
+        """The file descriptor of the segment being written."""
+        return self.segments[self.current].fd
+
+    @property
+    def offset(self) -> int:
+        """Where the next record goes in the segment being written."""
+        return self.segments[self.current].offset
+
+    @property
+    def allocated(self) -> int:
+        return self.segments[self.current].allocated
+
+    def fd_of(self, record: Record) -> int:
+        """The file descriptor of the segment that holds ``record``."""
+        return self.segments[record.segment].fd
 
     # ----- opening and scanning ------------------------------------------------------------
 
     def open(self) -> None:
-        """Open the journal, creating it (durably) when missing; read its id."""
+        """Open both segments, creating them (durably) when missing; read the journal's id.
+
+        A second segment whose id is not the first one's belongs to another journal (the first
+        was removed and made again): its records are not this journal's, so it is made anew."""
+        first, second = self.segments
         try:
-            if not self.path.exists():
-                self._create()
-            self.fd = os.open(self.path, os.O_RDWR)
-            header = os.pread(self.fd, 44, 0)
-            self.allocated = os.fstat(self.fd).st_size
+            if not first.path.exists():
+                _create(first.path, uuid.uuid4().hex)
+            self.journal_id = _open_segment(first)
+            if not second.path.exists():
+                _create(second.path, self.journal_id)
+            if _open_segment(second) != self.journal_id:
+                os.close(second.fd)
+                _create(second.path, self.journal_id)
+                _open_segment(second)
         except OSError as exc:
             raise StorageError(f"cannot open journal {self.path}: {exc.strerror}") from None
-        if header[:8] != MAGIC or struct.unpack("<I", header[8:12])[0] != VERSION:
-            raise StorageError(f"{self.path} is not a version {VERSION} journal")
-        self.journal_id = header[12:44].decode("ascii")
-
-    def _create(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".new")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            header = MAGIC + struct.pack("<I", VERSION) + uuid.uuid4().hex.encode("ascii")
-            os.write(fd, header.ljust(HEADER_SIZE, b"\x00"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
 
     def records(self) -> Iterator[Record]:
-        """The records of the current lap, in order (see the module docstring)."""
-        return scan(self.fd)
+        """The records of both segments' current laps, in order of their numbers."""
+        found = [record for n, seg in enumerate(self.segments) for record in scan(seg.fd, segment=n)]
+        return iter(sorted(found, key=lambda r: r.seq))
 
     def start_after_recovery(self, last_seq: int) -> None:
-        """Everything scanned is materialised: begin a new lap far above ``last_seq``."""
-        self.offset = HEADER_SIZE
+        """Everything scanned is materialised: begin a new lap in the first segment, numbered
+        far above ``last_seq``; neither segment holds anything that must be kept."""
+        for seg in self.segments:
+            seg.offset = HEADER_SIZE
+            seg.last_seq = 0
+        self.current = 0
         self.next_seq = last_seq + RESTART_GAP
-        self.lap_start = True
 
     # ----- appending -----------------------------------------------------------------------
 
     def append(self, entries: Sequence[Entry]) -> list[Record]:
         """Write every entry after the last record, then one fdatasync; the records written."""
+        seg = self.segments[self.current]
         buffers: list[bytes | memoryview] = []
         records: list[Record] = []
-        offset = self.offset
+        offset = seg.offset
         seq = self.next_seq
         for entry in entries:
             body = msgpack.packb(entry.body, use_bin_type=True)
@@ -172,39 +209,79 @@ class Journal:
             buffers.append(body)
             buffers.extend(entry.parts)
             data_offset = offset + RECORD.size + len(body)
-            records.append(Record(seq, offset, data_offset, length, entry.body))
+            records.append(Record(seq, offset, data_offset, length, entry.body, self.current))
             offset = data_offset + length
             seq += 1
         try:
-            _pwritev_all(self.fd, buffers, self.offset)
-            if offset > self.allocated:
-                self._preallocate(offset)
-            os.fdatasync(self.fd)
+            _pwritev_all(seg.fd, buffers, seg.offset)
+            if offset > seg.allocated:
+                _preallocate(seg, offset)
+            os.fdatasync(seg.fd)
         except OSError as exc:
             raise StorageError(f"journal write failed: {exc.strerror}") from None
-        self.offset = offset
+        seg.offset = offset
+        seg.last_seq = seq - 1
         self.next_seq = seq
-        self.lap_start = False
         return records
 
-    def _preallocate(self, end: int) -> None:
-        """Zeros from ``end`` (the group's end, past the file's) for PREALLOCATE bytes, flushed
-        with the group. Best effort: on a full disk the group is written all the same."""
-        try:
-            _pwritev_all(self.fd, [memoryview(_ZEROS)] * (PREALLOCATE // len(_ZEROS)), end)
-            self.allocated = end + PREALLOCATE
-        except OSError:
-            self.allocated = end
+    @property
+    def other_last_seq(self) -> int:
+        """The highest number the segment not being written still holds (0: none)."""
+        return self.segments[1 - self.current].last_seq
 
-    def restart_lap(self) -> None:
-        """Append from the start again (every record so far is materialised and checkpointed)."""
-        self.offset = HEADER_SIZE
-        self.lap_start = True
+    def switch(self) -> None:
+        """Start the next lap at the head of the other segment; the caller has made sure that
+        every record there is materialised and checkpointed (``other_last_seq``)."""
+        self.current = 1 - self.current
+        seg = self.segments[self.current]
+        seg.offset = HEADER_SIZE
+        seg.last_seq = 0
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        for seg in self.segments:
+            if seg.fd >= 0:
+                os.close(seg.fd)
+                seg.fd = -1
+
+
+def _create(path: Path, journal_id: str) -> None:
+    """A new, empty segment carrying ``journal_id``: written, flushed, renamed, directory flushed."""
+    tmp = path.with_name(path.name + ".new")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        header = MAGIC + struct.pack("<I", VERSION) + journal_id.encode("ascii")
+        os.write(fd, header.ljust(HEADER_SIZE, b"\x00"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _open_segment(seg: _Segment) -> str:
+    """Open a segment file for appending; the journal id in its header."""
+    seg.fd = os.open(seg.path, os.O_RDWR)
+    header = os.pread(seg.fd, 44, 0)
+    seg.allocated = os.fstat(seg.fd).st_size
+    if header[:8] != MAGIC or struct.unpack("<I", header[8:12])[0] != VERSION:
+        os.close(seg.fd)
+        seg.fd = -1
+        raise StorageError(f"{seg.path} is not a version {VERSION} journal")
+    return header[12:44].decode("ascii")
+
+
+def _preallocate(seg: _Segment, end: int) -> None:
+    """Zeros from ``end`` (the group's end, past the file's) for PREALLOCATE bytes, flushed
+    with the group. Best effort: on a full disk the group is written all the same."""
+    try:
+        _pwritev_all(seg.fd, [memoryview(_ZEROS)] * (PREALLOCATE // len(_ZEROS)), end)
+        seg.allocated = end + PREALLOCATE
+    except OSError:
+        seg.allocated = end
 
 
 _IOV_MAX = 512
@@ -226,7 +303,7 @@ def _pwritev_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> Non
                 n = 0
 
 
-def scan(fd: int, *, read_data: bool = True) -> Iterator[Record]:
+def scan(fd: int, *, read_data: bool = True, segment: int = 0) -> Iterator[Record]:
     """Follow the chain of whole records from HEADER_SIZE (module docstring).
 
     ``read_data=False`` checks only headers and bodies (``nodectl status``): a count that may
@@ -253,7 +330,7 @@ def scan(fd: int, *, read_data: bool = True) -> Iterator[Record]:
             return
         if not isinstance(body, dict):
             return
-        yield Record(seq, offset, data_offset, data_len, body)
+        yield Record(seq, offset, data_offset, data_len, body, segment)
         previous = seq
         offset = data_offset + data_len
 
@@ -271,15 +348,17 @@ def _pread_all(fd: int, length: int, offset: int) -> bytes:
 
 
 def backlog(path: Path, checkpoint: int) -> dict[str, int]:
-    """Records past ``checkpoint`` in the journal at ``path`` (headers only; for status)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return {"instances": 0, "bytes": 0}
-    try:
-        pending = [r for r in scan(fd, read_data=False) if r.seq > checkpoint]
-    finally:
-        os.close(fd)
+    """Records past ``checkpoint`` in the journal at ``path``, both segments (headers only; for status)."""
+    pending: list[Record] = []
+    for segment in segment_paths(path):
+        try:
+            fd = os.open(segment, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            pending += [r for r in scan(fd, read_data=False) if r.seq > checkpoint]
+        finally:
+            os.close(fd)
     return {"instances": len(pending), "bytes": sum(r.data_length for r in pending)}
 
 

@@ -266,12 +266,12 @@ class Store:
         return final
 
     def materialise(
-        self, source_fd: int, items: Sequence[tuple[Path, int, int]], *, obsolete: Sequence[Path] = ()
+        self, items: Sequence[tuple[Path, int, int, int]], *, obsolete: Sequence[Path] = ()
     ) -> list[StorageError | None]:
         """Copy journaled files to their final paths with two flushes for the whole batch.
 
-        ``items`` are (final path, offset, length) of file bytes in ``source_fd``. Every temp
-        file is filled (``copy_file_range``), then one ``syncfs`` makes all their data durable,
+        ``items`` are (final path, source fd, offset, length): file bytes in a journal segment.
+        Every temp file is filled (``copy_file_range``), then one ``syncfs`` makes all their data durable,
         then each is renamed over its final path and the ``obsolete`` files (replaced by an
         overwrite at another path) are removed, then a second ``syncfs`` makes the renames,
         removals and the parent directories created durable. A final path thus only ever
@@ -280,7 +280,7 @@ class Store:
         errors: list[StorageError | None] = []
         temps: list[tuple[Path, Path] | None] = []
         present: set[Path] = set()  # directories seen or made in this batch: one stat each, not one per file
-        for final, offset, length in items:
+        for final, source_fd, offset, length in items:
             try:
                 if final.parent not in present:
                     self._make_parents(final.parent)

@@ -24,6 +24,8 @@ import re
 import signal
 import sqlite3
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import psutil
@@ -286,23 +288,30 @@ def _journal_then_die(tmp_path: Path, lap_bytes: int) -> None:
     os._exit(0)
 
 
-def test_laps_restart_and_a_killed_writer_replays_what_it_acknowledged(tmp_path: Path) -> None:
+def _replayed_after(tmp_path: Path, child_work, *args):
+    """Run ``child_work(tmp_path, *args)`` in a forked child that ends as after SIGKILL; then
+    a new writer on the same store replays its journal: the writer and the index's paths."""
     import multiprocessing
 
     from actors import writer
     from node.config import NodeConfig
 
-    child = multiprocessing.get_context("fork").Process(target=_journal_then_die, args=(tmp_path, 8 * 1024))
+    child = multiprocessing.get_context("fork").Process(target=child_work, args=(tmp_path, *args))
     child.start()
     child.join(60)
     assert child.exitcode == 0
-    assert int((tmp_path / "laps").read_text()) >= 5  # the journal went back to its head again and again
     config = NodeConfig(directory=tmp_path / "store", database=str(tmp_path / "index.sqlite"), run_dir=tmp_path / "run")
     w = writer.Writer(config)
     w.prepare()  # the replay
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:
+        rows = dict(db.execute("SELECT sop_instance_uid, path FROM instances").fetchall())
+    return w, rows
+
+
+def test_laps_restart_and_a_killed_writer_replays_what_it_acknowledged(tmp_path: Path) -> None:
+    w, rows = _replayed_after(tmp_path, _journal_then_die, 8 * 1024)
+    assert int((tmp_path / "laps").read_text()) >= 5  # the journal went back to its head again and again
     try:
-        with sqlite3.connect(tmp_path / "index.sqlite") as db:
-            rows = dict(db.execute("SELECT sop_instance_uid, path FROM instances").fetchall())
         last: dict[str, Path] = {}  # the copy acknowledged last, per SOP Instance UID
         for n in range(36):
             path = tmp_path / "in" / f"j{n}.dcm"
@@ -316,6 +325,113 @@ def test_laps_restart_and_a_killed_writer_replays_what_it_acknowledged(tmp_path:
     finally:
         w.close()
 
+
+
+class _HeldMaterialiser:
+    """Holds each of the writer's materialise batches until the test lets it go, so that the
+    test decides what the materialiser's queue holds at every append."""
+
+    def __init__(self, w) -> None:
+        self.real = w.store.materialise
+        self.entered: list[Path] = []  # the last final path of each batch that came in
+        self.tokens = threading.Semaphore(0)
+        self.released = 0
+        w.store.materialise = self
+
+    def __call__(self, items, **kwargs):
+        self.entered.append(items[-1][0])
+        self.tokens.acquire(timeout=60)
+        return self.real(items, **kwargs)
+
+    def release(self) -> None:
+        self.released += 1
+        self.tokens.release()
+
+    def holding(self, final: Path) -> bool:
+        """The materialiser waits here with a batch that ends with ``final``."""
+        return len(self.entered) > self.released and self.entered[-1] == final
+
+    def open_for_good(self) -> None:
+        for _ in range(1000):
+            self.tokens.release()
+
+
+def _writer_with_small_laps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lap_bytes: int):
+    from actors import writer
+    from node.config import NodeConfig, StoreConfig
+
+    monkeypatch.setattr(writer, "LAP_BYTES", lap_bytes)
+    config = NodeConfig(directory=tmp_path / "store", database=str(tmp_path / "index.sqlite"), run_dir=tmp_path / "run",
+                        store=StoreConfig(materialise_interval=0.0, materialise_idle=0.0))
+    w = writer.Writer(config)
+    w.prepare()
+    return w
+
+
+def test_a_steady_stream_goes_on_in_the_other_segment_without_waiting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The materialiser never runs dry: at every append it still holds the previous instance.
+    The journal goes on at the head of its other segment lap after lap, each segment never
+    past the lap size by more than one record, and no append waits; in the end every instance
+    is at its final path with its bytes and in the index. (One file could go back to its head
+    only with the queue empty: here it grew with every instance.)"""
+    w = _writer_with_small_laps(tmp_path, monkeypatch, 12 * 1024)
+    held = _HeldMaterialiser(w)
+    sent = _requests(tmp_path, 40)
+    largest, switches, segment, longest_append = 0, 0, w.journal.current, 0.0
+    try:
+        for n, (req, path) in enumerate(sent):
+            with w.cond:
+                assert n == 0 or w.queue, "the materialiser ran dry"
+            started = time.monotonic()
+            assert [m.kind for _i, m, _c in w.handle([req])] == ["instance.written"]
+            longest_append = max(longest_append, time.monotonic() - started)
+            largest = max(largest, w.journal.offset)
+            switches += w.journal.current != segment
+            segment = w.journal.current
+            if n:
+                held.release()  # the batch holding the previous instance goes on
+            final = w.store.final_path(req.message.relpath)
+            wait_until(lambda: held.holding(final), 30, f"the materialiser holding instance {n}")
+        record = max(len(path.read_bytes()) for _req, path in sent) + 1024
+        assert switches >= 4, f"{switches} switch(es) of segment for {len(sent)} instances"
+        assert largest <= 12 * 1024 + record
+        assert longest_append < 5.0, "an append waited for the materialiser"
+    finally:
+        held.open_for_good()
+        w._barrier()
+        w.close()
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:
+        rows = dict(db.execute("SELECT sop_instance_uid, path FROM instances").fetchall())
+    for req, path in sent:
+        assert dataset_bytes(Path(rows[req.message.sop_instance_uid])) == dataset_bytes(path), path.name
+
+
+def _journal_in_both_segments_then_die(tmp_path: Path) -> None:
+    """In a child: nothing is ever materialised; instances fill the first segment past the
+    lap size, then go on in the second (free: it was never written); one is sent again there
+    with other pixels. Then the process ends as after SIGKILL."""
+    import _pytest.monkeypatch
+
+    w = _writer_with_small_laps(tmp_path, _pytest.monkeypatch.MonkeyPatch(), 12 * 1024)
+    _HeldMaterialiser(w)  # never released
+    sent = _requests(tmp_path, 12)
+    again = sent[0][0].message.sop_instance_uid
+    for req, _path in sent + _requests(tmp_path, 1, start=12, uid=again):
+        assert [m.kind for _i, m, _c in w.handle([req])] == ["instance.written"]
+    assert w.journal.current == 1 and w.journal.other_last_seq > 0
+    os._exit(0)
+
+
+def test_a_killed_writer_replays_both_segments_in_order(tmp_path: Path) -> None:
+    w, rows = _replayed_after(tmp_path, _journal_in_both_segments_then_die)
+    try:
+        last = {dcmread(tmp_path / "in" / f"j{n}.dcm").SOPInstanceUID: tmp_path / "in" / f"j{n}.dcm" for n in range(13)}
+        assert len(last) == 12 and len(rows) == 12
+        for uid, path in last.items():  # j12 (second segment) replaced j0 (first)
+            assert dataset_bytes(Path(rows[uid])) == dataset_bytes(path), path.name
+        assert w.journal.current == 0 and w.journal.next_seq > 1 << 32
+    finally:
+        w.close()
 
 # ----- a full disk ---------------------------------------------------------------------------------
 

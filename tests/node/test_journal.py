@@ -65,11 +65,49 @@ def test_a_truncated_file_ends_the_scan(tmp_path: Path) -> None:
 
 def test_a_new_lap_never_continues_into_the_old_one(tmp_path: Path) -> None:
     j = _open(tmp_path)
-    j.append([_entry(n, 1000) for n in range(1, 6)])  # seq 1..5
-    j.restart_lap()
-    j.append([_entry(n, 1000) for n in range(6, 8)])  # seq 6, 7 over the old 1, 2 (same sizes)
-    assert [r.seq for r in j.records()] == [6, 7]  # old 3 follows 7 in the file: not 8, so the chain ends
+    j.append([_entry(n, 1000) for n in range(1, 6)])  # seq 1..5 in the first segment
+    j.switch()
+    j.append([_entry(8, 1000)])  # seq 6 in the second
+    j.switch()
+    j.append([_entry(n, 1000) for n in range(6, 8)])  # seq 7, 8 over the old 1, 2 (same sizes)
+    # old 3 follows 8 in the first segment: not 9, so the chain ends; 6 is still in the second
+    assert [r.seq for r in j.records()] == [6, 7, 8]
+    assert [r.segment for r in j.records()] == [1, 0, 0]
     j.close()
+
+
+def test_segments_are_written_in_turn_and_scanned_in_order(tmp_path: Path) -> None:
+    """Each switch starts a lap at the head of the other segment; the records of both come
+    back in order of their numbers, each read from its own segment, also after reopening."""
+    j = _open(tmp_path)
+    first = j.append([_entry(1), _entry(2)])
+    assert j.other_last_seq == 0  # the second segment holds nothing yet
+    j.switch()
+    second = j.append([_entry(3, 3000)])
+    assert j.other_last_seq == 2 and second[0].offset == HEADER_SIZE and second[0].segment == 1
+    j.close()
+    again = _open(tmp_path)
+    assert again.journal_id == journal.journal_id(tmp_path / "journal")
+    scanned = list(again.records())
+    assert [(r.seq, r.segment) for r in scanned] == [(1, 0), (2, 0), (3, 1)]
+    assert [r.offset for r in scanned] == [r.offset for r in first + second]
+    assert os.pread(again.fd_of(scanned[2]), 3004, scanned[2].data_offset) == bytes([3]) * 3000 + b"tail"
+    assert journal.backlog(tmp_path / "journal", checkpoint=1) == {"instances": 2, "bytes": 104 + 3004}
+    again.close()
+
+
+def test_a_second_segment_of_another_journal_is_made_anew(tmp_path: Path) -> None:
+    """The first segment removed (a new journal, a new id): what the old second segment
+    holds belongs to the old journal's numbers and must not be replayed as this one's."""
+    j = _open(tmp_path)
+    j.switch()
+    j.append([_entry(1), _entry(2)])
+    j.close()
+    (tmp_path / "journal").unlink()
+    again = _open(tmp_path)
+    assert list(again.records()) == []
+    assert journal.journal_id(tmp_path / "journal.1") == again.journal_id != j.journal_id
+    again.close()
 
 
 def test_after_recovery_a_left_over_record_cannot_join_the_new_lap(tmp_path: Path) -> None:
@@ -102,7 +140,7 @@ def test_materialise_puts_exact_bytes_at_final_paths(tmp_path: Path) -> None:
     j.open()
     records = j.append([_entry(1, 3000), _entry(2, 70000)])
     finals = [store.check_target("a/b/one.dcm"), store.check_target("c/two.dcm")]
-    errors = store.materialise(j.fd, [(f, r.data_offset, r.data_length) for f, r in zip(finals, records)])
+    errors = store.materialise([(f, j.fd_of(r), r.data_offset, r.data_length) for f, r in zip(finals, records)])
     assert errors == [None, None]
     assert finals[0].read_bytes() == bytes([1]) * 3000 + b"tail"
     assert finals[1].read_bytes() == bytes([2]) * 70000 + b"tail"
