@@ -87,7 +87,11 @@ class StoreConfig:
     response_delay: tuple[int, ...] = ()
     rename_retries: int = 3
     rename_retry_jitter: int = 50
-    inline_threshold: int = 256 * 1024
+    # Datasets up to this size travel to the writer in the message and into its journal (one
+    # flush per group); larger ones are spooled by the worker and take the direct path (three
+    # flushes). 1 MiB takes 512 KiB CT images through the journal: 0.93x -> 1.17x Orthanc's
+    # MB/s, 3.01 -> 1.2 flushes an instance (docs/benchmarks.md, 2026-12-02 14:37).
+    inline_threshold: int = 1024 * 1024
     duplicates: str = "overwrite"
     # Issue 12: a success waits for one journal flush shared by the group; files reach their
     # final paths in background batches: at most every materialise_interval seconds while

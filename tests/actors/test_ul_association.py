@@ -128,7 +128,8 @@ def raw_association(port: int) -> tuple[Requestor, int]:
 def test_a_512_kib_dataset_comes_in_pdus_of_128_kib_and_is_stored_whole(lean_node: tuple[InprocNode, int], tmp_path: Path) -> None:
     """The node advertises 128 KiB by default (``[network] max_pdu_receive``): a peer sends a
     512 KiB dataset in 5 P-DATA-TF PDUs rather than 33 at 16 KiB (fewer reads and wake-ups of
-    the worker per instance); spooled past the inline threshold, it is stored byte-identical."""
+    the worker per instance); it is stored byte-identical (through the journal: under the 1 MiB
+    inline threshold)."""
     node, port = lean_node
     source = tmp_path / "in" / "ct.dcm"
     ds = make_ct(source, pixels=512)

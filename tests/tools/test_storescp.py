@@ -147,7 +147,8 @@ def test_dcmtk_storescu_files_land_at_the_pattern_paths_intact(pattern_node: tup
     node, store = pattern_node
     study, series = generate_uid(), generate_uid()
     sent = [make_ct(tmp_path / f"ct{i}.dcm", patient_id="P-DCMTK", StudyInstanceUID=study, SeriesInstanceUID=series) for i in range(3)]
-    sent.append(make_ct(tmp_path / "big.dcm", patient_id="P-DCMTK", pixels=512, StudyInstanceUID=study, SeriesInstanceUID=series))
+    # 1.3 MB: past the inline threshold, spooled by the worker and written on the direct path
+    sent.append(make_ct(tmp_path / "big.dcm", patient_id="P-DCMTK", pixels=800, StudyInstanceUID=study, SeriesInstanceUID=series))
     files = sorted(tmp_path.glob("*.dcm"))
     result = subprocess.run([DCMTK_STORESCU, "-aec", "STORESCP", "-aet", "MODALITY", "127.0.0.1", str(node.port), *map(str, files)],
                             capture_output=True, text=True, timeout=60)
