@@ -12,7 +12,6 @@ the wall time and the load average are printed beside it for context.
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 import subprocess
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 import psutil
 
 from bench import corpus, peers, procs
+from bench.scratch import remove as remove_scratch, wait_for_old_deletions
 
 
 def process_times(root: int) -> dict[int, tuple[str, float, float]]:
@@ -90,7 +90,7 @@ def sample(files: corpus.FileSet, senders: str, scratch: Path, node_source: Path
         for proc in started:
             procs.stop(proc, grace=5)
         receiver.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        # the directory stays until the run ends: deleted files slow the next sample's (bench/scratch.py)
 
 
 def report(name: str, senders: str, kind: str, count: int, log_level: str, runs: list[dict]) -> None:
@@ -112,7 +112,16 @@ def main(opts) -> int:
     """Every run of every source in turn (run 1 of each, then run 2, ...): a before/after
     comparison shares the machine's load instead of meeting a different one."""
     files = corpus.ensure(opts.kind, opts.files)
-    scratch = Path(opts.scratch) if opts.scratch else Path(tempfile.gettempdir())
+    root = Path(opts.scratch) if opts.scratch else Path(tempfile.gettempdir())
+    wait_for_old_deletions(root, print)
+    scratch = Path(tempfile.mkdtemp(prefix="cpu-run-", dir=root))  # samples' directories, deleted at the end
+    try:
+        return _run_all(opts, files, scratch)
+    finally:
+        remove_scratch(scratch, root)
+
+
+def _run_all(opts, files: corpus.FileSet, scratch: Path) -> int:
     sources: dict[str, Path | None] = {"this tree" if not opts.node_source else opts.node_source:
                                        Path(opts.node_source) if opts.node_source else None}
     if opts.baseline:

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import corpus, limits, peers, procs
+from bench.scratch import remove as remove_scratch, wait_for_old_deletions
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -242,7 +243,7 @@ def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: 
         for proc in senders:
             procs.stop(proc, grace=5)
         receiver.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        # the directory stays until the run ends: deleted files slow the next sample's (bench/scratch.py)
     return result
 
 
@@ -306,7 +307,8 @@ def main(opts) -> int:
         if not os.access(program, os.X_OK):
             print(f"bench: {program} is missing (bash .ci/run installs DCMTK and Orthanc)", file=sys.stderr)
             return 2
-    scratch_root = Path(opts.scratch) if opts.scratch else None
+    scratch_root = Path(opts.scratch) if opts.scratch else Path(tempfile.gettempdir())
+    wait_for_old_deletions(scratch_root, log)
     scratch = Path(tempfile.mkdtemp(prefix="bench-", dir=scratch_root))
     try:
         if opts.node_ref:
@@ -396,4 +398,4 @@ def main(opts) -> int:
             log(f"table regenerated in {report.DOC}")
         return 0
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_scratch(scratch, scratch_root)
