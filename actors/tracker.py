@@ -422,7 +422,7 @@ def _send_report(assoc: ul_requestor.Requestor, entry: OutboxEntry) -> int | Non
     assoc.send(context.context_id, ul.NEventReportRQ(message_id=ident, affected_sop_class_uid=sc.SOP_CLASS,
                                                      affected_sop_instance_uid=sc.SOP_INSTANCE,
                                                      event_type_id=entry.report.event_type),
-               sc.encode(sc.report_dataset(entry.report), context.transfer_syntax))
+               sc.report_bytes(entry.report, context.transfer_syntax))
     return int(assoc.wait_response(ident).message.status)  # type: ignore[union-attr]
 
 
