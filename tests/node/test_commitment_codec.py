@@ -98,7 +98,7 @@ def codec_reads(data: bytes, ts: str) -> bool:
 # ----------------------------------------------------------------------------- generated datasets
 
 uid_text = st.text(alphabet="0123456789.", max_size=70) | st.sampled_from(["", " ", "1.2 ", " 1.2", "1.2\0", "1.2.3"])
-pads = st.sampled_from([b"\0", b" "])
+pads = st.sampled_from([b"\0", b" ", b""])  # b"": an odd length left odd
 
 
 @st.composite
@@ -134,6 +134,20 @@ def test_generated_datasets_read_as_pydicom_reads_them(case: tuple[bytes, str]) 
     data, ts = case
     assert codec_reads(data, ts), "well-framed datasets of the known elements are the codec's"
     assert_same_answers(data, ts)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(datasets(), st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=3),
+       st.integers(0, 1 << 16))
+def test_generated_datasets_changed_or_cut_are_answered_as_pydicom_answers_them(
+        case: tuple[bytes, str], changes: list[tuple[int, int]], cut: int) -> None:
+    data, ts = case
+    changed = bytearray(data)
+    for pos, value in changes:
+        if changed:
+            changed[pos % len(changed)] = value
+    assert_same_answers(bytes(changed), ts)
+    assert_same_answers(data[:cut % (len(data) + 1)], ts)
 
 
 @settings(max_examples=200, deadline=None)
