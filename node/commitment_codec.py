@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from itertools import chain
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,12 +42,12 @@ FAILURE_REASON = 0x00081197
 
 UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_ITEM_TAG = b"\xfe\xff\x00\xe0"  # (FFFE,E000), little endian
 _TOP_VRS = {TRANSACTION_UID: b"UI", FAILED_SOP_SEQUENCE: b"SQ", REFERENCED_SOP_SEQUENCE: b"SQ"}
 _ITEM_VRS = {CLASS_UID: b"UI", INSTANCE_UID: b"UI", FAILURE_REASON: b"US"}
 
 _TAG_LENGTH = struct.Struct("<HHI")  # implicit VR headers, items and delimiters
 _EXPLICIT = struct.Struct("<HH2sH")  # explicit VR, 16-bit length
-_EXPLICIT_LONG = struct.Struct("<HH2sHI")  # explicit VR SQ: 2 reserved bytes, 32-bit length
 _LENGTH = struct.Struct("<I")
 _SHORT = struct.Struct("<H")
 
@@ -55,10 +56,6 @@ Item = tuple[str, str, "int | None"]  # SOP class text, SOP instance text, Failu
 
 class Unusual(Exception):
     """Bytes this reader does not vouch for: pydicom reads them instead."""
-
-
-class _Unwritable(Exception):
-    """A value this writer would not write as pydicom does: pydicom writes the dataset."""
 
 
 @dataclass(slots=True)
@@ -211,11 +208,14 @@ def encode_request(transaction_uid: str, refs: Iterable[_Ref], transfer_syntax: 
     """An N-ACTION's Action Information as pydicom writes it; None when it must write it."""
     if transfer_syntax not in SYNTAXES:
         return None
+    pairs = [(r.sop_class_uid, r.sop_instance_uid) for r in refs]
+    if not _writable(transaction_uid, pairs):
+        return None
     writer = _Writer(transfer_syntax == EXPLICIT_LE)
     try:
         return writer.uid(TRANSACTION_UID, transaction_uid) + writer.sequence(
-            REFERENCED_SOP_SEQUENCE, [writer.ref(r.sop_class_uid, r.sop_instance_uid) for r in refs])
-    except (_Unwritable, struct.error):
+            REFERENCED_SOP_SEQUENCE, [writer.ref(c, i) for c, i in pairs])
+    except struct.error:  # a value too long for its length field
         return None
 
 
@@ -225,56 +225,72 @@ def encode_report(transaction_uid: str, committed: Iterable[_Ref], failed: Itera
     out, as ``node.commitment.report_dataset`` leaves it); None when pydicom must write it."""
     if transfer_syntax not in SYNTAXES:
         return None
+    pairs = [(r.sop_class_uid, r.sop_instance_uid) for r in committed]
+    failures = list(failed)
+    failed_pairs = [(f.sop_class_uid, f.sop_instance_uid) for f in failures]
+    if not _writable(transaction_uid, pairs, failed_pairs):
+        return None
     writer = _Writer(transfer_syntax == EXPLICIT_LE)
     try:
-        failed_items = [writer.ref(f.sop_class_uid, f.sop_instance_uid) + writer.reason(f.reason) for f in failed]
-        committed_items = [writer.ref(r.sop_class_uid, r.sop_instance_uid) for r in committed]
+        failed_items = [writer.ref(c, i) + writer.reason(f.reason) for (c, i), f in zip(failed_pairs, failures)]
+        committed_items = [writer.ref(c, i) for c, i in pairs]
         return (writer.uid(TRANSACTION_UID, transaction_uid)
                 + (writer.sequence(FAILED_SOP_SEQUENCE, failed_items) if failed_items else b"")
                 + (writer.sequence(REFERENCED_SOP_SEQUENCE, committed_items) if committed_items else b""))
-    except (_Unwritable, struct.error):
+    except struct.error:  # a value too long for its length field, a reason outside 0..65535
         return None
 
 
-class _Writer:
-    """Element bytes in one of the two little-endian syntaxes, defined lengths."""
+def _writable(transaction_uid: str, *pairs: list[tuple[str, str]]) -> bool:
+    """Whether pydicom writes these UIDs as given, stripped, padded: printable ASCII without
+    a backslash (pydicom splits there, and strips each part). One pass over all of them."""
+    text = transaction_uid + "".join(chain.from_iterable(chain.from_iterable(pairs)))
+    return text.isascii() and text.isprintable() and "\\" not in text
 
-    __slots__ = ("explicit",)
+
+def _padded(text: str) -> bytes:
+    """A UI value as pydicom writes it: stripped (its ``UID`` strips), NUL-padded to even."""
+    raw = text.strip().encode("ascii")
+    return raw + b"\0" if len(raw) & 1 else raw
+
+
+class _Writer:
+    """Element bytes in one of the two little-endian syntaxes, defined lengths; the UIDs
+    checked with ``_writable`` first."""
+
+    __slots__ = ("explicit", "short", "class_tag", "instance_tag")
 
     def __init__(self, explicit: bool) -> None:
         self.explicit = explicit
+        self.short = _SHORT.pack if explicit else _LENGTH.pack  # the length of a UI or US element
+        self.class_tag = self._tag(CLASS_UID, b"UI")
+        self.instance_tag = self._tag(INSTANCE_UID, b"UI")
 
-    def _head(self, tag: int, vr: bytes, length: int) -> bytes:
+    def _tag(self, tag: int, vr: bytes) -> bytes:
+        """Tag and, in explicit VR, the VR (and an SQ's reserved bytes)."""
+        head = _SHORT.pack(tag >> 16) + _SHORT.pack(tag & 0xFFFF)
         if not self.explicit:
-            return _TAG_LENGTH.pack(tag >> 16, tag & 0xFFFF, length)
-        if vr == b"SQ":
-            return _EXPLICIT_LONG.pack(tag >> 16, tag & 0xFFFF, vr, 0, length)
-        return _EXPLICIT.pack(tag >> 16, tag & 0xFFFF, vr, length)
+            return head
+        return head + vr + (b"\0\0" if vr == b"SQ" else b"")
 
     def uid(self, tag: int, text: str) -> bytes:
-        """A UI element, stripped as pydicom's ``UID`` strips it; _Unwritable for a value
-        pydicom would encode otherwise (it splits at a backslash, and strips each part)."""
-        if not _printable(text) or "\\" in text:
-            raise _Unwritable(repr(text))
-        raw = text.strip().encode("ascii")
-        if len(raw) % 2:
-            raw += b"\0"
-        return self._head(tag, b"UI", len(raw)) + raw
+        raw = _padded(text)
+        return self._tag(tag, b"UI") + self.short(len(raw)) + raw
 
     def reason(self, value: int) -> bytes:
         """Failure Reason, one US (struct.error outside 0..65535)."""
-        return self._head(FAILURE_REASON, b"US", 2) + _SHORT.pack(value)
+        return self._tag(FAILURE_REASON, b"US") + self.short(2) + _SHORT.pack(value)
 
     def ref(self, sop_class: str, sop_instance: str) -> bytes:
         """The body of a Referenced/Failed SOP Sequence item (without the reason)."""
-        return self.uid(CLASS_UID, sop_class) + self.uid(INSTANCE_UID, sop_instance)
+        c, i = sop_class.strip().encode("ascii"), sop_instance.strip().encode("ascii")  # _padded, inlined: 10,000 calls
+        if len(c) & 1:
+            c += b"\0"
+        if len(i) & 1:
+            i += b"\0"
+        return b"".join((self.class_tag, self.short(len(c)), c, self.instance_tag, self.short(len(i)), i))
 
     def sequence(self, tag: int, bodies: list[bytes]) -> bytes:
         """A sequence of defined length whose items (defined length) hold ``bodies``."""
-        items = b"".join([_TAG_LENGTH.pack(0xFFFE, 0xE000, len(body)) + body for body in bodies])
-        return self._head(tag, b"SQ", len(items)) + items
-
-
-def _printable(text: str) -> bool:
-    """Printable ASCII only: values pydicom writes unchanged (its own validation only warns)."""
-    return text.isascii() and text.isprintable()
+        items = b"".join([_ITEM_TAG + _LENGTH.pack(len(body)) + body for body in bodies])
+        return self._tag(tag, b"SQ") + _LENGTH.pack(len(items)) + items
