@@ -123,18 +123,16 @@ class _Reader:
             tag = group << 16 | elem
             if vrs.get(tag) != vr:
                 raise Unusual(f"({group:04X},{elem:04X}) with VR {vr!r}")
-            if vr == b"SQ":
-                return tag, pos + 12, _LENGTH.unpack_from(self.data, pos + 8)[0]
-            start = pos + 8
         else:
             group, elem, length = _TAG_LENGTH.unpack_from(self.data, pos)
             tag = group << 16 | elem
             if tag not in vrs:
                 raise Unusual(f"element ({group:04X},{elem:04X})")
-            start = pos + 8
         if tag <= last:
             raise Unusual(f"({group:04X},{elem:04X}) out of order or repeated")
-        return tag, start, length
+        if self.explicit and vr == b"SQ":  # 2 reserved bytes, then a 32-bit length
+            return tag, pos + 12, _LENGTH.unpack_from(self.data, pos + 8)[0]
+        return tag, pos + 8, length
 
     def _uid(self, start: int, length: int, end: int) -> tuple[str, int]:
         """A UI value as pydicom's text of it: trailing NULs and spaces off, then ``strip``."""

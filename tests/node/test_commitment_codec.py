@@ -243,6 +243,8 @@ def hostile(explicit: bool) -> dict[str, bytes]:
         "an unknown element at the top": element(0x00080016, uid(CT), explicit, vr=b"UI") + ref(good),
         "elements out of order": sequence(0x00081199, [item(good, False)], explicit, False) + element(0x00081195, uid("1.2.3"), explicit),
         "an element twice": element(0x00081195, uid("1.2.3"), explicit) + element(0x00081195, uid("1.2.4"), explicit),
+        "a sequence twice": ref(good) + sequence(0x00081199, [item(good, False)], explicit, False),
+        "sequences out of order": ref(good) + sequence(0x00081198, [item(good, False)], explicit, False),
         "a repeated UID in an item": ref(good + element(0x00081155, uid("1.2.5"), explicit)),
         "a backslash in a UID": ref(element(0x00081150, uid(CT), explicit) + element(0x00081155, b"1.2\\1.3\0", explicit)),
         "a non-ASCII UID": ref(element(0x00081150, uid(CT), explicit) + element(0x00081155, "1.2.é".encode("latin-1"), explicit)),
