@@ -247,8 +247,7 @@ class Tracker:
         return self.store.index.endpoints()
 
     def _delivered(self, msg: ReportDelivered) -> None:
-        entry = self.store.outbox_get(msg.transaction_uid)
-        if entry is None:
+        if self.store.outbox_state(msg.transaction_uid) is None:
             return
         if msg.status == sc.STATUS_SUCCESS:
             self.store.outbox_attempted(msg.transaction_uid, delivered=True, error="", retry_at=0.0)
