@@ -494,7 +494,7 @@ class EngineAssociation(threading.Thread):
             self._report_delivered(answer, -1)
             return
         report = commitment_io.report_of(answer)
-        data = sc.encode(sc.report_dataset(report), self.engine.contexts[context_id].transfer_syntax)
+        data = sc.report_bytes(report, self.engine.contexts[context_id].transfer_syntax)
         self._next_message_id = self._next_message_id % 0xFFFF + 1
         self._report = _Report(self._next_message_id, answer, time.monotonic() + commitment_io.SAME_ASSOCIATION_DIMSE_S)
         self._send_message(context_id, ul.NEventReportRQ(

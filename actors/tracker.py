@@ -247,8 +247,7 @@ class Tracker:
         return self.store.index.endpoints()
 
     def _delivered(self, msg: ReportDelivered) -> None:
-        entry = self.store.outbox_get(msg.transaction_uid)
-        if entry is None:
+        if self.store.outbox_state(msg.transaction_uid) is None:
             return
         if msg.status == sc.STATUS_SUCCESS:
             self.store.outbox_attempted(msg.transaction_uid, delivered=True, error="", retry_at=0.0)
@@ -422,7 +421,7 @@ def _send_report(assoc: ul_requestor.Requestor, entry: OutboxEntry) -> int | Non
     assoc.send(context.context_id, ul.NEventReportRQ(message_id=ident, affected_sop_class_uid=sc.SOP_CLASS,
                                                      affected_sop_instance_uid=sc.SOP_INSTANCE,
                                                      event_type_id=entry.report.event_type),
-               sc.encode(sc.report_dataset(entry.report), context.transfer_syntax))
+               sc.report_bytes(entry.report, context.transfer_syntax))
     return int(assoc.wait_response(ident).message.status)  # type: ignore[union-attr]
 
 

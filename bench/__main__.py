@@ -1,4 +1,4 @@
-"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``cpu`` | ``memory`` | ``engine`` | ``startstop`` | ``cluster`` | ``send`` | ``sendjob``."""
+"""``python -m bench ingest [--quick]`` | ``report RESULTS.json`` | ``commit`` | ``profile`` | ``cpu`` | ``memory`` | ``engine`` | ``startstop`` | ``cluster`` | ``send`` | ``sendjob`` | ``codec``."""
 
 from __future__ import annotations
 
@@ -114,6 +114,10 @@ def parser() -> argparse.ArgumentParser:
     sendjob.add_argument("--from-source", action="store_true",
                          help="leave node/ and actors/ uncompiled (as bench send --from-source; default: compiled first)")
     sendjob.add_argument("--json", metavar="FILE", help="write every sample and the summary as JSON")
+    codec = sub.add_parser("codec", help="CPU of the Storage Commitment datasets of one big transaction, in process (issue 15 b)")
+    codec.add_argument("--instances", type=int, default=10000, help="instances referenced (default 10000)")
+    codec.add_argument("--runs", type=int, default=7, help="runs of each step; the least CPU is printed (default 7)")
+    codec.add_argument("--only", default="", metavar="TEXT", help="only steps whose label contains TEXT")
     return p
 
 
@@ -173,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import cluster as cluster_bench
 
         return cluster_bench.main(opts)
+    if opts.command == "codec":
+        from bench import codec as codec_bench
+
+        return codec_bench.main(opts.instances, opts.runs, opts.only)
     return 2
 
 

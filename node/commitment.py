@@ -46,6 +46,7 @@ from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import UID, ImplicitVRLittleEndian
 
+from node import commitment_codec as codec
 from node.errors import NodeError, PeerError
 
 SOP_CLASS = "1.2.840.10008.1.20.1"
@@ -210,6 +211,19 @@ def decode(data: bytes, transfer_syntax: str = ImplicitVRLittleEndian) -> Datase
     return ds
 
 
+def request_bytes(request: Request, transfer_syntax: str = ImplicitVRLittleEndian) -> bytes:
+    """The N-ACTION's Action Information as bytes: ``node.commitment_codec`` writes what
+    pydicom would (~1 % of its CPU for 10,000 instances); pydicom writes the rest."""
+    data = codec.encode_request(request.transaction_uid, request.refs, transfer_syntax)
+    return data if data is not None else encode(request_dataset(request), transfer_syntax)
+
+
+def report_bytes(report: Report, transfer_syntax: str = ImplicitVRLittleEndian) -> bytes:
+    """The N-EVENT-REPORT's Event Information as bytes, as ``request_bytes``."""
+    data = codec.encode_report(report.transaction_uid, report.committed, report.failed, transfer_syntax)
+    return data if data is not None else encode(report_dataset(report), transfer_syntax)
+
+
 def request_dataset(request: Request) -> Dataset:
     """The N-ACTION Action Information for ``request``."""
     ds = Dataset()
@@ -241,6 +255,62 @@ def _ref_item(ref: Ref) -> Dataset:
     return item
 
 
+class _DatasetFields:
+    """A pydicom Dataset read the way the rules read ``codec.Fields``."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+
+    def text(self, keyword: str) -> str:
+        return _text(self.ds, keyword)
+
+    def has(self, keyword: str) -> bool:
+        return keyword in self.ds
+
+    def refs(self, keyword: str) -> list[tuple[str, str, int | None]]:
+        return _refs(self.ds, keyword)
+
+
+_TAGS = {"TransactionUID": codec.TRANSACTION_UID, "ReferencedSOPSequence": codec.REFERENCED_SOP_SEQUENCE,
+         "FailedSOPSequence": codec.FAILED_SOP_SEQUENCE}
+
+
+class _CodecFields:
+    """``codec.Fields`` with the same questions as ``_DatasetFields``, the same answers and errors."""
+
+    def __init__(self, fields: codec.Fields) -> None:
+        self.fields = fields
+
+    def text(self, keyword: str) -> str:
+        assert keyword == "TransactionUID"
+        return self.fields.transaction_uid
+
+    def has(self, keyword: str) -> bool:
+        return _TAGS[keyword] in self.fields.sequences
+
+    def refs(self, keyword: str) -> list[tuple[str, str, int | None]]:
+        items = self.fields.sequences.get(_TAGS[keyword], [])
+        for number, (sop_class, sop_instance, _reason) in enumerate(items, 1):
+            if not sop_class or not sop_instance:
+                raise _lacking(keyword, number)
+        return items
+
+
+def _fields(data: bytes | Dataset, transfer_syntax: str) -> _DatasetFields | _CodecFields:
+    """The dataset of a request or report: read by the codec, or by pydicom when the codec
+    leaves it (another syntax, anything unusual): pydicom's errors are the answer then."""
+    if isinstance(data, Dataset):
+        return _DatasetFields(data)
+    try:
+        return _CodecFields(codec.read(data, transfer_syntax))
+    except codec.Unusual:
+        return _DatasetFields(decode(data, transfer_syntax))
+
+
+def _lacking(keyword: str, number: int) -> CommitmentError:
+    return CommitmentError(f"{keyword} item {number} lacks its SOP class or instance UID")
+
+
 def _text(ds: Dataset, keyword: str) -> str:
     try:
         value = ds.get(keyword)
@@ -259,7 +329,7 @@ def _refs(ds: Dataset, keyword: str) -> list[tuple[str, str, int | None]]:
     for number, item in enumerate(seq or (), 1):
         sop_class, sop_instance = _text(item, "ReferencedSOPClassUID"), _text(item, "ReferencedSOPInstanceUID")
         if not sop_class or not sop_instance:
-            raise CommitmentError(f"{keyword} item {number} lacks its SOP class or instance UID")
+            raise _lacking(keyword, number)
         reason = item.get("FailureReason")
         out.append((sop_class, sop_instance, int(reason) if reason is not None else None))
     return out
@@ -287,13 +357,13 @@ def parse_request(
         raise CommitmentError(f"action type {action_type} is not 1 (request storage commitment)", status=STATUS_NO_SUCH_ACTION)
     if data is None:
         raise CommitmentError("N-ACTION without Action Information")
-    ds = data if isinstance(data, Dataset) else decode(data, transfer_syntax)
-    uid = _text(ds, "TransactionUID")
+    fields = _fields(data, transfer_syntax)
+    uid = fields.text("TransactionUID")
     if not uid:
         raise CommitmentError("Action Information lacks Transaction UID (0008,1195)")
-    if "ReferencedSOPSequence" not in ds:
+    if not fields.has("ReferencedSOPSequence"):
         raise CommitmentError("Action Information lacks Referenced SOP Sequence (0008,1199)")
-    items = _refs(ds, "ReferencedSOPSequence")
+    items = fields.refs("ReferencedSOPSequence")
     if not items:
         raise CommitmentError("Referenced SOP Sequence (0008,1199) is empty")
     if len(items) > max_instances:
@@ -322,12 +392,12 @@ def parse_report(
         raise CommitmentError(f"event type {event_type} is neither 1 nor 2", status=STATUS_NO_SUCH_EVENT_TYPE)
     if data is None:
         raise CommitmentError("N-EVENT-REPORT without Event Information")
-    ds = data if isinstance(data, Dataset) else decode(data, transfer_syntax)
-    uid = _text(ds, "TransactionUID")
+    fields = _fields(data, transfer_syntax)
+    uid = fields.text("TransactionUID")
     if not uid:
         raise CommitmentError("Event Information lacks Transaction UID (0008,1195)")
-    committed = tuple(Ref(c, i) for c, i, _r in _refs(ds, "ReferencedSOPSequence"))
-    failed = tuple(Failed(c, i, r if r is not None else REASON_PROCESSING_FAILURE) for c, i, r in _refs(ds, "FailedSOPSequence"))
+    committed = tuple(Ref(c, i) for c, i, _r in fields.refs("ReferencedSOPSequence"))
+    failed = tuple(Failed(c, i, r if r is not None else REASON_PROCESSING_FAILURE) for c, i, r in fields.refs("FailedSOPSequence"))
     return Report(uid, committed, failed)
 
 

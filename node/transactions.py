@@ -276,8 +276,10 @@ class TransactionStore:
     def outbox_put(
         self, report: Report, *, requester_aet: str, called_aet: str, peer_host: str, request_hash: str,
         first_attempt: float, expires: float, now: float | None = None,
-    ) -> OutboxEntry:
-        """Queue a report before the N-ACTION-RSP goes back (durable on return)."""
+    ) -> None:
+        """Queue a report before the N-ACTION-RSP goes back (durable on return). Nothing is
+        read back: for 10,000 instances that was the report's JSON parsed again (~16 ms)
+        while the requester waits for the N-ACTION-RSP."""
         now = now or time.time()
         with self._tx() as conn:
             conn.execute(
@@ -286,7 +288,13 @@ class TransactionStore:
                 (report.transaction_uid, requester_aet, called_aet, peer_host, request_hash, report.event_type,
                  report_to_json(report), Delivery.QUEUED.value, 0, first_attempt, expires, now),
             )
-        return self.outbox_get(report.transaction_uid)  # type: ignore[return-value]
+
+    def outbox_state(self, uid: str) -> Delivery | None:
+        """A queued report's delivery state (None: no such report), without its report: the
+        same-association delivery's bookkeeping needs no more, and the requester's A-RELEASE
+        waits for it."""
+        row = self.conn.execute("SELECT state FROM commit_outbox WHERE transaction_uid = ?", (uid,)).fetchone()
+        return Delivery(row[0]) if row else None
 
     def outbox_due(self, now: float | None = None, limit: int = 16) -> list[OutboxEntry]:
         now = now or time.time()
@@ -348,15 +356,16 @@ class TransactionStore:
     def outbox_attempted(self, uid: str, *, delivered: bool, error: str, retry_at: float, now: float | None = None) -> OutboxEntry:
         """Record one delivery attempt: delivered, or retry at ``retry_at``, or expired."""
         now = now or time.time()
-        entry = self.outbox_get(uid)
-        if entry is None:
+        row = self.conn.execute(  # not outbox_get: its report (JSON) is not needed here
+            "SELECT state, next_attempt, expires FROM commit_outbox WHERE transaction_uid = ?", (uid,)).fetchone()
+        if row is None:
             raise StorageError(f"no report for transaction {uid} in the outbox")
-        if entry.state != Delivery.QUEUED:
-            return entry
+        if Delivery(row[0]) != Delivery.QUEUED:
+            return self.outbox_get(uid)  # type: ignore[return-value]
         if delivered:
-            state, next_attempt = Delivery.DELIVERED, entry.next_attempt
-        elif retry_at >= entry.expires:
-            state, next_attempt = Delivery.EXPIRED, entry.next_attempt
+            state, next_attempt = Delivery.DELIVERED, float(row[1])
+        elif retry_at >= float(row[2]):
+            state, next_attempt = Delivery.EXPIRED, float(row[1])
         else:
             state, next_attempt = Delivery.QUEUED, retry_at
         with self._tx() as conn:

@@ -50,13 +50,23 @@ def problem(path: str, size: int, checksum: str) -> str:
         return f"size {found} != {size} recorded"
     try:
         if not checksum:
-            with open(path, "rb") as fh:
-                fh.read(1)  # readable is all that can be asked
+            read_first_byte(path)  # readable is all that can be asked
             return ""
         actual = digest_file(path)
     except OSError as exc:
         return f"unreadable ({exc.strerror})"
     return "" if actual == checksum else "checksum differs from the one recorded"
+
+
+def read_first_byte(path: str) -> None:
+    """Read one byte of ``path`` (OSError when it cannot be read), with the system calls
+    alone: a commitment of 10,000 instances checks 10,000 files, and ``open`` builds a buffered
+    file object and fills its buffer (the whole of a small file) for that byte: twice the CPU."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.read(fd, 1)
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True, slots=True)

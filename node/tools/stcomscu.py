@@ -644,7 +644,8 @@ class Session:
         assert context is not None
         ident = assoc.next_message_id()
         try:
-            data = encode_dataset(sc.request_dataset(request), context.transfer_syntax)
+            data = (encode_dataset(sc.request_dataset(request), DEFLATED) if context.transfer_syntax == DEFLATED
+                    else sc.request_bytes(request, context.transfer_syntax))
             assoc.send(context.context_id, ul.NActionRQ(message_id=ident, requested_sop_class_uid=SOP_CLASS,
                                                         requested_sop_instance_uid=SOP_INSTANCE,
                                                         action_type_id=sc.ACTION_REQUEST_COMMITMENT), data)

@@ -10,6 +10,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from node import commitment as sc
 from node.commitment import CommitmentError, Fact, Ref, Report, State
+from node.errors import StorageError
 from node.transactions import TransactionStore, request_hash
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
@@ -152,4 +153,9 @@ def test_outbox_retries_until_delivered_or_expired(tmp_path: Path) -> None:
     store.outbox_put(Report("1.6", refs(1), ()), requester_aet="R", called_aet="NODE", peer_host="h",
                      request_hash="x", first_attempt=0.0, expires=100.0)
     assert store.outbox_attempted("1.6", delivered=True, error="", retry_at=0.0).state == sc.Delivery.DELIVERED
+    assert store.outbox_attempted("1.6", delivered=False, error="late", retry_at=0.0).state == sc.Delivery.DELIVERED
+    assert (store.outbox_state("1.6"), store.outbox_state("1.7"), store.outbox_state("1.5")) == \
+        (sc.Delivery.DELIVERED, sc.Delivery.EXPIRED, None)
+    with pytest.raises(StorageError):
+        store.outbox_attempted("1.5", delivered=True, error="", retry_at=0.0)
     store.close()

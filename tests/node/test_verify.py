@@ -25,6 +25,16 @@ def test_a_file_is_intact_only_with_its_recorded_size_and_checksum(tmp_path: Pat
     assert "missing" in verify.problem(str(path), size, checksum)
 
 
+def test_without_a_checksum_a_file_that_cannot_be_read_is_unreadable(tmp_path: Path) -> None:
+    """The size matches, the bytes cannot be read: not committed, and the error says why."""
+    directory = tmp_path / "d.dcm"
+    directory.mkdir()
+    assert verify.problem(str(directory), directory.stat().st_size, "") == "unreadable (Is a directory)"
+    empty = tmp_path / "e.dcm"
+    empty.write_bytes(b"")
+    assert verify.problem(str(empty), 0, "") == ""  # an empty file reads (no byte) fine, as before
+
+
 def test_plan_trusts_the_index_or_sends_each_instance_to_the_node_that_holds_it() -> None:
     found = {
         "1": Indexed("cls", "/s/1", 1, "c", "node-a"),

@@ -598,47 +598,6 @@ def test_the_streamed_file_list_is_storescus_list(tmp_path: Path) -> None:
             assert (list(files), missing) == held(paths, recurse)
 
 
-def test_the_n_action_dataset_encoded_directly_is_the_one_pydicom_reads() -> None:
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-    from node import commitment as sc
-    from node.tools.send_commit import request_bytes
-
-    refs = tuple(sc.Ref("1.2.840.10008.5.1.4.1.1.2", f"1.2.3.{n}" + "1" * (n % 2)) for n in range(50))
-    for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
-        data = request_bytes("1.2.3.45", refs, syntax)
-        assert sc.parse_request(sc.ACTION_REQUEST_COMMITMENT, sc.SOP_CLASS, sc.SOP_INSTANCE, data, syntax) == \
-            sc.Request("1.2.3.45", refs)
-
-
-def test_the_quick_report_reader_reads_what_pydicom_reads() -> None:
-    """Reports as pydicom encodes them (undefined lengths) and with defined lengths, both syntaxes,
-    committed and failed items, odd-length UIDs; broken bytes get pydicom's error and status."""
-    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-
-    from node import commitment as sc
-    from node.tools.send_commit import quick_report, request_bytes
-    from node.ul import NEventReportRQ
-
-    committed = tuple(sc.Ref("1.2.840.10008.5.1.4.1.1.2", f"1.2.3.{n}" + "1" * (n % 2)) for n in range(20))
-    failed = tuple(sc.Failed("1.2.840.10008.5.1.4.1.1.4", f"1.2.4.{n}", 0x0112 if n % 2 else 0x0110) for n in range(5))
-    for report in (sc.Report("1.2.3.45", committed, failed), sc.Report("1.2.3.45", committed, ())):
-        rq = NEventReportRQ(message_id=1, affected_sop_class_uid=sc.SOP_CLASS, affected_sop_instance_uid=sc.SOP_INSTANCE,
-                            event_type_id=report.event_type)
-        for syntax in (ImplicitVRLittleEndian, ExplicitVRLittleEndian):
-            data = sc.encode(sc.report_dataset(report), syntax)
-            assert quick_report(rq, data, syntax) == sc.parse_report(rq.event_type_id, sc.SOP_CLASS, sc.SOP_INSTANCE,
-                                                                     data, syntax) == report
-    # defined lengths (as our own request encoder writes them) read the same
-    data = request_bytes("1.2.3.45", committed, ExplicitVRLittleEndian)
-    assert quick_report(rq, data, ExplicitVRLittleEndian).committed == committed
-    no_uid = sc.report_dataset(sc.Report("1.2.3.45", committed, ()))
-    del no_uid.TransactionUID
-    with pytest.raises(sc.CommitmentError) as broken:
-        quick_report(rq, sc.encode(no_uid), ImplicitVRLittleEndian)
-    assert broken.value.status == sc.STATUS_INVALID_ARGUMENT_VALUE
-
-
 @needs_dcmtk
 def test_ctrl_c_ends_the_run_with_130_and_its_outcomes_kept(tmp_path: Path) -> None:
     """SIGINT mid-job: exit 130, the run closed in the journal with 130, what was acknowledged
