@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ MATERIALISE_LOG_EVERY_S = 60.0  # a full disk fails every retry: one ERROR line 
 STOP_ATTEMPTS = 3  # on SIGTERM, give up materialising after this many failures in a row (the journal keeps them)
 COMMIT_SIBLINGS = 2  # requesters active within SIBLING_WINDOW_S before a group waits for more
 SIBLING_WINDOW_S = 0.1
+SWITCH_INTERVAL_S = 0.0005  # the GIL's hand-over interval in the writer process (``main``)
 
 
 @dataclass
@@ -249,7 +251,6 @@ class Writer:
                     replies[slot] = (r.identity, ErrorReply(status=exc.status, reason=str(exc)), r.envelope.id)
                 return [x for x in replies if x is not None]
             with self.cond:
-                olds = [self.pending.get(r.message.sop_instance_uid) for _slot, r, _f in accepted]
                 for record in records:
                     self.pending[record.body["uid"]] = _Pending(record.body["path"], record.data_length, record.seq)
                 idle = not self.queue
@@ -261,11 +262,10 @@ class Writer:
                 # thread switches (futex calls, the GIL) per instance on one association.
                 if idle:
                     self.cond.notify_all()
-            for (slot, r, final), record, old in zip(accepted, records, olds):
+            for (slot, r, final), record in zip(accepted, records):
                 msg = r.message
-                replaced = old is not None or (self.config.store.duplicates == "overwrite" and self.index.get(msg.sop_instance_uid) is not None)
                 replies[slot] = (r.identity, InstanceWritten(sop_instance_uid=msg.sop_instance_uid, path=final,
-                                                             size=record.data_length, replaced=replaced), r.envelope.id)
+                                                             size=record.data_length), r.envelope.id)
                 log.debug("assoc=%s sop=%s journaled seq=%d for %s", msg.assoc_id, msg.sop_instance_uid, record.seq, final)
         return [x for x in replies if x is not None]
 
@@ -375,7 +375,7 @@ class Writer:
                 self.store.remove(Path(old.path))
             replies.append((
                 r.identity,
-                InstanceWritten(sop_instance_uid=msg.sop_instance_uid, path=str(outcome.path), size=outcome.size, replaced=old is not None),
+                InstanceWritten(sop_instance_uid=msg.sop_instance_uid, path=str(outcome.path), size=outcome.size),
                 r.envelope.id,
             ))
             log.debug("assoc=%s sop=%s stored at %s", msg.assoc_id, msg.sop_instance_uid, outcome.path)
@@ -768,7 +768,17 @@ def _answer_syncs(sock: zmq.Socket, writer: Writer, syncs: list[tuple[list[bytes
 
 
 def main(config: NodeConfig, args: list[str]) -> int:
-    """Entry point for ``nodectl run writer``."""
+    """Entry point for ``nodectl run writer``.
+
+    The main thread answers the workers; the materialiser thread copies files and writes the
+    index meanwhile. Every blocking call of the main thread (the journal's ``fdatasync``, a
+    socket, a stat) lets the materialiser take the GIL, and getting it back waited up to
+    Python's switch interval, 5 ms, while a batch was being materialised: a tenth of that
+    bounds the wait at a small cost in switches (together with one index lookup less per
+    instance in ``_journal``, 1 / 4 associations ~296 -> ~417 / ~488 -> ~652 images/s, receiver
+    CPU 2.3 -> 1.7 / 1.8 -> 1.5 ms an instance; docs/benchmarks.md, 2026-12-02). Here, not in ``run``: a process that
+    runs the actors as threads (``nodectl storescp``, tests) keeps its own setting."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     stop = threading.Event()
     bus.stop_on_signals(stop)
     return run(config, stop)

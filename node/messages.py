@@ -139,7 +139,6 @@ class InstanceWritten:
     sop_instance_uid: str
     path: str
     size: int
-    replaced: bool = False
     kept: bool = False
 
 
