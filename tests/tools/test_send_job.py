@@ -534,6 +534,31 @@ def test_commit_report_from_orthanc_on_a_new_association(tmp_path: Path) -> None
     assert (job["committed"], job["not_committed"]) == (4, 0)
 
 
+def test_commit_report_from_nodectl_serve_on_a_new_association(tmp_path: Path) -> None:
+    """A node that reports on a new association (``[commitment] same_association = false``,
+    the job's AE title in its peer table): the job takes the report on --commit-port, and
+    every instance is committed."""
+    from tests.support import free_port
+
+    make_files(tmp_path / "in", 4)
+    port = free_port()
+    (tmp_path / "node").mkdir()
+    config = tmp_path / "node" / "node.toml"
+    config.write_text(f'[commitment]\nsame_association = false\nretry_base = 0.5\nretry_max = 2.0\n'
+                      f'[[peers]]\naet = "JOBSCU"\nhost = "127.0.0.1"\nport = {port}\n')
+    node = serve(tmp_path / "node", "--config", str(config), workers=1)
+    try:
+        result = run_nodectl("send", "-v", "--progress", "plain", "--commit", "--commit-port", str(port),
+                             "--commit-timeout", "30", "-aet", "JOBSCU", "-aec", "NODE", "--summary-json",
+                             str(tmp_path / "s.json"), "127.0.0.1", str(node.port), str(tmp_path / "in"))
+        assert result.returncode == 0, result.stderr + node.log()[-3000:]
+        wait_until(lambda: "report delivered to JOBSCU on a new association" in node.log(), 10, "the node's delivery line")
+    finally:
+        node.stop()
+    job = job_summary(tmp_path / "s.json")["job"]
+    assert (job["acknowledged"], job["committed"], job["not_committed"]) == (4, 4, 0)
+
+
 def test_commit_failure_is_recorded_with_its_reason_and_exits_5(tmp_path: Path) -> None:
     """An instance the node acknowledged but lost since (its file removed) fails commitment with
     0x0110; the others commit; the job exits 5 and the report says which."""
