@@ -774,10 +774,10 @@ def main(config: NodeConfig, args: list[str]) -> int:
     index meanwhile. Every blocking call of the main thread (the journal's ``fdatasync``, a
     socket, a stat) lets the materialiser take the GIL, and getting it back waited up to
     Python's switch interval, 5 ms, while a batch was being materialised: a tenth of that
-    bounds the wait at a small cost in switches (together with one index lookup less per
-    instance in ``_journal``, 1 / 4 associations ~296 -> ~417 / ~488 -> ~652 images/s, receiver
-    CPU 2.3 -> 1.7 / 1.8 -> 1.5 ms an instance; docs/benchmarks.md, 2026-12-02). Here, not in ``run``: a process that
-    runs the actors as threads (``nodectl storescp``, tests) keeps its own setting."""
+    bounds the wait at a small cost in switches (with one index lookup less per instance in
+    ``_journal``: +41-72% images/s on one association, +17-34% on four, less receiver CPU;
+    docs/benchmarks.md, 2026-12-02). Set here, not in ``run``: a process that runs the actors
+    as threads (``nodectl storescp``, tests) keeps its own setting."""
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     stop = threading.Event()
     bus.stop_on_signals(stop)
