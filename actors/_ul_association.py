@@ -94,7 +94,14 @@ def _open_spool(path: str, flags: int) -> int:
 
 @dataclass
 class _Incoming:
-    """One C-STORE's dataset arriving: bytes in memory, spilled to a spool file when large."""
+    """One C-STORE's dataset arriving: its fragments held in memory, spilled to a spool file
+    when large.
+
+    The fragments are kept as they came and joined once (``data``): a bytearray grown by
+    every fragment and then copied to bytes cost two more copies of each byte (a 512 KiB
+    instance: ~0.1 ms of a worker's CPU, fresh pages included), and a dataset in one
+    fragment, as most small instances are, is not copied at all.
+    """
 
     context_id: int
     command: ul.CStoreRQ
@@ -102,7 +109,8 @@ class _Incoming:
     meta: bytes
     threshold: int
     spool_path: str
-    buffer: bytearray = field(default_factory=bytearray)
+    fragments: list[bytes] = field(default_factory=list)
+    held: int = 0  # bytes in ``fragments``
     spool: IO[bytes] | None = None
     size: int = 0
 
@@ -111,8 +119,9 @@ class _Incoming:
         if self.spool is not None:
             self.spool.write(data)
             return
-        self.buffer += data
-        if len(self.buffer) > self.threshold:
+        self.fragments.append(data)
+        self.held += len(data)
+        if self.held > self.threshold:
             # The spool has the layout read_spooled expects: preamble, file meta, dataset.
             # A 1 MiB buffer: one write(2) per MiB instead of one per P-DATA fragment (16 KiB
             # from most peers). Mode 0644 as the writer's temp files: the writer may rename
@@ -120,8 +129,14 @@ class _Incoming:
             self.spool = open(self.spool_path, "wb", buffering=SPOOL_BUFFER, opener=_open_spool)  # noqa: SIM115 - closed in finish/discard
             self.spool.write(PREAMBLE)
             self.spool.write(self.meta)
-            self.spool.write(self.buffer)
-            self.buffer = bytearray()
+            self.spool.writelines(self.fragments)
+            self.fragments, self.held = [], 0
+
+    @property
+    def data(self) -> bytes:
+        """The dataset held in memory (not spooled), as one bytes object (a single fragment
+        itself: ``bytes.join`` of one bytes object returns it)."""
+        return b"".join(self.fragments)
 
     def finish(self) -> None:
         if self.spool is not None:

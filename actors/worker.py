@@ -257,7 +257,7 @@ class Worker:
     def _store(self, job: Any, live: _Live) -> int:
         """Check the dataset, plan its path, and wait for the writer; return the DIMSE status.
 
-        ``job`` is an engine association's ``_Incoming``: the dataset in ``buffer``, or spooled
+        ``job`` is an engine association's ``_Incoming``: the dataset in memory (``data``), or spooled
         with our file meta.
         """
         received = job.received
@@ -268,7 +268,7 @@ class Worker:
                 spool, meta, data = job.spool_path, job.meta, None
                 ds, offset = read_own_spool(spool, meta, job.size, received.transfer_syntax)
             else:
-                data, meta = bytes(job.buffer), job.meta
+                data, meta = job.data, job.meta
                 ds, offset = read_in_memory(data, meta, received.transfer_syntax, self.wanted), 0
             check_dataset(ds, received)
             write = plan_write(received, ds, self.pattern)

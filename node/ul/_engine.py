@@ -215,20 +215,31 @@ class Association:
             self._violation(Evt.EVT19, ProtocolViolation(f"{reason} 0x{pdu_type:02X}", code))
         if len(buf) < 6 + length:
             return False
-        with memoryview(buf) as view:  # one copy (a bytearray slice, then bytes(), made two)
-            body = bytes(view[6 : 6 + length])
-        del buf[: 6 + length]
         action, _ = self._entry(event)
         if action in ("AA-1", "AA-7", "AA-8"):
+            del buf[: 6 + length]
             self._violation(event, ProtocolViolation(f"{event.value} in {self.state.name}", REASON_UNEXPECTED_PDU))
         if action == "AA-6":
+            del buf[: 6 + length]
             return True
         try:
-            decoded = _pdu.decode(pdu_type, body)
+            decoded = self._decode(pdu_type, length)
         except ProtocolViolation as exc:
             self._violation(Evt.EVT19, exc)
         self._transition(event, decoded)
         return True
+
+    def _decode(self, pdu_type: int, length: int) -> object:
+        """Decode the buffered PDU of ``length`` bytes and take it off the buffer.
+
+        A P-DATA-TF is decoded in place: its PDVs are the only copies of its bytes (copying
+        the body first, then each PDV out of it, copied every byte of a dataset twice)."""
+        buf = self._buffer
+        try:
+            with memoryview(buf) as view, view[6 : 6 + length] as body:
+                return _pdu.decode(pdu_type, body)
+        finally:
+            del buf[: 6 + length]
 
     def _entry(self, event: Evt) -> tuple[str, State | None]:
         """The table's entry for a received PDU; in Sta4, where PS3.8 has none (the peer spoke

@@ -381,7 +381,7 @@ _DECODERS = {
 }
 
 
-def decode(pdu_type: int, body: bytes) -> object:
+def decode(pdu_type: int, body: bytes | memoryview) -> object:
     """An association PDU's body as its event; a P-DATA-TF's as its list of PDVs.
 
     Every failure of a malformed body (short fields, non-ASCII text, invalid values the
