@@ -258,3 +258,25 @@ def test_a_peers_control_characters_never_split_a_log_line(lean_node: tuple[Inpr
     [line] = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
     assert "\n" not in line and "\r" not in line and "LE\\x0aW fake" in line and "RAW\\x0d" in line
     assert not node.errors
+
+
+def test_a_dataset_in_fragments_is_kept_whole_in_memory_and_in_its_spool(tmp_path: Path) -> None:
+    """The fragments of a dataset are joined once (in memory) or written in order after the
+    preamble and file meta once the inline threshold is passed (the spool the writer adopts)."""
+    from actors._ul_association import _Incoming
+    from node.storage import PREAMBLE
+
+    fragments = [bytes([n]) * 16372 for n in range(8)]
+    small = _Incoming(1, None, None, b"META", 1 << 20, str(tmp_path / "small.dcm"))  # type: ignore[arg-type]
+    for fragment in fragments:
+        small.add(fragment)
+    small.finish()
+    assert small.spool is None and small.data == b"".join(fragments) and small.size == len(small.data)
+    assert not (tmp_path / "small.dcm").exists()
+
+    large = _Incoming(1, None, None, b"META", 3 * 16372, str(tmp_path / "large.dcm"))  # type: ignore[arg-type]
+    for fragment in fragments:
+        large.add(fragment)
+    large.finish()
+    assert large.spool is not None and large.fragments == [] and large.size == 8 * 16372
+    assert (tmp_path / "large.dcm").read_bytes() == PREAMBLE + b"META" + b"".join(fragments)
