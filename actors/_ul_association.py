@@ -98,9 +98,10 @@ class _Incoming:
     when large.
 
     The fragments are kept as they came and joined once (``data``): a bytearray grown by
-    every fragment and then copied to bytes cost two more copies of each byte (a 512 KiB
-    instance: ~0.1 ms of a worker's CPU, fresh pages included), and a dataset in one
-    fragment, as most small instances are, is not copied at all.
+    every fragment and then copied to bytes cost more copies of each byte (a 512 KiB
+    instance in 16 KiB fragments: ~0.5 ms in process, ~0.4 ms of a worker's CPU in
+    ``python -m bench cpu --kind ct``), and a dataset in one fragment, as most small
+    instances are, is not copied at all.
     """
 
     context_id: int
