@@ -31,11 +31,13 @@ inside the file, CRC) and its seq is the previous one plus 1; the first record o
 have any seq. That stops at the end of the last group that was flushed: bytes of a group a
 crash interrupted fail the CRC, and records of an earlier lap further on have lower numbers.
 The journal's records are both segments' chains in order of their numbers. Nothing in this
-module flushes except ``append`` (one fdatasync) and ``open`` (a new segment and its directory).
+module flushes except ``append`` (one ``RWF_DSYNC`` write or one fdatasync) and ``open`` (a new
+segment and its directory).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import uuid
@@ -195,7 +197,12 @@ class Journal:
     # ----- appending -----------------------------------------------------------------------
 
     def append(self, entries: Sequence[Entry]) -> list[Record]:
-        """Write every entry after the last record, then one fdatasync; the records written."""
+        """Write every entry after the last record and flush it once; the records written.
+
+        Into space already preallocated (the common case) the group is one ``pwritev2`` with
+        ``RWF_DSYNC``: the flush of ``fdatasync`` for the range written, in the same system
+        call (one GIL release less on the writer's main thread per group); else, or when the
+        kernel refuses the flag or writes short, ``pwritev`` then ``fdatasync`` as before."""
         seg = self.segments[self.current]
         buffers: list[bytes | memoryview] = []
         records: list[Record] = []
@@ -213,10 +220,11 @@ class Journal:
             offset = data_offset + length
             seq += 1
         try:
-            _pwritev_all(seg.fd, buffers, seg.offset)
-            if offset > seg.allocated:
-                _preallocate(seg, offset)
-            os.fdatasync(seg.fd)
+            if offset > seg.allocated or not _pwritev_dsync(seg.fd, buffers, seg.offset, offset - seg.offset):
+                _pwritev_all(seg.fd, buffers, seg.offset)
+                if offset > seg.allocated:
+                    _preallocate(seg, offset)
+                os.fdatasync(seg.fd)
         except OSError as exc:
             raise StorageError(f"journal write failed: {exc.strerror}") from None
         seg.offset = offset
@@ -285,6 +293,26 @@ def _preallocate(seg: _Segment, end: int) -> None:
 
 
 _IOV_MAX = 512
+
+
+_RWF_DSYNC = getattr(os, "RWF_DSYNC", 0)
+_dsync_refused: list[bool] = []  # set once the kernel or filesystem refuses the flag
+
+
+def _pwritev_dsync(fd: int, buffers: list[bytes | memoryview], offset: int, total: int) -> bool:
+    """One ``pwritev2(..., RWF_DSYNC)`` of the whole group; False when it did not write and
+    flush all of it (too many buffers, a short write, the flag refused): then the caller
+    writes it again and fdatasyncs."""
+    if not _RWF_DSYNC or _dsync_refused or len(buffers) > _IOV_MAX:
+        return False
+    views = [memoryview(b).cast("B") for b in buffers if len(b)]
+    try:
+        return os.pwritev(fd, views, offset, _RWF_DSYNC) == total
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        _dsync_refused.append(True)
+        return False
 
 
 def _pwritev_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> None:

@@ -185,8 +185,9 @@ def _parse_trace(text: str) -> list[tuple[int, str, float, float, str]]:
 def test_every_success_leaves_after_the_flush_that_covers_it(tmp_path: Path) -> None:
     """strace the whole node while two DCMTK storescu store 40 instances each: for every
     instance, the journal write that holds it, the first flush of that journal after it, and
-    the worker's C-STORE-RSP; the flush returned before the response was sent. Also counts the
-    node's flushes (fsync, fdatasync, syncfs) per acknowledged instance."""
+    the worker's C-STORE-RSP; the flush returned before the response was sent (a write with
+    RWF_DSYNC is its own flush). Also counts the node's flushes (fsync, fdatasync, syncfs,
+    RWF_DSYNC writes) per acknowledged instance."""
     sent: dict[str, Path] = {}
     for sender in range(2):
         for n in range(40):
@@ -212,7 +213,10 @@ def test_every_success_leaves_after_the_flush_that_covers_it(tmp_path: Path) -> 
     journal_fd: dict[int, str] = {}  # writer thread -> journal fd
     written: dict[str, tuple[int, str, float]] = {}  # uid -> (thread, fd, entry of its journal write)
     responses: dict[str, float] = {}
-    flushes = [(pid, rest, entry, ret) for pid, name, entry, ret, rest in calls if name in _FLUSHES]
+    # (thread, fd, entry, return) of every flush: fsync, fdatasync, syncfs, and a journal
+    # write with RWF_DSYNC, which flushes what it wrote before it returns.
+    flushes = [(pid, rest.split(")", 1)[0], entry, ret) for pid, name, entry, ret, rest in calls if name in _FLUSHES]
+    flushes += [(pid, rest.split(",", 1)[0], entry, ret) for pid, name, entry, ret, rest in calls if name == "pwritev2" and "RWF_DSYNC" in rest]
     for pid, name, entry, _ret, rest in calls:
         if name.startswith("pwritev") and "NJR1" in rest:
             fd = rest.split(",", 1)[0]
@@ -227,7 +231,7 @@ def test_every_success_leaves_after_the_flush_that_covers_it(tmp_path: Path) -> 
     assert set(written) == set(sent), f"{len(sent) - len(written)} instance(s) not seen in a journal write"
     assert set(responses) == set(sent), f"{len(sent) - len(responses)} C-STORE-RSP(s) not seen"
     for uid, (pid, fd, wrote) in written.items():
-        covering = [ret for fpid, rest, entry, ret in flushes if fpid == pid and rest.startswith(fd + ")") and entry > wrote]
+        covering = [ret for fpid, ffd, entry, ret in flushes if fpid == pid and ffd == fd and entry >= wrote]
         assert covering, f"{uid}: no flush of the journal after its write"
         assert min(covering) < responses[uid], f"{uid}: C-STORE-RSP sent before the flush covering it returned"
     start = min(entry for _pid, _fd, entry in written.values())
