@@ -6,11 +6,13 @@ Loop: wait for ``WriteInstance`` requests on a ROUTER, take every request alread
 group durable with one flush:
 each instance (its whole file and its index row) is appended to the journal
 (``node.journal``), the journal is fdatasynced once, then every request of the group is
-answered ``InstanceWritten``. A background thread (the materialiser) copies journaled files to
-their final paths and records them in the index in batches (``Store.materialise``: two
-``syncfs``, then one index transaction that also moves the journal checkpoint); on start it
-materialises whatever a crash left past the checkpoint before the writer takes requests, and
-on SIGTERM it materialises everything before the writer exits.
+answered ``InstanceWritten``. A background thread (the materialiser) has journaled files copied
+to their final paths and recorded in the index in batches (``Store.materialise``: two
+``syncfs``, then one index transaction that also moves the journal checkpoint) by a child
+process, so that this work never holds the GIL the main thread needs to answer
+(``actors/materialiser.py``); on start the thread itself materialises whatever a crash left
+past the checkpoint before the writer takes requests, and on SIGTERM it has everything
+materialised before the writer exits.
 
 Spooled instances (larger than ``store.inline_threshold``: the journal would write their
 bytes twice, once synchronously), and every instance when the journal is off
@@ -40,6 +42,7 @@ from pathlib import Path
 import zmq
 
 from actors import bus
+from actors import materialiser
 from actors import metrics
 from node.config import NodeConfig
 from node.errors import STATUS_OUT_OF_RESOURCES, MessageError, NodeError, PathError, StorageError
@@ -118,6 +121,7 @@ class Writer:
         self.materialise_error: str | None = None  # the last batch failed (cleared by a success)
         self.ready = threading.Event()
         self.thread: threading.Thread | None = None
+        self.child: materialiser.Child | None = None  # started by the thread, which alone talks to it
 
     def prepare(self) -> None:
         """Remove temp files a crash left; with a journal, start the materialiser and let it
@@ -146,6 +150,13 @@ class Writer:
         if self.journal is not None:
             self.journal.close()
         self.index.close()
+
+    @property
+    def materialiser_alive(self) -> bool:
+        """False once the materialiser process has ended on its own (the thread would only
+        notice at its next batch, up to ``materialise_interval`` later)."""
+        child = self.child
+        return child is None or self.stopping or child.proc.poll() is None
 
     @property
     def backlog(self) -> int:
@@ -397,6 +408,11 @@ class Writer:
     def _materialiser(self) -> None:
         index = Index(self.config.database, node_id=self.config.node_id)  # its own connection: SQLite's belong to one thread
         try:
+            assert self.journal is not None
+            # Started before the replay, which runs here: the child's start (an interpreter
+            # and its imports) overlaps it instead of delaying the writer's first answer.
+            self.child = materialiser.Child(self.store, self.config.database, self.config.node_id, self.journal,
+                                            self.config.log_level, self.config.log_format)
             if not self._recover_until_done(index):
                 return
             last = 0.0
@@ -417,7 +433,7 @@ class Writer:
                         continue
                     batch = self.queue[:MATERIALISE_BATCH]
                 last = time.monotonic()
-                error = self._materialise(index, batch)
+                error = self._materialise(batch)
                 with self.cond:
                     self.materialise_error = error
                     if error is not None:
@@ -448,6 +464,8 @@ class Writer:
             with self.cond:
                 self.cond.notify_all()
         finally:
+            if self.child is not None:
+                self.child.close()
             index.close()
 
     def _recover_until_done(self, index: Index) -> bool:
@@ -494,7 +512,7 @@ class Writer:
                 todo.append(record)
         for start in range(0, len(todo), MATERIALISE_BATCH):
             batch = todo[start:start + MATERIALISE_BATCH]
-            error = self._materialise(index, batch)
+            error = materialiser.materialise(self.store, index, [seg.fd for seg in self.journal.segments], self.journal.journal_id, batch)
             if error is not None:
                 raise StorageError(f"cannot materialise journal records {batch[0].seq}..{batch[-1].seq}: {error}")
         if todo:
@@ -502,33 +520,12 @@ class Writer:
         self.journal.start_after_recovery(last)
         self.materialised_seq = self.appended_seq = self.journal.next_seq - 1
 
-    def _materialise(self, index: Index, batch: list[Record]) -> str | None:
-        """Files to final paths (two syncfs), rows and checkpoint in one transaction; why not, on failure.
-
-        Only the last record of an instance in the batch is materialised (an overwrite
-        replaces the earlier one anyway); a file made obsolete by an overwrite at another path
-        is removed before the second syncfs: until the transaction its row names a missing
-        file, which a crash leaves only until the replay (which runs before the writer serves).
-        """
-        assert self.journal is not None
-        last: dict[str, Record] = {}
-        for record in batch:
-            last[record.body["uid"]] = record
-        records = list(last.values())
-        previous = {uid: index.get(uid) for uid in last}
-        obsolete = [Path(old.path) for uid, old in previous.items() if old is not None and old.path != last[uid].body["path"]]
-        errors = self.store.materialise(
-            [(Path(r.body["path"]), self.journal.fd_of(r), r.data_offset, r.data_length) for r in records], obsolete=obsolete
-        )
-        failed = [(r, e) for r, e in zip(records, errors) if e is not None]
-        if failed:
-            record, error = failed[0]
-            return f"{len(failed)} file(s) not written, first seq={record.seq} sop={record.body['uid']}: {error}"
-        try:
-            index.record([_row_from_body(r.body, r.data_length) for r in records], checkpoint=(self.journal.journal_id, batch[-1].seq))
-        except StorageError as exc:
-            return f"index write failed for {len(records)} journaled instance(s): {exc}"
-        return None
+    def _materialise(self, batch: list[Record]) -> str | None:
+        """The batch's files and rows, by the child process (``materialiser.materialise``);
+        why not, on failure. StorageError if the child is gone (the writer then exits and is
+        restarted, and the replay materialises what it left)."""
+        assert self.journal is not None and self.child is not None
+        return self.child.materialise(self.journal.journal_id, batch)
 
 
 def _row(msg: WriteInstance, path: Path | None, size: int, checksum: str = "") -> InstanceRow:
@@ -544,22 +541,6 @@ def _row(msg: WriteInstance, path: Path | None, size: int, checksum: str = "") -
         calling_aet=msg.calling_aet,
         called_aet=msg.called_aet,
         checksum=checksum,
-    )
-
-
-def _row_from_body(body: dict, size: int) -> InstanceRow:
-    return InstanceRow(
-        sop_instance_uid=body["uid"],
-        sop_class_uid=body["sop_class_uid"],
-        transfer_syntax=body["transfer_syntax"],
-        path=body["path"],
-        size=size,
-        study_uid=body["study_uid"],
-        series_uid=body["series_uid"],
-        patient_id=body["patient_id"],
-        calling_aet=body["calling_aet"],
-        called_aet=body["called_aet"],
-        received_at=body["received_at"],
     )
 
 
@@ -691,6 +672,11 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
             if wakeup is not None and wakeup in ready:
                 bus.drain_wakeup(wakeup)
             if sock not in ready:
+                if not writer.materialiser_alive:
+                    log.error("exiting: the materialiser process ended (exit status %s); the journal is replayed at restart",
+                              writer.child.proc.returncode if writer.child else "?")
+                    code = 1
+                    break
                 continue
             batch, replies, new_syncs = _drain(sock, config.network.write_timeout)
             # Only a group the journal takes gains from waiting: spooled instances go the

@@ -38,8 +38,10 @@ segment and its directory).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import struct
+import time
 import uuid
 import zlib
 from collections.abc import Iterator, Sequence
@@ -67,6 +69,10 @@ RESTART_GAP = 1 << 32
 # file is extended by this much of zeros in the same flush, so the next ~700 small groups
 # overwrite blocks already written. A scan stops at the zeros (no record magic).
 PREALLOCATE = 4 << 20
+# The writer holds an exclusive lock on the first segment while it (or the materialiser
+# process it started, which inherits the descriptor) lives; a writer restarted after a crash
+# waits this long for the old pair to be gone before it gives up.
+LOCK_WAIT_S = 30.0
 _ZEROS = bytes(1 << 20)
 
 
@@ -171,6 +177,7 @@ class Journal:
             if not first.path.exists():
                 _create(first.path, uuid.uuid4().hex)
             self.journal_id = _open_segment(first)
+            _lock(first)
             if not second.path.exists():
                 _create(second.path, self.journal_id)
             if _open_segment(second) != self.journal_id:
@@ -280,6 +287,24 @@ def _open_segment(seg: _Segment) -> str:
         seg.fd = -1
         raise StorageError(f"{seg.path} is not a version {VERSION} journal")
     return header[12:44].decode("ascii")
+
+
+def _lock(seg: _Segment) -> None:
+    """Take the journal's lock (``flock`` on the first segment's open file, shared with the
+    materialiser process through the inherited descriptor): a second writer of the same
+    store, or one restarted while the materialiser of the killed one still finishes its
+    last system call, waits here instead of replaying beside it."""
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(seg.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(seg.fd)
+                seg.fd = -1
+                raise StorageError(f"{seg.path} is locked by another writer of this store") from None
+            time.sleep(0.05)
 
 
 def _preallocate(seg: _Segment, end: int) -> None:

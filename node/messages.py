@@ -159,6 +159,29 @@ class StoreSynced:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MaterialiseRecords:
+    """The writer asks its materialiser process (``actors/materialiser.py``, over their pipe)
+    to copy journaled instances to their final paths and index them, the checkpoint of
+    journal ``journal_id`` moving to ``seq`` in the same transaction. ``records``: one
+    ``[seq, offset, data offset, data length, body, segment]`` per journal record."""
+
+    kind: ClassVar[str] = "journal.materialise"
+    journal_id: str
+    seq: int
+    records: list = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecordsMaterialised:
+    """The batch up to ``seq`` is at its final paths and checkpointed; or ``error``, why not
+    (nothing checkpointed: the writer retries the batch)."""
+
+    kind: ClassVar[str] = "journal.materialised"
+    seq: int
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class VerifyInstances:
     """Another node's tracker asks this node's writer (on ``[cluster] endpoint``, tcp://)
     whether instances the shared index says this node holds are present and unchanged.
@@ -376,7 +399,7 @@ KINDS: dict[str, type] = {
     cls.kind: cls
     for cls in (
         WorkerReady, HandOff, AssociationEnded, AdmitAssociation, AdmitAnswer, WriteInstance, InstanceWritten,
-        SyncStore, StoreSynced, VerifyInstances, InstancesVerified, ErrorReply, Ping, Pong,
+        SyncStore, StoreSynced, MaterialiseRecords, RecordsMaterialised, VerifyInstances, InstancesVerified, ErrorReply, Ping, Pong,
         StatusRequest, ListenerStatus, *COMMITMENT_MESSAGES,
     )
 }

@@ -3,7 +3,9 @@
 Several ``tests.crash_sender`` subprocesses (pynetdicom SCUs) store new CT images, each
 recording every status it was answered with. Meanwhile the test kills, with SIGKILL and by PID,
 a randomly chosen worker, the writer (with several associations storing, most often in the
-middle of a journal group or a materialising batch), the listener, or the whole process tree
+middle of a journal group or a materialising batch), the writer's materialiser process (the
+writer then exits, supervisord restarts it and its replay redoes the batch), the listener, or
+the whole process tree
 (nodectl, supervisord, every actor: what a power cut does to the processes), waits for
 supervisord to restart the actor (or starts the node again on the same port and
 directories), and goes on. At the end the whole tree is killed once more and the node started
@@ -15,7 +17,7 @@ materialised. Afterwards, for each ``store.duplicates`` policy:
 * no temp or partial file is visible outside ``<store>/.incoming/``;
 * an instance sent more than once (re-sent after a drop, or on purpose) is one file.
 
-The short variant (4 rounds: one kill of each kind) runs in the default suite; the slow one
+The short variant (5 rounds: one kill of each kind) runs in the default suite; the slow one
 (``-m slow``, at least 20 rounds per policy) is bounded by its round count and a wall-clock budget.
 Commitment: transactions whose N-ACTION was answered with success get their report though
 the tracker is killed between them (``test_commitment_reports_survive_tracker_kills``).
@@ -42,7 +44,7 @@ from tests.support import NODECTL, dataset_bytes, free_port, have, start_process
 
 REPO = Path(__file__).parents[2]
 DUPLICATE_REJECTED = 0x0111
-KINDS = ("run worker", "run writer", "run listener", "tree")
+KINDS = ("run worker", "run writer", "actors.materialiser", "run listener", "tree")
 
 
 @dataclass
@@ -190,20 +192,20 @@ def check_nothing_acknowledged_lost(tmp_path: Path, outcome: Outcome, policy: st
 @pytest.mark.skipif(not have("/usr/bin/storescu"), reason="DCMTK not installed (tests.nodes serve)")
 @pytest.mark.parametrize("policy", ["keep", pytest.param("overwrite", marks=pytest.mark.slow), pytest.param("reject", marks=pytest.mark.slow)])
 def test_short_kill_rounds_lose_nothing_acknowledged(tmp_path: Path, policy: str) -> None:
-    node, outcome = run_rounds(tmp_path, policy=policy, rounds=4, senders=3, per_sender=400, budget=40.0, seed=7)
+    node, outcome = run_rounds(tmp_path, policy=policy, rounds=5, senders=3, per_sender=500, budget=50.0, seed=7)
     try:
         counts = check_nothing_acknowledged_lost(tmp_path, outcome, policy)
         print(f"{policy}: {counts}, {outcome.seconds:.1f} s, kills {outcome.kills}")
-        assert counts["kills"] == 4
+        assert counts["kills"] == 5
     finally:
         node.stop()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["overwrite", "keep", "reject"])
-def test_twenty_four_kill_rounds_lose_nothing_acknowledged(tmp_path: Path, policy: str) -> None:  # 6 of each kind
+def test_twenty_five_kill_rounds_lose_nothing_acknowledged(tmp_path: Path, policy: str) -> None:  # 5 of each kind
     seed = int(os.environ.get("CRASH_SEED", "20240"))
-    node, outcome = run_rounds(tmp_path, policy=policy, rounds=24, senders=4, per_sender=5000, budget=240.0, seed=seed)
+    node, outcome = run_rounds(tmp_path, policy=policy, rounds=25, senders=4, per_sender=5000, budget=240.0, seed=seed)
     try:
         counts = check_nothing_acknowledged_lost(tmp_path, outcome, policy)
         print(f"{policy} seed {seed}: {counts}, {outcome.seconds:.1f} s, kills {outcome.kills}")

@@ -153,6 +153,60 @@ def test_a_killed_writer_materialises_the_journal_when_it_restarts(tmp_path: Pat
         node.stop()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_the_materialiser_runs_beside_the_writer_at_a_lower_priority_and_dies_with_it(tmp_path: Path) -> None:
+    """What ``ps`` shows an operator: one materialiser process, a child of the writer, niced
+    below it and in a session of its own (a SIGTERM to the node's group reaches the writer,
+    which has it finish the backlog); SIGKILL of the writer takes it down too, and the
+    restarted writer starts a new one. Nothing of it is left once the node stopped."""
+    node = _node(tmp_path)
+    try:
+        (writer,) = node.children("run writer")
+        (child,) = node.children("actors.materialiser")
+        assert child.ppid() == writer.pid
+        assert child.nice() > writer.nice()
+        assert os.getsid(child.pid) == child.pid != os.getsid(writer.pid)
+        os.kill(writer.pid, signal.SIGKILL)
+        wait_until(lambda: not _alive(child.pid), 10, "the killed writer's materialiser gone")
+        wait_until(lambda: [p.pid for p in node.children("actors.materialiser")] not in ([], [child.pid]), 30,
+                   "the restarted writer's materialiser")
+        (again,) = node.children("actors.materialiser")
+        ds = make_ct(tmp_path / "in" / "after.dcm")
+        assert _store(node, tmp_path / "in" / "after.dcm") == 0
+    finally:
+        assert node.stop() == 0
+    assert not _alive(again.pid) and not node.leftover
+    stored = _indexed(tmp_path, ds.SOPInstanceUID)
+    assert stored is not None and dataset_bytes(Path(stored)) == dataset_bytes(tmp_path / "in" / "after.dcm")
+
+
+def test_a_killed_materialiser_makes_the_writer_restart_and_replay_the_journal(tmp_path: Path) -> None:
+    """SIGKILL of the materialiser while acknowledged instances wait in the journal: the
+    writer notices (without waiting for its next batch), exits, is restarted by supervisord,
+    and its replay puts them at their final paths and in the index."""
+    node = _node(tmp_path)
+    try:
+        ds = make_ct(tmp_path / "in" / "m.dcm")
+        assert _store(node, tmp_path / "in" / "m.dcm") == 0
+        assert _indexed(tmp_path, ds.SOPInstanceUID) is None
+        (writer,) = node.children("run writer")
+        (child,) = node.children("actors.materialiser")
+        os.kill(child.pid, signal.SIGKILL)
+        wait_until(lambda: _indexed(tmp_path, ds.SOPInstanceUID) is not None, 30, "the restarted writer replayed the journal")
+        assert not _alive(writer.pid)
+        assert dataset_bytes(Path(_indexed(tmp_path, ds.SOPInstanceUID))) == dataset_bytes(tmp_path / "in" / "m.dcm")
+        assert "the materialiser process ended" in node.log()
+        assert "materialised 1 acknowledged instance(s)" in node.log()
+    finally:
+        node.stop()
+
+
 # ----- ordering, from the system calls -------------------------------------------------------------
 
 _SYSCALL = re.compile(r"^(\d+)\s+(\d+\.\d+) (?:<\.\.\. (\w+) resumed>|(\w+)\()(.*)$")
@@ -336,16 +390,16 @@ class _HeldMaterialiser:
     test decides what the materialiser's queue holds at every append."""
 
     def __init__(self, w) -> None:
-        self.real = w.store.materialise
+        self.real = w._materialise
         self.entered: list[Path] = []  # the last final path of each batch that came in
         self.tokens = threading.Semaphore(0)
         self.released = 0
-        w.store.materialise = self
+        w._materialise = self
 
-    def __call__(self, items, **kwargs):
-        self.entered.append(items[-1][0])
+    def __call__(self, batch):
+        self.entered.append(Path(batch[-1].body["path"]))
         self.tokens.acquire(timeout=60)
-        return self.real(items, **kwargs)
+        return self.real(batch)
 
     def release(self) -> None:
         self.released += 1

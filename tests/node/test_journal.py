@@ -9,7 +9,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from node import journal
+from node.errors import StorageError
 from node.journal import HEADER_SIZE, RECORD, Entry, Journal
 from node.storage import Store
 
@@ -33,6 +36,21 @@ def test_records_come_back_in_order_with_their_bytes(tmp_path: Path) -> None:
     third = scanned[2]
     assert os.pread(j.fd, third.data_length, third.data_offset) == bytes([3]) * 5000 + b"tail"
     j.close()
+
+
+def test_a_second_writer_of_the_same_journal_waits_then_gives_up(tmp_path: Path, monkeypatch) -> None:
+    """The lock a restarted writer waits on until its predecessor's materialiser is gone; a
+    process that still holds the first segment's descriptor (the materialiser) keeps it."""
+    monkeypatch.setattr(journal, "LOCK_WAIT_S", 0.3)
+    first = _open(tmp_path)
+    inherited = os.dup(first.segments[0].fd)  # what the materialiser process holds
+    first.close()
+    try:
+        with pytest.raises(StorageError, match="locked by another writer"):
+            _open(tmp_path)
+    finally:
+        os.close(inherited)
+    _open(tmp_path).close()
 
 
 def test_reopening_keeps_the_id(tmp_path: Path) -> None:
