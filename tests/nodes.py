@@ -68,7 +68,11 @@ class RunningNode:
             return set()
 
     def children(self, name_part: str) -> list[psutil.Process]:
-        """Actor processes whose command line contains ``name_part`` (e.g. ``run worker``)."""
+        """Actor processes whose command line contains ``name_part`` (e.g. ``run worker``).
+
+        A process the actor has forked but not yet exec'd (the writer starting its
+        materialiser) still shows the actor's command line for that moment: a match whose
+        parent matches too is that fork, not a second actor."""
         out = []
         for pid in self.tree_pids():
             try:
@@ -77,7 +81,8 @@ class RunningNode:
                     out.append(proc)
             except psutil.NoSuchProcess:
                 continue
-        return out
+        matched = {proc.pid for proc in out}
+        return [proc for proc in out if _parent_pid(proc) not in matched]
 
     def materialised(self, timeout: float = 30.0) -> "RunningNode":
         """Wait until every instance the node acknowledged is at its final path and indexed.
@@ -130,6 +135,13 @@ def materialised(writers: Sequence[psutil.Process], timeout: float = 30.0) -> No
         bus.request(sock, SyncStore(), sender="test", timeout=timeout)
     finally:
         sock.close(0)
+
+
+def _parent_pid(proc: psutil.Process) -> int | None:
+    try:
+        return proc.ppid()
+    except psutil.NoSuchProcess:
+        return None
 
 
 def _alive(pid: int) -> bool:
