@@ -19,6 +19,8 @@ from typing import Any, TextIO
 
 from pydicom.filereader import read_file_meta_info
 
+from tests.support import pynetdicom_settled
+
 
 def _associate(ae: Any, host: str, port: int, aec: str, deadline: float) -> Any | None:
     """An established association, retried with back-off until ``deadline`` (None if never)."""
@@ -41,6 +43,7 @@ def _send_until_answered(state: dict[str, Any], path: str, opts: argparse.Namesp
             if assoc is None:
                 return None, attempt
         try:
+            pynetdicom_settled(assoc)
             status = assoc.send_c_store(path)
         except (RuntimeError, OSError, ValueError):
             status = None

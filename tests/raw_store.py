@@ -14,6 +14,8 @@ import sys
 
 from pydicom.filereader import read_file_meta_info
 
+from tests.support import pynetdicom_settled
+
 
 def main() -> int:
     parser = argparse.ArgumentParser()
@@ -39,6 +41,7 @@ def main() -> int:
         return 1
     results = []
     for path in opts.files:
+        pynetdicom_settled(assoc)
         status = assoc.send_c_store(path)
         results.append({"file": path, "status": int(status.Status) if "Status" in status else None})
     assoc.release()

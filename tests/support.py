@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
@@ -72,6 +73,24 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str =
             return
         time.sleep(0.05)
     raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")
+
+
+def pynetdicom_settled(assoc: Any, timeout: float = 10.0) -> None:
+    """Wait until a pynetdicom association's reactor runs again after the previous request.
+
+    pynetdicom pauses its reactor thread around each request and checks that it paused with
+    a flag (``_is_paused``) that the reactor clears only once it runs again: a request sent
+    right after another one passes that check while the reactor is still waking, the woken
+    reactor then takes the response off the queue as an unexpected message, and the request
+    waits out the DIMSE timeout (the race of pynetdicom#435, which its checkpoint, #351,
+    narrowed but left open; here: test_tracker's second N-ACTION, once in a fresh-clone run).
+    Call it before each request after the first on one association. Once the flag reads
+    False the reactor is in its 1 ms sleep, so the request's pause is a real one (unless the
+    sleep ends in the few microseconds before it). Read only: nothing of pynetdicom's changes.
+    """
+    deadline = time.monotonic() + timeout
+    while assoc._is_paused and assoc.is_established and time.monotonic() < deadline:
+        time.sleep(0.0002)
 
 
 def have(program: str) -> bool:

@@ -17,7 +17,7 @@ from actors.inproc import InprocNode
 from node import commitment as sc
 from node.config import ListenerConfig, NodeConfig
 from node.messages import RecordTransaction
-from tests.support import make_ct
+from tests.support import make_ct, pynetdicom_settled
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
@@ -50,11 +50,13 @@ def associate(node: InprocNode, reports: list[Any] | None = None) -> Any:
 
 
 def action(assoc: Any, ds: Dataset | None, action_type: int = 1) -> int:
+    pynetdicom_settled(assoc)
     status, _ = assoc.send_n_action(ds, action_type, sc.SOP_CLASS, sc.SOP_INSTANCE)
     return int(status.Status)
 
 
 def event(assoc: Any, report: sc.Report, event_type: int | None = None, instance: str = sc.SOP_INSTANCE) -> int:
+    pynetdicom_settled(assoc)
     status = assoc.send_n_event_report(sc.report_dataset(report), event_type or report.event_type, sc.SOP_CLASS, instance)
     return int(status[0].Status)
 

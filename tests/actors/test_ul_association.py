@@ -27,7 +27,7 @@ from node import commitment as sc
 from node.config import CommitmentConfig, ListenerConfig, NetworkConfig, NodeConfig, StoreConfig
 from tests import fuzz_pdu
 from tests.node.ul.blocking import Requestor
-from tests.support import dataset_bytes, have, make_ct, wait_until
+from tests.support import dataset_bytes, have, make_ct, pynetdicom_settled, wait_until
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -106,14 +106,17 @@ def _commit_one_on_the_engine(port: int, tmp_path: Path, caplog: pytest.LogCaptu
     ref = Dataset()
     ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
     info.ReferencedSOPSequence = [ref]
+    pynetdicom_settled(assoc)
     status, _ = assoc.send_n_action(info, 1, COMMITMENT, "1.2.840.10008.1.20.1.1")
     assert status.Status == 0
     wait_until(lambda: reports or not assoc.is_established, 10, "the report on the same association")
-    assoc.release()
     assert reports == [1]  # all committed
-    # The tracker hears of the delivery after the peer had the report: wait for it, bounded.
+    # pynetdicom sends the report's RSP after our handler returns, from its reactor thread: a
+    # release sent before that makes the RSP an invalid event (Evt9 in Sta7) and the node sees
+    # no RSP. The tracker hears of the delivery once the RSP arrived: wait for it, then release.
     wait_until(lambda: any("report on the same association: status=0" in r.getMessage() for r in caplog.records), 10,
                "the RSP's status to reach the tracker")
+    assoc.release()
     assert not any("pynetdicom" in r.name for r in caplog.records if r.levelno >= logging.WARNING)
 
 
