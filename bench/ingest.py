@@ -181,6 +181,11 @@ def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: 
     # Other work on the machine (load average at the start) is recorded: it explains outliers.
     result: dict = {"ok": False, "error": "", "loadavg_1m": os.getloadavg()[0]}
     try:
+        # The disk starts every sample clean: what earlier samples wrote without a flush
+        # (DCMTK's and pynetdicom's receivers do not flush) is written back now, not during
+        # this one (it raised every receiver's CPU from run to run: docs/benchmarks.md,
+        # 2026-12-03).
+        os.sync()
         receiver.start(workdir / "rx", env)
         commands = peers.sender_commands(combo.sender, files.files, receiver.aet, receiver.port)
         timeout = 60 + 0.25 * files.count
