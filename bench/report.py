@@ -155,6 +155,8 @@ def render(results: dict, path: Path) -> str:
             f"| loopback TCP, one connection, {lim['setup']['loopback_bytes'] / 2**30:.0f} GiB in 1 MiB writes | {_spread(lim, 'loopback_mib_s')} MiB/s |",
             f"| durable creations, 5 KiB (temp, fsync, rename, dir fsync; {lim['setup']['fsync_files'][0]} files) | {_spread(lim, 'fsync_creates_5k_per_s')} files/s |",
             f"| durable creations, 512 KiB ({lim['setup']['fsync_files'][1]} files) | {_spread(lim, 'fsync_creates_512k_per_s')} files/s |",
+            *([(f"| journal flushes, 5 KiB `RWF_DSYNC` writes into a written file ({lim['setup']['fsync_files'][0]}) | "
+                f"{_spread(lim, 'dsync_writes_5k_per_s')} writes/s |")] if "dsync_writes_5k_per_s" in lim else []),
             f"| pydicom `dcmread(stop_before_pixels=True)`, 5 KiB files ({lim['setup']['parse_files']}) | {_spread(lim, 'pydicom_parse_sc_per_s')} files/s |",
             "",
         ]
