@@ -83,7 +83,7 @@ def durable_creates_per_s(directory: Path, size: int, count: int) -> float:
                 os.close(fd)
             os.rename(tmp, directory / f"f-{i}")
             os.fsync(dir_fd)
-            elapsed = time.perf_counter() - start
+        elapsed = time.perf_counter() - start
     finally:
         os.close(dir_fd)
     return count / elapsed
