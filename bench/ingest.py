@@ -102,6 +102,19 @@ class Target:
     peer: str
     metric: str  # "images_s" or "mb_s"
     ratio: float
+    issue: int = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Ceiling:
+    """The median of ``metric`` in combo ``ours`` should be at most ``limit`` (issue 12's
+    absolute targets: flushes and receiver CPU per acknowledged instance)."""
+
+    label: str
+    ours: str  # combo key
+    metric: str  # a summary key: "flushes_per_instance" or "receiver_cpu_s_per_1000" (= ms per instance)
+    limit: float
+    issue: int = 12
 
 
 TARGETS = [
@@ -113,6 +126,21 @@ TARGETS = [
     Target("512 KiB, 1 association: nodectl serve vs Orthanc", "ct/nodelay/dcmtk-1->nodectl", "ct/nodelay/dcmtk-1->orthanc", "mb_s", 2.0),
     Target("sender, 5 KiB into storescp --fork: nodectl send -j 4 vs one DCMTK storescu", "sc/nodelay/send-4->dcmtk-fork", "sc/nodelay/dcmtk-1->dcmtk-fork", "images_s", 1.5),
     Target("sender, 5 KiB into storescp --fork: nodectl send -j 1 vs pynetdicom storescu", "sc/nodelay/send-1->dcmtk-fork", "sc/nodelay/pynetdicom->dcmtk-fork", "images_s", 5.0),
+    # issue 12 (durable ingest at the disk's limit)
+    Target("5 KiB, 1 association: nodectl serve vs Orthanc", "sc/nodelay/dcmtk-1->nodectl", "sc/nodelay/dcmtk-1->orthanc", "images_s", 2.0, 12),
+    Target("5 KiB, 1 association: nodectl serve vs DCMTK storescp", "sc/nodelay/dcmtk-1->nodectl", "sc/nodelay/dcmtk-1->dcmtk", "images_s", 0.5, 12),
+    Target("5 KiB, 4 associations: nodectl serve vs Orthanc", "sc/nodelay/dcmtk-4->nodectl", "sc/nodelay/dcmtk-4->orthanc", "images_s", 2.5, 12),
+    Target("5 KiB, 4 associations: nodectl serve vs DCMTK storescp --fork", "sc/nodelay/dcmtk-4->nodectl", "sc/nodelay/dcmtk-4->dcmtk-fork", "images_s", 0.6, 12),
+    Target("512 KiB, 1 association: nodectl serve vs Orthanc", "ct/nodelay/dcmtk-1->nodectl", "ct/nodelay/dcmtk-1->orthanc", "mb_s", 2.0, 12),
+    Target("512 KiB, 1 association: nodectl serve vs DCMTK storescp", "ct/nodelay/dcmtk-1->nodectl", "ct/nodelay/dcmtk-1->dcmtk", "mb_s", 0.5, 12),
+]
+
+CEILINGS = [
+    Ceiling("flushes per acknowledged instance, 5 KiB, 1 association", "sc/nodelay/dcmtk-1->nodectl", "flushes_per_instance", 1.0),
+    Ceiling("flushes per acknowledged instance, 5 KiB, 4 associations", "sc/nodelay/dcmtk-4->nodectl", "flushes_per_instance", 0.5),
+    Ceiling("receiver CPU ms per 5 KiB instance, 1 association", "sc/nodelay/dcmtk-1->nodectl", "receiver_cpu_s_per_1000", 1.5),
+    Ceiling("receiver CPU ms per 5 KiB instance, 4 associations", "sc/nodelay/dcmtk-4->nodectl", "receiver_cpu_s_per_1000", 1.5),
+    Ceiling("receiver CPU ms per 512 KiB instance, 1 association", "ct/nodelay/dcmtk-1->nodectl", "receiver_cpu_s_per_1000", 4.0),
 ]
 
 
@@ -295,6 +323,19 @@ def evaluate(summaries: dict[str, dict]) -> list[dict]:
     return out
 
 
+def evaluate_ceilings(summaries: dict[str, dict]) -> list[dict]:
+    """Each ceiling with the median, the runs' range, met, and by how much it is exceeded."""
+    out = []
+    for c in CEILINGS:
+        figures = summaries.get(c.ours, {}).get(c.metric)
+        entry = {**asdict(c), "measured": None, "met": None}
+        if figures:
+            entry.update(measured=figures["median"], low=figures["min"], high=figures["max"],
+                         met=figures["median"] <= c.limit, excess=max(0.0, figures["median"] / c.limit - 1))
+        out.append(entry)
+    return out
+
+
 def main(opts) -> int:
     profile = PROFILES["quick" if opts.quick else "full"]
     if opts.runs:
@@ -388,6 +429,7 @@ def main(opts) -> int:
             "combos": [{**asdict(c), "key": c.key} for c in combos],
             "summaries": summaries,
             "targets": evaluate(summaries),
+            "ceilings": evaluate_ceilings(summaries),
             "skipped_samples": skipped,
             "samples": samples,
             "flush_samples": traced,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench import ingest
 from bench.peers import SENDER_NAMES
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -118,6 +119,40 @@ def _other_targets(results_dir: Path = RESULTS) -> list[str]:
     return rows
 
 
+def _target_table(title: str, targets: list[dict]) -> list[str]:
+    """One row per ratio target: the median ratio, the range the runs' spread allows, how far to go."""
+    lines = [
+        f"### {title}",
+        "",
+        "| target | wanted | measured | range from the spread | met | short by |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for t in targets:
+        metric = "MB/s" if t["metric"] == "mb_s" else "images/s"
+        if t["measured"] is None:
+            lines.append(f"| {t['label']} ({metric}) | ≥ {t['ratio']:g} | not measured | | | |")
+            continue
+        short = "" if t["met"] else f"{t['shortfall'] * 100:.0f}% (x{t['ratio'] / t['measured']:.1f} to go)"
+        lines.append(
+            f"| {t['label']} ({metric}) | ≥ {t['ratio']:g} | **{t['measured']:.2f}** | {t['low']:.2f}–{t['high']:.2f} | "
+            f"{'yes' if t['met'] else 'no'} | {short} |"
+        )
+    return lines
+
+
+def _ceiling_rows(ceilings: list[dict]) -> list[str]:
+    """Rows for the absolute targets, in the same table: a median that must stay at or under a limit."""
+    rows = []
+    for c in ceilings:
+        if c["measured"] is None:
+            rows.append(f"| {c['label']} | ≤ {c['limit']:g} | not measured | | | |")
+            continue
+        over = "" if c["met"] else f"over by {c['excess'] * 100:.0f}%"
+        rows.append(f"| {c['label']} | ≤ {c['limit']:g} | **{c['measured']:.2f}** | {c['low']:.2f}–{c['high']:.2f} | "
+                    f"{'yes' if c['met'] else 'no'} | {over} |")
+    return rows
+
+
 def render(results: dict, path: Path) -> str:
     m = results["machine"]
     v = m["versions"]
@@ -160,25 +195,13 @@ def render(results: dict, path: Path) -> str:
             f"| pydicom `dcmread(stop_before_pixels=True)`, 5 KiB files ({lim['setup']['parse_files']}) | {_spread(lim, 'pydicom_parse_sc_per_s')} files/s |",
             "",
         ]
-    targets = results.get("targets", [])
-    if targets:
-        lines += [
-            "### Targets (issue 6), each a ratio of medians from this run",
-            "",
-            "| target | wanted | measured | range from the spread | met | short by |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for t in targets:
-            metric = "MB/s" if t["metric"] == "mb_s" else "images/s"
-            if t["measured"] is None:
-                lines.append(f"| {t['label']} ({metric}) | ≥ {t['ratio']:g} | not measured | | | |")
-                continue
-            short = "" if t["met"] else f"{t['shortfall'] * 100:.0f}% (x{t['ratio'] / t['measured']:.1f} to go)"
-            lines.append(
-                f"| {t['label']} ({metric}) | ≥ {t['ratio']:g} | **{t['measured']:.2f}** | {t['low']:.2f}–{t['high']:.2f} | "
-                f"{'yes' if t['met'] else 'no'} | {short} |"
-            )
-        lines += [*_other_targets(), ""]
+    # Recomputed from the summaries, so that a report of an older results file shows today's targets.
+    targets = ingest.evaluate(results["summaries"])
+    lines += _target_table("Targets (issue 6), each a ratio of medians from this run",
+                           [t for t in targets if t["issue"] == 6]) + [*_other_targets(), ""]
+    lines += _target_table("Targets (issue 12), ratios of medians and medians against a limit, from this run",
+                           [t for t in targets if t["issue"] == 12])
+    lines += _ceiling_rows(ingest.evaluate_ceilings(results["summaries"])) + [""]
     summaries = results["summaries"]
     combos = results["combos"]
     for (fileset, mode), title in GROUP_TITLES.items():
