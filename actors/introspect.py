@@ -29,7 +29,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from actors import bus
 from node import config as configuration
-from node import journal, transactions
+from node import journal, transactions, worker_journal
 from node.config import NodeConfig
 from node.errors import ConfigError, StorageError
 from node.index import Index
@@ -109,27 +109,32 @@ def database(config: NodeConfig) -> dict[str, Any]:
 
 
 def journal_backlog(config: NodeConfig) -> dict[str, Any]:
-    """Acknowledged instances the writer has not materialised yet (from the journal file)."""
+    """Acknowledged instances the writer has not materialised yet: in its journal and in the
+    workers' (``node.worker_journal``), read from the files and the index's checkpoints."""
     if not journal.enabled(config):
         return {"enabled": False}
     path = journal.path_for(config.directory)
-    jid = journal.journal_id(path)
-    checkpoint = 0
-    if jid:
-        try:
-            index = Index(config.database, readonly=True)
-        except StorageError as exc:
-            return {"enabled": True, "error": str(exc)}
-        try:
-            checkpoint = index.checkpoint(jid)
-        except StorageError:  # no checkpoint table yet: nothing materialised
-            checkpoint = 0
-        finally:
-            index.close()
     try:
-        return {"enabled": True, **journal.backlog(path, checkpoint)}
+        index = Index(config.database, readonly=True)
+    except StorageError as exc:
+        return {"enabled": True, "error": str(exc)}
+
+    def checkpoint(journal_id: str) -> int:
+        try:
+            return index.checkpoint(journal_id)
+        except StorageError:  # no checkpoint table yet: nothing materialised
+            return 0
+
+    try:
+        jid = journal.journal_id(path)
+        own = journal.backlog(path, checkpoint(jid) if jid else 0)
+        workers = worker_journal.backlog(worker_journal.all_paths(config.directory), checkpoint)
     except OSError as exc:
         return {"enabled": True, "error": str(exc)}
+    finally:
+        index.close()
+    return {"enabled": True, "instances": own["instances"] + workers["instances"], "bytes": own["bytes"] + workers["bytes"],
+            "writer": own, "workers": workers}
 
 
 def collect(run_dir: Path) -> dict[str, Any]:

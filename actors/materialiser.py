@@ -54,16 +54,28 @@ def materialise(store: Store, index: Index, fds: Sequence[int], journal_id: str,
     """Files to final paths (two syncfs), rows and checkpoint in one transaction; why not, on failure.
 
     Only the last record of an instance in the batch is materialised (an overwrite
-    replaces the earlier one anyway); a file made obsolete by an overwrite at another path
-    is removed before the second syncfs: until the transaction its row names a missing
-    file, which a crash leaves only until the replay (which runs before the writer serves).
+    replaces the earlier one anyway), and not at all when the index already holds a copy
+    received later: the writer's journal and each worker's are materialised in batches of
+    their own, so a copy sent again through another worker may reach the index first, and
+    the one received last must stay (``overwrite``). A file made obsolete by an overwrite at
+    another path is removed before the second syncfs: until the transaction its row names a
+    missing file, which a crash leaves only until the replay (which runs before the writer serves).
     """
     last: dict[str, Record] = {}
     for record in batch:
         last[record.body["uid"]] = record
-    records = list(last.values())
     previous = {uid: index.get(uid) for uid in last}
-    obsolete = [Path(old.path) for uid, old in previous.items() if old is not None and old.path != last[uid].body["path"]]
+    for uid, old in previous.items():
+        if old is not None and old.received_at > last[uid].body.get("received_at", 0.0):
+            del last[uid]
+    if not last:
+        try:
+            index.record([], checkpoint=(journal_id, batch[-1].seq))
+        except StorageError as exc:
+            return f"index write failed: {exc}"
+        return None
+    records = list(last.values())
+    obsolete = [Path(old.path) for uid, old in previous.items() if uid in last and old is not None and old.path != last[uid].body["path"]]
     errors = store.materialise(
         [(Path(r.body["path"]), fds[r.segment], r.data_offset, r.data_length) for r in records], obsolete=obsolete
     )
@@ -160,11 +172,13 @@ class Child:
         self._to = self.proc.stdin.fileno()
         self._from = self.proc.stdout.fileno()
 
-    def materialise(self, journal_id: str, batch: Sequence[Record]) -> str | None:
-        """Have the child materialise ``batch``; its answer. StorageError if the child died."""
+    def materialise(self, journal_id: str, batch: Sequence[Record], paths: Sequence[Path] = ()) -> str | None:
+        """Have the child materialise ``batch`` (of the worker journal whose segments are
+        ``paths``, or of the writer's); its answer. StorageError if the child died."""
         records = [[r.seq, r.offset, r.data_offset, r.data_length, r.body, r.segment] for r in batch]
+        request = MaterialiseRecords(journal_id=journal_id, seq=batch[-1].seq, records=records, paths=[str(p) for p in paths])
         try:
-            send(self._to, pack(MaterialiseRecords(journal_id=journal_id, seq=batch[-1].seq, records=records), sender="writer"))
+            send(self._to, pack(request, sender="writer"))
             frames = receive(self._from)
         except OSError as exc:
             frames = None
@@ -199,13 +213,40 @@ def serve(store: Store, index: Index, fds: Sequence[int], journal_id: str, reque
         except MessageError as exc:
             log.error("bad request from the writer: %s", exc)
             return 1
-        if not isinstance(message, MaterialiseRecords) or message.journal_id != journal_id:
+        if not isinstance(message, MaterialiseRecords) or (message.journal_id != journal_id and not message.paths):
             log.error("unexpected request from the writer: %r", message)
             return 1
         batch = [Record(*fields) for fields in message.records]
-        error = materialise(store, index, fds, journal_id, batch) if batch else None
+        if not batch:
+            error = None
+        elif message.paths:
+            error = _materialise_worker_records(store, index, message)
+        else:
+            error = materialise(store, index, fds, journal_id, batch)
         send(answers, pack(RecordsMaterialised(seq=message.seq, error=error or ""), sender=NAME))
     return 0
+
+
+def _materialise_worker_records(store: Store, index: Index, message: MaterialiseRecords) -> str | None:
+    """A batch of a worker's journal, read through descriptors opened for it alone: a worker
+    journal made anew (another id) is never read through a descriptor of its predecessor."""
+    fds: list[int] = []
+    try:
+        for path in message.paths:
+            fds.append(os.open(path, os.O_RDONLY))
+            if journal_id_of(fds[-1]) != message.journal_id:
+                return f"{path} is no longer journal {message.journal_id}"
+        return materialise(store, index, fds, message.journal_id, [Record(*fields) for fields in message.records])
+    except OSError as exc:
+        return f"cannot read worker journal: {exc.strerror}"
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def journal_id_of(fd: int) -> str:
+    """The journal id in the header of an open segment."""
+    return os.pread(fd, 44, 0)[12:44].decode("ascii", "replace")
 
 
 def _die_with_the_writer() -> None:

@@ -12,8 +12,9 @@ Hooks are decorators, so an actor carries one line per hook and no metrics code:
 * listener ``Listener.hand_off`` / ``reject_busy``: ``nodectl_associations_total{listener,outcome}``
 * worker ``Worker._store``: ``nodectl_cstore_total{status}``, ``nodectl_cstore_bytes_total``,
   ``nodectl_cstore_seconds`` (dataset received to status decided, the durable write included)
-* writer ``Writer._write``: ``nodectl_durable_ack_seconds`` (the worker's WriteInstance sent
-  to the file fsynced, renamed and indexed)
+* writer ``Writer._write`` and ``_journal``: ``nodectl_durable_ack_seconds`` (the worker's
+  WriteInstance sent to the instance durable); worker ``Worker._journal``: the same
+  histogram, from the instance handed to the worker's journal to the flush covering it
 
 Without the environment variable (threads of one process: stcomscu, tests) the same
 metrics count in the process's default registry and nothing is written to disk.
@@ -48,7 +49,7 @@ ASSOCIATIONS = Counter("nodectl_associations_total", "Connections handed to a wo
 CSTORE = Counter("nodectl_cstore_total", "C-STORE requests answered, by status class (success, warning, failure)", ["status"])
 CSTORE_BYTES = Counter("nodectl_cstore_bytes_total", "Dataset bytes received in C-STORE requests")
 CSTORE_SECONDS = Histogram("nodectl_cstore_seconds", "C-STORE handling time: dataset received to status decided", buckets=LATENCY_BUCKETS)
-DURABLE_SECONDS = Histogram("nodectl_durable_ack_seconds", "WriteInstance sent by a worker to the instance fsynced, renamed and indexed", buckets=LATENCY_BUCKETS)
+DURABLE_SECONDS = Histogram("nodectl_durable_ack_seconds", "An instance handed to a journal (the writer's or its worker's) or the writer's direct path to it durable", buckets=LATENCY_BUCKETS)
 
 
 def status_class(status: int) -> str:
@@ -98,6 +99,21 @@ def c_store(func: F) -> F:
         CSTORE_SECONDS.observe(time.monotonic() - started)
         CSTORE.labels(status_class(int(status))).inc()
         CSTORE_BYTES.inc(size)
+        return status
+
+    return wrapper  # type: ignore[return-value]
+
+
+def durable_journal(func: F) -> F:
+    """Worker._journal(live, write, parts) -> status: how long the instance waited for the
+    worker journal's flush that covers it (successes only)."""
+
+    @functools.wraps(func)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        status = func(self, *args, **kwargs)
+        if status == 0:
+            DURABLE_SECONDS.observe(time.monotonic() - started)
         return status
 
     return wrapper  # type: ignore[return-value]

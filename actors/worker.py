@@ -11,10 +11,13 @@ The main thread owns the ZeroMQ sockets and the hand-off Unix socket:
   Storage Commitment both ways).
 
 For each C-STORE, the association's thread parses the dataset (in memory, or spooled under
-``<store>/.incoming/spool`` when large), asks ``node.receive`` where it goes, sends
-``WriteInstance`` to the storage writer on its own DEALER socket and answers the peer only
-when the writer says the file is durable (or with a failure status when it does not answer
-in time).
+``<store>/.incoming/spool`` when large) and asks ``node.receive`` where it goes. An inline
+instance under ``store.duplicates = overwrite`` goes into this worker's own journal
+(``node.worker_journal``: one flush shared by every association of the worker that stores
+meanwhile) and is answered once that flush returned; the writer reads the journal and
+materialises it. Any other instance is sent as ``WriteInstance`` to the storage writer on the
+thread's own DEALER socket, and the peer is answered only when the writer says the file is
+durable (or with a failure status when it does not answer in time).
 """
 
 from __future__ import annotations
@@ -40,13 +43,22 @@ from actors._ul_association import EngineAssociation
 from node.config import ListenerConfig, NodeConfig
 from node.errors import NodeError, STATUS_OUT_OF_RESOURCES, MessageError
 from node.access import AssociateRequest, Refusal, allowed
-from node.messages import AdmitAnswer, AdmitAssociation, AssociationEnded, ErrorReply, HandOff, InstanceWritten, WorkerReady, unpack
+from node import journal as journaling
+from node import worker_journal
+from node.index import Index
+from node.journal import Entry, Journal, record_body
+from node.messages import (
+    AdmitAnswer, AdmitAssociation, AdoptJournal, AssociationEnded, ErrorReply, HandOff, InstanceWritten, JournalAdopted, WorkerReady, unpack,
+)
+from node.storage import PREAMBLE, Store
+from node.supervision import verification_only
 from node.paths import FilePathPattern
 from node.receive import FileMetaCache, acceptor_policy, check_dataset, context_rules, delay_ms, plan_write, read_in_memory, read_own_spool, wanted_tags
 
 log = logging.getLogger("actors.worker")
 
 HEARTBEAT_S = 1.0
+ADOPT_WAIT_S = 60.0  # a worker starting beside the writer waits this long for it to adopt its journal
 ADMIT_TIMEOUT_S = 2.0  # past it, an association is refused (transient): only the listener counts exactly
 
 
@@ -107,6 +119,8 @@ class Worker:
         self.handshaken: queue.SimpleQueue[tuple[Any, HandOff]] = queue.SimpleQueue()
         self.max_pdu_read = pdu_read_limit(config.network.max_pdu_receive)
         self.meta_cache = FileMetaCache()
+        self.store = Store(config.directory)
+        self.group: worker_journal.GroupCommit | None = None  # this worker's journal, once the writer adopted it
 
     # ----- set-up -------------------------------------------------------------------------
 
@@ -124,6 +138,68 @@ class Worker:
             from actors.tls import server_context
 
             self.tls_context = server_context(self.config.tls)
+
+    def open_journal(self, stop: threading.Event) -> None:
+        """This worker's journal, adopted by the writer (which first materialises what a
+        predecessor of the same name left in it); on failure, or where it does not apply,
+        every instance goes to the writer as before."""
+        if not uses_worker_journal(self.config):
+            return
+        journal = Journal(worker_journal.path_for(self.store.directory, self.name))
+        try:
+            journal.open()
+        except NodeError as exc:
+            log.error("%s: no journal of its own (%s): instances go to the writer", self.name, exc)
+            return
+        adopted = self._adopt(journal, stop)
+        if adopted is None:
+            log.error("%s: instances go to the writer", self.name)
+            journal.close()
+            return
+        journal.start_after_recovery(adopted)
+        journal_id = journal.journal_id
+        database = self.config.database
+
+        def checkpoint() -> int:
+            index = Index(database, readonly=True)
+            try:
+                return index.checkpoint(journal_id)
+            finally:
+                index.close()
+
+        def readopt() -> int | None:
+            return self._adopt(journal, threading.Event(), wait_s=self.config.network.write_timeout)
+
+        self.group = worker_journal.GroupCommit(journal, checkpoint, readopt, delay=self.config.store.commit_delay,
+                                                wait_s=self.config.network.write_timeout)
+        log.info("%s: journal %s adopted (up to seq %d)", self.name, journal.path.name, adopted)
+
+    def _adopt(self, journal: Journal, stop: threading.Event, wait_s: float = ADOPT_WAIT_S) -> int | None:
+        """Ask the writer to adopt ``journal``; the seq it answers, or None."""
+        request = AdoptJournal(path=str(journal.path), journal_id=journal.journal_id)
+        deadline = time.monotonic() + wait_s
+        dealer = _bus.dealer(self.ctx, self.config.endpoint("writer"))
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    reply = _bus.request(dealer, request, sender=self.name, timeout=min(5.0, wait_s))
+                except TimeoutError:
+                    continue
+                if isinstance(reply.message, JournalAdopted):
+                    return reply.message.seq
+                log.warning("%s: the writer did not adopt %s: %s", self.name, journal.path.name, getattr(reply.message, "reason", reply.message))
+                if wait_s < ADOPT_WAIT_S:
+                    break  # a repair after a failed append: the next append asks again
+                stop.wait(1.0)
+        finally:
+            dealer.close(0)
+        log.error("%s: journal %s not adopted", self.name, journal.path.name)
+        return None
+
+    def close_journal(self) -> None:
+        if self.group is not None:
+            self.group.journal.close()
+            self.group = None
 
     # ----- associations -------------------------------------------------------------------
 
@@ -272,6 +348,8 @@ class Worker:
                 ds, offset = read_in_memory(data, meta, received.transfer_syntax, self.wanted), 0
             check_dataset(ds, received)
             write = plan_write(received, ds, self.pattern)
+            if data is not None and self.group is not None:
+                return self._journal(live, write, [PREAMBLE, meta, data])
             if data is None:
                 from dataclasses import replace
 
@@ -300,6 +378,17 @@ class Worker:
                         message.reason)
             return message.status
         return STATUS_OUT_OF_RESOURCES
+
+    @metrics.durable_journal
+    def _journal(self, live: _Live, write: Any, parts: list[bytes | memoryview]) -> int:
+        """Into this worker's journal; success once the flush that covers it returned.
+        PathError or StorageError (a NodeError, answered by ``_store``) when not."""
+        assert self.group is not None
+        final = str(self.store.check_target(write.relpath))
+        self.group.append(Entry(body=record_body(write, final, time.time()), parts=parts))
+        log.debug("assoc=%s calling=%s sop=%s journaled", write.assoc_id, write.calling_aet, write.sop_instance_uid)
+        live.count_stored()
+        return 0
 
     def _dealer(self, live: _Live) -> zmq.Socket:
         """This thread's DEALER to the writer for the association, opened on its first C-STORE."""
@@ -417,6 +506,12 @@ class Worker:
                 log.debug("abort failed: %s", exc)
 
 
+def uses_worker_journal(config: NodeConfig) -> bool:
+    """Whether workers journal inline instances themselves (``node.worker_journal``)."""
+    return (config.store.worker_journal and config.store.duplicates == "overwrite" and journaling.enabled(config)
+            and not verification_only(config) and not config.store.ignore)
+
+
 def _peer(live: _Live) -> str:
     """host:port of an association's peer, as every WARNING line about it names it."""
     return f"{live.handoff.peer_host}:{live.handoff.peer_port}"
@@ -492,6 +587,10 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
     ctx = ctx or zmq.Context.instance()
     worker = Worker(config, worker_id, ctx)
     worker.prepare_spool()
+    # Adopted in the background: until the writer has answered, instances go to the writer, so
+    # the worker serves as soon as it starts, whatever the writer is still doing.
+    adoption = threading.Thread(target=worker.open_journal, args=(stop,), name="adopt-journal", daemon=True)
+    adoption.start()
     handoff_path = str(config.handoff_path(worker.name))
     server = _handoff_server(handoff_path)
     listeners = {lc.key: _bus.dealer(ctx, config.endpoint(f"listener-{lc.key}"), identity=worker.name) for lc in config.listeners}
@@ -563,6 +662,8 @@ def run(config: NodeConfig, worker_id: str, stop: threading.Event, ctx: zmq.Cont
         for sock in listeners.values():
             sock.close(0)
         worker.close_admission_sockets()
+        adoption.join(timeout=10)
+        worker.close_journal()
         try:
             os.unlink(handoff_path)
         except FileNotFoundError:

@@ -48,11 +48,14 @@ from node.config import NodeConfig
 from node.errors import STATUS_OUT_OF_RESOURCES, MessageError, NodeError, PathError, StorageError
 from node.index import Index, InstanceRow
 from node import journal as journaling
-from node.journal import Entry, Journal, Record
+from node.journal import Entry, Journal, Record, record_body
 from node import verify
+from node import worker_journal
 from node.messages import (
-    Envelope, ErrorReply, InstancesVerified, InstanceWritten, Ping, Pong, StoreSynced, SyncStore, VerifyInstances, WriteInstance,
+    AdoptJournal, Envelope, ErrorReply, InstancesVerified, InstanceWritten, JournalAdopted, Ping, Pong, StoreSynced, SyncStore,
+    VerifyInstances, WriteInstance,
 )
+from node.worker_journal import JournalTail
 from node.storage import PREAMBLE, PendingWrite, Store
 
 log = logging.getLogger("actors.writer")
@@ -68,7 +71,8 @@ MATERIALISE_LOG_EVERY_S = 60.0  # a full disk fails every retry: one ERROR line 
 STOP_ATTEMPTS = 3  # on SIGTERM, give up materialising after this many failures in a row (the journal keeps them)
 COMMIT_SIBLINGS = 2  # requesters active within SIBLING_WINDOW_S before a group waits for more
 SIBLING_WINDOW_S = 0.1
-SWITCH_INTERVAL_S = 0.0005  # the GIL's hand-over interval in the writer process (``main``)
+SWITCH_INTERVAL_S = 0.0005
+WORKER_POLL_S = 0.05  # how often the materialiser thread reads the worker journals for new records  # the GIL's hand-over interval in the writer process (``main``)
 
 
 @dataclass
@@ -119,6 +123,19 @@ class Writer:
         self.recovering = False  # the replay at start has not finished yet
         self.resume_after_seq = 0  # the highest number a failed append may have written
         self.materialise_error: str | None = None  # the last batch failed (cleared by a success)
+        # The workers' journals (node/worker_journal.py), read by the materialiser thread alone.
+        self.tails: dict[str, JournalTail] = {}
+        self.adoptions: list[tuple[list[bytes], str, AdoptJournal]] = []  # waiting for the thread
+        self.adopted: list[tuple[list[bytes], object, str]] = []  # its answers, sent by the main thread
+        self.passes_started = 0  # passes over the worker journals (read, then materialise what was found)
+        self.passes_done = 0  # the last pass that materialised everything it found
+        self.next_pass = 0.0
+        self.urgent_pass = False  # a SyncStore or a direct write waits for the next pass
+        self.worker_error: str | None = None  # the last pass failed (cleared by a success)
+        self.worker_failures = 0  # passes failed in a row
+        self.worker_last_batch = 0.0  # when worker journal records were last materialised
+        self.worker_last_found = 0.0  # when a pass last found new records
+        self.stop_pass_done = False  # a pass that began after the stop was asked for succeeded
         self.ready = threading.Event()
         self.thread: threading.Thread | None = None
         self.child: materialiser.Child | None = None  # started by the thread, which alone talks to it
@@ -251,7 +268,7 @@ class Writer:
                 continue
             accepted.append((len(replies), r, final))
             replies.append(None)
-            entries.append(Entry(body=_body(msg, final, now), parts=parts))
+            entries.append(Entry(body=record_body(msg, final, now), parts=parts))
         if entries:
             try:
                 self._make_room()
@@ -333,20 +350,57 @@ class Writer:
             raise StorageError(f"store not writable: {self.materialise_error}")
 
     def _barrier(self) -> None:
-        """Everything journaled is materialised (before a direct write of the same store)."""
+        """Everything journaled is materialised, in the writer's journal and the workers'
+        (before a direct write of the same store, which an older record must not overwrite)."""
         with self.cond:
             self._wait_drained()
+            number = self.passes_started + 1
+            self.urgent_pass = True
+            self.cond.notify_all()
+            while self.passes_done < number:
+                self._check_materialiser()
+                if self.worker_error is not None:
+                    raise StorageError(f"store not writable: {self.worker_error}")
+                self.cond.wait(1.0)
 
-    def synced(self, target: int) -> bool:
-        """True when every record up to ``target`` is materialised; else hurry the materialiser."""
+    def sync_target(self) -> tuple[int, int]:
+        """What a ``SyncStore`` arriving now waits for: the writer's journal materialised up to
+        its last record, and a pass over the worker journals that starts after now."""
+        with self.cond:
+            return self.appended_seq, self.passes_started + 1
+
+    def synced(self, target: tuple[int, int]) -> bool:
+        """True when ``target`` (``sync_target``) is reached; else hurry the materialiser."""
+        seq, number = target
         with self.cond:
             if self.recovering:
                 return False
-            if self.materialised_seq >= target or not self.queue:
+            own = self.materialised_seq >= seq or not self.queue
+            workers = self.passes_done >= number
+            if own and workers:
                 return True
-            self.urgent = True
+            self.urgent = self.urgent or not own
+            self.urgent_pass = self.urgent_pass or not workers
             self.cond.notify_all()
             return False
+
+    def adopt_later(self, identity: list[bytes], corr: str, message: AdoptJournal) -> None:
+        """Hand a worker's ``AdoptJournal`` to the materialiser thread (answered via ``take_adopted``)."""
+        with self.cond:
+            self.adoptions.append((identity, corr, message))
+            self.cond.notify_all()
+
+    def take_adopted(self) -> list[tuple[list[bytes], object, str]]:
+        """Answers to ``AdoptJournal`` requests ready to be sent, and whether more are waiting."""
+        with self.cond:
+            answers, self.adopted = self.adopted, []
+            return answers
+
+    @property
+    def adopting(self) -> bool:
+        """Adoptions waiting for the materialiser thread, or answers for the main thread."""
+        with self.cond:
+            return bool(self.adoptions or self.adopted)
 
     @metrics.durable_writes
     def _write(self, requests: list[_Request]) -> list[tuple[list[bytes], object, str]]:
@@ -418,18 +472,22 @@ class Writer:
             last = 0.0
             failures = 0
             while True:
+                if not self._serve_worker_journals(index):
+                    return
                 with self.cond:
-                    while not self.queue and not self.stopping:
-                        self.cond.wait()
                     if not self.queue:
-                        return
+                        if self.stopping and self.stop_pass_done:
+                            return
+                        if not (self.adoptions or ((self.urgent_pass or self.stopping) and self.worker_error is None)):
+                            self.cond.wait(max(0.0, self.next_pass - time.monotonic()))
+                        continue
                     # Pacing: while instances keep coming, a batch at most every ``interval`` s,
                     # so that a batch's flushes are shared by many instances; once they stop
                     # (``idle`` s without an append), a waiting SyncStore or shutdown: at once.
                     now = time.monotonic()
                     wait = min(last + self.interval - now, self.last_append + self.idle - now)
                     if wait > 0 and not (self.urgent or self.stopping):
-                        self.cond.wait(wait)
+                        self.cond.wait(min(wait, max(0.0, self.next_pass - now)))  # the worker journals' next pass too
                         continue
                     batch = self.queue[:MATERIALISE_BATCH]
                 last = time.monotonic()
@@ -466,6 +524,8 @@ class Writer:
         finally:
             if self.child is not None:
                 self.child.close()
+            for tail in self.tails.values():
+                tail.close()
             index.close()
 
     def _recover_until_done(self, index: Index) -> bool:
@@ -519,6 +579,113 @@ class Writer:
             log.warning("journal: materialised %d acknowledged instance(s) a stop left (seq %d..%d)", len(todo), todo[0].seq, todo[-1].seq)
         self.journal.start_after_recovery(last)
         self.materialised_seq = self.appended_seq = self.journal.next_seq - 1
+        self._recover_worker_journals(index)
+
+    def _recover_worker_journals(self, index: Index) -> None:
+        """Read every worker journal of the store from its head and materialise what lies past
+        its checkpoint (in this thread, before the writer serves); then go on reading them
+        as their workers append (a worker may still be running: only the writer restarted)."""
+        for path in worker_journal.all_paths(self.store.directory):
+            tail = self.tails.get(str(path)) or JournalTail(path)
+            if not tail.open():
+                continue
+            tail.rescan(index.checkpoint(tail.journal_id))
+            self.tails[str(path)] = tail
+        count = sum(len(t.pending) for t in self.tails.values())
+        error = self._materialise_tails(lambda tail, batch: materialiser.materialise(self.store, index, tail.fds, tail.journal_id, batch))
+        if error is not None:
+            raise StorageError(f"cannot materialise worker journal records: {error}")
+        if count:
+            log.warning("worker journals: materialised %d acknowledged instance(s) a stop left", count)
+
+    def _materialise_tails(self, materialise_batch, tails: list[JournalTail] | None = None) -> str | None:
+        """Materialise the pending records of the worker journals, in the order received (one
+        journal per batch, each batch moving that journal's checkpoint); why not, on failure."""
+        for tail, records in worker_journal.merged(self.tails.values() if tails is None else tails):
+            for start in range(0, len(records), MATERIALISE_BATCH):
+                batch = records[start:start + MATERIALISE_BATCH]
+                error = materialise_batch(tail, batch)
+                if error is not None:
+                    return f"{tail.path.name} seq {batch[0].seq}..{batch[-1].seq}: {error}"
+                tail.materialised(batch[-1].seq)
+                if log.isEnabledFor(logging.DEBUG):
+                    for record in batch:
+                        log.debug("assoc=%s sop=%s materialised from %s seq=%d at %s", record.body.get("assoc", ""),
+                                  record.body["uid"], tail.path.name, record.seq, record.body["path"])
+        return None
+
+    def _materialise_worker_batch(self, tail: JournalTail, batch: list[Record]) -> str | None:
+        assert self.child is not None
+        return self.child.materialise(tail.journal_id, batch, tail.paths)
+
+    def _serve_worker_journals(self, index: Index) -> bool:
+        """Adoptions waiting, then, every WORKER_POLL_S, a pass over the worker journals: read
+        what they gained; materialise it paced as the writer's own queue is (a batch at most
+        every ``materialise_interval`` s while records keep coming, at once after
+        ``materialise_idle`` s without, or for a SyncStore, a direct write or a stop). A pass
+        is done when it left nothing pending. False when stopping and the pass keeps failing."""
+        with self.cond:
+            adoptions, self.adoptions = self.adoptions, []
+            hurried = (self.stopping or self.urgent_pass) and self.worker_error is None  # after a failure: retry paced
+            now = time.monotonic()
+            if not (adoptions or hurried or now >= self.next_pass):
+                return True
+            self.passes_started += 1
+            number = self.passes_started
+            stopping = self.stopping
+            self.urgent_pass = False
+        for identity, corr, message in adoptions:
+            answer = self._adopt(index, message)
+            with self.cond:
+                self.adopted.append((identity, answer, corr))
+        if sum(len(tail.poll()) for tail in self.tails.values()):
+            self.worker_last_found = now
+        error: str | None = None
+        held = False
+        if any(tail.pending for tail in self.tails.values()):
+            wait = min(self.worker_last_batch + self.interval - now, self.worker_last_found + self.idle - now)
+            if hurried or wait <= 0:
+                self.worker_last_batch = now
+                error = self._materialise_tails(self._materialise_worker_batch)
+            else:
+                held = True
+        with self.cond:
+            self.next_pass = time.monotonic() + (WORKER_POLL_S if error is None else MATERIALISE_RETRY_S)
+            self.worker_error = error
+            if error is None:
+                self.worker_failures = 0
+                if not held:
+                    self.passes_done = number
+                    self.stop_pass_done = stopping
+            else:
+                self.worker_failures += 1
+                self._log_failure(self.worker_failures, f"worker journal records not materialised (will retry): {error}")
+            self.cond.notify_all()
+            if self.stopping and error is not None and self.worker_failures >= STOP_ATTEMPTS:
+                log.warning("stopping with worker journal records not materialised (%s): they are materialised at the next start", error)
+                return False
+            return True
+
+    def _adopt(self, index: Index, message: AdoptJournal) -> object:
+        """A starting worker's journal: materialise what its predecessor left; the answer."""
+        path = Path(message.path)
+        if path.parent != self.store.directory / ".incoming" or not path.name.startswith(worker_journal.PREFIX):
+            return ErrorReply(status=0x0110, reason=f"{path} is not a worker journal of this store")
+        tail = JournalTail(path)
+        if not tail.open() or tail.journal_id != message.journal_id:
+            tail.close()
+            return ErrorReply(status=STATUS_OUT_OF_RESOURCES, reason=f"cannot read journal {path} ({message.journal_id})")
+        old = self.tails.pop(str(path), None)
+        if old is not None:
+            old.close()
+        tail.rescan(index.checkpoint(tail.journal_id))
+        self.tails[str(path)] = tail
+        error = self._materialise_tails(self._materialise_worker_batch, [tail])
+        if error is not None:
+            return ErrorReply(status=STATUS_OUT_OF_RESOURCES, reason=f"cannot materialise {path.name}: {error}")
+        if tail.seen:
+            log.info("adopted %s: materialised up to seq %d", path.name, tail.seen)
+        return JournalAdopted(seq=tail.seen)
 
     def _materialise(self, batch: list[Record]) -> str | None:
         """The batch's files and rows, by the child process (``materialiser.materialise``);
@@ -544,25 +711,17 @@ def _row(msg: WriteInstance, path: Path | None, size: int, checksum: str = "") -
     )
 
 
-def _body(msg: WriteInstance, path: str, now: float) -> dict:
-    """A journal record's body: where the file goes and its index row."""
-    return {
-        "uid": msg.sop_instance_uid, "path": path, "relpath": msg.relpath, "sop_class_uid": msg.sop_class_uid,
-        "transfer_syntax": msg.transfer_syntax, "study_uid": msg.study_uid, "series_uid": msg.series_uid,
-        "patient_id": msg.patient_id, "calling_aet": msg.calling_aet, "called_aet": msg.called_aet, "received_at": now,
-    }
-
-
-def _drain(sock: zmq.Socket, deadline_s: float) -> tuple[list[_Request], list[tuple[list[bytes], object, str]], list[tuple[list[bytes], str]]]:
+def _drain(sock: zmq.Socket, deadline_s: float) -> tuple[list[_Request], list[tuple[list[bytes], object, str]], list[tuple[list[bytes], str, object]]]:
     """Take every queued request (up to BATCH); answer pings, bad and expired messages at once;
-    collect ``SyncStore`` requests (answered when the journal is materialised up to now).
+    collect ``SyncStore`` requests (answered when the journals are materialised up to now) and
+    ``AdoptJournal`` requests (answered by the materialiser thread).
 
     A request older than the requester's deadline is not written: its worker has already
     answered the peer with a failure, and storing it now would keep what was refused.
     """
     batch: list[_Request] = []
     immediate: list[tuple[list[bytes], object, str]] = []
-    syncs: list[tuple[list[bytes], str]] = []
+    syncs: list[tuple[list[bytes], str, object]] = []
     while len(batch) < BATCH and (received := bus.receive_queued(sock)) is not None:
         identity, envelope = received
         if isinstance(envelope, MessageError):
@@ -572,8 +731,8 @@ def _drain(sock: zmq.Socket, deadline_s: float) -> tuple[list[_Request], list[tu
             immediate.append((identity, ErrorReply(status=0xA700, reason="request expired"), envelope.id))
         elif isinstance(envelope.message, WriteInstance):
             batch.append(_Request(identity, envelope))
-        elif isinstance(envelope.message, SyncStore):
-            syncs.append((identity, envelope.id))
+        elif isinstance(envelope.message, (SyncStore, AdoptJournal)):
+            syncs.append((identity, envelope.id, envelope.message))
         elif isinstance(envelope.message, Ping):
             immediate.append((identity, Pong(pid=os.getpid()), envelope.id))
         else:
@@ -652,7 +811,7 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
     sock = bus.router(ctx, config.endpoint(NAME))
     log.info("writer ready: store=%s index=%s journal=%s", writer.store.directory, config.database,
              "on" if writer.journal is not None else "off")
-    syncs: list[tuple[list[bytes], str, int]] = []  # SyncStore requests waiting: identity, corr, seq
+    syncs: list[tuple[list[bytes], str, tuple[int, int]]] = []  # SyncStore requests waiting: identity, corr, target
     siblings = _Siblings()
     code = 0
     poller = zmq.Poller()
@@ -668,7 +827,9 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
                 break
             if syncs:
                 syncs = _answer_syncs(sock, writer, syncs)
-            ready = dict(poller.poll(5 if syncs else 200))
+            for identity, message, corr in writer.take_adopted():
+                bus.reply(sock, identity, message, sender=NAME, corr=corr)
+            ready = dict(poller.poll(5 if syncs or writer.adopting else 200))
             if wakeup is not None and wakeup in ready:
                 bus.drain_wakeup(wakeup)
             if sock not in ready:
@@ -685,8 +846,13 @@ def run(config: NodeConfig, stop: threading.Event, ctx: zmq.Context | None = Non
             active = siblings.active(batch)
             if journaled and writer.journal is not None and len(active) >= COMMIT_SIBLINGS:
                 _wait_for_siblings(sock, config, batch, replies, new_syncs, active)
-            for identity, corr in new_syncs:
-                syncs.append((identity, corr, writer.appended_seq))
+            for identity, corr, request in new_syncs:
+                if isinstance(request, AdoptJournal) and writer.journal is not None:
+                    writer.adopt_later(identity, corr, request)
+                elif isinstance(request, AdoptJournal):
+                    bus.reply(sock, identity, ErrorReply(status=0x0110, reason="the journal is off: no worker journal"), sender=NAME, corr=corr)
+                else:
+                    syncs.append((identity, corr, writer.sync_target()))
             try:
                 replies += writer.handle(batch)
             except NodeError as exc:
@@ -743,11 +909,11 @@ def _wait_for_siblings(sock: zmq.Socket, config: NodeConfig, batch: list[_Reques
         waiting_for -= {r.identity[0] for r in more}
 
 
-def _answer_syncs(sock: zmq.Socket, writer: Writer, syncs: list[tuple[list[bytes], str, int]]) -> list[tuple[list[bytes], str, int]]:
+def _answer_syncs(sock: zmq.Socket, writer: Writer, syncs: list[tuple[list[bytes], str, tuple[int, int]]]) -> list[tuple[list[bytes], str, tuple[int, int]]]:
     waiting = []
     for identity, corr, target in syncs:
         if writer.synced(target):
-            bus.reply(sock, identity, StoreSynced(seq=target), sender=NAME, corr=corr)
+            bus.reply(sock, identity, StoreSynced(seq=target[0]), sender=NAME, corr=corr)
         else:
             waiting.append((identity, corr, target))
     return waiting

@@ -103,6 +103,10 @@ class StoreConfig:
     # With two or more associations storing, a group waits this long for more requests
     # before its flush (PostgreSQL's commit_delay); 0 turns it off.
     commit_delay: float = 0.003
+    # Each worker journals the inline instances it receives itself and answers after its own
+    # flush (node/worker_journal.py); the writer materialises from the workers' journals.
+    # Only under duplicates = overwrite (keep and reject need the writer's view of the store).
+    worker_journal: bool = True
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
@@ -116,6 +117,17 @@ class Record:
     @property
     def end(self) -> int:
         return self.data_offset + self.data_length
+
+
+def record_body(msg: Any, path: str, now: float) -> dict:
+    """A journal record's body for a ``WriteInstance`` (``msg``): where the file goes and its
+    index row. The same for the writer's journal and the workers' (``node.worker_journal``)."""
+    return {
+        "uid": msg.sop_instance_uid, "path": path, "relpath": msg.relpath, "sop_class_uid": msg.sop_class_uid,
+        "transfer_syntax": msg.transfer_syntax, "study_uid": msg.study_uid, "series_uid": msg.series_uid,
+        "patient_id": msg.patient_id, "calling_aet": msg.calling_aet, "called_aet": msg.called_aet, "received_at": now,
+        "assoc": msg.assoc_id,
+    }
 
 
 def _crc(seq: int, body: bytes, parts: Sequence[bytes | memoryview], data_length: int) -> int:
@@ -365,27 +377,37 @@ def scan(fd: int, *, read_data: bool = True, segment: int = 0) -> Iterator[Recor
     size = os.fstat(fd).st_size
     offset = HEADER_SIZE
     previous: int | None = None
-    while offset + RECORD.size <= size:
-        magic, crc, seq, body_len, data_len = RECORD.unpack(os.pread(fd, RECORD.size, offset))
-        if magic != RECORD_MAGIC or (previous is not None and seq != previous + 1):
+    while (record := read_record(fd, offset, size, read_data=read_data, segment=segment)) is not None:
+        if previous is not None and record.seq != previous + 1:
             return
-        data_offset = offset + RECORD.size + body_len
-        if data_offset + data_len > size:
-            return
-        body_bytes = os.pread(fd, body_len, offset + RECORD.size)
-        if read_data:
-            data = _pread_all(fd, data_len, data_offset)
-            if _crc(seq, body_bytes, [data], data_len) != crc:
-                return
-        try:
-            body = msgpack.unpackb(body_bytes, raw=False)
-        except (ValueError, msgpack.exceptions.ExtraData):
-            return
-        if not isinstance(body, dict):
-            return
-        yield Record(seq, offset, data_offset, data_len, body, segment)
-        previous = seq
-        offset = data_offset + data_len
+        yield record
+        previous = record.seq
+        offset = record.end
+
+
+def read_record(fd: int, offset: int, size: int, *, read_data: bool = True, segment: int = 0) -> Record | None:
+    """The whole record at ``offset`` of a segment ``size`` bytes long, or None (no record
+    magic, lengths past the end, a CRC that fails: the end of the chain, or a torn group)."""
+    if offset + RECORD.size > size:
+        return None
+    magic, crc, seq, body_len, data_len = RECORD.unpack(os.pread(fd, RECORD.size, offset))
+    if magic != RECORD_MAGIC:
+        return None
+    data_offset = offset + RECORD.size + body_len
+    if data_offset + data_len > size:
+        return None
+    body_bytes = os.pread(fd, body_len, offset + RECORD.size)
+    if read_data:
+        data = _pread_all(fd, data_len, data_offset)
+        if _crc(seq, body_bytes, [data], data_len) != crc:
+            return None
+    try:
+        body = msgpack.unpackb(body_bytes, raw=False)
+    except (ValueError, msgpack.exceptions.ExtraData):
+        return None
+    if not isinstance(body, dict):
+        return None
+    return Record(seq, offset, data_offset, data_len, body, segment)
 
 
 def _pread_all(fd: int, length: int, offset: int) -> bytes:

@@ -163,12 +163,35 @@ class MaterialiseRecords:
     """The writer asks its materialiser process (``actors/materialiser.py``, over their pipe)
     to copy journaled instances to their final paths and index them, the checkpoint of
     journal ``journal_id`` moving to ``seq`` in the same transaction. ``records``: one
-    ``[seq, offset, data offset, data length, body, segment]`` per journal record."""
+    ``[seq, offset, data offset, data length, body, segment]`` per journal record. ``paths``:
+    the segment files of a worker's journal (``node.worker_journal``), which the materialiser
+    opens itself; empty for the writer's own journal, whose descriptors it inherited."""
 
     kind: ClassVar[str] = "journal.materialise"
     journal_id: str
     seq: int
     records: list = field(default_factory=list)
+    paths: list = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AdoptJournal:
+    """A worker that starts asks the writer to take on its journal (``node.worker_journal``):
+    read it from now on, after materialising every record a predecessor left past its
+    checkpoint. The worker appends only once answered."""
+
+    kind: ClassVar[str] = "journal.adopt"
+    path: str
+    journal_id: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalAdopted:
+    """The writer's answer to ``AdoptJournal``: every record of the journal is materialised up
+    to ``seq`` (the highest number found); the worker's new lap starts far above it."""
+
+    kind: ClassVar[str] = "journal.adopted"
+    seq: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -399,7 +422,7 @@ KINDS: dict[str, type] = {
     cls.kind: cls
     for cls in (
         WorkerReady, HandOff, AssociationEnded, AdmitAssociation, AdmitAnswer, WriteInstance, InstanceWritten,
-        SyncStore, StoreSynced, MaterialiseRecords, RecordsMaterialised, VerifyInstances, InstancesVerified, ErrorReply, Ping, Pong,
+        SyncStore, StoreSynced, MaterialiseRecords, RecordsMaterialised, AdoptJournal, JournalAdopted, VerifyInstances, InstancesVerified, ErrorReply, Ping, Pong,
         StatusRequest, ListenerStatus, *COMMITMENT_MESSAGES,
     )
 }

@@ -190,7 +190,7 @@ def check_nothing_acknowledged_lost(tmp_path: Path, outcome: Outcome, policy: st
 
 
 @pytest.mark.skipif(not have("/usr/bin/storescu"), reason="DCMTK not installed (tests.nodes serve)")
-@pytest.mark.parametrize("policy", ["keep", pytest.param("overwrite", marks=pytest.mark.slow), pytest.param("reject", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("policy", ["overwrite", pytest.param("keep", marks=pytest.mark.slow), pytest.param("reject", marks=pytest.mark.slow)])
 def test_short_kill_rounds_lose_nothing_acknowledged(tmp_path: Path, policy: str) -> None:
     node, outcome = run_rounds(tmp_path, policy=policy, rounds=5, senders=3, per_sender=500, budget=50.0, seed=7)
     try:

@@ -142,9 +142,10 @@ def test_writer_and_listener_killed_are_restarted_and_storing_resumes(node: Runn
 
 
 def test_store_fails_cleanly_while_the_writer_is_down(tmp_path: Path) -> None:
-    """No writer, no success: the worker answers a failure status after its deadline."""
+    """Where the writer decides (``duplicates = reject``: it alone sees every instance held),
+    no writer, no success: the worker answers a failure status after its deadline."""
     config = tmp_path / "node.toml"
-    config.write_text("[network]\nwrite_timeout = 2.0\n")
+    config.write_text('[network]\nwrite_timeout = 2.0\n[store]\nduplicates = "reject"\n')
     running = serve(tmp_path, "--config", str(config), workers=1)
     try:
         writer = actor_pid(running, "run writer")
@@ -162,6 +163,33 @@ def test_store_fails_cleanly_while_the_writer_is_down(tmp_path: Path) -> None:
         assert echo_ok(running.port)
         time.sleep(1.0)
         assert not (tmp_path / "store" / dcmread(path).SOPInstanceUID).exists()
+    finally:
+        running.stop()
+
+
+def test_a_worker_journal_acknowledges_while_the_writer_is_stopped(tmp_path: Path) -> None:
+    """Under ``overwrite`` (the default) the worker's own journal makes an instance durable:
+    with the writer stopped (SIGSTOP) the C-STORE still succeeds, and once the writer
+    continues the instance reaches its final path and the index."""
+    running = serve(tmp_path, workers=1)
+    try:
+        writer = actor_pid(running, "run writer")
+        path = tmp_path / "x.dcm"
+        make_ct(path)
+        wait_until(lambda: "journal-worker-0 adopted" in running.log(), 30, "the writer adopted the worker's journal")
+        os.kill(writer, signal.SIGSTOP)
+        try:
+            assoc = associate(running.port)
+            status = assoc.send_c_store(path)
+            assoc.release()
+            assert status.Status == 0x0000
+            time.sleep(0.5)
+            assert not (tmp_path / "store" / dcmread(path).SOPInstanceUID).exists(), "materialised with the writer stopped"
+        finally:
+            os.kill(writer, signal.SIGCONT)
+        running.materialised()
+        stored = tmp_path / "store" / dcmread(path).SOPInstanceUID
+        assert stored.is_file() and dataset_bytes(stored) == dataset_bytes(path)
     finally:
         running.stop()
 

@@ -44,6 +44,8 @@ DUPLICATE_REJECTED = 0x0111
 def _node(tmp_path: Path, policy: str = "overwrite") -> RunningNode:
     (tmp_path / "node.toml").write_text(f'[store]\nduplicates = "{policy}"\nmaterialise_interval = 60.0\nmaterialise_idle = 60.0\n')
     node = serve(tmp_path, "--config", str(tmp_path / "node.toml"), workers=1)
+    if policy == "overwrite":  # the worker journals instances itself once the writer adopted its journal
+        wait_until(lambda: "journal-worker-0 adopted" in node.log(), 30, "the writer adopted the worker's journal")
     first = make_ct(tmp_path / "in" / "first.dcm")
     assert _store(node, tmp_path / "in" / "first.dcm") == 0
     wait_until(lambda: _indexed(tmp_path, first.SOPInstanceUID), 20, "the first instance materialised")
