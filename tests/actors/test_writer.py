@@ -229,8 +229,9 @@ def _parse_trace(text: str) -> list[tuple[int, str, float, float, str]]:
 @pytest.mark.skipif(not have("strace"), reason="strace not installed (bash .ci/run installs it)")
 def test_every_success_leaves_after_the_flush_that_covers_it(tmp_path: Path) -> None:
     """strace the whole node while two DCMTK storescu store 40 instances each: for every
-    instance, the journal write that holds it, the first flush of that journal after it, and
-    the worker's C-STORE-RSP; the flush returned before the response was sent (a write with
+    instance, the journal write that holds it (a worker's journal once the writer adopted it,
+    else the writer's), the first flush of that journal after it in the same thread, and the
+    worker's C-STORE-RSP; the flush returned before the response was sent (a write with
     RWF_DSYNC is its own flush). Also counts the node's flushes (fsync, fdatasync, syncfs,
     RWF_DSYNC writes) per acknowledged instance."""
     sent: dict[str, Path] = {}
