@@ -35,6 +35,10 @@ class InprocNode:
         self.config = replace(config, transport="inproc")
         self.ctx = zmq.Context()
         self.stop_event = threading.Event()
+        # The writer stops last: its final pass reads what the workers journaled until they ended
+        # (node/worker_journal.py), so every acknowledged instance is at its final path when stop() returns.
+        self.writer_stop = threading.Event()
+        self.writer_thread: threading.Thread | None = None
         self.threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
         self.extra = extra or {}
@@ -47,6 +51,7 @@ class InprocNode:
                 log.exception("%s died", name)
                 self.errors.append(exc)
                 self.stop_event.set()
+                self.writer_stop.set()
 
         thread = threading.Thread(target=guarded, name=name, daemon=True)
         thread.start()
@@ -56,7 +61,8 @@ class InprocNode:
         """Start every actor, writer first (bound sockets before connecting ones)."""
         cfg, stop, ctx = self.config, self.stop_event, self.ctx
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn("writer", lambda: writer.run(cfg, stop, ctx))
+        self._spawn("writer", lambda: writer.run(cfg, self.writer_stop, ctx))
+        self.writer_thread = self.threads[-1]
         for name, run in self.extra.items():
             self._spawn(name, lambda run=run: run(cfg, stop, ctx))
         for lc in cfg.listeners:
@@ -86,6 +92,10 @@ class InprocNode:
     def stop(self, timeout: float = 20.0) -> None:
         self.stop_event.set()
         deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            if thread is not self.writer_thread:
+                thread.join(max(0.0, deadline - time.monotonic()))
+        self.writer_stop.set()
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         if not any(t.is_alive() for t in self.threads):

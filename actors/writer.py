@@ -20,8 +20,16 @@ bytes twice, once synchronously), and every instance when the journal is off
 tracker could not see this node's journal), take the direct path as before issue 12: temp
 file, fdatasync, rename, directory fsync, index transaction, then the answer.
 
+Worker journals (``node/worker_journal.py``): under ``store.duplicates = overwrite`` each
+worker journals the inline instances it receives itself and answers after its own flush;
+no request reaches the writer for them. The materialiser thread reads every worker journal
+as it grows (every WORKER_POLL_S) and materialises what it finds through the same child,
+moving that journal's checkpoint; a starting worker has it adopt its journal first
+(``AdoptJournal``), and the replay at start covers the worker journals too.
+
 ``SyncStore`` (the commitment tracker, before it checks instances) is answered once every
-instance acknowledged before it arrived is materialised.
+instance acknowledged before it arrived is materialised: the writer's journal up to then,
+and a pass over the worker journals that began after it arrived.
 
 Clusters (issue 16): every row names this node (``[cluster] node_id``) and, on a shared
 PostgreSQL index, the file's checksum. With ``[cluster] endpoint`` (tcp://) a verifier
@@ -71,8 +79,8 @@ MATERIALISE_LOG_EVERY_S = 60.0  # a full disk fails every retry: one ERROR line 
 STOP_ATTEMPTS = 3  # on SIGTERM, give up materialising after this many failures in a row (the journal keeps them)
 COMMIT_SIBLINGS = 2  # requesters active within SIBLING_WINDOW_S before a group waits for more
 SIBLING_WINDOW_S = 0.1
-SWITCH_INTERVAL_S = 0.0005
-WORKER_POLL_S = 0.05  # how often the materialiser thread reads the worker journals for new records  # the GIL's hand-over interval in the writer process (``main``)
+SWITCH_INTERVAL_S = 0.0005  # the GIL's hand-over interval in the writer process (``main``)
+WORKER_POLL_S = 0.05  # how often the materialiser thread reads the worker journals for new records
 
 
 @dataclass
@@ -391,7 +399,7 @@ class Writer:
             self.cond.notify_all()
 
     def take_adopted(self) -> list[tuple[list[bytes], object, str]]:
-        """Answers to ``AdoptJournal`` requests ready to be sent, and whether more are waiting."""
+        """Answers to ``AdoptJournal`` requests ready to be sent (by the main thread)."""
         with self.cond:
             answers, self.adopted = self.adopted, []
             return answers

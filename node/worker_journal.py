@@ -168,7 +168,8 @@ class GroupCommit:
         try:
             self._make_room()
             records = self.journal.append([s.entry for s in group])
-        except StorageError as exc:
+        except Exception as failure:  # any failure must release the group's waiters
+            exc = failure if isinstance(failure, StorageError) else StorageError(f"worker journal append failed: {failure}")
             with self.cond:
                 self.broken = str(exc)
                 for s in group:
