@@ -607,9 +607,13 @@ class Writer:
             log.warning("worker journals: materialised %d acknowledged instance(s) a stop left", count)
 
     def _materialise_tails(self, materialise_batch, tails: list[JournalTail] | None = None) -> str | None:
-        """Materialise the pending records of the worker journals, in the order received (one
-        journal per batch, each batch moving that journal's checkpoint); why not, on failure."""
-        for tail, records in worker_journal.merged(self.tails.values() if tails is None else tails):
+        """Materialise the pending records of the worker journals, journal by journal (a batch
+        moves its journal's checkpoint); why not, on failure. Between journals the order does
+        not matter: of two copies of one instance the materialiser keeps the one received last.
+        (Cutting batches to interleave journals by arrival made them tiny: four associations
+        over two workers paid 1.8 flushes per instance, docs/benchmarks.md 2026-12-03 12:34.)"""
+        for tail in list(self.tails.values()) if tails is None else tails:
+            records = list(tail.pending)
             for start in range(0, len(records), MATERIALISE_BATCH):
                 batch = records[start:start + MATERIALISE_BATCH]
                 error = materialise_batch(tail, batch)

@@ -25,11 +25,10 @@ the writer sees: they keep the writer's path.
 
 from __future__ import annotations
 
-import heapq
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,7 +167,7 @@ class GroupCommit:
         try:
             self._make_room()
             records = self.journal.append([s.entry for s in group])
-        except Exception as failure:  # any failure must release the group's waiters
+        except Exception as failure:  # noqa: BLE001 - any failure must release the group's waiters
             exc = failure if isinstance(failure, StorageError) else StorageError(f"worker journal append failed: {failure}")
             with self.cond:
                 self.broken = str(exc)
@@ -285,21 +284,6 @@ class JournalTail:
     def materialised(self, upto: int) -> None:
         """Records up to ``upto`` are materialised: drop them from ``pending``."""
         self.pending = [r for r in self.pending if r.seq > upto]
-
-
-def merged(tails: Iterable[JournalTail]) -> list[tuple[JournalTail, list[Record]]]:
-    """Every tail's pending records in the order they were received (each journal's own order
-    kept), cut into runs of one journal each: a record of an instance sent again on another
-    worker's association is materialised after the earlier one (``overwrite``)."""
-    tails = list(tails)
-    streams = [[(r.body.get("received_at", 0.0), n, r) for r in tail.pending] for n, tail in enumerate(tails)]
-    runs: list[tuple[JournalTail, list[Record]]] = []
-    for _at, n, record in heapq.merge(*streams, key=lambda item: item[0]):
-        if runs and runs[-1][0] is tails[n]:
-            runs[-1][1].append(record)
-        else:
-            runs.append((tails[n], [record]))
-    return runs
 
 
 def backlog(paths: Sequence[Path], checkpoint: Callable[[str], int]) -> dict[str, int]:

@@ -8,7 +8,7 @@ import threading
 from pathlib import Path
 
 from node.journal import Entry, Journal
-from node.worker_journal import GroupCommit, JournalTail, merged
+from node.worker_journal import GroupCommit, JournalTail
 
 
 def _entry(uid: str, size: int = 5000, at: float = 0.0) -> Entry:
@@ -71,19 +71,6 @@ def test_a_tail_follows_appends_laps_and_a_restart_but_not_a_torn_group(tmp_path
     journal.append([_entry("f")])
     assert [r.body["uid"] for r in tail.poll()] == ["f"]
     assert [r.body["uid"] for r in tail.pending] == ["d", "e", "f"]
-
-
-def test_merged_keeps_each_journals_order_and_interleaves_by_arrival(tmp_path: Path) -> None:
-    tails = []
-    for name, times in (("journal-worker-0", [1.0, 3.0, 2.5]), ("journal-worker-1", [2.0, 4.0])):
-        journal = _opened(tmp_path / name)
-        journal.append([_entry(f"{name[-1]}@{at}", at=at) for at in times])
-        tail = JournalTail(journal.path)
-        assert tail.open()
-        tail.rescan(0)
-        tails.append(tail)
-    runs = [(tail.path.name[-1], [r.body["uid"] for r in records]) for tail, records in merged(tails)]
-    assert runs == [("0", ["0@1.0"]), ("1", ["1@2.0"]), ("0", ["0@3.0", "0@2.5"]), ("1", ["1@4.0"])]
 
 
 def test_a_lap_waits_for_the_writers_checkpoint_before_overwriting(tmp_path: Path, monkeypatch) -> None:
