@@ -197,9 +197,11 @@ class Worker:
         return None
 
     def close_journal(self) -> None:
-        if self.group is not None:
-            self.group.journal.close()
-            self.group = None
+        """Close the journal (and release its lock) once no association thread can append:
+        with threads still running after the drain's abort, the process's exit closes it."""
+        group, self.group = self.group, None
+        if group is not None and not any(live.assoc is not None and live.assoc.is_alive() for live in self.live.values()):
+            group.journal.close()
 
     # ----- associations -------------------------------------------------------------------
 

@@ -117,6 +117,9 @@ class GroupCommit:
                 self.cond.notify_all()  # a leader may be waiting for this association
             while self.flushing and not slot.done:
                 self.cond.wait()
+            if not slot.done and self.broken is not None:  # the group before failed, or a repair did
+                self.queue.remove(slot)
+                raise StorageError(f"worker journal not writable: {self.broken}")
             if not slot.done:
                 group = self._lead()
         if not slot.done:

@@ -7,6 +7,7 @@ import os
 import threading
 from pathlib import Path
 
+from node.errors import StorageError
 from node.journal import Entry, Journal
 from node.worker_journal import GroupCommit, JournalTail
 
@@ -92,3 +93,38 @@ def test_a_lap_waits_for_the_writers_checkpoint_before_overwriting(tmp_path: Pat
     checkpoint[0] = first_lap_last
     group.append(_entry("z"))
     assert journal.current == 0
+
+
+def test_after_a_failed_append_nothing_is_appended_until_the_writer_adopted_the_journal_again(tmp_path: Path) -> None:
+    journal = _opened(tmp_path / "journal-worker-0")
+    adopted: list[int] = []
+    answer: list[int | None] = [None]
+
+    def readopt() -> int | None:
+        adopted.append(1)
+        return answer[0]
+
+    group = GroupCommit(journal, checkpoint=lambda: 0, readopt=readopt)
+    first = group.append(_entry("a"))
+    fd = journal.segments[0].fd
+    journal.segments[0].fd = 10_000  # a bad descriptor: the next append fails
+    try:
+        group.append(_entry("b"))
+        raise AssertionError("an append on a bad descriptor succeeded")
+    except StorageError:
+        pass
+    journal.segments[0].fd = fd
+    try:
+        group.append(_entry("c"))  # the writer does not adopt it (answer None): still refused
+        raise AssertionError("appended before the writer adopted the journal again")
+    except StorageError:
+        pass
+    assert adopted == [1]
+    answer[0] = first.seq
+    group.last_repair = 0.0
+    record = group.append(_entry("d"))
+    assert record.seq > first.seq + (1 << 31), "the new lap is not numbered far above what the writer read"
+    tail = JournalTail(journal.path)
+    assert tail.open()
+    tail.rescan(0)
+    assert [r.body["uid"] for r in tail.pending][-1] == "d"
