@@ -114,6 +114,9 @@ def journal_backlog(config: NodeConfig) -> dict[str, Any]:
     if not journal.enabled(config):
         return {"enabled": False}
     path = journal.path_for(config.directory)
+    workers_paths = worker_journal.all_paths(config.directory)
+    if not journal.journal_id(path) and not workers_paths:  # the node never ran: no index to ask either
+        return {"enabled": True, "instances": 0, "bytes": 0}
     try:
         index = Index(config.database, readonly=True)
     except StorageError as exc:
@@ -128,7 +131,7 @@ def journal_backlog(config: NodeConfig) -> dict[str, Any]:
     try:
         jid = journal.journal_id(path)
         own = journal.backlog(path, checkpoint(jid) if jid else 0)
-        workers = worker_journal.backlog(worker_journal.all_paths(config.directory), checkpoint)
+        workers = worker_journal.backlog(workers_paths, checkpoint)
     except OSError as exc:
         return {"enabled": True, "error": str(exc)}
     finally:
