@@ -38,7 +38,7 @@ from pathlib import Path
 
 from node.errors import MessageError, StorageError
 from node.index import Index, InstanceRow
-from node.journal import Journal, Record
+from node.journal import Journal, Record, header_id
 from node.messages import MaterialiseRecords, RecordsMaterialised, pack, unpack
 from node.storage import Store
 
@@ -234,7 +234,7 @@ def _materialise_worker_records(store: Store, index: Index, message: Materialise
     try:
         for path in message.paths:
             fds.append(os.open(path, os.O_RDONLY))
-            if journal_id_of(fds[-1]) != message.journal_id:
+            if header_id(fds[-1]) != message.journal_id:
                 return f"{path} is no longer journal {message.journal_id}"
         return materialise(store, index, fds, message.journal_id, [Record(*fields) for fields in message.records])
     except OSError as exc:
@@ -242,11 +242,6 @@ def _materialise_worker_records(store: Store, index: Index, message: Materialise
     finally:
         for fd in fds:
             os.close(fd)
-
-
-def journal_id_of(fd: int) -> str:
-    """The journal id in the header of an open segment."""
-    return os.pread(fd, 44, 0)[12:44].decode("ascii", "replace")
 
 
 def _die_with_the_writer() -> None:

@@ -440,8 +440,19 @@ def backlog(path: Path, checkpoint: int) -> dict[str, int]:
 def journal_id(path: Path) -> str:
     """The id in a journal file's header ('' when there is no journal)."""
     try:
-        with open(path, "rb") as fh:
-            header = fh.read(44)
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         return ""
-    return header[12:44].decode("ascii", "replace") if header[:8] == MAGIC else ""
+    try:
+        return header_id(fd)
+    finally:
+        os.close(fd)
+
+
+def header_id(fd: int) -> str:
+    """The journal id in the header of an open segment ('' when it is not a version VERSION
+    journal): the one place that reads a segment's header for another party than its writer."""
+    header = os.pread(fd, 44, 0)
+    if header[:8] != MAGIC or struct.unpack("<I", header[8:12])[0] != VERSION:
+        return ""
+    return header[12:44].decode("ascii", "replace")

@@ -35,11 +35,10 @@ from pathlib import Path
 from node.errors import StorageError
 from node.journal import (
     HEADER_SIZE,
-    MAGIC,
-    VERSION,
     Entry,
     Journal,
     Record,
+    header_id,
     read_record,
     scan,
     segment_paths,
@@ -234,16 +233,15 @@ class JournalTail:
         self.close()
         try:
             self.fds[0] = os.open(self.paths[0], os.O_RDONLY)
-            header = os.pread(self.fds[0], 44, 0)
-            if header[:8] != MAGIC or int.from_bytes(header[8:12], "little") != VERSION:
+            self.journal_id = header_id(self.fds[0])
+            if not self.journal_id:
                 self.close()
                 return False
-            self.journal_id = header[12:44].decode("ascii")
             second = os.open(self.paths[1], os.O_RDONLY)
         except FileNotFoundError:
             self.close()
             return False
-        if os.pread(second, 44, 0)[12:44].decode("ascii", "replace") == self.journal_id:
+        if header_id(second) == self.journal_id:
             self.fds[1] = second
         else:
             os.close(second)  # not this journal's (yet): the worker makes it anew before it writes there
@@ -266,15 +264,15 @@ class JournalTail:
     def poll(self) -> list[Record]:
         """Records appended since the last poll (also kept in ``pending``), in order."""
         new: list[Record] = []
-        while (record := self._next()) is not None:
+        sizes = [os.fstat(fd).st_size if fd >= 0 else 0 for fd in self.fds]  # once a poll, not once a record
+        while (record := self._next(sizes)) is not None:
             new.append(record)
             self.seen = record.seq
             self.position = (record.segment, record.end)
         self.pending.extend(new)
         return new
 
-    def _next(self) -> Record | None:
-        sizes = [os.fstat(fd).st_size if fd >= 0 else 0 for fd in self.fds]
+    def _next(self, sizes: list[int]) -> Record | None:
         if self.position is not None:
             segment, offset = self.position
             record = read_record(self.fds[segment], offset, sizes[segment], segment=segment)
