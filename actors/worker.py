@@ -347,7 +347,7 @@ class Worker:
                 ds, offset = read_own_spool(spool, meta, job.size, received.transfer_syntax)
             else:
                 data, meta = job.data, job.meta
-                ds, offset = read_in_memory(data, meta, received.transfer_syntax, self.wanted), 0
+                ds, offset = read_in_memory(data, meta, received.transfer_syntax, self.wanted, values_only=self.pattern is None), 0
             check_dataset(ds, received)
             write = plan_write(received, ds, self.pattern)
             if data is not None and self.group is not None:
@@ -386,7 +386,7 @@ class Worker:
         """Into this worker's journal; success once the flush that covers it returned.
         PathError or StorageError (a NodeError, answered by ``_store``) when not."""
         assert self.group is not None
-        final = str(self.store.check_target(write.relpath))
+        final = self.store.check_target(write.relpath)
         self.group.append(Entry(body=record_body(write, final, time.time()), parts=parts))
         log.debug("assoc=%s calling=%s sop=%s journaled", write.assoc_id, write.calling_aet, write.sop_instance_uid)
         live.count_stored()

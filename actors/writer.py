@@ -268,7 +268,7 @@ class Writer:
         for r in requests:
             msg = r.message
             try:
-                final = str(self.store.check_target(msg.relpath))
+                final = self.store.check_target(msg.relpath)
                 parts = [PREAMBLE, *r.envelope.data]
             except (PathError, StorageError) as exc:
                 log.error("assoc=%s sop=%s not stored: %s", msg.assoc_id, msg.sop_instance_uid, exc)

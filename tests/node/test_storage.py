@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,24 @@ def test_final_paths_resolve_as_realpath_does(tmp_path: Path, relpath: str) -> N
     os.symlink("a", tmp_path / "store" / "in")
     os.symlink("b", tmp_path / "store" / "a" / "lb")
     assert store._resolve(relpath) == os.path.realpath(os.path.join(store._root, relpath))
+
+
+def _answer(check: Callable[[str], str], relpath: str) -> str:
+    try:
+        return check(relpath)
+    except PathError as exc:
+        return f"refused: {exc}"
+
+
+@pytest.mark.parametrize("relpath", [*RESOLVE_CASES, "a", "a/b", "f/x", "a/b/new.dcm", "in/b/new.dcm", "out/x", ""])
+def test_check_target_answers_as_the_check_through_realpath(tmp_path: Path, relpath: str) -> None:
+    """The worker's one walk of lstats refuses, or accepts at the same path, exactly what the
+    check through realpath and isdir does: directories, paths under a file, symlinks out."""
+    store = Store(tmp_path / "store")
+    store.prepare()
+    (tmp_path / "store" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "store" / "f").write_text("a file")
+    os.symlink(tmp_path, tmp_path / "store" / "out")
+    os.symlink("a", tmp_path / "store" / "in")
+    os.symlink("b", tmp_path / "store" / "a" / "lb")
+    assert _answer(store.check_target, relpath) == _answer(store._check_resolved, relpath)
