@@ -83,7 +83,7 @@ def decide(data: bytes, syntax: str, received: Received, pattern: FilePathPatter
     """What the worker decides for ``data``: the status it refuses with, or the write it plans
     (``walk``: the header walk's Dataset; else pydicom's parse of every element)."""
     try:
-        ds = read_in_memory(data, b"", syntax, wanted_tags(pattern) if walk else None)
+        ds = read_in_memory(data, b"", syntax, wanted_tags(pattern) if walk else None, values_only=walk and pattern is None)
         check_dataset(ds, received)
         return plan_write(received, ds, pattern)
     except NodeError as exc:
@@ -185,3 +185,21 @@ def test_the_walks_plain_values_are_pydicoms(syntax: str, charset: bytes | None)
             data = head + b"".join(_element(syntax, t, vrs[t], v) for t, v in sorted(elements.items()))
             walked, parsed = decide(data, syntax, received, None, True), decide(data, syntax, received, None, False)
             assert walked == parsed, (hex(tag), value, walked, parsed)
+
+
+def test_values_only_answers_the_node_values_and_plans_the_same_write(tmp_path: Path) -> None:
+    """Without a path pattern the worker takes the walk's plain values, no Dataset: the same
+    write planned; a Specific Character Set (whose decoding pydicom may refuse) still gets one."""
+    from node.receive import NodeValues
+
+    path = tmp_path / "ct.dcm"
+    ds = make_ct(path, pixels=16, transfer_syntax=ExplicitVRLittleEndian)
+    data = dataset_bytes(path)
+    received = Received("a", str(ds.SOPClassUID), str(ds.SOPInstanceUID), ExplicitVRLittleEndian, "MOD", "NODE", "1.2.3", "")
+    lean = read_in_memory(data, b"", ExplicitVRLittleEndian, wanted_tags(None), values_only=True)
+    full = read_in_memory(data, b"", ExplicitVRLittleEndian, wanted_tags(None))
+    assert isinstance(lean, NodeValues) and isinstance(full, Dataset)
+    check_dataset(lean, received)
+    assert plan_write(received, lean, None) == plan_write(received, full, None)
+    with_charset = _element(ExplicitVRLittleEndian, 0x00080005, "CS", b"ISO_IR 100") + data
+    assert isinstance(read_in_memory(with_charset, b"", ExplicitVRLittleEndian, wanted_tags(None), values_only=True), Dataset)
