@@ -151,10 +151,9 @@ RESOLVE_CASES = ["x", "a/x", "a/b/x", "a/b", "f/x", "out/x", "in/x", "in/lb/y", 
                  "a/", "nope/deeper/x", "a/../../x", "out", "in", "in/lb"]
 
 
-@pytest.mark.parametrize("relpath", RESOLVE_CASES)
-def test_final_paths_resolve_as_realpath_does(tmp_path: Path, relpath: str) -> None:
-    """The writer's short resolve (lstat below the root only) gives realpath's answer, through
-    symlinks inside the store, out of it, relative ones, ``..`` and paths under a file."""
+def _store_with_links(tmp_path: Path) -> Store:
+    """A store holding directories a/b, a file f, and symlinks out of it (out), inside it (in)
+    and relative below the root (a/lb)."""
     store = Store(tmp_path / "store")
     store.prepare()
     (tmp_path / "store" / "a" / "b").mkdir(parents=True)
@@ -162,6 +161,14 @@ def test_final_paths_resolve_as_realpath_does(tmp_path: Path, relpath: str) -> N
     os.symlink(tmp_path, tmp_path / "store" / "out")
     os.symlink("a", tmp_path / "store" / "in")
     os.symlink("b", tmp_path / "store" / "a" / "lb")
+    return store
+
+
+@pytest.mark.parametrize("relpath", RESOLVE_CASES)
+def test_final_paths_resolve_as_realpath_does(tmp_path: Path, relpath: str) -> None:
+    """The writer's short resolve (lstat below the root only) gives realpath's answer, through
+    symlinks inside the store, out of it, relative ones, ``..`` and paths under a file."""
+    store = _store_with_links(tmp_path)
     assert store._resolve(relpath) == os.path.realpath(os.path.join(store._root, relpath))
 
 
@@ -176,11 +183,5 @@ def _answer(check: Callable[[str], str], relpath: str) -> str:
 def test_check_target_answers_as_the_check_through_realpath(tmp_path: Path, relpath: str) -> None:
     """The worker's one walk of lstats refuses, or accepts at the same path, exactly what the
     check through realpath and isdir does: directories, paths under a file, symlinks out."""
-    store = Store(tmp_path / "store")
-    store.prepare()
-    (tmp_path / "store" / "a" / "b").mkdir(parents=True)
-    (tmp_path / "store" / "f").write_text("a file")
-    os.symlink(tmp_path, tmp_path / "store" / "out")
-    os.symlink("a", tmp_path / "store" / "in")
-    os.symlink("b", tmp_path / "store" / "a" / "lb")
+    store = _store_with_links(tmp_path)
     assert _answer(store.check_target, relpath) == _answer(store._check_resolved, relpath)
