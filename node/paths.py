@@ -206,6 +206,8 @@ def relative_path_for(pattern: FilePathPattern | None, ds: Dataset, sop_instance
 
 def _refuse_bad_characters(raw: str) -> None:
     """Control characters and backslashes never belong in a stored path; neither do lone surrogates."""
+    if raw.isascii() and raw.isprintable() and "\\" not in raw:
+        return  # the common case (a UID): one pass in C instead of a call of ord() per character
     for ch in raw:
         if ord(ch) < 0x20 or ch == "\x7f":
             raise PathError(f"path contains control character {ord(ch):#04x}")
