@@ -71,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
     cpu.add_argument("--scratch", metavar="DIR", help="where the node stores (default: the system temp directory)")
     cpu.add_argument("--log-level", choices=["debug", "info", "warning"], default="warning",
                      help="the node's log level (default warning, as in bench ingest; info is the node's default)")
+    cpu.add_argument("--with-dcmtk", action="store_true",
+                     help="also receive with DCMTK storescp (--fork with dcmtk-4) in every round: its CPU and the senders' beside the node's")
     startstop = sub.add_parser("startstop", help="exec to first C-ECHO answered, and SIGINT to nothing left running")
     startstop.add_argument("--runs", type=int, default=10, help="runs of each command (default 10)")
     startstop.add_argument("--only", action="append", choices=["echoscp", "storescp", "serve"], help="only this command (repeatable)")

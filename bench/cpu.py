@@ -7,11 +7,18 @@ sends the files with DCMTK storescu (TCP_NODELAY=1) over 1 or 4 associations, wa
 every instance is materialised, reads the times again and stops the node by PID. CPU time is
 meaningful on a loaded machine (wall time is not), so only the CPU is reported as a figure;
 the wall time and the load average are printed beside it for context.
+
+Beside the receiver, each sample counts the senders' CPU (DCMTK storescu, reaped children of
+this process) and the whole machine's busy time per instance (``/proc/stat``): on a small
+machine the senders share the cores with the receiver, so a receiver's rate on four
+associations is bounded by what the senders leave it. ``--with-dcmtk`` adds DCMTK storescp
+(``--fork`` for four associations, as in ``bench ingest``) as a receiver in every round.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -57,11 +64,31 @@ class Serve(peers.NodectlServe):
         return cmd
 
 
-def sample(files: corpus.FileSet, senders: str, scratch: Path, node_source: Path | None, log_level: str) -> dict:
-    """One run: CPU ms per instance for every role and in total, plus wall time and load."""
-    env = peers.base_env(True, node_source)
+DCMTK = "DCMTK storescp"
+
+
+def machine_busy() -> tuple[int, int]:
+    """(busy, all) clock ticks of every CPU since boot (``/proc/stat``; idle and iowait are not busy)."""
+    with open("/proc/stat") as fh:
+        ticks = [int(x) for x in fh.readline().split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def _receiver(source: Path | str | None, senders: str, log_level: str) -> peers.Receiver:
+    if source == DCMTK:
+        dcmtk = peers.DcmtkStorescp("DCMTK storescp")
+        dcmtk.fork = senders == "dcmtk-4"
+        return dcmtk
     receiver = Serve("nodectl serve")
     receiver.log_level = log_level
+    return receiver
+
+
+def sample(files: corpus.FileSet, senders: str, scratch: Path, node_source: Path | str | None, log_level: str) -> dict:
+    """One run: CPU ms per instance for every role and in total, plus wall time and load;
+    the senders' CPU and the machine's busy time per instance beside them."""
+    env = peers.base_env(True, node_source if isinstance(node_source, Path) else None)
+    receiver = _receiver(node_source, senders, log_level)
     workdir = Path(tempfile.mkdtemp(prefix="cpu-", dir=scratch))
     started: list[subprocess.Popen] = []
     try:
@@ -69,13 +96,17 @@ def sample(files: corpus.FileSet, senders: str, scratch: Path, node_source: Path
         time.sleep(0.5)  # every actor is up; their start-up CPU is not the per-instance cost
         before = process_times(receiver.pid)
         load = os.getloadavg()[0]
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy0, ticks0 = machine_busy()
         t0 = time.perf_counter()
         for i, cmd in enumerate(peers.sender_commands(senders, files.files, receiver.aet, receiver.port)):
             started.append(procs.start(cmd, log=workdir / f"sender-{i}.log", cwd=workdir, env=env))
         codes = [proc.wait(timeout=60 + 0.25 * files.count) for proc in started]
+        senders_done = resource.getrusage(resource.RUSAGE_CHILDREN)  # only the senders were reaped meanwhile
         receiver.settle(files.count)
         wall = time.perf_counter() - t0
         after = process_times(receiver.pid)
+        busy1, ticks1 = machine_busy()
         stored = receiver.stored()
         if any(codes) or stored != files.count:
             raise RuntimeError(f"senders exited {codes}, node holds {stored} of {files.count}:\n{receiver.log_tail()}")
@@ -85,7 +116,11 @@ def sample(files: corpus.FileSet, senders: str, scratch: Path, node_source: Path
             for kind, spent in (("user", user - user0), ("sys", system - system0)):
                 key = f"{role(label)} {kind}"
                 per_role[key] = per_role.get(key, 0.0) + spent * 1000 / files.count
-        return {"ms": per_role, "total_ms": sum(per_role.values()), "wall_s": wall, "load_1m": load}
+        sender_s = (senders_done.ru_utime - reaped.ru_utime) + (senders_done.ru_stime - reaped.ru_stime)
+        tick_s = 1 / os.sysconf("SC_CLK_TCK")
+        return {"ms": per_role, "total_ms": sum(per_role.values()), "wall_s": wall, "load_1m": load,
+                "senders_ms": sender_s * 1000 / files.count, "machine_ms": (busy1 - busy0) * tick_s * 1000 / files.count,
+                "idle": 1 - (busy1 - busy0) / max(1, ticks1 - ticks0)}
     finally:
         for proc in started:
             procs.stop(proc, grace=5)
@@ -105,6 +140,9 @@ def report(name: str, senders: str, kind: str, count: int, log_level: str, runs:
         values = [r["ms"].get(role_kind, 0.0) for r in runs]
         if max(values) >= 0.01:
             print(f"  {role_kind:12s} {statistics.median(values):.3f}")
+    print(f"  senders      {statistics.median(r['senders_ms'] for r in runs):.3f}  (DCMTK storescu, ms of CPU per instance)")
+    print(f"  machine busy {statistics.median(r['machine_ms'] for r in runs):.3f}  (every CPU, ms per instance; idle "
+          + ", ".join(f"{r['idle']:.0%}" for r in runs) + ")")
     print("  wall s (not a claim under load): " + ", ".join(f"{r['wall_s']:.1f}" for r in runs))
 
 
@@ -122,10 +160,12 @@ def main(opts) -> int:
 
 
 def _run_all(opts, files: corpus.FileSet, scratch: Path) -> int:
-    sources: dict[str, Path | None] = {"this tree" if not opts.node_source else opts.node_source:
+    sources: dict[str, Path | str | None] = {"this tree" if not opts.node_source else opts.node_source:
                                        Path(opts.node_source) if opts.node_source else None}
     if opts.baseline:
         sources[f"baseline {opts.baseline}"] = Path(opts.baseline)
+    if opts.with_dcmtk:
+        sources[DCMTK] = DCMTK
     for senders in opts.senders:
         runs: dict[str, list[dict]] = {name: [] for name in sources}
         for _ in range(opts.runs):
