@@ -82,12 +82,15 @@ class Store:
         """Join a relative path to the store, refusing anything that would leave it."""
         # String operations on os.path.realpath (symlinks still followed): pathlib's resolve()
         # and .parents were a tenth of the writer's CPU per small instance.
-        target = self._resolve(relpath)
+        return Path(self._inside(self._resolve(relpath), relpath))
+
+    def _inside(self, target: str, relpath: str) -> str:
+        """``target`` (resolved ``relpath``) if it lies in the store and outside ``.incoming``."""
         if not target.startswith(self._root + os.sep):
             raise PathError(f"path {relpath!r} would leave the store")
         if target == self._incoming or target.startswith(self._incoming + os.sep):
             raise PathError(f"path {relpath!r} is inside the reserved .incoming directory")
-        return Path(target)
+        return target
 
     def _resolve(self, relpath: str) -> str:
         """``os.path.realpath(root/relpath)`` for a root that is already resolved.
@@ -98,7 +101,7 @@ class Store:
         a symlink below the root takes realpath itself, so the result is always realpath's.
         """
         parts = relpath.split(os.sep)
-        if os.path.isabs(relpath) or ".." in parts or (os.altsep and os.altsep in relpath):
+        if _needs_realpath(relpath, parts):
             return os.path.realpath(os.path.join(self._root, relpath))
         parts = [part for part in parts if part not in ("", ".")]
         path = self._root
@@ -263,7 +266,7 @@ class Store:
         A path with ``..``, an absolute path or a symlink below the root takes that longer
         check, so the answer is always the same."""
         parts = relpath.split(os.sep)
-        if os.path.isabs(relpath) or ".." in parts or (os.altsep and os.altsep in relpath):
+        if _needs_realpath(relpath, parts):
             return self._check_resolved(relpath)
         parts = [part for part in parts if part not in ("", ".")]
         path = self._root
@@ -280,12 +283,7 @@ class Store:
                 raise PathError(f"{path} is not a directory")
             if n == last and stat.S_ISDIR(mode):
                 raise PathError(f"{path} is a directory")
-        target = os.sep.join([self._root, *parts])
-        if not target.startswith(self._root + os.sep):
-            raise PathError(f"path {relpath!r} would leave the store")
-        if target == self._incoming or target.startswith(self._incoming + os.sep):
-            raise PathError(f"path {relpath!r} is inside the reserved .incoming directory")
-        return target
+        return self._inside(os.sep.join([self._root, *parts]), relpath)
 
     def _check_resolved(self, relpath: str) -> str:
         """``check_target`` through realpath: for paths with ``..`` or symlinks below the root."""
@@ -364,6 +362,11 @@ class Store:
             fsync_directory(path.parent)
         except FileNotFoundError:
             pass
+
+
+def _needs_realpath(relpath: str, parts: list[str]) -> bool:
+    """An absolute path, ``..`` or another separator: only realpath's own walk resolves it."""
+    return os.path.isabs(relpath) or ".." in parts or bool(os.altsep and os.altsep in relpath)
 
 
 def _copy_spool(spool: str, offset: int, fd: int) -> int:
