@@ -22,6 +22,7 @@ durable (or with a failure status when it does not answer in time).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import queue
@@ -58,6 +59,11 @@ from node.receive import FileMetaCache, acceptor_policy, check_dataset, context_
 log = logging.getLogger("actors.worker")
 
 HEARTBEAT_S = 1.0
+# glibc's mallopt(3) parameters and the largest mmap threshold it accepts on 64-bit systems
+# (half its per-thread heap size).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_MAX = 32 << 20
 ADOPT_WAIT_S = 60.0  # a worker starting beside the writer waits this long for it to adopt its journal
 ADMIT_TIMEOUT_S = 2.0  # past it, an association is refused (transient): only the listener counts exactly
 
@@ -702,6 +708,28 @@ def _send(sock: zmq.Socket | None, message: Any, sender: str) -> None:
         pass
 
 
+def keep_dataset_memory(inline_threshold: int) -> bool:
+    """Have malloc keep the memory of freed datasets for the next ones; False where it cannot.
+
+    An association thread allocates its dataset's buffers (each read, each fragment, the
+    joined dataset, up to ``inline_threshold``) per instance and frees them after the answer.
+    With glibc's defaults a buffer of 128 KiB or more may be mapped for itself and unmapped
+    when freed, and a thread's heap is trimmed as soon as 128 KiB lie free at its top: the
+    next instance faults the same pages in again, zeroed by the kernel. A worker took 20 to
+    200 minor faults per 512 KiB instance that way, ~2.3 with the thresholds set here
+    (docs/benchmarks.md, 2026-12-03 evening). Memory is not lost: a heap keeps at most what
+    its thread held at once (a dataset up to ``inline_threshold`` and its fragments; larger
+    ones are spooled in chunks), and it is reused by the next instance. Process-wide, so only
+    a worker process sets it (``main``), never a node made of threads in a CLI tool.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mmap_threshold = min(_MMAP_THRESHOLD_MAX, max(4 << 20, 2 * inline_threshold))
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, 4 * mmap_threshold))
+
+
 def main(config: NodeConfig, args: list[str]) -> int:
     """Entry point for ``nodectl run worker --worker-id N``."""
     import argparse
@@ -709,6 +737,8 @@ def main(config: NodeConfig, args: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="nodectl run worker")
     parser.add_argument("--worker-id", default=str(os.getpid()))
     opts = parser.parse_args(args)
+    if not keep_dataset_memory(config.store.inline_threshold):
+        log.debug("malloc thresholds not set (not glibc): freed datasets may be unmapped")
     stop = threading.Event()
     _bus.stop_on_signals(stop)
     return run(config, opts.worker_id, stop)
