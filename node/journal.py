@@ -70,6 +70,12 @@ RESTART_GAP = 1 << 32
 # file is extended by this much of zeros in the same flush, so the next ~700 small groups
 # overwrite blocks already written. A scan stops at the zeros (no record magic).
 PREALLOCATE = 4 << 20
+# ... but only after a small group. Zeros are written (and flushed) once per byte of journal,
+# so ahead of large records they double the bytes the disk takes, for a metadata update that
+# costs about as much as writing 30 KB here: a group past the end whose records hold at least
+# this much grows the file itself (512 KiB instances: 4 MiB of zeros written with every eighth
+# group of a new or growing segment; docs/benchmarks.md, 2026-12-03 evening).
+ZERO_FILL_MAX_GROUP = 64 << 10
 # The writer holds an exclusive lock on the first segment while it (or the materialiser
 # process it started, which inherits the descriptor) lives; a writer restarted after a crash
 # waits this long for the old pair to be gone before it gives up.
@@ -221,7 +227,9 @@ class Journal:
         Into space already preallocated (the common case) the group is one ``pwritev2`` with
         ``RWF_DSYNC``: the flush of ``fdatasync`` for the range written, in the same system
         call (one GIL release less on the writer's main thread per group); else, or when the
-        kernel refuses the flag or writes short, ``pwritev`` then ``fdatasync`` as before."""
+        kernel refuses the flag or writes short, ``pwritev`` then ``fdatasync`` as before. A
+        group that passes the file's end extends it: by PREALLOCATE bytes of zeros when it is
+        small, by itself when it holds ZERO_FILL_MAX_GROUP bytes or more."""
         seg = self.segments[self.current]
         buffers: list[bytes | memoryview] = []
         records: list[Record] = []
@@ -241,8 +249,9 @@ class Journal:
         try:
             if offset > seg.allocated or not _pwritev_dsync(seg.fd, buffers, seg.offset, offset - seg.offset):
                 _pwritev_all(seg.fd, buffers, seg.offset)
-                if offset > seg.allocated:
+                if offset > seg.allocated and offset - seg.offset < ZERO_FILL_MAX_GROUP:
                     _preallocate(seg, offset)
+                seg.allocated = max(seg.allocated, offset)
                 os.fdatasync(seg.fd)
         except OSError as exc:
             raise StorageError(f"journal write failed: {exc.strerror}") from None

@@ -198,3 +198,21 @@ def test_a_group_past_the_end_extends_the_file_with_zeros_that_end_the_scan(tmp_
     again = _open(tmp_path)
     assert [r.seq for r in again.records()] == [1, 2, 3] and again.allocated == size
     again.close()
+
+
+def test_a_large_group_past_the_end_grows_the_file_without_zeros(tmp_path: Path) -> None:
+    """Zeros ahead of a large group would double the bytes written for it: the file ends at
+    its last record, a small group after it preallocates again, and a scan reads all three."""
+    j = _open(tmp_path)
+    large = j.append([_entry(1, journal.ZERO_FILL_MAX_GROUP)])
+    assert os.fstat(j.fd).st_size == large[-1].end == j.allocated
+    small = j.append([_entry(2)])
+    assert os.fstat(j.fd).st_size == small[-1].end + journal.PREALLOCATE == j.allocated
+    inside = j.append([_entry(3, 2 * journal.ZERO_FILL_MAX_GROUP)])
+    assert os.fstat(j.fd).st_size == small[-1].end + journal.PREALLOCATE and inside[-1].end < j.allocated
+    j.close()
+    again = _open(tmp_path)
+    scanned = list(again.records())
+    assert [r.seq for r in scanned] == [1, 2, 3]
+    assert os.pread(again.fd, 4, scanned[0].data_offset + journal.ZERO_FILL_MAX_GROUP) == b"tail"
+    again.close()
