@@ -74,7 +74,7 @@ PREALLOCATE = 4 << 20
 # so ahead of large records they double the bytes the disk takes, for a metadata update that
 # costs about as much as writing 30 KB here: a group past the end whose records hold at least
 # this much grows the file itself (512 KiB instances: 4 MiB of zeros written with every eighth
-# group of a new or growing segment; docs/benchmarks.md, 2026-12-03 evening).
+# group of a new or growing segment; docs/benchmarks.md, 2026-12-03, 15:41–17:25 UTC).
 ZERO_FILL_MAX_GROUP = 64 << 10
 # The writer holds an exclusive lock on the first segment while it (or the materialiser
 # process it started, which inherits the descriptor) lives; a writer restarted after a crash
