@@ -717,10 +717,11 @@ def keep_dataset_memory(inline_threshold: int) -> bool:
     when freed, and a thread's heap is trimmed as soon as 128 KiB lie free at its top: the
     next instance faults the same pages in again, zeroed by the kernel. A worker took 20 to
     200 minor faults per 512 KiB instance that way, ~2.3 with the thresholds set here
-    (docs/benchmarks.md, 2026-12-03, 15:41–17:25 UTC). Memory is not lost: a heap keeps at most what
-    its thread held at once (a dataset up to ``inline_threshold`` and its fragments; larger
-    ones are spooled in chunks), and it is reused by the next instance. Process-wide, so only
-    a worker process sets it (``main``), never a node made of threads in a CLI tool.
+    (docs/benchmarks.md, 2026-12-03, 15:41–17:25 UTC). Memory is not lost: a heap keeps at
+    most what its thread held at once (a dataset up to ``inline_threshold`` and its
+    fragments; larger ones are spooled in chunks), and it is reused by the next instance.
+    Process-wide, so only a worker process sets it (``main``), never a node made of threads
+    in a CLI tool.
     """
     try:
         mallopt = ctypes.CDLL(None).mallopt
