@@ -40,6 +40,7 @@ checksum as recorded) and registers the endpoint in the shared database.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 import os
 import sys
 import threading
@@ -73,7 +74,12 @@ NAME = "writer"
 STATUS_DUPLICATE_REJECTED = 0x0111
 LAP_BYTES = 16 << 20  # past this, start a new lap as soon as everything is materialised
 JOURNAL_MAX_BYTES = 256 << 20  # past this, wait for the materialiser, then start a new lap
-MATERIALISE_BATCH = 512
+# A materialiser batch holds at most this many records and bytes (one record at least), and
+# starts without waiting for ``materialise_interval`` once a whole batch is waiting: its two
+# syncfs and its index commit are shared by up to a second of small instances, while a
+# stream of large ones is materialised every 64 MiB, far below JOURNAL_MAX_BYTES.
+MATERIALISE_BATCH = 4096
+MATERIALISE_BATCH_BYTES = 64 << 20
 MATERIALISE_RETRY_S = 1.0
 MATERIALISE_LOG_EVERY_S = 60.0  # a full disk fails every retry: one ERROR line a minute, not one a second
 STOP_ATTEMPTS = 3  # on SIGTERM, give up materialising after this many failures in a row (the journal keeps them)
@@ -494,10 +500,10 @@ class Writer:
                     # (``idle`` s without an append), a waiting SyncStore or shutdown: at once.
                     now = time.monotonic()
                     wait = min(last + self.interval - now, self.last_append + self.idle - now)
-                    if wait > 0 and not (self.urgent or self.stopping):
+                    batch = next(batches(self.queue))
+                    if wait > 0 and not (self.urgent or self.stopping or len(batch) < len(self.queue)):
                         self.cond.wait(min(wait, max(0.0, self.next_pass - now)))  # the worker journals' next pass too
                         continue
-                    batch = self.queue[:MATERIALISE_BATCH]
                 last = time.monotonic()
                 error = self._materialise(batch)
                 with self.cond:
@@ -578,8 +584,7 @@ class Writer:
             last = max(last, record.seq)
             if record.seq > checkpoint:
                 todo.append(record)
-        for start in range(0, len(todo), MATERIALISE_BATCH):
-            batch = todo[start:start + MATERIALISE_BATCH]
+        for batch in batches(todo):
             error = materialiser.materialise(self.store, index, [seg.fd for seg in self.journal.segments], self.journal.journal_id, batch)
             if error is not None:
                 raise StorageError(f"cannot materialise journal records {batch[0].seq}..{batch[-1].seq}: {error}")
@@ -613,9 +618,7 @@ class Writer:
         (Cutting batches to interleave journals by arrival made them tiny: four associations
         over two workers paid 1.8 flushes per instance, docs/benchmarks.md 2026-12-03 12:34.)"""
         for tail in list(self.tails.values()) if tails is None else tails:
-            records = list(tail.pending)
-            for start in range(0, len(records), MATERIALISE_BATCH):
-                batch = records[start:start + MATERIALISE_BATCH]
+            for batch in batches(list(tail.pending)):
                 error = materialise_batch(tail, batch)
                 if error is not None:
                     return f"{tail.path.name} seq {batch[0].seq}..{batch[-1].seq}: {error}"
@@ -656,7 +659,7 @@ class Writer:
         held = False
         if any(tail.pending for tail in self.tails.values()):
             wait = min(self.worker_last_batch + self.interval - now, self.worker_last_found + self.idle - now)
-            if hurried or wait <= 0:
+            if hurried or wait <= 0 or any(_holds_a_full_batch(tail.pending) for tail in self.tails.values()):
                 self.worker_last_batch = now
                 error = self._materialise_tails(self._materialise_worker_batch)
             else:
@@ -705,6 +708,26 @@ class Writer:
         restarted, and the replay materialises what it left)."""
         assert self.journal is not None and self.child is not None
         return self.child.materialise(self.journal.journal_id, batch)
+
+
+def batches(records: Sequence[Record]) -> Iterator[list[Record]]:
+    """``records`` in order, cut into materialiser batches (MATERIALISE_BATCH records and
+    MATERIALISE_BATCH_BYTES bytes at most, one record at least)."""
+    batch: list[Record] = []
+    size = 0
+    for record in records:
+        if batch and (len(batch) >= MATERIALISE_BATCH or size + record.data_length > MATERIALISE_BATCH_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(record)
+        size += record.data_length
+    if batch:
+        yield batch
+
+
+def _holds_a_full_batch(records: Sequence[Record]) -> bool:
+    """More records wait than one batch takes: materialise now, not at the next interval."""
+    return len(next(batches(records), records)) < len(records)
 
 
 def _row(msg: WriteInstance, path: Path | None, size: int, checksum: str = "") -> InstanceRow:

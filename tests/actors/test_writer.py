@@ -456,6 +456,39 @@ def test_a_steady_stream_goes_on_in_the_other_segment_without_waiting(tmp_path: 
         assert dataset_bytes(Path(rows[req.message.sop_instance_uid])) == dataset_bytes(path), path.name
 
 
+def test_a_whole_batch_waiting_is_materialised_before_the_interval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream of large instances does not pile up in the journal for ``materialise_interval``:
+    once more than one batch's bytes wait, a batch goes at once, never above the byte cap; what
+    is left (one batch or less) waits for the interval, so that small instances share a batch's
+    flushes."""
+    from actors import writer
+
+    w = _writer_with_small_laps(tmp_path, monkeypatch, 64 << 20)  # laps are not under test
+    sent = _requests(tmp_path, 10)
+    records = []
+    try:
+        assert [m.kind for _i, m, _c in w.handle([sent[0][0]])] == ["instance.written"]
+        w._barrier()  # the first batch, which never waits
+        w.interval = w.idle = 3600.0
+        size = max(r.data_length for r in w.journal.records())
+        monkeypatch.setattr(writer, "MATERIALISE_BATCH_BYTES", 3 * size)
+        real = w._materialise
+        w._materialise = lambda batch: (records.append([r.data_length for r in batch]), real(batch))[1]
+        for req, _path in sent[1:]:
+            assert [m.kind for _i, m, _c in w.handle([req])] == ["instance.written"]
+        wait_until(lambda: sum(map(len, records)) >= 6, 30, "two batches materialised without waiting for the interval")
+        time.sleep(0.5)  # ten polls of the queue: nothing more goes before the interval
+        assert [len(batch) for batch in records] == [3, 3]
+        assert all(sum(batch) <= 3 * size for batch in records)
+        assert w.backlog == 3
+    finally:
+        w.interval = w.idle = 0.0
+        w._barrier()
+        w.close()
+    with sqlite3.connect(tmp_path / "index.sqlite") as db:
+        assert db.execute("SELECT count(*) FROM instances").fetchone()[0] == 10
+
+
 def _journal_in_both_segments_then_die(tmp_path: Path) -> None:
     """In a child: nothing is ever materialised; instances fill the first segment past the
     lap size, then go on in the second (free: it was never written); one is sent again there
