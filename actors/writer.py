@@ -77,9 +77,11 @@ JOURNAL_MAX_BYTES = 256 << 20  # past this, wait for the materialiser, then star
 # A materialiser batch holds at most this many records and bytes (one record at least), and
 # starts without waiting for ``materialise_interval`` once a whole batch is waiting: its two
 # syncfs and its index commit are shared by up to a second of small instances, while a
-# stream of large ones is materialised every 64 MiB, far below JOURNAL_MAX_BYTES.
+# stream of large ones is materialised every 16 MiB, as often as at 0.2 s before. (Batches of
+# 64 MiB of 512 KiB instances took 61-88 MB/s against 106-134, and more CPU: likely the journal's
+# flushes waiting behind one large syncfs; docs/benchmarks.md, 2026-12-03 18:20.)
 MATERIALISE_BATCH = 4096
-MATERIALISE_BATCH_BYTES = 64 << 20
+MATERIALISE_BATCH_BYTES = 16 << 20
 MATERIALISE_RETRY_S = 1.0
 MATERIALISE_LOG_EVERY_S = 60.0  # a full disk fails every retry: one ERROR line a minute, not one a second
 STOP_ATTEMPTS = 3  # on SIGTERM, give up materialising after this many failures in a row (the journal keeps them)

@@ -95,7 +95,7 @@ class StoreConfig:
     duplicates: str = "overwrite"
     # Issue 12: a success waits for one journal flush shared by the group; files reach their
     # final paths in background batches: at most every materialise_interval seconds while
-    # instances keep coming (sooner once 64 MiB wait), at once when none came for
+    # instances keep coming (sooner once 16 MiB wait), at once when none came for
     # materialise_idle seconds (a batch costs ~4 flushes: fewer batches, fewer flushes per
     # instance; at 0.2 s they were 1-2% of the flushes on one association).
     journal: bool = True
