@@ -40,11 +40,11 @@ checksum as recorded) and registers the endpoint in the shared database.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
