@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from node import storage
 from node.errors import PathError
 from node.storage import PREAMBLE, PendingWrite, Store
 
@@ -185,3 +188,85 @@ def test_check_target_answers_as_the_check_through_realpath(tmp_path: Path, relp
     check through realpath and isdir does: directories, paths under a file, symlinks out."""
     store = _store_with_links(tmp_path)
     assert _answer(store.check_target, relpath) == _answer(store._check_resolved, relpath)
+
+
+def _journal_like(tmp_path: Path, records: list[bytes], skew: int = 123) -> tuple[Path, list[int]]:
+    """A file holding ``records`` one after the other from an unaligned offset, as a journal
+    segment holds them; their offsets."""
+    path = tmp_path / "segment"
+    offsets, blob = [], bytearray(b"h" * skew)
+    for data in records:
+        offsets.append(len(blob))
+        blob += data
+    path.write_bytes(bytes(blob))
+    return path, offsets
+
+
+@pytest.mark.parametrize("length", [
+    1000, storage.DIRECT_MIN, storage.DIRECT_MIN + 1234, 2 * storage._DIRECT_CHUNK + 777,
+])
+def test_materialised_records_are_byte_identical_small_or_direct(tmp_path: Path, length: int) -> None:
+    store = make_store(tmp_path)
+    records = [os.urandom(length), os.urandom(length)]
+    segment, offsets = _journal_like(tmp_path, records)
+    fd = os.open(segment, os.O_RDONLY)
+    try:
+        errors = store.materialise([(store.directory / f"d/{n}", fd, off, length) for n, off in enumerate(offsets)])
+    finally:
+        os.close(fd)
+    assert errors == [None, None]
+    assert [(store.directory / f"d/{n}").read_bytes() for n in range(2)] == records
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_a_large_record_goes_by_direct_io_where_the_filesystem_takes_it(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    data = os.urandom(storage.DIRECT_MIN + 5)
+    segment, [offset] = _journal_like(tmp_path, [data])
+    src, (dst, tmp) = os.open(segment, os.O_RDONLY), store._open_temp("probe")
+    try:
+        try:
+            os.close(os.open(store.tmp_dir / "odirect-probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644))
+        except OSError:
+            pytest.skip("this filesystem refuses O_DIRECT")
+        assert store._copy_direct(src, offset, len(data), dst) is True
+        assert not fcntl.fcntl(dst, fcntl.F_GETFL) & os.O_DIRECT  # the descriptor's flags as they were
+    finally:
+        os.close(src)
+        os.close(dst)
+    assert tmp.read_bytes() == data
+
+
+def test_where_direct_io_is_refused_the_copy_goes_through_the_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem without O_DIRECT (some FUSE or network ones) refuses the flag: same bytes."""
+    real = fcntl.fcntl
+
+    def no_direct(fd: int, cmd: int, arg: int = 0) -> int:
+        if cmd == fcntl.F_SETFL and arg & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(storage.fcntl, "fcntl", no_direct)
+    store = make_store(tmp_path)
+    data = os.urandom(storage.DIRECT_MIN + 77)
+    segment, [offset] = _journal_like(tmp_path, [data])
+    fd = os.open(segment, os.O_RDONLY)
+    try:
+        assert store.materialise([(store.directory / "x", fd, offset, len(data))]) == [None]
+    finally:
+        os.close(fd)
+    assert (store.directory / "x").read_bytes() == data
+
+
+def test_a_record_cut_short_by_the_journals_end_leaves_nothing(tmp_path: Path) -> None:
+    store = make_store(tmp_path)
+    data = os.urandom(storage.DIRECT_MIN * 2)
+    segment, [offset] = _journal_like(tmp_path, [data])
+    fd = os.open(segment, os.O_RDONLY)
+    try:
+        [error] = store.materialise([(store.directory / "cut", fd, offset, len(data) + storage.DIRECT_MIN)])
+    finally:
+        os.close(fd)
+    assert error is not None and "journal shorter than its record" in str(error)
+    assert not (store.directory / "cut").exists()
+    assert list(store.tmp_dir.iterdir()) == []
