@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("files", nargs="*")
     parser.add_argument("--generate", help="make --count new CT files in this directory, one before each send")
     parser.add_argument("--count", type=int, default=0)
-    parser.add_argument("--big-every", type=int, default=0, help="every N-th generated file is large (spooled, not inline)")
+    parser.add_argument("--big-every", type=int, default=0, help="every N-th generated file is large (512 KiB of pixels: the materialiser writes it by direct I/O)")
     parser.add_argument("--stop", help="stop generating once this file exists")
     parser.add_argument("--aet", default="CRASHSCU")
     parser.add_argument("--aec", default="NODE")
