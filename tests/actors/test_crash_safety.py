@@ -83,7 +83,11 @@ def _answered(path: Path) -> int:
 
 
 def _kill_one(node: RunningNode, rng: random.Random, kind: str) -> str:
-    """SIGKILL one actor of ``kind`` by PID and wait until supervisord has replaced it."""
+    """SIGKILL one actor of ``kind`` by PID and wait until supervisord has replaced it.
+
+    The materialiser is the writer's child, started a moment after the writer itself: right
+    after a writer was replaced, it may not be running yet, so wait for one to exist."""
+    wait_until(lambda: bool(node.children(kind)), 20, f"a {kind} process running")
     victims = node.children(kind)
     assert victims, f"no {kind} process to kill"
     victim = rng.choice(victims)
