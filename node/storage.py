@@ -377,37 +377,34 @@ class Store:
         cache and the file's size and extents before any rename, as for a buffered copy. The
         last partial block goes through the page cache (``_copy_range``)."""
         with self._direct_lock:
-            return self._copy_direct_locked(source_fd, offset, length, fd)
-
-    def _copy_direct_locked(self, source_fd: int, offset: int, length: int, fd: int) -> bool:
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        try:
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
-        except OSError:
-            return False
-        if self._direct_buffer is None:
-            self._direct_buffer = mmap.mmap(-1, _DIRECT_CHUNK)  # page-aligned, as O_DIRECT needs
-        view = memoryview(self._direct_buffer)
-        done = 0
-        try:
-            while length - done >= _DIRECT_ALIGN:
-                n = min(_DIRECT_CHUNK, (length - done) // _DIRECT_ALIGN * _DIRECT_ALIGN)
-                _read_exact(source_fd, view[:n], offset + done)
-                try:
-                    written = os.write(fd, view[:n])
-                except OSError as exc:
-                    if done == 0 and exc.errno == errno.EINVAL:  # alignment refused: nothing written yet
-                        return False
-                    raise
-                if written != n:
-                    raise OSError(errno.EIO, f"short direct write ({written} of {n} bytes)")
-                done += n
-        finally:
-            view.release()
-            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
-        if done < length:
-            _copy_range(source_fd, offset + done, length - done, fd)
-        return True
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+            except OSError:
+                return False
+            if self._direct_buffer is None:
+                self._direct_buffer = mmap.mmap(-1, _DIRECT_CHUNK)  # page-aligned, as O_DIRECT needs
+            view = memoryview(self._direct_buffer)
+            done = 0
+            try:
+                while length - done >= _DIRECT_ALIGN:
+                    n = min(_DIRECT_CHUNK, (length - done) // _DIRECT_ALIGN * _DIRECT_ALIGN)
+                    _read_exact(source_fd, view[:n], offset + done)
+                    try:
+                        written = os.write(fd, view[:n])
+                    except OSError as exc:
+                        if done == 0 and exc.errno == errno.EINVAL:  # alignment refused: nothing written yet
+                            return False
+                        raise
+                    if written != n:
+                        raise OSError(errno.EIO, f"short direct write ({written} of {n} bytes)")
+                    done += n
+            finally:
+                view.release()
+                fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+            if done < length:
+                _copy_range(source_fd, offset + done, length - done, fd)
+            return True
 
     def remove(self, path: Path) -> None:
         """Remove a file that an overwrite made obsolete (its directory is fsynced)."""
