@@ -190,7 +190,10 @@ def commit_through_a(cluster: Cluster, out: Path, *, wait: bool) -> tuple[subpro
     return result, uid
 
 
-def completed_by(cluster: Cluster, uid: str) -> list[str]:
+def completed_by(cluster: Cluster, uid: str, expected: str = "node-b") -> list[str]:
+    """The nodes whose log says they completed ``uid``, once ``expected``'s line is there: a
+    tracker logs the completion just after its commit, which may already have woken the client."""
+    wait_until(lambda: f"txn={uid} completed" in cluster.nodes[expected].log(), 10, f"{expected}'s completion line")
     return [name for name in ("node-a", "node-b") if f"txn={uid} completed" in cluster.nodes[name].log()]
 
 
@@ -221,7 +224,9 @@ def test_report_through_haproxy_to_node_b_completes_a_transaction_waited_for_on_
     assert third.returncode == 0, third.stderr
     assert completed_by(cluster, uid3) == ["node-b"]
     assert cluster.query("node-a", uid3) == ("completed", 1, 1, 0)
-    assert "woke waiters for transactions completed by another node" in cluster.nodes["node-a"].log()
+    # A logs the wake-up after it woke the client: wait for the line rather than race it.
+    wait_until(lambda: "woke waiters for transactions completed by another node" in cluster.nodes["node-a"].log(), 10,
+               "A's line about waking its waiters")
     print(f"whole scenario: {time.monotonic() - started:.1f} s")
 
     # Either node's metrics endpoint counts the cluster's transactions (shared database).

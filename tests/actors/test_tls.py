@@ -66,7 +66,7 @@ def test_dcmtk_echoscu_and_storescu_over_tls_with_a_client_certificate(tls_node:
     tls_node.materialised()
     stored = tls_node.cwd / "store" / dcmread(path).SOPInstanceUID
     assert dataset_bytes(stored) == dataset_bytes(path)
-    assert "TLS TLSv1." in tls_node.log()
+    wait_until(lambda: "TLS TLSv1." in tls_node.log(), 10, "the handshake's line")
 
 
 def test_client_certificate_from_another_ca_is_refused(tls_node: RunningNode, certs: Certs) -> None:
@@ -130,7 +130,8 @@ def test_storescp_tls_options_with_pkcs12_stores(certs: Certs, tmp_path: Path) -
         ok = subprocess.run(["/usr/bin/echoscu", "+tls", str(certs.client_key), str(certs.client_crt), "+cf", str(certs.ca),
                              "-aec", "STORESCP", "127.0.0.1", str(port)], capture_output=True, text=True, timeout=30)
         assert ok.returncode == 0, ok.stdout + ok.stderr
-        assert "TLS TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256" in node.log()
+        # The worker's line reaches the shared log on its own schedule, not before echoscu exits.
+        wait_until(lambda: "TLS TLSv1.2 ECDHE-RSA-AES128-GCM-SHA256" in node.log(), 10, "the handshake's line")
         rogue = subprocess.run(["/usr/bin/echoscu", "+tls", str(certs.rogue_key), str(certs.rogue_crt), "+cf", str(certs.ca),
                                 "-aec", "STORESCP", "127.0.0.1", str(port)], capture_output=True, text=True, timeout=30)
         assert rogue.returncode != 0

@@ -191,7 +191,8 @@ def test_a_killed_writer_or_materialiser_leaves_the_journal_to_the_restarted_wri
         wait_until(lambda: _indexed(tmp_path, ds.SOPInstanceUID) is not None, 30, "the restarted writer replayed the journal")
         assert not _alive(writer.pid)
         assert dataset_bytes(Path(_indexed(tmp_path, ds.SOPInstanceUID))) == dataset_bytes(path)
-        assert "materialised 1 acknowledged instance(s)" in node.log()
+        # The writer logs its replay just after the index commit the wait above saw.
+        wait_until(lambda: "materialised 1 acknowledged instance(s)" in node.log(), 10, "the replay's line")
         if victim == "actors.materialiser":
             assert "the materialiser process ended" in node.log()
     finally:

@@ -156,7 +156,7 @@ def test_report_at_the_second_listener_completes_a_transaction_started_through_t
         return row[0] if row else ""
 
     wait_until(lambda: state() == "completed", 60, "the transaction completed by the report at listener B")
-    assert f"listener={ports['b']}" in running.log()
+    wait_until(lambda: f"listener={ports['b']}" in running.log(), 10, "the report's line naming listener B")
 
 
 def test_tracker_killed_mid_transaction_still_delivers(node: tuple, tmp_path: Path) -> None:
