@@ -197,8 +197,18 @@ def completed_by(cluster: Cluster, uid: str, expected: str = "node-b") -> list[s
     return [name for name in ("node-a", "node-b") if f"txn={uid} completed" in cluster.nodes[name].log()]
 
 
+def completed_in_metrics(cluster: Cluster, name: str) -> float:
+    """``nodectl_commitment_transactions{state="completed"}`` as ``name``'s metrics endpoint
+    counts it (the shared database's, read at scrape time); 0 before any completed."""
+    host, port = (configuration.short_run_dir(cluster.base / name / "run") / "metrics.ready").read_text().split()
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as rsp:
+        found = re.search(r'^nodectl_commitment_transactions\{state="completed"\} (\S+)$', rsp.read().decode(), re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def test_report_through_haproxy_to_node_b_completes_a_transaction_waited_for_on_node_a(cluster: Cluster, tmp_path: Path) -> None:
     started = time.monotonic()
+    completed_before = completed_in_metrics(cluster, "node-b")  # the module's other tests may have run first
     assert cluster.haproxy("disable server nodes/node-a").strip() == ""
     first, uid = commit_through_a(cluster, tmp_path / "first", wait=True)
     assert first.returncode == 0, first.stderr + cluster.nodes["node-b"].log()[-3000:]
@@ -220,19 +230,19 @@ def test_report_through_haproxy_to_node_b_completes_a_transaction_waited_for_on_
     assert cluster.query("node-a", uid) == outcome  # the first one, as A tells it after its restart
 
     # ... and a client waiting on the restarted A learns of B's completion like the first time.
+    woken = cluster.nodes["node-a"].log().count("woke waiters for transactions completed by another node")
     third, uid3 = commit_through_a(cluster, tmp_path / "third", wait=True)
     assert third.returncode == 0, third.stderr
     assert completed_by(cluster, uid3) == ["node-b"]
     assert cluster.query("node-a", uid3) == ("completed", 1, 1, 0)
     # A logs the wake-up after it woke the client: wait for the line rather than race it.
-    wait_until(lambda: "woke waiters for transactions completed by another node" in cluster.nodes["node-a"].log(), 10,
+    wait_until(lambda: cluster.nodes["node-a"].log().count("woke waiters for transactions completed by another node") > woken, 10,
                "A's line about waking its waiters")
     print(f"whole scenario: {time.monotonic() - started:.1f} s")
 
     # Either node's metrics endpoint counts the cluster's transactions (shared database).
-    host, port = (configuration.short_run_dir(cluster.base / "node-b" / "run") / "metrics.ready").read_text().split()
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as rsp:
-        assert 'nodectl_commitment_transactions{state="completed"} 3.0' in rsp.read().decode()
+    assert completed_in_metrics(cluster, "node-b") == completed_before + 3
+    assert completed_in_metrics(cluster, "node-a") == completed_before + 3
 
 
 def test_a_tracker_that_loses_its_listen_connection_still_wakes_its_client_and_listens_again(cluster: Cluster, tmp_path: Path) -> None:
@@ -242,8 +252,14 @@ def test_a_tracker_that_loses_its_listen_connection_still_wakes_its_client_and_l
 
     assert cluster.haproxy("disable server nodes/node-a").strip() == ""
     log_a = cluster.nodes["node-a"].log
-    listening = log_a().count("listening for transactions ended on other nodes")
     with psycopg.connect(cluster.database, autocommit=True) as admin:
+        def listeners() -> int:
+            return admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'nodectl-listen'").fetchone()[0]
+
+        # A tracker connects to LISTEN once it has started: on a cluster this test is the first
+        # to use, that may be after the nodes said they were ready.
+        wait_until(lambda: listeners() == 2, 20, "both trackers listening")
+        listening = log_a().count("listening for transactions ended on other nodes")
         cut = admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'nodectl-listen'").fetchall()
     assert len(cut) == 2  # one per node
     wait_until(lambda: "LISTEN connection lost" in log_a(), 10, "node A noticing its LISTEN connection is gone")
