@@ -202,7 +202,7 @@ def completed_in_metrics(cluster: Cluster, name: str) -> float:
     counts it (the shared database's, read at scrape time); 0 before any completed."""
     host, port = (configuration.short_run_dir(cluster.base / name / "run") / "metrics.ready").read_text().split()
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as rsp:
-        found = re.search(r'^nodectl_commitment_transactions\{state="completed"\} (\S+)$', rsp.read().decode(), re.M)
+        found = re.search(r'^nodectl_commitment_transactions\{state="completed"\} (\S+)$', rsp.read().decode(), re.MULTILINE)
     return float(found.group(1)) if found else 0.0
 
 
