@@ -83,7 +83,7 @@ def test_a_nagle_on_storescu_is_not_held_by_delayed_acks(tmp_path: Path) -> None
     C-STORE-RQ's command and dataset as two PDUs and holds the second until our ACK of the
     first. Unless the node acknowledges a read that it does not answer at once, each of
     these waits for the kernel's delayed ACK (~40 ms): 40 instances would take over 1.6 s,
-    against ~0.1 s here. The bound detects that stall; it is no speed target (those are in
+    against ~0.06 s here. The bound detects that stall; it is no speed target (those are in
     bench/)."""
     files = [tmp_path / "in" / f"ct{n}.dcm" for n in range(40)]
     for path in files:
