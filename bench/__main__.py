@@ -22,6 +22,9 @@ def parser() -> argparse.ArgumentParser:
     ingest.add_argument("--scratch", metavar="DIR", help="where receivers store (default: the system temp directory)")
     ingest.add_argument("--time-limit", type=float, metavar="S", help="start no sample after S seconds (default 13 min quick, 3 h full)")
     ingest.add_argument("--no-doc", action="store_true", help="write the JSON only, leave docs/benchmarks.md alone")
+    ingest.add_argument("--count-flushes", choices=("auto", "perf", "strace", "none"), default="auto",
+                        help="how nodectl's flushes are counted: perf in the timed samples, strace in samples of their "
+                             "own, or not at all (default: perf where it can count system calls, else strace)")
     report = sub.add_parser("report", help="regenerate docs/benchmarks.md from a results file")
     report.add_argument("results")
     commit = sub.add_parser("commit", help="Storage Commitment: N-ACTION to N-EVENT-REPORT on a new association, and many in flight")

@@ -12,10 +12,14 @@ includes process start and association set-up, which weighs on the fastest, shor
 (DCMTK into DCMTK) and makes their figures lower bounds. nodectl's CPU is taken once it has
 materialised every acknowledged instance (its writer's journal, issue 12).
 
-Flushes per acknowledged instance (issue 12): after the timed runs, one more sample of every
-nodectl combination runs the node under ``strace -f --seccomp-bpf`` tracing fsync, fdatasync
-and syncfs only, and counts the calls from the sender's start until everything is
-materialised; that sample's time and CPU are not used (tracing slows the node).
+Flushes per acknowledged instance (issue 12): fsync, fdatasync and syncfs calls, and
+``pwritev2`` with ``RWF_DSYNC``, of the whole node, from the senders' start until everything
+is materialised. Where ``perf stat`` can count system calls (the ``linux-perf`` package,
+tracefs, root), every nodectl sample runs under it and is counted in the kernel, without
+stopping the node. Elsewhere, after the timed runs, one more sample of every nodectl
+combination runs under ``strace -f --seccomp-bpf``; that sample's time and CPU are not used,
+and its count runs a little high (docs/benchmarks.md, 2026-12-04 night: a traced node is
+slower, and a slower node makes smaller group commits).
 """
 
 from __future__ import annotations
@@ -197,13 +201,14 @@ def export_ref(ref: str, into: Path) -> Path:
 
 
 def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: Path, log: Callable[[str], None],
-               *, trace_flushes: bool = False) -> dict:
-    """One timed transfer; everything started here is stopped here. ``trace_flushes``: the
-    receiver (nodectl) runs under strace to count its flushes (time and CPU then distorted)."""
+               *, count_flushes: str = "") -> dict:
+    """One timed transfer; everything started here is stopped here. ``count_flushes``: how a
+    nodectl receiver's flushes are counted (``peers.NodectlServe.count``: "perf", or "strace",
+    which distorts the sample's time and CPU)."""
     env = peers.base_env(combo.mode == "nodelay", node_source)
     receiver = peers.RECEIVERS[combo.receiver]()
-    if trace_flushes:
-        receiver.trace = True  # type: ignore[attr-defined]
+    if isinstance(receiver, peers.NodectlServe):
+        receiver.count = count_flushes
     workdir = Path(tempfile.mkdtemp(prefix="s-", dir=scratch))
     senders: list[subprocess.Popen] = []
     # Other work on the machine (load average at the start) is recorded: it explains outliers.
@@ -220,8 +225,8 @@ def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: 
         cpu0 = procs.tree_cpu(receiver.pid)
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         sampler = procs.TreeSampler({"receiver": receiver.pid})
+        receiver.begin_flush_count()
         with sampler:
-            wall_start = time.time()
             start = time.perf_counter()
             for i, cmd in enumerate(commands):
                 proc = procs.start(cmd, log=workdir / f"sender-{i}.log", cwd=workdir, env=env)
@@ -238,8 +243,8 @@ def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: 
             # nodectl acknowledges from its journal: its files and index rows follow within
             # ~50 ms; the CPU and flushes of that work belong to the sample.
             receiver.settle(files.count)
+        receiver.end_flush_count()
         cpu1 = procs.tree_cpu(receiver.pid)
-        flushes = receiver.flushes_since(wall_start)
         ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         stored = receiver.stored()
         total = files.total_bytes
@@ -257,8 +262,6 @@ def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: 
             sender_exit=codes,
             stored=stored,
         )
-        if flushes is not None:
-            result.update(flushes=flushes, flushes_per_instance=flushes / files.count)
         problems = []
         if any(code != 0 for code in codes):
             problems.append(f"sender exit {codes}")
@@ -277,6 +280,9 @@ def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: 
             procs.stop(proc, grace=5)
         receiver.stop()
         # the directory stays until the run ends: deleted files slow the next sample's (bench/scratch.py)
+    flushes = receiver.flushes()  # perf writes its counts as the node ends
+    if flushes is not None and result.get("images"):
+        result.update(flushes=flushes, flushes_per_instance=flushes / result["images"], flushes_counted_by=count_flushes)
     return result
 
 
@@ -290,6 +296,9 @@ def summarize(samples: list[dict]) -> dict:
     for key in ("seconds", "images_s", "mb_s", "receiver_cpu_s_per_1000", "sender_cpu_s"):
         values = [s[key] for s in good]
         out[key] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    counted = [s["flushes_per_instance"] for s in good if "flushes_per_instance" in s]
+    if counted:  # counted by perf in the timed samples themselves
+        out["flushes_per_instance"] = {"median": statistics.median(counted), "min": min(counted), "max": max(counted)}
     rss: dict[str, dict[str, float]] = {}
     for s in good:
         for role, entries in s["peak_rss"].items():
@@ -334,6 +343,15 @@ def evaluate_ceilings(summaries: dict[str, dict]) -> list[dict]:
                          met=figures["median"] <= c.limit, excess=max(0.0, figures["median"] / c.limit - 1))
         out.append(entry)
     return out
+
+
+def flush_counter(choice: str) -> str:
+    """The counter of the timed samples: "perf" (asked, or auto where perf can count), else ""."""
+    if choice == "perf" and not peers.perf_counts_flushes():
+        raise SystemExit("bench: perf cannot count system calls here (install linux-perf; needs tracefs and root)")
+    if choice == "perf" or (choice == "auto" and peers.perf_counts_flushes()):
+        return "perf"
+    return ""
 
 
 def main(opts) -> int:
@@ -381,33 +399,41 @@ def main(opts) -> int:
 
         samples: dict[str, list[dict]] = {c.key: [] for c in combos}
         skipped = 0
+        # Flushes (issue 12) are counted in the timed samples themselves when perf can count
+        # system calls here; otherwise in one more sample per nodectl combination under strace.
+        counter = flush_counter(opts.count_flushes)
+        if counter:
+            log(f"flushes counted by {counter}, in the timed samples")
+        else:
+            log("flushes counted " + ("by strace, in samples of their own" if opts.count_flushes != "none" else "by nobody"))
         for run in range(profile.runs):
             for combo in combos:
                 if time.monotonic() - t0 > profile.time_limit_s:
                     skipped += 1
                     continue
-                sample = run_sample(combo, sets[combo.fileset], scratch, node_source, log)
+                sample = run_sample(combo, sets[combo.fileset], scratch, node_source, log, count_flushes=counter)
                 sample["run"] = run + 1
                 samples[combo.key].append(sample)
                 if sample["ok"]:
+                    flushes = f" flushes {sample['flushes_per_instance']:.3f}/instance" if "flushes_per_instance" in sample else ""
                     log(f"run {run + 1}/{profile.runs} {combo.key}: {sample['images_s']:.0f} img/s {sample['mb_s']:.1f} MB/s "
-                        f"rx cpu {sample['receiver_cpu_s_per_1000']:.2f} s/1000")
+                        f"rx cpu {sample['receiver_cpu_s_per_1000']:.2f} s/1000{flushes}")
                 else:
                     log(f"run {run + 1}/{profile.runs} {combo.key}: FAILED {sample['error']}")
         if skipped:
             log(f"time limit {profile.time_limit_s:.0f} s reached: {skipped} sample(s) not run")
 
-        # Flushes (issue 12): one more sample of every nodectl combination under strace,
-        # counted apart, since tracing distorts the time and CPU of the sample it watches.
+        # Without perf: one more sample of every nodectl combination under strace, counted
+        # apart, since tracing distorts the time and CPU of the sample it watches.
         traced: dict[str, list[dict]] = {}
-        if shutil.which("strace"):
+        if not counter and opts.count_flushes in ("auto", "strace") and shutil.which("strace"):
             for combo in combos:
                 if combo.receiver != "nodectl" or time.monotonic() - t0 > profile.time_limit_s:
                     continue
-                sample = run_sample(combo, sets[combo.fileset], scratch, node_source, log, trace_flushes=True)
+                sample = run_sample(combo, sets[combo.fileset], scratch, node_source, log, count_flushes="strace")
                 traced.setdefault(combo.key, []).append(sample)
                 if sample.get("ok") and "flushes_per_instance" in sample:
-                    log(f"flush count {combo.key}: {sample['flushes']} flushes, {sample['flushes_per_instance']:.2f} per instance")
+                    log(f"flush count {combo.key}: {sample['flushes']} flushes, {sample['flushes_per_instance']:.3f} per instance")
                 else:
                     log(f"flush count {combo.key}: FAILED {sample.get('error')}")
 
@@ -423,6 +449,7 @@ def main(opts) -> int:
             "started": started.isoformat(timespec="seconds"),
             "finished": finished.isoformat(timespec="seconds"),
             "profile": asdict(profile),
+            "flushes_counted_by": counter or ("strace" if traced else ""),
             "machine": info,
             "corpus": corpus_info,
             "limits": limit_values,

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import shutil
 import subprocess
 import sys
 import time
@@ -83,8 +85,15 @@ class Receiver:
     def settle(self, expected: int) -> None:
         """Return once the receiver holds what it acknowledged (nodectl: materialised)."""
 
-    def flushes_since(self, start: float) -> int | None:
-        """fsync/fdatasync/syncfs calls of the receiver since ``start`` (wall clock); None: not counted."""
+    def begin_flush_count(self) -> None:
+        """Count the receiver's flushes from now on (nodectl started with a ``count``)."""
+
+    def end_flush_count(self) -> None:
+        """Stop counting them."""
+
+    def flushes(self) -> int | None:
+        """Its fsync/fdatasync/syncfs calls (and writes with RWF_DSYNC) between the two, asked
+        once the receiver has stopped; None: not counted."""
         return None
 
     def stop(self) -> None:
@@ -117,20 +126,65 @@ def is_flush(call: str) -> bool:
     return call.startswith(FLUSH_SYSCALLS) or (call.startswith("pwritev2(") and "RWF_DSYNC" in call)
 
 
+# The same calls counted by perf in the kernel (syscall tracepoints; pwritev2 only with
+# RWF_DSYNC = 2 or RWF_SYNC = 4 in its flags): no stop of the node at each call, unlike strace.
+PERF_EVENTS = (*(f"syscalls:sys_enter_{name}" for name in FLUSH_SYSCALLS), "syscalls:sys_enter_pwritev2")
+PERF_PWRITEV2_FILTER = "flags & 6"
+PERF_ACK_S = 10.0
+
+
+def perf_counts_flushes() -> bool:
+    """Whether ``perf stat`` can count syscall tracepoints here (perf installed, tracefs, rights)."""
+    if shutil.which("perf") is None:
+        return False
+    try:
+        done = subprocess.run(["perf", "stat", "-x", ",", *_perf_event_args(), "--", "true"], check=False, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _perf_event_args() -> list[str]:
+    args: list[str] = []
+    for event in PERF_EVENTS:
+        args += ["-e", event]
+    return [*args, "--filter", PERF_PWRITEV2_FILTER]  # --filter applies to the event before it: pwritev2
+
+
+def perf_flushes(output: str) -> int | None:
+    """The flushes in ``perf stat -x ,`` output: the sum of the events' counts; None if any is missing."""
+    counts: dict[str, int] = {}
+    for line in output.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[2] in PERF_EVENTS and fields[0].isdigit():
+            counts[fields[2]] = int(fields[0])
+    return sum(counts.values()) if len(counts) == len(PERF_EVENTS) else None
+
+
 @dataclass
 class NodectlServe(Receiver):
     """``nodectl serve`` with default workers (CPU count), on 127.0.0.1, port 0 read back.
 
-    With ``trace`` the node runs under ``strace -f --seccomp-bpf`` tracing only the flush
-    calls, and ``flushes_since`` counts them from the trace's timestamps. Even filtered, the
-    tracing costs the node CPU (a worker's CPU per small instance went from ~1.0 to ~1.6 ms
-    here), so traced samples count flushes only: their time and CPU are not reported.
+    ``count`` says how its flushes are counted, between ``begin_flush_count`` and
+    ``end_flush_count``:
+
+    * ``"perf"``: under ``perf stat``, which counts the calls in the kernel (syscall
+      tracepoints), enabled and disabled through its control FIFO. The node never stops for
+      it, so the sample's time and CPU stay usable, and so does the count itself: a group
+      commit is as large as the associations that arrive while it waits, and a node slowed
+      by tracing makes smaller groups.
+    * ``"strace"``: under ``strace -f --seccomp-bpf`` tracing only the flush calls, counted
+      from the trace's timestamps. Every traced call stops the node (a worker's CPU per small
+      instance went from ~1.0 to ~1.6 ms here), so such a sample counts flushes only, and
+      counts a few more than an undisturbed node makes (docs/benchmarks.md, 2026-12-04 night).
     """
 
     aet: str = "NODE"
     workers: int | None = None
     node_proc: psutil.Process | None = None
-    trace: bool = False
+    count: str = ""  # "", "perf" or "strace"
+    _window: tuple[float, float] = (0.0, 0.0)  # strace: wall clock of begin and end
+    _control: tuple[int, int] = (-1, -1)  # perf: its control FIFO (written) and ack FIFO (read)
 
     def command(self, directory: Path) -> list[str]:
         cmd = [sys.executable, "-m", "node.cli", "serve", "--host", procs.LOOPBACK, "--port", "0", "--aet", self.aet,
@@ -144,17 +198,14 @@ class NodectlServe(Receiver):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         log = directory / "receiver.log"
-        command = self.command(directory)
-        if self.trace:
-            command = ["strace", "-f", "-qq", "--seccomp-bpf", "-ttt", "-e", "trace=" + ",".join(TRACED_SYSCALLS),
-                       "-o", str(directory / "flushes.trace"), *command]
+        command = self._counted(self.command(directory), directory)
         self.proc = procs.start(command, log=log, cwd=directory, env=env)
-        if command[0] == "strace":
+        if self.count:
             deadline = time.monotonic() + 10
             while self.node_proc is None and time.monotonic() < deadline and self.proc.poll() is None:
                 for child in psutil.Process(self.proc.pid).children():
                     try:
-                        if "node.cli" in child.cmdline():  # after strace's exec of the command
+                        if "node.cli" in child.cmdline():  # after strace's or perf's exec of the command
                             self.node_proc = child
                     except psutil.NoSuchProcess:
                         pass
@@ -171,9 +222,25 @@ class NodectlServe(Receiver):
                 procs.wait_for_port(self.port, 10, self.proc)
                 procs.await_idle(self.pid)  # the actors that start after the first listener is ready
                 self._await_workers(env, deadline)
+                if self.count == "perf":  # perf opened both FIFOs before it started the node
+                    self._control = (os.open(directory / "perf.ctl", os.O_WRONLY | os.O_NONBLOCK),
+                                     os.open(directory / "perf.ack", os.O_RDONLY | os.O_NONBLOCK))
                 return
             time.sleep(0.05)
         raise TimeoutError(f"nodectl serve not ready after {START_TIMEOUT:.0f} s:\n{self.log_tail()}")
+
+    def _counted(self, command: list[str], directory: Path) -> list[str]:
+        """``command`` under the flush counter ``count`` names."""
+        if self.count == "strace":
+            return ["strace", "-f", "-qq", "--seccomp-bpf", "-ttt", "-e", "trace=" + ",".join(TRACED_SYSCALLS),
+                    "-o", str(directory / "flushes.trace"), *command]
+        if self.count == "perf":
+            for fifo in ("perf.ctl", "perf.ack"):
+                os.mkfifo(directory / fifo)
+            return ["perf", "stat", "-x", ",", "--delay=-1", "--control",
+                    f"fifo:{directory / 'perf.ctl'},{directory / 'perf.ack'}", "-o", str(directory / "flushes.perf"),
+                    *_perf_event_args(), "--", *command]
+        return command
 
     def _await_workers(self, env: dict[str, str], deadline: float) -> None:
         """Wait until the listener can hand connections to every worker (``nodectl status``).
@@ -215,26 +282,65 @@ class NodectlServe(Receiver):
         while self.stored() < expected and time.monotonic() < deadline:
             time.sleep(0.02)
 
-    def flushes_since(self, start: float) -> int | None:
+    def begin_flush_count(self) -> None:
+        self._window = (time.time(), 0.0)
+        self._perf_command("enable")
+
+    def end_flush_count(self) -> None:
+        self._window = (self._window[0], time.time())
+        self._perf_command("disable")
+
+    def _perf_command(self, word: str) -> None:
+        """Send perf a control command and wait for its ack (it acts before it answers)."""
+        control, ack = self._control
+        if control < 0:
+            return
+        os.write(control, f"{word}\n".encode())
+        deadline = time.monotonic() + PERF_ACK_S
+        answer = b""
+        while b"ack\n" not in answer:  # perf writes "ack\n" and its NUL
+            if not select.select([ack], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                raise TimeoutError(f"perf did not acknowledge {word!r} in {PERF_ACK_S:.0f} s")
+            answer += os.read(ack, 64)
+
+    def flushes(self) -> int | None:
         assert self.directory is not None
+        if self.count == "perf":
+            try:
+                return perf_flushes((self.directory / "flushes.perf").read_text(errors="replace"))
+            except OSError:
+                return None
+        if self.count != "strace":
+            return None
         try:
             text = (self.directory / "flushes.trace").read_text(errors="replace")
         except OSError:
             return None
+        start, end = self._window
         count = 0
         for line in text.splitlines():
             fields = line.split(None, 2)
-            if len(fields) == 3 and is_flush(fields[2]) and float(fields[1]) >= start:
+            if len(fields) == 3 and is_flush(fields[2]) and start <= float(fields[1]) <= end:
                 count += 1
         return count
 
     def stop(self) -> None:
-        """SIGTERM nodectl itself (strace would detach from it), then wait for strace."""
+        """SIGTERM nodectl itself (strace would detach from it, perf would die without its
+        counts), wait for the counter to end with it, then stop what is left."""
+        for fd in self._control:
+            if fd >= 0:
+                os.close(fd)
+        self._control = (-1, -1)
         if self.node_proc is not None:
             try:
                 self.node_proc.terminate()
             except psutil.NoSuchProcess:
                 pass
+            if self.proc is not None:
+                try:
+                    self.proc.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    pass
         super().stop()
 
 
