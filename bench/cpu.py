@@ -101,7 +101,7 @@ def sample(files: corpus.FileSet, senders: str, scratch: Path, node_source: Path
         t0 = time.perf_counter()
         for i, cmd in enumerate(peers.sender_commands(senders, files.files, receiver.aet, receiver.port)):
             started.append(procs.start(cmd, log=workdir / f"sender-{i}.log", cwd=workdir, env=env))
-        codes = [proc.wait(timeout=60 + 0.25 * files.count) for proc in started]
+        codes = [procs.wait_exited(proc, 60 + 0.25 * files.count) for proc in started]
         senders_done = resource.getrusage(resource.RUSAGE_CHILDREN)  # only the senders were reaped meanwhile
         sent_s = time.perf_counter() - t0
         receiver.settle(files.count)

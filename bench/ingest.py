@@ -236,7 +236,7 @@ def run_sample(combo: Combo, files: corpus.FileSet, scratch: Path, node_source: 
             codes = []
             for proc in senders:
                 try:
-                    codes.append(proc.wait(timeout=max(0.1, deadline - time.monotonic())))
+                    codes.append(procs.wait_exited(proc, max(0.1, deadline - time.monotonic())))
                 except subprocess.TimeoutExpired:
                     codes.append(None)
             elapsed = time.perf_counter() - start

@@ -67,7 +67,7 @@ def one_sample(sender: str, files: list[Path], env: dict[str, str], scratch: Pat
         # the installed tree, never from whatever directory the benchmark was started in
         proc = procs.start(sender_command(sender, files, receiver.port), log=workdir / "sender.log", cwd=workdir, env=env)
         try:
-            code = proc.wait(timeout=SENDER_TIMEOUT_S)
+            code = procs.wait_exited(proc, SENDER_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             procs.stop(proc)
             code = None
