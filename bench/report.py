@@ -265,6 +265,8 @@ on one deterministic corpus, in one run; `--quick` is the profile that fits abou
 this 2-core machine. It writes `bench/results/<timestamp>.json` (git-ignored, like the corpus
 cache `bench/corpus/`) and regenerates the section below; `python -m bench report FILE`
 regenerates it from an earlier results file.
+It counts the node's flushes with `perf stat` (Debian package `linux-perf`) where perf can
+count system calls, else with strace (`--count-flushes`).
 
 {generated}
 """
