@@ -18,7 +18,7 @@ is materialised. Where ``perf stat`` can count system calls (the ``linux-perf`` 
 tracefs, root), every nodectl sample runs under it and is counted in the kernel, without
 stopping the node. Elsewhere, after the timed runs, one more sample of every nodectl
 combination runs under ``strace -f --seccomp-bpf``; that sample's time and CPU are not used,
-and its count runs a little high (docs/benchmarks.md, 2026-12-04 night: a traced node is
+and its count runs a little high (docs/benchmarks.md, 2026-12-04, 20:35: a traced node is
 slower, and a slower node makes smaller group commits).
 """
 

@@ -176,7 +176,7 @@ class NodectlServe(Receiver):
     * ``"strace"``: under ``strace -f --seccomp-bpf`` tracing only the flush calls, counted
       from the trace's timestamps. Every traced call stops the node (a worker's CPU per small
       instance went from ~1.0 to ~1.6 ms here), so such a sample counts flushes only, and
-      counts a few more than an undisturbed node makes (docs/benchmarks.md, 2026-12-04 night).
+      counts a few more than an undisturbed node makes (docs/benchmarks.md, 2026-12-04, 20:35).
     """
 
     aet: str = "NODE"

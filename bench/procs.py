@@ -67,8 +67,8 @@ def start(cmd: Sequence[str], *, log: Path, cwd: Path | None = None, env: Mappin
 def wait_exited(proc: subprocess.Popen, timeout: float) -> int:
     """``proc.wait(timeout)`` that returns at the exit itself. ``Popen.wait`` with a timeout
     polls, sleeping up to 50 ms between looks, so every timed sample came out up to 50 ms
-    long: ~4% of a 1.2 s sample, ~10% of DCMTK's 0.5 s ones (docs/benchmarks.md, 2026-12-04
-    night). A pidfd (Linux 5.3) wakes ``select`` when the process ends. Raises
+    long: ~4% of a 1.2 s sample, ~10% of DCMTK's 0.5 s ones (docs/benchmarks.md, 2026-12-04,
+    20:35). A pidfd (Linux 5.3) wakes ``select`` when the process ends. Raises
     ``subprocess.TimeoutExpired`` as ``Popen.wait`` does."""
     if proc.returncode is not None:
         return proc.returncode

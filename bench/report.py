@@ -155,7 +155,7 @@ def _ceiling_rows(ceilings: list[dict]) -> list[str]:
 
 
 def _flush_note(counter: str) -> str:
-    """How the flushes column was counted (results before 2026-12-04 night: strace)."""
+    """How the flushes column was counted (results before 2026-12-04, 21:03: strace)."""
     if counter == "perf":
         return ("Flushes (fsync, fdatasync, syncfs, `pwritev2` with `RWF_DSYNC`) were counted in the timed samples "
                 "themselves, by `perf stat` in the kernel.")
