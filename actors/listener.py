@@ -276,15 +276,19 @@ class Listener:
         return self.node_active >= self.config.network.max_associations
 
     def hand_off(self, waiting: Waiting) -> bool:
-        """Pass an accepted socket to the worker with most room; False if none took it.
+        """Pass an accepted socket to a worker with room, the one holding fewest of this
+        port's connections first (then most room); False if none took it.
 
+        Fewest connections, not most room alone: a connection whose peer has not spoken yet
+        leaves its worker's capacity as it was, so that worker's next report made it look
+        empty again, and connections arriving together piled onto it (3 + 1 over two workers).
         The worker acknowledges with one byte (``take_acks``); until then the connection is
         the listener's too, and goes back to the queue if that worker dies.
         """
         message = HandOff(assoc_id=waiting.assoc_id, listener=self.lc.key, peer_host=waiting.peer[0],
                           peer_port=waiting.peer[1], accepted_at=time.time())
         payload = b"".join(len(f).to_bytes(4, "big") + bytes(f) for f in pack(message, sender=self.name))
-        for slot in sorted(self.workers.values(), key=lambda w: w.room, reverse=True):
+        for slot in sorted(self.workers.values(), key=lambda w: (len(w.assocs), -w.room)):
             if slot.room <= 0 or not slot.handoff:
                 continue
             try:

@@ -245,8 +245,8 @@ class NodectlServe(Receiver):
     def _await_workers(self, env: dict[str, str], deadline: float) -> None:
         """Wait until the listener can hand connections to every worker (``nodectl status``).
 
-        The listener hands a connection to the worker with most room among those that have
-        announced themselves; a worker still waiting for the writer to adopt its journal is
+        The listener hands a connection to the worker with fewest of its connections among
+        those that have announced themselves; a worker still waiting for the writer to adopt its journal is
         idle but not there yet, and a sample that started then put all four associations into
         one worker (one group commit for four: 0.29 flushes per instance in the traced sample of
         2026-12-03 16:54, 0.52-0.53 with two per worker)."""
