@@ -187,7 +187,7 @@ def send_once(files: corpus.FileSet, jobs: int, scratch: Path) -> dict:
         sampler.add_root("send", proc.pid)
         try:
             with sampler:
-                code = proc.wait(timeout=SEND_TIMEOUT_S)
+                code = procs.wait_exited(proc, SEND_TIMEOUT_S)
         finally:
             procs.stop(proc)
         seconds = time.monotonic() - started

@@ -63,7 +63,7 @@ def run_sender(cmd: list[str], log: Path, env: dict[str, str], kill_when=None) -
     proc = procs.start(cmd, log=log, cwd=log.parent, env=env)
     while time.monotonic() - started < SENDER_TIMEOUT_S:
         try:
-            code = proc.wait(timeout=0.2 if kill_when else SENDER_TIMEOUT_S)
+            code = procs.wait_exited(proc, 0.2 if kill_when else SENDER_TIMEOUT_S)
             return time.monotonic() - started, code
         except subprocess.TimeoutExpired:
             if kill_when is not None and kill_when():

@@ -167,7 +167,7 @@ def one_run(name: str, rq: bytes, pdata: bytes, log: Path) -> dict:
             tree = procs.tree(proc.pid)
             t1 = time.monotonic()
             os.kill(proc.pid, signal.SIGINT)
-            proc.wait(timeout=TIMEOUT_S)
+            procs.wait_exited(proc, TIMEOUT_S)
             psutil.wait_procs(tree, timeout=max(0.0, t1 + TIMEOUT_S - time.monotonic()))
             while not _port_free(port) and time.monotonic() < t1 + TIMEOUT_S:
                 time.sleep(0.005)
