@@ -201,6 +201,7 @@ class EngineAssociation(threading.Thread):
         self._next_message_id = 0
         self._tracker: commitment_io.TrackerClient | None = None
         self._spools = 0
+        self._called: str | None = None  # the listener's AE title, looked up on the first C-STORE
         # Every C-STORE names its would-be spool file; a prefix made once keeps pathlib's
         # os.fspath and os.path.join (a fiftieth of a worker's CPU per small instance) out of it.
         self._spool_prefix = f"{worker.spool_dir}{os.sep}{handoff.assoc_id}-"
@@ -369,7 +370,7 @@ class EngineAssociation(threading.Thread):
             sop_instance_uid=message.affected_sop_instance_uid,
             transfer_syntax=context.transfer_syntax,
             calling_aet=request.calling_ae,
-            called_aet=self.worker.called_aet(self.live),
+            called_aet=self._called_aet(),
             implementation_class_uid=request.implementation_class_uid,
             implementation_version_name=request.implementation_version_name,
         )
@@ -377,6 +378,14 @@ class EngineAssociation(threading.Thread):
         spool = f"{self._spool_prefix}{self._spools}.dcm"
         self._incoming = _Incoming(event.context_id, message, received, self.worker.meta_cache.meta(received),
                                    self.worker.config.store.inline_threshold, spool)
+
+    def _called_aet(self) -> str:
+        """Our AE title on this association's listener, looked up on its first C-STORE rather
+        than on every one: the association's later C-STOREs keep it even if a reload (SIGHUP)
+        gives the listener another title meanwhile."""
+        if self._called is None:
+            self._called = self.worker.called_aet(self.live)
+        return self._called
 
     def _refuse(self, why: str) -> None:
         """A DIMSE message this node does not serve: abort (AA-1), naming it."""
