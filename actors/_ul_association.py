@@ -259,8 +259,6 @@ class EngineAssociation(threading.Thread):
                     engine.artim_expired()
                 continue
             self._feed(data)
-            if data and (engine.mid_message or self._pool is not None):
-                quick_ack(self.conn)  # a Nagle-on peer waits for our ACK of a partial message (up to 40 ms)
 
     def _feed(self, data: bytes) -> None:
         with self._lock:
@@ -305,6 +303,7 @@ class EngineAssociation(threading.Thread):
             raise TimeoutError("timed out waiting for the peer") from None
         except ConnectionResetError:
             data = b""
+        quick_ack(self.conn)  # a Nagle-on peer waits for our ACK of a partial PDU (up to 40 ms)
         return data
 
     def _on_event(self, event: ul.Event) -> None:

@@ -13,9 +13,7 @@ def quick_ack(sock: socket.socket) -> None:
     default) holds the rest of a PDU written in two parts until our ACK of the first; with
     nothing of ours to carry it, the delayed ACK costs up to 40 ms per message (measured:
     ``nodectl send -j 4`` of 5,000 files into a default DCMTK storescp --fork took 56 s, with
-    this 1.3 s). Not sticky in the kernel, hence after every read that leaves part of a
-    message still to come. After a whole request the peer waits for our response, and that
-    carries the ACK.
+    this 1.3 s). Not sticky in the kernel, hence once per read.
     """
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)

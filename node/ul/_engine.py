@@ -158,12 +158,6 @@ class Association:
         """Bytes received of a PDU not yet whole (a shell may want to hurry the rest)."""
         return len(self._buffer)
 
-    @property
-    def mid_message(self) -> bool:
-        """Part of a PDU or of a DIMSE message has come and the rest has not: the peer is still
-        sending (one with Nagle's algorithm on may be holding the rest until it sees an ACK)."""
-        return bool(self._buffer) or self._rx_command is not None or self._rx_dataset_context is not None
-
     def receive_data(self, data: bytes) -> None:
         """Buffer bytes read from the connection; b"" means the peer closed it (Evt17).
         Bytes after the end (Sta1), or after a PDU that could not be framed, are dropped."""

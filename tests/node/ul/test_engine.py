@@ -331,28 +331,6 @@ def test_the_engine_reports_closed_forever_after() -> None:
     assert scp.next_event() == ul.ConnectionClosed() and scp.next_event() == ul.ConnectionClosed()
 
 
-def test_mid_message_holds_until_the_last_fragment_of_the_dataset() -> None:
-    """What the worker looks at after a read: a peer mid-message may be holding the rest
-    for our ACK; after a whole request it waits for our response, which carries the ACK."""
-    _, scp = established()
-    command = _pdu.encode_p_data(3, True, ul.encode_command(store_rq(1)), True)
-    assert not scp.mid_message
-    feed(scp, command[:10])
-    assert scp.mid_message  # part of a PDU
-    feed(scp, command[10:])
-    assert scp.mid_message  # the command, not its dataset
-    feed(scp, _pdu.encode_p_data(3, False, bytes(100), False))
-    assert scp.mid_message  # a fragment, not the last
-    events = feed(scp, _pdu.encode_p_data(3, False, bytes(100), True))
-    assert events and not scp.mid_message
-    scp.send_message(3, store_rsp(1))
-    first, rest = ul.encode_command(ul.CEchoRQ(message_id=2))[:20], ul.encode_command(ul.CEchoRQ(message_id=2))[20:]
-    feed(scp, _pdu.encode_p_data(1, True, first, False))
-    assert scp.mid_message  # a command in two fragments
-    assert [type(e).__name__ for e in feed(scp, _pdu.encode_p_data(1, True, rest, True))] == ["Command"]
-    assert not scp.mid_message  # C-ECHO has no dataset
-
-
 def test_buffered_counts_the_bytes_of_a_pdu_not_yet_whole() -> None:
     """What a shell looks at before hurrying the rest of a response with an immediate ACK."""
     _, scp = established()
