@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING
 
 from actors import _app_log, commitment_io
-from actors.tcp import quick_ack, send_all
+from actors.tcp import quick_ack
 from node import commitment as sc
 from node import ul
 from node.errors import STATUS_OUT_OF_RESOURCES
@@ -565,11 +565,11 @@ class EngineAssociation(threading.Thread):
     def _send_event(self, event: ul.Event) -> None:
         """The engine's bytes for ``event``, written in the order the engine made them."""
         with self._lock:
-            send_all(self.conn, self.engine.send(event))
+            self.conn.sendall(self.engine.send(event))
 
     def _send_message(self, context_id: int, message: ul.Message, dataset: bytes | None = None) -> None:
         with self._lock:
-            send_all(self.conn, self.engine.send_message(context_id, message, dataset))
+            self.conn.sendall(self.engine.send_message(context_id, message, dataset))
 
     def _send_quietly(self, data: bytes) -> None:
         if self._closed or not data:

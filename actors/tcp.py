@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 
 
@@ -19,24 +18,3 @@ def quick_ack(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
     except (OSError, AttributeError, ValueError):  # not Linux, or a socket that refuses it
         pass
-
-
-def send_all(sock: socket.socket, data: bytes) -> None:
-    """``sock.sendall(data)`` without the ``poll`` CPython makes before every send on a socket
-    that has a timeout.
-
-    An association's socket has one (the network timeout), so each C-STORE-RSP cost two system
-    calls, and two releases of the GIL that the worker's other association threads then
-    contend for. Such a socket is non-blocking underneath: a plain ``write`` takes what fits
-    in the send buffer at once, which for a response is all of it; only a remainder waits,
-    through ``sendall`` and its timeout. TLS sockets keep ``sendall`` (their bytes are not
-    ``data``)."""
-    if type(sock) is not socket.socket or sock.gettimeout() == 0:
-        sock.sendall(data)
-        return
-    try:
-        sent = os.write(sock.fileno(), data)
-    except BlockingIOError:
-        sent = 0
-    if sent < len(data):
-        sock.sendall(memoryview(data)[sent:])

@@ -271,7 +271,7 @@ def test_every_success_leaves_after_the_flush_that_covers_it(tmp_path: Path) -> 
             for uid in sent:
                 if uid in rest:
                     written[uid] = (pid, fd, entry)
-        elif name in ("sendto", "write") and re.match(r'\d+, "\\4\\0', rest):  # a P-DATA-TF PDU on the peer's socket (actors.tcp.send_all writes)
+        elif name == "sendto" and re.match(r'\d+, "\\4\\0', rest):  # a P-DATA-TF PDU on the peer's socket
             for uid in sent:
                 if uid in rest:
                     responses.setdefault(uid, entry)
