@@ -8,7 +8,8 @@
   runs made every later run's creations scan past the freed inodes (bench/scratch.py), and
   the rate fell run by run (1,722, 954, 649, 514, 536 files/s, 2026-12-03);
 * a journal's flush: a 5 KiB write with ``RWF_DSYNC`` into a preallocated, written file, one
-  at a time (what one association's acknowledgment waits for in the node's writer);
+  at a time (what one association's acknowledgment waits for in the node's writer), and the
+  CPU one costs the thread that makes it;
 * pydicom parse rate: ``dcmread(stop_before_pixels=True)`` over the small files.
 """
 
@@ -89,9 +90,11 @@ def durable_creates_per_s(directory: Path, size: int, count: int) -> float:
     return count / elapsed
 
 
-def dsync_writes_per_s(path: Path, size: int, count: int) -> float:
+def dsync_writes(path: Path, size: int, count: int) -> tuple[float, float]:
     """Writes per second made durable one by one with ``pwritev2(..., RWF_DSYNC)`` into a file
-    whose blocks are already written (the journal's case: no allocation, data and a cache flush)."""
+    whose blocks are already written (the journal's case: no allocation, data and a cache flush),
+    and the CPU each costs the thread that waits for it, in µs (kernel time mostly: what a
+    flush shared by more instances would save a CPU-bound node, beside the wait)."""
     stride = -(-size // 4096) * 4096
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
@@ -101,13 +104,13 @@ def dsync_writes_per_s(path: Path, size: int, count: int) -> float:
             os.write(fd, zeros)
         os.fsync(fd)
         data = [os.urandom(size)]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         for i in range(count):
             os.pwritev(fd, data, i * stride, os.RWF_DSYNC)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.thread_time() - cpu
     finally:
         os.close(fd)
-    return count / elapsed
+    return count / elapsed, cpu / count * 1e6
 
 
 def parse_per_s(files: Sequence[Path]) -> float:
@@ -126,12 +129,14 @@ def measure(scratch: Path, small_files: Sequence[Path], *, runs: int, creates: t
     """Every limit, ``runs`` times each."""
     out: dict[str, dict] = {}
     values: dict[str, list[float]] = {"loopback_mib_s": [], "fsync_creates_5k_per_s": [], "fsync_creates_512k_per_s": [],
-                                      "dsync_writes_5k_per_s": [], "pydicom_parse_sc_per_s": []}
+                                      "dsync_writes_5k_per_s": [], "dsync_write_5k_cpu_us": [], "pydicom_parse_sc_per_s": []}
     for i in range(runs):
         values["loopback_mib_s"].append(loopback_mib_s(loop_bytes))
         values["fsync_creates_5k_per_s"].append(durable_creates_per_s(scratch / "fsync" / f"{i}-5k", 5 * 1024, creates[0]))
         values["fsync_creates_512k_per_s"].append(durable_creates_per_s(scratch / "fsync" / f"{i}-512k", 512 * 1024, creates[1]))
-        values["dsync_writes_5k_per_s"].append(dsync_writes_per_s(scratch / "fsync" / f"{i}-journal", 5 * 1024, creates[0]))
+        rate, cpu_us = dsync_writes(scratch / "fsync" / f"{i}-journal", 5 * 1024, creates[0])
+        values["dsync_writes_5k_per_s"].append(rate)
+        values["dsync_write_5k_cpu_us"].append(cpu_us)
         values["pydicom_parse_sc_per_s"].append(parse_per_s(small_files))
         log(f"limits run {i + 1}/{runs}: " + ", ".join(f"{k}={v[-1]:.0f}" for k, v in values.items()))
     for key, vals in values.items():

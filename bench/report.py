@@ -205,6 +205,8 @@ def render(results: dict, path: Path) -> str:
             f"| durable creations, 512 KiB ({lim['setup']['fsync_files'][1]} files) | {_spread(lim, 'fsync_creates_512k_per_s')} files/s |",
             *([(f"| journal flushes, 5 KiB `RWF_DSYNC` writes into a written file ({lim['setup']['fsync_files'][0]}) | "
                 f"{_spread(lim, 'dsync_writes_5k_per_s')} writes/s |")] if "dsync_writes_5k_per_s" in lim else []),
+            *([f"| CPU of one such flush, in the thread that waits for it | {_spread(lim, 'dsync_write_5k_cpu_us')} µs |"]
+              if "dsync_write_5k_cpu_us" in lim else []),
             f"| pydicom `dcmread(stop_before_pixels=True)`, 5 KiB files ({lim['setup']['parse_files']}) | {_spread(lim, 'pydicom_parse_sc_per_s')} files/s |",
             "",
         ]
