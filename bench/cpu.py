@@ -152,7 +152,9 @@ def report(name: str, senders: str, kind: str, count: int, log_level: str, runs:
 
 def main(opts) -> int:
     """Every run of every source in turn (run 1 of each, then run 2, ...): a before/after
-    comparison shares the machine's load instead of meeting a different one."""
+    comparison shares the machine's load instead of meeting a different one. The source that
+    goes first changes from round to round: whichever went first in every round spent ~10% more
+    worker user CPU on one association, in both orders (docs/benchmarks.md, 2026-12-04 22:25)."""
     files = corpus.ensure(opts.kind, opts.files)
     root = Path(opts.scratch) if opts.scratch else Path(tempfile.gettempdir())
     wait_for_old_deletions(root, print)
@@ -161,6 +163,12 @@ def main(opts) -> int:
         return _run_all(opts, files, scratch)
     finally:
         remove_scratch(scratch, root)
+
+
+def rotated(items: list, n: int) -> list:
+    """``items`` starting at its ``n``-th (modulo its length): round ``n``'s order."""
+    k = n % len(items) if items else 0
+    return items[k:] + items[:k]
 
 
 def _run_all(opts, files: corpus.FileSet, scratch: Path) -> int:
@@ -172,8 +180,8 @@ def _run_all(opts, files: corpus.FileSet, scratch: Path) -> int:
         sources[DCMTK] = DCMTK
     for senders in opts.senders:
         runs: dict[str, list[dict]] = {name: [] for name in sources}
-        for _ in range(opts.runs):
-            for name, source in sources.items():
+        for n in range(opts.runs):
+            for name, source in rotated(list(sources.items()), n):
                 runs[name].append(sample(files, senders, scratch, source, opts.log_level))
         for name in sources:
             report(name, senders, opts.kind, files.count, opts.log_level, runs[name])
