@@ -164,7 +164,7 @@ def machine(scratch: Path, node_source: Path, node_rev: str) -> dict:
         for line in Path("/proc/mounts").read_text().splitlines():
             dev, mnt, fstype, *_ = line.split()
             if str(scratch.resolve()).startswith(mnt) and len(mnt) > len(best):
-                best, fs = mnt, f"{fstype} on {dev} ({mnt})"
+                best, fs = mnt, f"{fstype}{_ext4_journal(fstype, dev)} on {dev} ({mnt})"
     except OSError:
         pass
     return {
@@ -178,6 +178,21 @@ def machine(scratch: Path, node_source: Path, node_rev: str) -> dict:
         "node_source": str(node_source),
         "node_revision": node_rev,
     }
+
+
+def _ext4_journal(fstype: str, dev: str) -> str:
+    """Whether an ext4 has a journal, said in the report (this machine's root filesystem has none):
+    there a flush costs differently and file creations scan recently deleted inodes
+    (bench/scratch.py), so a report says which kind its figures come from. jbd2 lists each
+    journal it runs as /proc/fs/jbd2/<device>-<inode>."""
+    if fstype != "ext4":
+        return ""
+    try:
+        journals = os.listdir("/proc/fs/jbd2")
+    except OSError:
+        return ""
+    name = os.path.basename(dev)
+    return " with a journal" if any(j.startswith(name + "-") for j in journals) else " without a journal"
 
 
 def node_revision(source: Path, ref: str | None) -> str:
