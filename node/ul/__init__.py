@@ -70,7 +70,7 @@ from node.ul._events import (
     RoleSelection,
     UserIdentity,
 )
-from node.ul._negotiation import ANY, AcceptorPolicy, negotiate
+from node.ul._negotiation import ANY, AcceptEverything, AcceptorPolicy, negotiate
 from node.ul._pdu import abort_pdu
 from node.ul._state import State
 

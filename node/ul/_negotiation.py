@@ -11,7 +11,7 @@ walked in the acceptor's order (pynetdicom's rule, which echoscp's preference op
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from node.ul._events import (
@@ -38,6 +38,21 @@ REJECTED_PERMANENT, REJECTED_TRANSIENT = 1, 2
 SOURCE_USER, SOURCE_PROVIDER_ACSE = 1, 2
 REASON_PROTOCOL_VERSION = 2  # with SOURCE_PROVIDER_ACSE
 REASON_NO_REASON, REASON_APPLICATION_CONTEXT, REASON_CALLING_AE, REASON_CALLED_AE = 1, 2, 3, 7
+
+
+class AcceptEverything(Mapping[str, tuple[str, ...]]):
+    """An ``AcceptorPolicy.contexts`` that takes every abstract syntax with any transfer
+    syntax: for peers in tests and the benchmark's floor receiver, never for the node, whose
+    contexts come from its configuration."""
+
+    def __getitem__(self, key: str) -> tuple[str, ...]:
+        return (ANY,)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
 
 
 @dataclass(frozen=True, kw_only=True)

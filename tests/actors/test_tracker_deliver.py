@@ -20,7 +20,7 @@ from node import ul
 from node.commitment import Delivery, Ref, Report
 from node.config import CommitmentConfig, NodeConfig, PeerConfig
 from node.transactions import OutboxEntry
-from tests.node.ul.blocking import AcceptEverything, pump
+from tests.node.ul.blocking import pump
 from tests.node.ul.helpers import COMMITMENT, CT
 from tests.nodes import RunningNode
 from tests.support import NODECTL, free_port, make_ct, start_process, stop_process, wait_for_port, wait_until
@@ -121,7 +121,7 @@ def test_deliver_proposes_the_scp_role_and_needs_it(grant_scp: bool) -> None:
     """deliver() against the engine in a thread: the report goes only where the peer granted
     us the SCP role; a refusal is a failed attempt with the reason, not a success."""
     roles = {COMMITMENT: (False, True)} if grant_scp else {}
-    taker = _ReportTaker(ul.AcceptorPolicy(contexts=AcceptEverything(), roles=roles))
+    taker = _ReportTaker(ul.AcceptorPolicy(contexts=ul.AcceptEverything(), roles=roles))
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(10)
 

@@ -14,7 +14,7 @@ from pydicom import dcmread
 
 from actors import ul_requestor as rq
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, ul
-from tests.node.ul.blocking import Acceptor, AcceptEverything, Served, _Handler, pump
+from tests.node.ul.blocking import Acceptor, Served, _Handler, pump
 from tests.node.ul.helpers import COMMITMENT, COMMITMENT_INSTANCE, CT, EXPLICIT, IMPLICIT
 from tests.node.ul.test_interop import files, needs_dcmtk, start_peer
 from tests.support import dataset_bytes, stop_process
@@ -85,7 +85,7 @@ def test_echo_over_ipv6() -> None:
             conn, _ = listener.accept()
             with conn:
                 engine = ul.Association(ul.Role.ACCEPTOR)
-                pump(conn, engine, _Handler(engine, ul.AcceptorPolicy(contexts=AcceptEverything()), served))
+                pump(conn, engine, _Handler(engine, ul.AcceptorPolicy(contexts=ul.AcceptEverything()), served))
 
         thread = threading.Thread(target=serve_one, daemon=True)
         thread.start()
@@ -101,7 +101,7 @@ def test_report_on_the_same_association_and_identity() -> None:
     """N-ACTION answered, then the peer's N-EVENT-REPORT-RQ arrives and is answered; our
     A-ASSOCIATE-RQ carries the node's implementation class UID and version name."""
     role = ul.RoleSelection(sop_class_uid=COMMITMENT, scu_role=True, scp_role=False)
-    with Acceptor(ul.AcceptorPolicy(contexts=AcceptEverything())) as scp:
+    with Acceptor(ul.AcceptorPolicy(contexts=ul.AcceptEverything())) as scp:
         assoc = rq.associate("127.0.0.1", scp.port, rq.request("NODE", "REQ", contexts(COMMITMENT), roles=[role]),
                              timeouts=TIMEOUTS)
         cx = assoc.context_for(COMMITMENT)
@@ -168,7 +168,7 @@ def test_window_user_identity_and_responses_matched_by_message_id() -> None:
     """Three C-STOREs in flight in a negotiated window of three, their responses taken in
     reverse order; the user identity proposal reaches the peer and its response comes back."""
     identity = ul.UserIdentity(identity_type=2, primary=b"user", secondary=b"secret", positive_response_requested=True)
-    policy = ul.AcceptorPolicy(contexts=AcceptEverything(), async_window=ul.AsyncWindow(max_invoked=4, max_performed=4),
+    policy = ul.AcceptorPolicy(contexts=ul.AcceptEverything(), async_window=ul.AsyncWindow(max_invoked=4, max_performed=4),
                                identify=lambda proposal: b"ok" if proposal.primary == b"user" else None)
     with Acceptor(policy) as scp:
         rq_ = rq.request("NODE", "REQ", contexts(CT), user_identity=identity,

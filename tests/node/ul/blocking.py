@@ -10,26 +10,13 @@ from __future__ import annotations
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from node import ul
 
 IDLE_S = 15.0
 ARTIM_S = 5.0
-
-
-class AcceptEverything(Mapping[str, tuple[str, ...]]):
-    """A policy's context map that takes any abstract syntax with any transfer syntax."""
-
-    def __getitem__(self, key: str) -> tuple[str, ...]:
-        return (ul.ANY,)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(())
-
-    def __len__(self) -> int:
-        return 0
 
 
 def pump(sock: socket.socket, engine: ul.Association, handle: Callable[[ul.Event], bytes | None]) -> None:

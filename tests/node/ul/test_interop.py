@@ -15,11 +15,11 @@ import pytest
 from pydicom import dcmread
 
 from node import ul
-from tests.node.ul.blocking import Acceptor, AcceptEverything, Requestor
+from tests.node.ul.blocking import Acceptor, Requestor
 from tests.node.ul.helpers import COMMITMENT, COMMITMENT_INSTANCE, CT, EXPLICIT, IMPLICIT
 from tests.support import dataset_bytes, free_port, have, make_ct, start_process, stop_process, wait_until
 
-ACCEPT_ALL = ul.AcceptorPolicy(contexts=AcceptEverything())
+ACCEPT_ALL = ul.AcceptorPolicy(contexts=ul.AcceptEverything())
 PEER_TIMEOUT_S = 30
 needs_dcmtk = pytest.mark.skipif(not have("storescu"), reason="DCMTK is not installed")
 
@@ -72,7 +72,7 @@ def test_dcmtk_echoscu_into_the_engine() -> None:
 def test_dcmtk_storescu_into_the_engine(tmp_path: Path) -> None:
     """Three files with a small maximum PDU on our side, so every dataset comes in fragments."""
     paths = files(tmp_path, 3, pixels=128)
-    policy = ul.AcceptorPolicy(contexts=AcceptEverything(), max_pdu=4096)
+    policy = ul.AcceptorPolicy(contexts=ul.AcceptEverything(), max_pdu=4096)
     with Acceptor(policy) as scp:
         result = run(["storescu", "-aec", "NODE", "127.0.0.1", str(scp.port), *map(str, paths)])
         served = scp.join()
