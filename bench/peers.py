@@ -40,6 +40,7 @@ DCMTK_STORESCP = "/usr/bin/storescp"
 DCMTK_STORESCU = "/usr/bin/storescu"
 ORTHANC = "/usr/sbin/Orthanc"
 START_TIMEOUT = 60.0
+_BARE = Path(__file__).resolve().parent / "bare.py"
 
 
 def base_env(nodelay: bool, node_source: Path | None) -> dict[str, str]:
@@ -366,6 +367,26 @@ class DcmtkStorescp(Receiver):
 
 
 @dataclass
+class BareReceiver(Receiver):
+    """``bench/bare.py``: the node's engine and one durable write per instance, nothing else
+    (``flush=False``: the write without its flush). The floor under ``nodectl serve``."""
+
+    flush: bool = True
+
+    def command(self, directory: Path) -> list[str]:
+        # By path: the node it imports is the one under test (PYTHONPATH), the script this tree's.
+        cmd = [sys.executable, str(_BARE), str(self.port), str(directory / "out")]
+        return cmd if self.flush else [*cmd, "--no-flush"]
+
+    def stored(self) -> int:
+        assert self.directory is not None
+        try:
+            return int((self.directory / "out" / "stored").read_text())
+        except (OSError, ValueError):
+            return 0
+
+
+@dataclass
 class PynetdicomStorescp(Receiver):
     """pynetdicom's storescp app (one thread per association, writes files, no fsync)."""
 
@@ -447,6 +468,8 @@ RECEIVERS = {
     "dcmtk-fork": lambda: DcmtkStorescp("DCMTK storescp --fork", fork=True),
     "pynetdicom": lambda: PynetdicomStorescp("pynetdicom storescp"),
     "orthanc": lambda: Orthanc("Orthanc"),
+    "bare": lambda: BareReceiver("bare engine + 1 flush per instance"),
+    "bare-noflush": lambda: BareReceiver("bare engine, no flush", flush=False),
 }
 
 

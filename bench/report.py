@@ -22,6 +22,8 @@ RECEIVER_NAMES = {
     "dcmtk-fork": "DCMTK storescp --fork",
     "pynetdicom": "pynetdicom storescp",
     "orthanc": "Orthanc (fsync)",
+    "bare": "bare engine + 1 flush per instance (bench/bare.py)",
+    "bare-noflush": "bare engine, no flush (bench/bare.py --no-flush)",
 }
 
 GROUP_TITLES = {

@@ -1,0 +1,125 @@
+"""The floor under ``nodectl serve``: the node's engine and one durable write per instance, nothing else.
+
+``python -m bench ingest`` runs this receiver (``bare``, and ``bare-noflush`` without the write's
+flush) beside the node, so one run shows how far the node's own work per instance (the
+dataset's checks, its path, the journal record, the group commit, metrics, the process
+layout) keeps it from what Python with this engine and one flush per acknowledged instance
+can do on the machine, and how much of DCMTK's lead is the flush itself.
+
+One thread per association (the node's association shells do the same), no checks, no
+files at final paths, no index: each complete C-STORE dataset is written into one journal
+file that was filled with zeros when the receiver started (as the node's journals write into
+blocks already allocated), with one ``pwritev2(RWF_DSYNC)`` (none under ``--no-flush``), and
+then answered with Success. Every abstract syntax and transfer syntax is accepted. Not a
+storage SCP anyone should run: the instances stay in the journal and are overwritten when it
+wraps. The count of instances answered is written to ``<directory>/stored`` at the end of
+every association (the harness's check that all arrived)::
+
+    python bench/bare.py PORT DIRECTORY [--no-flush]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import threading
+from pathlib import Path
+
+from node import ul
+from node.config import NetworkConfig
+
+JOURNAL_BYTES = 64 << 20
+ZEROS = bytes(1 << 20)
+READ_SIZE = 1 << 16
+
+
+class Journal:
+    """Where each instance goes: the next free bytes of one zero-filled file, wrapping at its end."""
+
+    def __init__(self, path: Path, flush: bool) -> None:
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        for _ in range(JOURNAL_BYTES // len(ZEROS)):
+            os.write(self.fd, ZEROS)
+        os.fsync(self.fd)
+        self.flags = os.RWF_DSYNC if flush else 0
+        self.offset = 0
+        self.stored = 0
+        self.lock = threading.Lock()
+
+    def write(self, parts: list[bytes]) -> None:
+        """One write of the dataset's fragments; durable on return unless ``--no-flush``."""
+        if len(parts) > 256:  # under IOV_MAX (1024) whatever the fragment size
+            parts = [b"".join(parts)]
+        size = sum(len(p) for p in parts)
+        with self.lock:
+            if self.offset + size > JOURNAL_BYTES:
+                self.offset = 0
+            offset = self.offset
+            self.offset += size
+        os.pwritev(self.fd, parts, offset, self.flags)
+        with self.lock:
+            self.stored += 1
+
+
+def serve_association(conn: socket.socket, journal: Journal, policy: ul.AcceptorPolicy, count_file: Path) -> None:
+    """Accept, then answer each C-STORE once its dataset is written (and C-ECHO at once)."""
+    engine = ul.Association(ul.Role.ACCEPTOR)
+    command: ul.Command | None = None
+    parts: list[bytes] = []
+    try:
+        while engine.state is not ul.State.STA1:
+            data = conn.recv(READ_SIZE)
+            engine.receive_data(data)
+            for event in engine.events():
+                if isinstance(event, ul.AssociateRequest):
+                    conn.sendall(engine.send(ul.negotiate(event, policy)))
+                elif isinstance(event, ul.Command):
+                    command, parts = event, []
+                    if isinstance(event.message, ul.CEchoRQ):
+                        conn.sendall(engine.send_message(event.context_id, ul.CEchoRSP(
+                            message_id_being_responded_to=event.message.message_id, status=0,
+                            affected_sop_class_uid=event.message.affected_sop_class_uid)))
+                elif isinstance(event, ul.DatasetFragment):
+                    parts.append(event.data)
+                    if event.last and command is not None:
+                        journal.write(parts)
+                        rq = command.message
+                        conn.sendall(engine.send_message(command.context_id, ul.CStoreRSP(
+                            message_id_being_responded_to=rq.message_id, status=0,  # type: ignore[union-attr]
+                            affected_sop_class_uid=rq.affected_sop_class_uid,  # type: ignore[union-attr]
+                            affected_sop_instance_uid=rq.affected_sop_instance_uid)))  # type: ignore[union-attr]
+                elif isinstance(event, ul.ReleaseRequest):
+                    conn.sendall(engine.send(ul.ReleaseReply()))
+            if not data:
+                break
+    except (OSError, ul.ProtocolViolation, ul.LocalProtocolError):
+        pass
+    finally:
+        conn.close()
+        with journal.lock:
+            tmp = count_file.with_suffix(".tmp")
+            tmp.write_text(str(journal.stored))
+            tmp.replace(count_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/bare.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("port", type=int)
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--no-flush", action="store_true", help="write without RWF_DSYNC (nothing waits for the disk)")
+    opts = parser.parse_args(argv)
+    opts.directory.mkdir(parents=True, exist_ok=True)
+    journal = Journal(opts.directory / "journal", flush=not opts.no_flush)
+    policy = ul.AcceptorPolicy(contexts=ul.AcceptEverything(), max_pdu=NetworkConfig().max_pdu_receive)
+    count_file = opts.directory / "stored"
+    count_file.write_text("0")
+    server = socket.create_server(("127.0.0.1", opts.port), backlog=64)
+    while True:
+        conn, _ = server.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=serve_association, args=(conn, journal, policy, count_file), daemon=True).start()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
