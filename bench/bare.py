@@ -13,9 +13,11 @@ blocks already allocated), with one ``pwritev2(RWF_DSYNC)`` (none under ``--no-f
 then answered with Success. Every abstract syntax and transfer syntax is accepted. Not a
 storage SCP anyone should run: the instances stay in the journal and are overwritten when it
 wraps. The count of instances answered is written to ``<directory>/stored`` at the end of
-every association (the harness's check that all arrived)::
+every association (the harness's check that all arrived). ``--processes N`` spreads the
+associations over N processes, each with a journal and a count of its own (``stored-N``),
+as the node spreads them over its workers::
 
-    python bench/bare.py PORT DIRECTORY [--no-flush]
+    python bench/bare.py PORT DIRECTORY [--no-flush] [--processes N]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import argparse
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from node import ul
@@ -103,22 +106,59 @@ def serve_association(conn: socket.socket, journal: Journal, policy: ul.Acceptor
             tmp.replace(count_file)
 
 
+def serve(connections: Iterator[socket.socket], journal: Journal, count_file: Path) -> None:
+    """One process's associations, each in a thread, into its own journal and count file."""
+    policy = ul.AcceptorPolicy(contexts=ul.AcceptEverything(), max_pdu=NetworkConfig().max_pdu_receive)
+    count_file.write_text("0")
+    for conn in connections:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=serve_association, args=(conn, journal, policy, count_file), daemon=True).start()
+
+
+def accepted(server: socket.socket) -> Iterator[socket.socket]:
+    while True:
+        yield server.accept()[0]
+
+
+def handed(channel: socket.socket) -> Iterator[socket.socket]:
+    """Connections the parent hands over (``socket.send_fds``); ends when the parent is gone."""
+    while True:
+        _, fds, _, _ = socket.recv_fds(channel, 1, 1)
+        if not fds:
+            os._exit(0)
+        yield socket.socket(fileno=fds[0])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/bare.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("port", type=int)
     parser.add_argument("directory", type=Path)
     parser.add_argument("--no-flush", action="store_true", help="write without RWF_DSYNC (nothing waits for the disk)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="receiving processes, each with its journal; the first accepts and hands connections round")
     opts = parser.parse_args(argv)
     opts.directory.mkdir(parents=True, exist_ok=True)
-    journal = Journal(opts.directory / "journal", flush=not opts.no_flush)
-    policy = ul.AcceptorPolicy(contexts=ul.AcceptEverything(), max_pdu=NetworkConfig().max_pdu_receive)
-    count_file = opts.directory / "stored"
-    count_file.write_text("0")
+    # Every journal is filled before the port opens: the harness starts its clock once it can connect.
+    names = [""] if opts.processes <= 1 else [f"-{n}" for n in range(opts.processes)]
+    journals = [Journal(opts.directory / f"journal{name}", flush=not opts.no_flush) for name in names]
+    counts = [opts.directory / f"stored{name}" for name in names]
+    if len(names) == 1:
+        serve(accepted(socket.create_server(("127.0.0.1", opts.port), backlog=64)), journals[0], counts[0])
+        return 0
+    channels = []
+    for journal, count_file in zip(journals, counts):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        if os.fork() == 0:
+            ours.close()
+            serve(handed(theirs), journal, count_file)
+            os._exit(0)
+        theirs.close()
+        channels.append(ours)
     server = socket.create_server(("127.0.0.1", opts.port), backlog=64)
-    while True:
-        conn, _ = server.accept()
-        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=serve_association, args=(conn, journal, policy, count_file), daemon=True).start()
+    for n, conn in enumerate(accepted(server)):
+        socket.send_fds(channels[n % len(channels)], [b"c"], [conn.fileno()])
+        conn.close()
+    return 0
 
 
 if __name__ == "__main__":

@@ -372,16 +372,17 @@ class BareReceiver(Receiver):
     (``flush=False``: the write without its flush). The floor under ``nodectl serve``."""
 
     flush: bool = True
+    processes: int = 1
 
     def command(self, directory: Path) -> list[str]:
         # By path: the node it imports is the one under test (PYTHONPATH), the script this tree's.
-        cmd = [sys.executable, str(_BARE), str(self.port), str(directory / "out")]
+        cmd = [sys.executable, str(_BARE), str(self.port), str(directory / "out"), "--processes", str(self.processes)]
         return cmd if self.flush else [*cmd, "--no-flush"]
 
     def stored(self) -> int:
         assert self.directory is not None
         try:
-            return int((self.directory / "out" / "stored").read_text())
+            return sum(int(path.read_text()) for path in (self.directory / "out").glob("stored*") if path.suffix != ".tmp")
         except (OSError, ValueError):
             return 0
 
@@ -470,6 +471,7 @@ RECEIVERS = {
     "orthanc": lambda: Orthanc("Orthanc"),
     "bare": lambda: BareReceiver("bare engine + 1 flush per instance"),
     "bare-noflush": lambda: BareReceiver("bare engine, no flush", flush=False),
+    "bare-2": lambda: BareReceiver("bare engine + 1 flush per instance, 2 processes", processes=2),
 }
 
 

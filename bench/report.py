@@ -24,6 +24,7 @@ RECEIVER_NAMES = {
     "orthanc": "Orthanc (fsync)",
     "bare": "bare engine + 1 flush per instance (bench/bare.py)",
     "bare-noflush": "bare engine, no flush (bench/bare.py --no-flush)",
+    "bare-2": "bare engine + 1 flush per instance, 2 processes (bench/bare.py --processes 2)",
 }
 
 GROUP_TITLES = {
