@@ -353,9 +353,9 @@ def test_peer_release_instead_of_a_response_exits_70_like_dcmtk() -> None:
     """A peer that answers the C-ECHO-RQ with an A-RELEASE-RQ (the engine as that peer):
     ours answers the release and exits 70 having read no response, as DCMTK does."""
     from node import ul
-    from tests.node.ul.blocking import AcceptEverything, pump
+    from tests.node.ul.blocking import pump
 
-    policy = ul.AcceptorPolicy(contexts=AcceptEverything())
+    policy = ul.AcceptorPolicy(contexts=ul.AcceptEverything())
 
     def serve(listener: socket.socket) -> None:
         for _ in range(2):

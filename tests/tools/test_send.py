@@ -415,7 +415,6 @@ def test_garbage_instead_of_a_response_ends_quietly(tmp_path: Path) -> None:
     import threading
 
     from node import ul
-    from tests.node.ul.blocking import AcceptEverything
 
     make_files(tmp_path / "in", 1)
     listener = socket.create_server(("127.0.0.1", 0))
@@ -431,7 +430,7 @@ def test_garbage_instead_of_a_response_ends_quietly(tmp_path: Path) -> None:
                 engine.receive_data(conn.recv(65536))
                 for event in engine.events():
                     if isinstance(event, ul.AssociateRequest):
-                        conn.sendall(engine.send(ul.negotiate(event, ul.AcceptorPolicy(contexts=AcceptEverything()))))
+                        conn.sendall(engine.send(ul.negotiate(event, ul.AcceptorPolicy(contexts=ul.AcceptEverything()))))
             conn.recv(65536)  # the C-STORE-RQ
             conn.sendall(b"\x09\x00\x00\x00\x00\x02\x00\x00")
             aborts.append(conn.recv(65536))
@@ -498,7 +497,6 @@ def test_ctrl_c_aborts_the_associations_and_exits_130(tmp_path: Path, jobs: int)
     import threading
 
     from node import ul
-    from tests.node.ul.blocking import AcceptEverything
     from tests.tools.storepeers import NODECTL
 
     make_files(tmp_path / "in", 4)
@@ -516,7 +514,7 @@ def test_ctrl_c_aborts_the_associations_and_exits_130(tmp_path: Path, jobs: int)
                 engine.receive_data(data)
                 for event in engine.events():
                     if isinstance(event, ul.AssociateRequest):
-                        conn.sendall(engine.send(ul.negotiate(event, ul.AcceptorPolicy(contexts=AcceptEverything()))))
+                        conn.sendall(engine.send(ul.negotiate(event, ul.AcceptorPolicy(contexts=ul.AcceptEverything()))))
                     elif isinstance(event, ul.DatasetFragment) and event.last:
                         stored.release()  # and never answered
                     elif isinstance(event, ul.Abort) and event.source == 0:  # an A-ABORT PDU from the sender,

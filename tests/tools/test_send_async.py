@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from node import ul
-from tests.node.ul.blocking import AcceptEverything, pump
+from tests.node.ul.blocking import pump
 from tests.nodes import serve
 from tests.support import dataset_bytes, make_ct
 from tests.tools.storepeers import dcmtk_available, dcmtk_storescp, run_nodectl
@@ -79,7 +79,7 @@ class HoldingAcceptor:
     def _handle(self, event: ul.Event) -> bytes | None:
         if isinstance(event, ul.AssociateRequest):
             self.request = event
-            policy = ul.AcceptorPolicy(contexts=AcceptEverything(),
+            policy = ul.AcceptorPolicy(contexts=ul.AcceptEverything(),
                                        async_window=ul.AsyncWindow(max_invoked=1, max_performed=self.window))
             return self.engine.send(ul.negotiate(event, policy))
         if isinstance(event, ul.ReleaseRequest):

@@ -24,7 +24,6 @@ from node.tools.send_plan import FileEntry, plan, scan, tasks_for_worker
 from node.tools.send_results import FileResult
 from node.tools.send_worker import run_tasks
 from node.tools.tls_options import ClientTls
-from tests.node.ul.blocking import AcceptEverything
 from tests.tools.storepeers import dcmtk_available, dcmtk_storescp
 from tests.tools.test_send import make_files
 
@@ -53,7 +52,7 @@ def _silent_peer(listener: socket.socket, stored: threading.Semaphore) -> None:
             engine.receive_data(conn.recv(65536))
             for event in engine.events():
                 if isinstance(event, ul.AssociateRequest):
-                    conn.sendall(engine.send(ul.negotiate(event, ul.AcceptorPolicy(contexts=AcceptEverything()))))
+                    conn.sendall(engine.send(ul.negotiate(event, ul.AcceptorPolicy(contexts=ul.AcceptEverything()))))
                 elif isinstance(event, ul.DatasetFragment) and event.last:
                     stored.release()
 
