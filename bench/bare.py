@@ -15,9 +15,10 @@ storage SCP anyone should run: the instances stay in the journal and are overwri
 wraps. The count of instances answered is written to ``<directory>/stored`` at the end of
 every association (the harness's check that all arrived). ``--processes N`` spreads the
 associations over N processes, each with a journal and a count of its own (``stored-N``),
-as the node spreads them over its workers::
+as the node spreads them over its workers; ``--group`` gathers the writes of a process's
+associations into one flush, as the node's worker journal does::
 
-    python bench/bare.py PORT DIRECTORY [--no-flush] [--processes N]
+    python bench/bare.py PORT DIRECTORY [--no-flush] [--group] [--processes N]
 """
 
 from __future__ import annotations
@@ -38,31 +39,67 @@ READ_SIZE = 1 << 16
 
 
 class Journal:
-    """Where each instance goes: the next free bytes of one zero-filled file, wrapping at its end."""
+    """Where each instance goes: the next free bytes of one zero-filled file, wrapping at its end.
 
-    def __init__(self, path: Path, flush: bool) -> None:
+    With ``group``, the associations' writes are gathered as the node's worker journal
+    gathers them (without its wait for siblings): a writer that finds no flush under way
+    writes everything queued so far with one ``pwritev2(RWF_DSYNC)``; the others wait for it.
+    """
+
+    def __init__(self, path: Path, flush: bool, group: bool = False) -> None:
         self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         for _ in range(JOURNAL_BYTES // len(ZEROS)):
             os.write(self.fd, ZEROS)
         os.fsync(self.fd)
         self.flags = os.RWF_DSYNC if flush else 0
+        self.group = group
         self.offset = 0
         self.stored = 0
         self.lock = threading.Lock()
+        self.done = threading.Condition(self.lock)
+        self.queue: list[list[bytes]] = []
+        self.flushing = False
+        self.written = 0  # groups written: a waiter's group is done once this passes its number
 
     def write(self, parts: list[bytes]) -> None:
-        """One write of the dataset's fragments; durable on return unless ``--no-flush``."""
+        """One write of the dataset's fragments (alone or in a group); durable on return unless ``--no-flush``."""
         if len(parts) > 256:  # under IOV_MAX (1024) whatever the fragment size
             parts = [b"".join(parts)]
-        size = sum(len(p) for p in parts)
+        if self.group:
+            self._write_in_group(parts)
+        else:
+            self._write_at(parts, self._reserve(sum(len(p) for p in parts)))
+        with self.lock:
+            self.stored += 1
+
+    def _reserve(self, size: int) -> int:
         with self.lock:
             if self.offset + size > JOURNAL_BYTES:
                 self.offset = 0
             offset = self.offset
             self.offset += size
+            return offset
+
+    def _write_at(self, parts: list[bytes], offset: int) -> None:
         os.pwritev(self.fd, parts, offset, self.flags)
-        with self.lock:
-            self.stored += 1
+
+    def _write_in_group(self, parts: list[bytes]) -> None:
+        with self.done:
+            self.queue.append(parts)
+            mine = self.written + (1 if self.flushing else 0)  # the group that will hold these parts
+            while self.flushing and self.written <= mine:
+                self.done.wait()
+            if self.written > mine:
+                return
+            self.flushing, group, self.queue = True, self.queue, []
+        buffers = [b for entry in group for b in entry]
+        if len(buffers) > 1000:  # IOV_MAX is 1024
+            buffers = [b"".join(buffers)]
+        self._write_at(buffers, self._reserve(sum(len(b) for b in buffers)))
+        with self.done:
+            self.flushing = False
+            self.written += 1
+            self.done.notify_all()
 
 
 def serve_association(conn: socket.socket, journal: Journal, policy: ul.AcceptorPolicy, count_file: Path) -> None:
@@ -134,13 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("port", type=int)
     parser.add_argument("directory", type=Path)
     parser.add_argument("--no-flush", action="store_true", help="write without RWF_DSYNC (nothing waits for the disk)")
+    parser.add_argument("--group", action="store_true", help="one flush for the writes of all associations waiting meanwhile")
     parser.add_argument("--processes", type=int, default=1,
                         help="receiving processes, each with its journal; the first accepts and hands connections round")
     opts = parser.parse_args(argv)
     opts.directory.mkdir(parents=True, exist_ok=True)
     # Every journal is filled before the port opens: the harness starts its clock once it can connect.
     names = [""] if opts.processes <= 1 else [f"-{n}" for n in range(opts.processes)]
-    journals = [Journal(opts.directory / f"journal{name}", flush=not opts.no_flush) for name in names]
+    journals = [Journal(opts.directory / f"journal{name}", flush=not opts.no_flush, group=opts.group) for name in names]
     counts = [opts.directory / f"stored{name}" for name in names]
     if len(names) == 1:
         serve(accepted(socket.create_server(("127.0.0.1", opts.port), backlog=64)), journals[0], counts[0])

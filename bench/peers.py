@@ -373,11 +373,12 @@ class BareReceiver(Receiver):
 
     flush: bool = True
     processes: int = 1
+    group: bool = False
 
     def command(self, directory: Path) -> list[str]:
         # By path: the node it imports is the one under test (PYTHONPATH), the script this tree's.
         cmd = [sys.executable, str(_BARE), str(self.port), str(directory / "out"), "--processes", str(self.processes)]
-        return cmd if self.flush else [*cmd, "--no-flush"]
+        return cmd + (["--group"] if self.group else []) + ([] if self.flush else ["--no-flush"])
 
     def stored(self) -> int:
         assert self.directory is not None
@@ -385,6 +386,12 @@ class BareReceiver(Receiver):
             return sum(int(path.read_text()) for path in (self.directory / "out").glob("stored*") if path.suffix != ".tmp")
         except (OSError, ValueError):
             return 0
+
+    def settle(self, expected: int) -> None:
+        """Its counts are written as each association ends, just after the sender sees the release."""
+        deadline = time.monotonic() + 5.0
+        while self.stored() < expected and time.monotonic() < deadline:
+            time.sleep(0.01)
 
 
 @dataclass
@@ -472,6 +479,7 @@ RECEIVERS = {
     "bare": lambda: BareReceiver("bare engine + 1 flush per instance"),
     "bare-noflush": lambda: BareReceiver("bare engine, no flush", flush=False),
     "bare-2": lambda: BareReceiver("bare engine + 1 flush per instance, 2 processes", processes=2),
+    "bare-group-2": lambda: BareReceiver("bare engine + 1 flush per group, 2 processes", processes=2, group=True),
 }
 
 

@@ -25,6 +25,7 @@ RECEIVER_NAMES = {
     "bare": "bare engine + 1 flush per instance (bench/bare.py)",
     "bare-noflush": "bare engine, no flush (bench/bare.py --no-flush)",
     "bare-2": "bare engine + 1 flush per instance, 2 processes (bench/bare.py --processes 2)",
+    "bare-group-2": "bare engine + 1 flush per group, 2 processes (bench/bare.py --group --processes 2)",
 }
 
 GROUP_TITLES = {
