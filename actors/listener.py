@@ -36,7 +36,7 @@ import zmq
 from actors import bus
 from actors import metrics, reload
 from node.access import AssociateRequest, within_caps
-from node.config import LISTEN_FROM_ENV, ListenerConfig, NodeConfig
+from node.config import LISTEN_FROM_ENV, ListenerConfig, NodeConfig, write_address
 from node.errors import ConfigError
 from node.messages import (
     AdmitAnswer, AdmitAssociation, AssociationEnded, HandOff, ListenerStatus, Ping, Pong, StatusRequest,
@@ -397,13 +397,6 @@ def _tune(conn: socket.socket, config: NodeConfig) -> None:
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, net.receive_buffer)
 
 
-def _write_ready(path: str, host: str, port: int) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        fh.write(f"{host or '0.0.0.0'} {port}\n")
-    os.replace(tmp, path)
-
-
 def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.Context | None = None) -> int:
     """Accept and hand off connections until ``stop``."""
     ctx = ctx or zmq.Context.instance()
@@ -412,7 +405,7 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
     port = tcp.getsockname()[1]
     state.port = port
     router = bus.router(ctx, config.endpoint(state.name))
-    ready_path = str(config.ready_path(lc))
+    ready_path = config.ready_path(lc)
     announced = False
     poller = zmq.Poller()
     poller.register(router, zmq.POLLIN)
@@ -443,7 +436,7 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
             state.expire()
             state.serve_waiting()
             if not announced and state.workers:
-                _write_ready(ready_path, lc.host, port)
+                write_address(ready_path, lc.host or "0.0.0.0", port)
                 log.info("Start TCP Listener on %s:%d", lc.host or "0.0.0.0", port)
                 announced = True
     finally:
@@ -455,10 +448,7 @@ def run(config: NodeConfig, lc: ListenerConfig, stop: threading.Event, ctx: zmq.
                 waiting.close()
         for waiting in state.waiting:
             waiting.close()
-        try:
-            os.unlink(ready_path)
-        except FileNotFoundError:
-            pass
+        ready_path.unlink(missing_ok=True)
     return 0
 
 

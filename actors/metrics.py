@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, multiproces
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily  # noqa: E402
 
 from actors import bus  # noqa: E402
+from node.config import write_address  # noqa: E402
 
 log = logging.getLogger("actors.metrics")
 
@@ -243,7 +244,7 @@ def run(config: Any, stop: threading.Event) -> int:
     cfg = config.metrics
     server, thread = start_http_server(cfg.port, addr=cfg.host, registry=registry(config))
     port = server.server_address[1]
-    (config.run_dir / "metrics.ready").write_text(f"{cfg.host} {port}\n")
+    write_address(config.metrics_ready_path, cfg.host, port)
     log.info("metrics ready: http://%s:%d/metrics", cfg.host, port)
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     try:
@@ -251,6 +252,7 @@ def run(config: Any, stop: threading.Event) -> int:
             if directory:
                 forget_dead(directory)
     finally:
+        config.metrics_ready_path.unlink(missing_ok=True)
         server.shutdown()
         server.server_close()
         thread.join(5)

@@ -325,6 +325,18 @@ class NodeConfig:
         """The file a listener writes once it accepts connections (holds the bound port)."""
         return self.run_dir / f"listener-{listener.key}.ready"
 
+    @property
+    def metrics_ready_path(self) -> Path:
+        """The file the metrics actor writes once ``/metrics`` answers (holds the bound port)."""
+        return self.run_dir / "metrics.ready"
+
+
+def write_address(path: Path, host: str, port: int) -> None:
+    """Write ``host port`` to a ready file all at once: whoever polls for it never reads half a line."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{host} {port}\n")
+    os.replace(tmp, path)
+
 
 SECTIONS: dict[str, type] = {
     "store": StoreConfig,

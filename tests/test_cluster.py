@@ -199,8 +199,11 @@ def completed_by(cluster: Cluster, uid: str, expected: str = "node-b") -> list[s
 
 def completed_in_metrics(cluster: Cluster, name: str) -> float:
     """``nodectl_commitment_transactions{state="completed"}`` as ``name``'s metrics endpoint
-    counts it (the shared database's, read at scrape time); 0 before any completed."""
-    host, port = (configuration.short_run_dir(cluster.base / name / "run") / "metrics.ready").read_text().split()
+    counts it (the shared database's, read at scrape time); 0 before any completed. The metrics
+    actor starts after the listeners (the node's ready file), so its own ready file may come later."""
+    ready = configuration.short_run_dir(cluster.base / name / "run") / "metrics.ready"
+    wait_until(ready.exists, 30, f"{name}'s metrics endpoint")
+    host, port = ready.read_text().split()
     with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as rsp:
         found = re.search(r'^nodectl_commitment_transactions\{state="completed"\} (\S+)$', rsp.read().decode(), re.MULTILINE)
     return float(found.group(1)) if found else 0.0

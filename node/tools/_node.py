@@ -130,8 +130,8 @@ def run_node(
         conf = config.run_dir / "supervisord.conf"
         conf.write_text(render(config, config_path))
         shutil.rmtree(metrics_dir(config), ignore_errors=True)  # counters start at zero with the node
-        for lc in config.listeners:
-            config.ready_path(lc).unlink(missing_ok=True)
+        for path in (*(config.ready_path(lc) for lc in config.listeners), config.metrics_ready_path):
+            path.unlink(missing_ok=True)  # a killed node's files would name its old ports
         listening.serve(config.run_dir / "listening.sock")
         if stopping["signal"]:
             status = 0
