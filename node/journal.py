@@ -43,13 +43,13 @@ import os
 import struct
 import time
 import uuid
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgpack
+from isal.isal_zlib import crc32
 
 from node.config import NodeConfig
 from node.db import POSTGRESQL, dialect_of
@@ -137,10 +137,13 @@ def record_body(msg: Any, path: str, now: float) -> dict:
 
 
 def _crc(seq: int, body: bytes, parts: Sequence[bytes | memoryview], data_length: int) -> int:
-    crc = zlib.crc32(_SEQ_LENS.pack(seq, len(body), data_length))
-    crc = zlib.crc32(body, crc)
+    """zlib's CRC-32 of the record, computed by ISA-L: the same values (journals written
+    before stay readable) at ~100 GB/s here against zlib's 5-6, which cost a 512 KiB instance
+    ~85 µs in the worker before its flush and again in the writer reading it back."""
+    crc = crc32(_SEQ_LENS.pack(seq, len(body), data_length))
+    crc = crc32(body, crc)
     for part in parts:
-        crc = zlib.crc32(part, crc)
+        crc = crc32(part, crc)
     return crc
 
 

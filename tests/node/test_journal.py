@@ -7,8 +7,11 @@ it (a group cut short, a torn record, a new lap shorter than the old one).
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from node import journal
@@ -35,6 +38,21 @@ def test_records_come_back_in_order_with_their_bytes(tmp_path: Path) -> None:
     assert [r.body["uid"] for r in scanned] == ["1.2.1", "1.2.2", "1.2.3"]
     third = scanned[2]
     assert os.pread(j.fd, third.data_length, third.data_offset) == bytes([3]) * 5000 + b"tail"
+    j.close()
+
+
+def test_a_record_checked_with_zlibs_crc32_is_read_back(tmp_path: Path) -> None:
+    """The CRC is zlib's CRC-32 (computed by ISA-L since 2026-12-05): a journal a node left
+    unmaterialised before an upgrade is replayed by the upgraded one, not cut at its first record."""
+    j = _open(tmp_path)
+    body, data = msgpack.packb({"uid": "1.2.9", "path": "/x/9"}, use_bin_type=True), b"\x07" * 70000
+    crc = zlib.crc32(struct.pack("<QIQ", 1, len(body), len(data)) + body + data)
+    os.pwrite(j.fd, RECORD.pack(b"NJR1", crc, 1, len(body), len(data)) + body + data, HEADER_SIZE)
+    [record] = j.records()
+    assert (record.seq, record.body["uid"]) == (1, "1.2.9")
+    assert os.pread(j.fd, record.data_length, record.data_offset) == data
+    os.pwrite(j.fd, b"\x08", record.data_offset + 69999)  # and a byte changed is still caught
+    assert list(j.records()) == []
     j.close()
 
 
