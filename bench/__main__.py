@@ -76,6 +76,8 @@ def parser() -> argparse.ArgumentParser:
                      help="the node's log level (default warning, as in bench ingest; info is the node's default)")
     cpu.add_argument("--with-dcmtk", action="store_true",
                      help="also receive with DCMTK storescp (--fork with dcmtk-4) in every round: its CPU and the senders' beside the node's")
+    cpu.add_argument("--flushes", action="store_true",
+                     help="also count each node process's flushes per instance (perf stat --per-thread, until every file is materialised)")
     startstop = sub.add_parser("startstop", help="exec to first C-ECHO answered, and SIGINT to nothing left running")
     startstop.add_argument("--runs", type=int, default=10, help="runs of each command (default 10)")
     startstop.add_argument("--only", action="append", choices=["echoscp", "storescp", "serve"], help="only this command (repeatable)")

@@ -8,6 +8,13 @@ every instance is materialised, reads the times again and stops the node by PID.
 meaningful on a loaded machine (wall time is not), so only the CPU is reported as a figure;
 the wall time and the load average are printed beside it for context.
 
+``--flushes`` also counts every node process's flushes (fsync, fdatasync, syncfs, and
+``pwritev2`` with ``RWF_DSYNC``) per instance, including the materialiser's batches until the
+last file is at its final path: ``perf stat --per-thread`` attached to the node's processes
+once they are up (a thread started later, such as an association's, is counted with the
+thread that started it). ``bench ingest`` counts the whole tree in its timed samples; this
+says which process made the flushes.
+
 Beside the receiver, each sample counts the senders' CPU (DCMTK storescu, reaped children of
 this process) and the whole machine's busy time per instance (``/proc/stat``): on a small
 machine the senders share the cores with the receiver, so a receiver's rate on four
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -46,7 +54,7 @@ def process_times(root: int) -> dict[int, tuple[str, float, float]]:
 
 def role(label: str) -> str:
     """The actor a process label names (workers pooled), or the program."""
-    for name in ("listener", "worker", "writer", "tracker", "metrics"):
+    for name in ("listener", "worker", "writer", "materialiser", "tracker", "metrics"):
         if name in label:
             return name
     return "supervisord" if "supervisord" in label else label
@@ -67,6 +75,55 @@ class Serve(peers.NodectlServe):
 DCMTK = "DCMTK storescp"
 
 
+class FlushCounter:
+    """``perf stat --per-thread`` attached to a node's processes: their flushes, by role."""
+
+    def __init__(self, roles: dict[int, str], directory: Path) -> None:
+        self.roles: dict[int, str] = {}  # thread id -> role of its process
+        for pid, name in roles.items():
+            try:
+                self.roles.update((thread.id, name) for thread in psutil.Process(pid).threads())
+            except psutil.NoSuchProcess:
+                continue
+        self.output = directory / "flushes.perf"
+        ctl, ack = directory / "perf.ctl", directory / "perf.ack"
+        for fifo in (ctl, ack):
+            os.mkfifo(fifo)
+        command = ["perf", "stat", "--per-thread", "-x", ",", "--delay=-1", "--control", f"fifo:{ctl},{ack}",
+                   "-o", str(self.output), *peers.perf_event_args(), "-t", ",".join(map(str, self.roles))]
+        self.proc = procs.start(command, log=directory / "perf.log", cwd=directory)
+        ack_fd = os.open(ack, os.O_RDONLY | os.O_NONBLOCK)
+        deadline = time.monotonic() + peers.PERF_ACK_S
+        while True:  # perf opens its end of the control FIFO once it has attached
+            try:
+                self.fifos = (os.open(ctl, os.O_WRONLY | os.O_NONBLOCK), ack_fd)
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    os.close(ack_fd)
+                    procs.stop(self.proc, grace=5)
+                    raise RuntimeError(f"perf stat did not attach: {(directory / 'perf.log').read_text(errors='replace')}")
+                time.sleep(0.01)
+        peers.perf_control(self.fifos, "enable")
+
+    def finish(self) -> dict[str, int]:
+        """Stop counting; the flushes of each role."""
+        try:
+            peers.perf_control(self.fifos, "disable")
+        finally:
+            for fd in self.fifos:
+                os.close(fd)
+            self.proc.send_signal(signal.SIGINT)  # perf writes its counts and exits
+            procs.wait_exited(self.proc, 30)
+        counts: dict[str, int] = {}
+        for line in self.output.read_text(errors="replace").splitlines():
+            fields = line.split(",")  # comm-tid, count, unit, event, ...
+            if len(fields) > 3 and fields[3] in peers.PERF_EVENTS and fields[1].isdigit():
+                name = self.roles.get(int(fields[0].rsplit("-", 1)[-1]), "?")
+                counts[name] = counts.get(name, 0) + int(fields[1])
+        return counts
+
+
 def machine_busy() -> tuple[int, int]:
     """(busy, all) clock ticks of every CPU since boot (``/proc/stat``; idle and iowait are not busy)."""
     with open("/proc/stat") as fh:
@@ -84,17 +141,22 @@ def _receiver(source: Path | str | None, senders: str, log_level: str) -> peers.
     return receiver
 
 
-def sample(files: corpus.FileSet, senders: str, scratch: Path, node_source: Path | str | None, log_level: str) -> dict:
+def sample(files: corpus.FileSet, senders: str, scratch: Path, node_source: Path | str | None, log_level: str,
+           flushes: bool = False) -> dict:
     """One run: CPU ms per instance for every role and in total, plus wall time and load;
-    the senders' CPU and the machine's busy time per instance beside them."""
+    the senders' CPU and the machine's busy time per instance beside them; with ``flushes``
+    (a node only) each role's flushes per instance."""
     env = peers.base_env(True, node_source if isinstance(node_source, Path) else None)
     receiver = _receiver(node_source, senders, log_level)
     workdir = Path(tempfile.mkdtemp(prefix="cpu-", dir=scratch))
     started: list[subprocess.Popen] = []
+    counter: FlushCounter | None = None
     try:
         receiver.start(workdir / "rx", env)
         time.sleep(0.5)  # every actor is up; their start-up CPU is not the per-instance cost
         before = process_times(receiver.pid)
+        if flushes and isinstance(receiver, Serve):
+            counter = FlushCounter({pid: role(label) for pid, (label, _, _) in before.items()}, workdir)
         load = os.getloadavg()[0]
         reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
         busy0, ticks0 = machine_busy()
@@ -108,6 +170,7 @@ def sample(files: corpus.FileSet, senders: str, scratch: Path, node_source: Path
         wall = time.perf_counter() - t0
         after = process_times(receiver.pid)
         busy1, ticks1 = machine_busy()
+        flush_counts, counter = (counter.finish() if counter else {}), None
         stored = receiver.stored()
         if any(codes) or stored != files.count:
             raise RuntimeError(f"senders exited {codes}, node holds {stored} of {files.count}:\n{receiver.log_tail()}")
@@ -121,8 +184,11 @@ def sample(files: corpus.FileSet, senders: str, scratch: Path, node_source: Path
         tick_s = 1 / os.sysconf("SC_CLK_TCK")
         return {"ms": per_role, "total_ms": sum(per_role.values()), "wall_s": wall, "sent_s": sent_s, "load_1m": load,
                 "senders_ms": sender_s * 1000 / files.count, "machine_ms": (busy1 - busy0) * tick_s * 1000 / files.count,
-                "idle": 1 - (busy1 - busy0) / max(1, ticks1 - ticks0)}
+                "idle": 1 - (busy1 - busy0) / max(1, ticks1 - ticks0),
+                "flushes": {name: n / files.count for name, n in flush_counts.items()}}
     finally:
+        if counter is not None:
+            counter.finish()
         for proc in started:
             procs.stop(proc, grace=5)
         receiver.stop()
@@ -144,6 +210,14 @@ def report(name: str, senders: str, kind: str, count: int, log_level: str, runs:
     print(f"  senders      {statistics.median(r['senders_ms'] for r in runs):.3f}  (DCMTK storescu, ms of CPU per instance)")
     print(f"  machine busy {statistics.median(r['machine_ms'] for r in runs):.3f}  (every CPU, ms per instance; idle "
           + ", ".join(f"{r['idle']:.0%}" for r in runs) + ")")
+    if any(r["flushes"] for r in runs):
+        flushers = sorted({who for r in runs for who in r["flushes"]})
+        totals = [sum(r["flushes"].values()) for r in runs]
+        print(f"  flushes/instance: median {statistics.median(totals):.4f}  runs " + ", ".join(f"{t:.4f}" for t in totals))
+        for who in flushers:
+            value = statistics.median(r["flushes"].get(who, 0.0) for r in runs)
+            if value:
+                print(f"    {who:12s} {value:.4f}")
     print("  wall s (not a claim under load): " + ", ".join(f"{r['wall_s']:.1f}" for r in runs))
     # The senders' time alone: the wall time above includes waiting until every file is at its
     # final path, which a change to materialisation moves without changing what a sender sees.
@@ -182,7 +256,7 @@ def _run_all(opts, files: corpus.FileSet, scratch: Path) -> int:
         runs: dict[str, list[dict]] = {name: [] for name in sources}
         for n in range(opts.runs):
             for name, source in rotated(list(sources.items()), n):
-                runs[name].append(sample(files, senders, scratch, source, opts.log_level))
+                runs[name].append(sample(files, senders, scratch, source, opts.log_level, opts.flushes))
         for name in sources:
             report(name, senders, opts.kind, files.count, opts.log_level, runs[name])
     return 0

@@ -139,17 +139,30 @@ def perf_counts_flushes() -> bool:
     if shutil.which("perf") is None:
         return False
     try:
-        done = subprocess.run(["perf", "stat", "-x", ",", *_perf_event_args(), "--", "true"], check=False, capture_output=True, timeout=30)
+        done = subprocess.run(["perf", "stat", "-x", ",", *perf_event_args(), "--", "true"], check=False, capture_output=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return False
     return done.returncode == 0
 
 
-def _perf_event_args() -> list[str]:
+def perf_event_args() -> list[str]:
     args: list[str] = []
     for event in PERF_EVENTS:
         args += ["-e", event]
     return [*args, "--filter", PERF_PWRITEV2_FILTER]  # --filter applies to the event before it: pwritev2
+
+
+def perf_control(fifos: tuple[int, int], word: str) -> None:
+    """Send ``perf stat --control`` a command (its control and ack FIFOs, opened) and wait for
+    its ack: perf acts before it answers."""
+    control, ack = fifos
+    os.write(control, f"{word}\n".encode())
+    deadline = time.monotonic() + PERF_ACK_S
+    answer = b""
+    while b"ack\n" not in answer:  # perf writes "ack\n" and its NUL
+        if not select.select([ack], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            raise TimeoutError(f"perf did not acknowledge {word!r} in {PERF_ACK_S:.0f} s")
+        answer += os.read(ack, 64)
 
 
 def perf_flushes(output: str) -> int | None:
@@ -240,7 +253,7 @@ class NodectlServe(Receiver):
                 os.mkfifo(directory / fifo)
             return ["perf", "stat", "-x", ",", "--delay=-1", "--control",
                     f"fifo:{directory / 'perf.ctl'},{directory / 'perf.ack'}", "-o", str(directory / "flushes.perf"),
-                    *_perf_event_args(), "--", *command]
+                    *perf_event_args(), "--", *command]
         return command
 
     def _await_workers(self, env: dict[str, str], deadline: float) -> None:
@@ -292,17 +305,8 @@ class NodectlServe(Receiver):
         self._perf_command("disable")
 
     def _perf_command(self, word: str) -> None:
-        """Send perf a control command and wait for its ack (it acts before it answers)."""
-        control, ack = self._control
-        if control < 0:
-            return
-        os.write(control, f"{word}\n".encode())
-        deadline = time.monotonic() + PERF_ACK_S
-        answer = b""
-        while b"ack\n" not in answer:  # perf writes "ack\n" and its NUL
-            if not select.select([ack], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                raise TimeoutError(f"perf did not acknowledge {word!r} in {PERF_ACK_S:.0f} s")
-            answer += os.read(ack, 64)
+        if self._control[0] >= 0:
+            perf_control(self._control, word)
 
     def flushes(self) -> int | None:
         assert self.directory is not None
