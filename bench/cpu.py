@@ -86,6 +86,7 @@ class FlushCounter:
             except psutil.NoSuchProcess:
                 continue
         self.output = directory / "flushes.perf"
+        self.finished = False
         ctl, ack = directory / "perf.ctl", directory / "perf.ack"
         for fifo in (ctl, ack):
             os.mkfifo(fifo)
@@ -94,7 +95,7 @@ class FlushCounter:
         self.proc = procs.start(command, log=directory / "perf.log", cwd=directory)
         ack_fd = os.open(ack, os.O_RDONLY | os.O_NONBLOCK)
         deadline = time.monotonic() + peers.PERF_ACK_S
-        while True:  # perf opens its end of the control FIFO once it has attached
+        while True:  # opening a FIFO to write fails (ENXIO) until perf has opened it to read
             try:
                 self.fifos = (os.open(ctl, os.O_WRONLY | os.O_NONBLOCK), ack_fd)
                 break
@@ -107,7 +108,10 @@ class FlushCounter:
         peers.perf_control(self.fifos, "enable")
 
     def finish(self) -> dict[str, int]:
-        """Stop counting; the flushes of each role."""
+        """Stop counting and perf; the flushes of each role (nothing on a second call)."""
+        if self.finished:
+            return {}
+        self.finished = True
         try:
             peers.perf_control(self.fifos, "disable")
         finally:
