@@ -16,16 +16,22 @@ wraps. The count of instances answered is written to ``<directory>/stored`` at t
 every association (the harness's check that all arrived). ``--processes N`` spreads the
 associations over N processes, each with a journal and a count of its own (``stored-N``),
 as the node spreads them over its workers; ``--group`` gathers the writes of a process's
-associations into one flush, as the node's worker journal does::
+associations into one flush, as the node's worker journal does. ``--shared`` (with
+``--processes``) is the journal shared by worker processes that the node does not have: the
+processes write into regions of one file, and a flush of that file by one process covers the
+groups every other process had written when it began (``SharedFlush``)::
 
-    python bench/bare.py PORT DIRECTORY [--no-flush] [--group] [--processes N]
+    python bench/bare.py PORT DIRECTORY [--no-flush] [--group [--shared]] [--processes N]
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import mmap
 import os
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,20 +44,75 @@ ZEROS = bytes(1 << 20)
 READ_SIZE = 1 << 16
 
 
+def zero_filled(path: Path, size: int) -> None:
+    """A file of ``size`` zero bytes, flushed: writes into it allocate nothing."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for _ in range(size // len(ZEROS)):
+            os.write(fd, ZEROS)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SharedFlush:
+    """One flush of a file shared by several processes covers what each had written before it.
+
+    A shared page (``counters``, mapped before the fork) holds two numbers per process: the
+    groups it has written into the page cache, and the groups known to be flushed. After its
+    write, a process takes the lock file's ``flock``; if a flush that began after that write
+    has already covered it, it is done; else it notes what every process has written, runs
+    ``fdatasync`` (which flushes every page of the file dirtied before the call, whoever wrote
+    it) and marks all of that flushed. PostgreSQL's WAL group commit, across processes.
+    """
+
+    _U64 = struct.Struct("<Q")
+
+    def __init__(self, lock_path: Path, counters: mmap.mmap, index: int, processes: int) -> None:
+        self.lock_fd = os.open(lock_path, os.O_RDWR)  # per process: flock excludes open file descriptions
+        self.counters = counters
+        self.index = index
+        self.processes = processes
+
+    def _get(self, process: int, slot: int) -> int:
+        return self._U64.unpack_from(self.counters, 16 * process + 8 * slot)[0]
+
+    def _set(self, process: int, slot: int, value: int) -> None:
+        self._U64.pack_into(self.counters, 16 * process + 8 * slot, value)
+
+    def after_write(self, fd: int) -> None:
+        """Return once this process's last write (already returned) is flushed."""
+        mine = self._get(self.index, 0) + 1
+        self._set(self.index, 0, mine)
+        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        try:
+            if self._get(self.index, 1) >= mine:
+                return
+            written = [self._get(n, 0) for n in range(self.processes)]
+            os.fdatasync(fd)
+            for n, upto in enumerate(written):
+                self._set(n, 1, max(upto, self._get(n, 1)))
+        finally:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+
+
 class Journal:
     """Where each instance goes: the next free bytes of one zero-filled file, wrapping at its end.
 
     With ``group``, the associations' writes are gathered as the node's worker journal
     gathers them (without its wait for siblings): a writer that finds no flush under way
     writes everything queued so far with one ``pwritev2(RWF_DSYNC)``; the others wait for it.
+    With ``shared``, the journal is region ``base`` of a file other processes write too, and
+    each write is followed by the flush they share instead of carrying ``RWF_DSYNC``.
     """
 
-    def __init__(self, path: Path, flush: bool, group: bool = False) -> None:
-        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-        for _ in range(JOURNAL_BYTES // len(ZEROS)):
-            os.write(self.fd, ZEROS)
-        os.fsync(self.fd)
-        self.flags = os.RWF_DSYNC if flush else 0
+    def __init__(self, path: Path, flush: bool, group: bool = False, shared: SharedFlush | None = None, base: int = 0) -> None:
+        if shared is None:
+            zero_filled(path, JOURNAL_BYTES)
+        self.fd = os.open(path, os.O_RDWR)
+        self.base = base
+        self.shared = shared if flush else None
+        self.flags = os.RWF_DSYNC if flush and shared is None else 0
         self.group = group
         self.offset = 0
         self.stored = 0
@@ -81,7 +142,9 @@ class Journal:
             return offset
 
     def _write_at(self, parts: list[bytes], offset: int) -> None:
-        os.pwritev(self.fd, parts, offset, self.flags)
+        os.pwritev(self.fd, parts, self.base + offset, self.flags)
+        if self.shared is not None:
+            self.shared.after_write(self.fd)
 
     def _write_in_group(self, parts: list[bytes]) -> None:
         with self.done:
@@ -174,20 +237,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--group", action="store_true", help="one flush for the writes of all associations waiting meanwhile")
     parser.add_argument("--processes", type=int, default=1,
                         help="receiving processes, each with its journal; the first accepts and hands connections round")
+    parser.add_argument("--shared", action="store_true",
+                        help="with --processes: one journal file for all, one flush covering every process's writes")
     opts = parser.parse_args(argv)
+    if opts.shared and (opts.processes <= 1 or not opts.group):
+        parser.error("--shared needs --group (one flushing thread per process) and --processes 2 or more")
     opts.directory.mkdir(parents=True, exist_ok=True)
     # Every journal is filled before the port opens: the harness starts its clock once it can connect.
     names = [""] if opts.processes <= 1 else [f"-{n}" for n in range(opts.processes)]
-    journals = [Journal(opts.directory / f"journal{name}", flush=not opts.no_flush, group=opts.group) for name in names]
     counts = [opts.directory / f"stored{name}" for name in names]
+    if opts.shared:
+        zero_filled(opts.directory / "journal", JOURNAL_BYTES * len(names))
+        (opts.directory / "journal.lock").write_bytes(b"")
+        counters = mmap.mmap(-1, 16 * len(names))  # anonymous and shared: inherited by the forks
+    else:
+        journals = [Journal(opts.directory / f"journal{name}", flush=not opts.no_flush, group=opts.group) for name in names]
     if len(names) == 1:
         serve(accepted(socket.create_server(("127.0.0.1", opts.port), backlog=64)), journals[0], counts[0])
         return 0
     channels = []
-    for journal, count_file in zip(journals, counts):
+    for n, count_file in enumerate(counts):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         if os.fork() == 0:
             ours.close()
+            if opts.shared:
+                shared = SharedFlush(opts.directory / "journal.lock", counters, n, len(names))
+                journal = Journal(opts.directory / "journal", flush=not opts.no_flush, group=opts.group, shared=shared,
+                                  base=n * JOURNAL_BYTES)
+            else:
+                journal = journals[n]
             serve(handed(theirs), journal, count_file)
             os._exit(0)
         theirs.close()

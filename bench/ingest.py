@@ -86,7 +86,7 @@ def _group(fileset: str, mode: str, senders: list[str], receivers: list[str]) ->
 # The targets, each computable from medians of one run (see TARGETS below).
 COMBOS: list[Combo] = [
     *_group("sc", "nodelay", ["dcmtk-1"], ["nodectl", "dcmtk", "dcmtk-fork", "pynetdicom", "orthanc", "bare", "bare-noflush"]),
-    *_group("sc", "nodelay", ["dcmtk-4"], ["nodectl", "dcmtk-fork", "orthanc", "bare", "bare-2", "bare-group-2", "bare-noflush"]),
+    *_group("sc", "nodelay", ["dcmtk-4"], ["nodectl", "dcmtk-fork", "orthanc", "bare", "bare-2", "bare-group-2", "bare-shared-2", "bare-noflush"]),
     *_group("sc", "nodelay", ["send-1", "send-4", "pynetdicom"], ["dcmtk-fork"]),
     *_group("sc", "nodelay", ["send-4"], ["nodectl"]),
     *_group("ct", "nodelay", ["dcmtk-1"], ["nodectl", "dcmtk", "pynetdicom", "orthanc", "bare"]),

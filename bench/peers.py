@@ -378,10 +378,12 @@ class BareReceiver(Receiver):
     flush: bool = True
     processes: int = 1
     group: bool = False
+    shared: bool = False
 
     def command(self, directory: Path) -> list[str]:
         # By path: the node it imports is the one under test (PYTHONPATH), the script this tree's.
         cmd = [sys.executable, str(_BARE), str(self.port), str(directory / "out"), "--processes", str(self.processes)]
+        cmd += ["--shared"] if self.shared else []
         return cmd + (["--group"] if self.group else []) + ([] if self.flush else ["--no-flush"])
 
     def stored(self) -> int:
@@ -484,6 +486,7 @@ RECEIVERS = {
     "bare-noflush": lambda: BareReceiver("bare engine, no flush", flush=False),
     "bare-2": lambda: BareReceiver("bare engine + 1 flush per instance, 2 processes", processes=2),
     "bare-group-2": lambda: BareReceiver("bare engine + 1 flush per group, 2 processes", processes=2, group=True),
+    "bare-shared-2": lambda: BareReceiver("bare engine + 1 flush shared by 2 processes", processes=2, group=True, shared=True),
 }
 
 

@@ -26,6 +26,7 @@ RECEIVER_NAMES = {
     "bare-noflush": "bare engine, no flush (bench/bare.py --no-flush)",
     "bare-2": "bare engine + 1 flush per instance, 2 processes (bench/bare.py --processes 2)",
     "bare-group-2": "bare engine + 1 flush per group, 2 processes (bench/bare.py --group --processes 2)",
+    "bare-shared-2": "bare engine + 1 flush shared by 2 processes (bench/bare.py --shared --group --processes 2)",
 }
 
 GROUP_TITLES = {
