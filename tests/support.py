@@ -25,23 +25,34 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 NODECTL = [sys.executable, "-m", "node.cli"]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago, below the kernel's ephemeral range.
+    """A TCP port that was free a moment ago, below the kernel's ephemeral range, and that
+    this test process has not handed out before.
 
     A port the kernel hands out for ``bind(0)`` comes from the range it also uses for
     outgoing connections: with the suite opening thousands of associations, one of them
     could take the port in the seconds before a node or peer binds it ("Address already in
-    use"). Below that range only another test picking the same random port can collide.
+    use"). Below that range a port can only collide with another one picked here: a test
+    that takes two ports before binding either (a node's, then a job's --commit-port) got
+    the same random port twice in one CI run, so a port is never handed out twice.
     """
     low = _ephemeral_low()
+    if len(_HANDED_OUT) > (low - 10000) // 2:  # the suite never gets here; stay usable if it does
+        _HANDED_OUT.clear()
     for _ in range(500):
         port = random.randrange(10000, low)
+        if port in _HANDED_OUT:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
-            return port
+        _HANDED_OUT.add(port)
+        return port
     raise OSError(f"no free port found between 10000 and {low}")
 
 
