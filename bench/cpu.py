@@ -88,10 +88,7 @@ class FlushCounter:
         self.output = directory / "flushes.perf"
         self.finished = False
         ctl, ack = directory / "perf.ctl", directory / "perf.ack"
-        for fifo in (ctl, ack):
-            os.mkfifo(fifo)
-        command = ["perf", "stat", "--per-thread", "-x", ",", "--delay=-1", "--control", f"fifo:{ctl},{ack}",
-                   "-o", str(self.output), *peers.perf_event_args(), "-t", ",".join(map(str, self.roles))]
+        command = peers.perf_stat_controlled(directory, ["--per-thread", "-t", ",".join(map(str, self.roles))])
         self.proc = procs.start(command, log=directory / "perf.log", cwd=directory)
         ack_fd = os.open(ack, os.O_RDONLY | os.O_NONBLOCK)
         deadline = time.monotonic() + peers.PERF_ACK_S

@@ -152,6 +152,18 @@ def perf_event_args() -> list[str]:
     return [*args, "--filter", PERF_PWRITEV2_FILTER]  # --filter applies to the event before it: pwritev2
 
 
+def perf_stat_controlled(directory: Path, target: list[str]) -> list[str]:
+    """``perf stat`` of the flush events, started disabled and driven by ``perf_control``
+    through the FIFOs ``perf.ctl`` and ``perf.ack`` it makes in ``directory``; the counts go
+    to ``directory/flushes.perf``. ``target`` says what to count (``-- command``, or
+    ``--per-thread -t TIDS``)."""
+    ctl, ack = directory / "perf.ctl", directory / "perf.ack"
+    for fifo in (ctl, ack):
+        os.mkfifo(fifo)
+    return ["perf", "stat", "-x", ",", "--delay=-1", "--control", f"fifo:{ctl},{ack}",
+            "-o", str(directory / "flushes.perf"), *perf_event_args(), *target]
+
+
 def perf_control(fifos: tuple[int, int], word: str) -> None:
     """Send ``perf stat --control`` a command (its control and ack FIFOs, opened) and wait for
     its ack: perf acts before it answers."""
@@ -249,11 +261,7 @@ class NodectlServe(Receiver):
             return ["strace", "-f", "-qq", "--seccomp-bpf", "-ttt", "-e", "trace=" + ",".join(TRACED_SYSCALLS),
                     "-o", str(directory / "flushes.trace"), *command]
         if self.count == "perf":
-            for fifo in ("perf.ctl", "perf.ack"):
-                os.mkfifo(directory / fifo)
-            return ["perf", "stat", "-x", ",", "--delay=-1", "--control",
-                    f"fifo:{directory / 'perf.ctl'},{directory / 'perf.ack'}", "-o", str(directory / "flushes.perf"),
-                    *perf_event_args(), "--", *command]
+            return perf_stat_controlled(directory, ["--", *command])
         return command
 
     def _await_workers(self, env: dict[str, str], deadline: float) -> None:
